@@ -1,0 +1,5 @@
+//! berthd entry point.
+fn main() {
+    eprintln!("berthd: not implemented yet");
+    std::process::exit(1);
+}

@@ -1,0 +1,2 @@
+//! berthd: actors, services, stores and configuration.
+#![forbid(unsafe_code)]

@@ -1,0 +1,1 @@
+//! berth-tests: the harness every integration test uses.
