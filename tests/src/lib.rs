@@ -1,1 +1,452 @@
-//! berth-tests: the harness every integration test uses.
+//! berth-tests: the harness every Berth integration test uses.
+//!
+//! What it gives a test: a unique temp dir ([`TestDir`]), unique ids ([`unique_id`]), the path of
+//! a workspace binary checked to be fresh ([`bin`]), the path of a host tool ([`tool`]), root
+//! checks ([`require_root`]), process inspection ([`proc`]), OCI bundles and image layouts
+//! ([`bundle`], [`oci_layout`]), a loopback registry ([`registry`]) and cleanup guards plus a
+//! berthd launcher ([`guard`]).
+//!
+//! Tests run as root, in parallel threads, beside other tests on a shared host. This crate must
+//! never touch anything it was not told to own: no global cleanup by name, no host-wide
+//! unmounts, no killing processes it did not start or was not handed.
+//!
+//! Conventions: a missing prerequisite skips a test with a message (the helper returns `false` /
+//! `None`), except under `CI=true`, where it panics so that CI cannot pass by skipping.
+
+pub mod bundle;
+pub mod daemon;
+pub mod guard;
+pub mod oci_layout;
+pub mod proc;
+pub mod registry;
+
+use std::ffi::OsStr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+pub use guard::{Daemon, DaemonConfig, Guard};
+
+/// Root of all test dirs; each test gets `<TEST_ROOT>/<name>-<pid>-<n>`.
+pub const TEST_ROOT: &str = "/tmp/berth-test";
+
+/// True when running under CI (`CI=true`): skips become failures.
+pub fn in_ci() -> bool {
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
+}
+
+/// Print why a test is skipped; under CI, panic instead (CI must not pass by skipping).
+#[track_caller]
+pub fn skip(reason: &str) {
+    if in_ci() {
+        panic!("CI=true and a test would skip: {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+}
+
+/// True when the test runs as root. Otherwise prints a skip message and returns false
+/// (under `CI=true` it panics instead). Use: `if !berth_tests::require_root() { return; }`.
+#[track_caller]
+pub fn require_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    skip("this test needs root");
+    false
+}
+
+/// The workspace root (the parent of this crate's directory).
+pub fn workspace_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).to_path_buf()
+}
+
+/// The cargo target directory: `$CARGO_TARGET_DIR` (relative to the workspace root when
+/// relative) or `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                workspace_root().join(dir)
+            }
+        }
+        _ => workspace_root().join("target"),
+    }
+}
+
+/// The profile dir the binaries are taken from: `$BERTH_TEST_PROFILE` or `debug`.
+pub fn profile_dir() -> PathBuf {
+    let profile = std::env::var("BERTH_TEST_PROFILE").unwrap_or_else(|_| "debug".into());
+    // cargo names the dev profile's dir "debug".
+    let profile = if profile == "dev" {
+        "debug".into()
+    } else {
+        profile
+    };
+    target_dir().join(profile)
+}
+
+/// Workspace crate dirs whose sources a binary is built from (its own crate first).
+fn source_dirs_of(name: &str) -> Option<Vec<PathBuf>> {
+    let root = workspace_root();
+    let krate = match name {
+        "berth-runc" => "runtime/oci",
+        "berth-shim" => "runtime/shim",
+        "berthd" => "daemon",
+        "berth" => "cli",
+        _ => return None,
+    };
+    let mut dirs = vec![root.join(krate).join("src")];
+    // Only the workspace crates it really depends on: a change there rebuilds the binary.
+    let manifest = std::fs::read_to_string(root.join(krate).join("Cargo.toml")).unwrap_or_default();
+    let depends_on = |dep: &str| {
+        manifest.lines().any(|l| {
+            l.trim_start()
+                .strip_prefix(dep)
+                .is_some_and(|rest| rest.trim_start().starts_with(['=', '.']))
+        })
+    };
+    if depends_on("berth-proto") {
+        dirs.push(root.join("proto/src"));
+        dirs.push(root.join("proto/protos"));
+        dirs.push(root.join("proto/build.rs"));
+    }
+    if depends_on("berth-oci") && krate != "runtime/oci" {
+        dirs.push(root.join("runtime/oci/src"));
+    }
+    Some(dirs)
+}
+
+/// Newest modification time among the `.rs` and `.proto` files below `path` (or `path` itself).
+fn newest_source(path: &Path) -> Option<(SystemTime, PathBuf)> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if meta.is_file() {
+        let ext = path.extension().and_then(OsStr::to_str);
+        if matches!(ext, Some("rs") | Some("proto")) {
+            return Some((meta.modified().ok()?, path.to_path_buf()));
+        }
+        return None;
+    }
+    if !meta.is_dir() {
+        return None;
+    }
+    let mut newest: Option<(SystemTime, PathBuf)> = None;
+    for entry in std::fs::read_dir(path).ok()?.flatten() {
+        if let Some(found) = newest_source(&entry.path()) {
+            if newest.as_ref().is_none_or(|(t, _)| found.0 > *t) {
+                newest = Some(found);
+            }
+        }
+    }
+    newest
+}
+
+/// Path of the workspace binary `name` (`berth-runc`, `berth-shim`, `berthd`, `berth`) in the
+/// target dir. Panics loudly when it is missing or older than the newest source file of its
+/// crate (and of the workspace crates it depends on): the integration tests would otherwise
+/// test stale code. Fix: `cargo build --workspace --bins`.
+#[track_caller]
+pub fn bin(name: &str) -> PathBuf {
+    let path = profile_dir().join(name);
+    let hint = "run `cargo build --workspace --bins` (same profile as the tests) first";
+    let meta = match std::fs::metadata(&path) {
+        Ok(m) => m,
+        Err(e) => panic!(
+            "\n\n*** berth-tests: binary {} is missing ({e}); {hint} ***\n\n",
+            path.display()
+        ),
+    };
+    if meta.mode() & 0o111 == 0 {
+        panic!(
+            "\n\n*** berth-tests: {} is not executable; {hint} ***\n\n",
+            path.display()
+        );
+    }
+    if std::env::var_os("BERTH_TEST_ALLOW_STALE").is_none() {
+        if let (Some(dirs), Ok(built)) = (source_dirs_of(name), meta.modified()) {
+            for dir in dirs {
+                if let Some((t, src)) = newest_source(&dir) {
+                    if t > built {
+                        panic!(
+                            "\n\n*** berth-tests: binary {} is older than its source {}; {hint} ***\n\n",
+                            path.display(),
+                            src.display()
+                        );
+                    }
+                }
+            }
+        }
+    }
+    path
+}
+
+/// Path of a host tool (searched in `$PATH`, then /usr/sbin, /sbin, /usr/bin, /bin).
+/// Missing: prints a skip message and returns `None`; under `CI=true` it panics.
+/// Use: `let Some(runc) = berth_tests::tool("runc") else { return };`.
+#[track_caller]
+pub fn tool(name: &str) -> Option<PathBuf> {
+    if let Some(found) = find_tool(name) {
+        return Some(found);
+    }
+    skip(&format!(
+        "host tool `{name}` is not installed (see .ci/run for the package list)"
+    ));
+    None
+}
+
+/// Like [`tool`] but silent: `None` when missing, never panics.
+pub fn find_tool(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return is_executable(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let extra = [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/sbin",
+        "/usr/bin",
+        "/bin",
+    ];
+    std::env::split_paths(&path)
+        .chain(extra.iter().map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// `s` reduced to `[a-z0-9-]`, no leading/trailing/double dashes, at most `max` bytes.
+fn sanitize(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else if !out.is_empty() && !out.ends_with('-') {
+            out.push('-');
+        }
+        if out.len() >= max {
+            break;
+        }
+    }
+    let out = out.trim_end_matches('-').to_string();
+    if out.is_empty() {
+        "t".into()
+    } else {
+        out
+    }
+}
+
+/// A container id unique across the parallel tests of this run and other test processes:
+/// `<prefix>-<pid>-<n>`, made of `[a-z0-9-]` (valid for runc, containerd and as a cgroup or
+/// netns name), at most 48 bytes.
+pub fn unique_id(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{}-{}-{n}", sanitize(prefix, 28), std::process::id())
+}
+
+/// A unique temp dir `/tmp/berth-test/<name>-<pid>-<n>` (mode 0755).
+///
+/// On drop it lazily unmounts (`MNT_DETACH`) every mount at or below it, deepest first, then
+/// removes it. Set `BERTH_TEST_KEEP=1` to keep it for debugging (mounts are still detached).
+#[derive(Debug)]
+pub struct TestDir {
+    path: PathBuf,
+}
+
+impl TestDir {
+    /// Create a fresh dir for the test `name` (the name is shortened to keep socket paths short).
+    #[track_caller]
+    pub fn new(name: &str) -> TestDir {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = PathBuf::from(TEST_ROOT).join(format!(
+            "{}-{}-{n}",
+            sanitize(name, 24),
+            std::process::id()
+        ));
+        if path.exists() {
+            // A leftover of an earlier run with the same pid: not ours to keep.
+            unmount_below(&path);
+            let _ = std::fs::remove_dir_all(&path);
+        }
+        if let Err(e) = std::fs::create_dir_all(&path) {
+            panic!("cannot create test dir {}: {e}", path.display());
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(TEST_ROOT, std::fs::Permissions::from_mode(0o755));
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755));
+        TestDir { path }
+    }
+
+    /// The dir.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `self.path().join(rel)`.
+    pub fn join(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    /// `self.path().join(rel)`, created (with parents).
+    #[track_caller]
+    pub fn subdir(&self, rel: impl AsRef<Path>) -> PathBuf {
+        let p = self.path.join(rel);
+        if let Err(e) = std::fs::create_dir_all(&p) {
+            panic!("cannot create {}: {e}", p.display());
+        }
+        p
+    }
+}
+
+impl AsRef<Path> for TestDir {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        unmount_below(&self.path);
+        if std::env::var_os("BERTH_TEST_KEEP").is_some() {
+            eprintln!("BERTH_TEST_KEEP: keeping {}", self.path.display());
+            return;
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            if self.path.exists() {
+                eprintln!(
+                    "warning: cannot remove test dir {}: {e}",
+                    self.path.display()
+                );
+            }
+        }
+    }
+}
+
+/// Undo the octal escapes (`\040` for a space, ...) of a /proc/self/mountinfo field.
+fn unescape_mountinfo(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
+/// Mount points in this process's mount namespace, from /proc/self/mountinfo, in mount order,
+/// each with its filesystem type.
+pub fn mounts() -> Vec<(PathBuf, String)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let mount_point = fields.get(4)?;
+            let sep = fields.iter().position(|f| *f == "-")?;
+            let fstype = fields.get(sep + 1)?;
+            Some((unescape_mountinfo(mount_point), fstype.to_string()))
+        })
+        .collect()
+}
+
+/// True when `path` is a mount point in this mount namespace.
+pub fn is_mounted(path: &Path) -> bool {
+    mounts().iter().any(|(m, _)| m == path)
+}
+
+/// Mount points at or below `dir`, deepest (and latest) first.
+pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = mounts()
+        .into_iter()
+        .map(|(m, _)| m)
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    found.reverse(); // later mounts first (stacked mounts)
+    found.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    found.dedup();
+    found
+}
+
+/// Lazily unmount (`MNT_DETACH`) every mount at or below `dir`, deepest first; returns what
+/// is still mounted afterwards.
+pub fn unmount_below(dir: &Path) -> Vec<PathBuf> {
+    // Stacked mounts need one umount per layer: loop a few times.
+    for _ in 0..8 {
+        let found = mounts_below(dir);
+        if found.is_empty() {
+            return found;
+        }
+        for m in &found {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    mounts_below(dir)
+}
+
+/// A tonic channel to a gRPC server on the unix socket `path` (panics when it cannot connect).
+pub async fn connect_unix(path: &Path) -> tonic::transport::Channel {
+    match containerd_client::connect(path).await {
+        Ok(c) => c,
+        Err(e) => panic!("cannot connect to {}: {e}", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_valid() {
+        let a = unique_id("My_Test::name");
+        let b = unique_id("My_Test::name");
+        assert_ne!(a, b);
+        assert!(a.starts_with("my-test-name-"), "{a}");
+        assert!(a.len() <= 48);
+        assert!(
+            a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo(r"/a\040b\\c"), PathBuf::from(r"/a b\\c"));
+        assert_eq!(unescape_mountinfo(r"/a\134b"), PathBuf::from(r"/a\b"));
+    }
+
+    #[test]
+    fn test_dir_is_created_and_removed() {
+        let p;
+        {
+            let d = TestDir::new("lib::test_dir");
+            p = d.path().to_path_buf();
+            assert!(p.is_dir());
+            std::fs::write(d.join("f"), b"x").expect("write");
+        }
+        assert!(!p.exists());
+    }
+}

@@ -1,0 +1,1 @@
+//! Busybox OCI image layouts for tests (written below).

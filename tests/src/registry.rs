@@ -1,0 +1,1 @@
+//! A loopback docker-registry for tests (written below).
