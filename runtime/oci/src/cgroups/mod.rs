@@ -1,0 +1,621 @@
+//! Container cgroups for berth-runc on cgroup v1, v2 and hybrid hosts.
+//!
+//! [`CgroupManager`] owns one container's cgroup: it creates the directories (in every mounted v1 controller, and
+//! in the unified hierarchy on v2 and hybrid hosts), writes the OCI resource limits, moves processes in, freezes
+//! and thaws, reads the `events --stats` figures and removes what it created. The cgroups path is root-relative in
+//! every hierarchy, like runc's cgroupfs driver (no systemd).
+//!
+//! This module must never mount, remount or move the host's cgroup hierarchies, never write into a cgroup outside
+//! the container's own path (the one exception: enabling a controller in the `cgroup.subtree_control` of the
+//! levels above the container, which v2 requires for the container to get that controller's files), and never
+//! remove a directory it was not asked to manage.
+
+mod devices;
+mod fs;
+mod stats;
+#[cfg(test)]
+mod tests;
+mod v1;
+mod v2;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+use std::sync::OnceLock;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+pub use devices::default_device_rules;
+pub use stats::{
+    Blkio, BlkioEntry, Cpu, CpuUsage, Hugetlb, Memory, MemoryEntry, Pids as PidsStats, Stats,
+    Throttling,
+};
+
+/// Where cgroup hierarchies are mounted on every distribution Berth supports.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// v1 controllers the manager creates a directory in when they are mounted. `name=systemd` is left alone.
+const V1_CONTROLLERS: &[&str] = &[
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "memory",
+    "devices",
+    "freezer",
+    "blkio",
+    "pids",
+    "hugetlb",
+    "net_cls",
+    "net_prio",
+    "perf_event",
+    "rdma",
+    "misc",
+];
+
+/// Errors of the cgroup manager; every message names the file, directory or controller involved.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// statfs(2) on the cgroup mount point failed.
+    #[error("cgroups: cannot statfs {path}: {source}")]
+    Statfs {
+        /// The path given to statfs.
+        path: PathBuf,
+        /// The error.
+        source: nix::Error,
+    },
+    /// Reading a cgroup file failed.
+    #[error("cgroups: cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// Writing a cgroup file failed.
+    #[error("cgroups: cannot write {value:?} to {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What was written.
+        value: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// Creating a cgroup directory failed.
+    #[error("cgroups: cannot create {path}: {source}")]
+    Mkdir {
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// Removing a cgroup directory failed.
+    #[error("cgroups: cannot remove {path}: {source}")]
+    Rmdir {
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// The spec's cgroupsPath is not usable.
+    #[error("cgroups: invalid cgroupsPath {path:?}: {reason}")]
+    InvalidPath {
+        /// The path as given.
+        path: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// The spec asks for a limit of a controller this host does not have.
+    #[error("cgroups: the spec sets {what} but the {controller} controller is not available on this host")]
+    MissingController {
+        /// The controller (e.g. "hugetlb").
+        controller: &'static str,
+        /// The spec field (e.g. "hugepageLimits").
+        what: String,
+    },
+    /// A resource value is invalid or unsupported here.
+    #[error("cgroups: invalid {what}: {reason}")]
+    InvalidValue {
+        /// The spec field.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// A cgroup file has unexpected contents.
+    #[error("cgroups: cannot parse {path}: {reason}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The freezer did not reach FROZEN in time (the cgroup is thawed again).
+    #[error("cgroups: timed out freezing {path} (last state {state:?})")]
+    FreezeTimeout {
+        /// The freezer file.
+        path: PathBuf,
+        /// The last state read.
+        state: String,
+    },
+    /// No cgroup hierarchy is mounted where expected.
+    #[error("cgroups: no cgroup hierarchy is mounted under {CGROUP_ROOT}")]
+    NoHierarchy,
+}
+
+/// How the host mounts cgroups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    /// Only v1 hierarchies.
+    V1,
+    /// v1 controllers plus a cgroup2 mount (e.g. /sys/fs/cgroup/unified).
+    Hybrid,
+    /// /sys/fs/cgroup is cgroup2.
+    V2,
+}
+
+/// Receiver of debug messages (decisions like "swap limit ignored"); berth-runc points it at its `--debug` log.
+static DEBUG_LOGGER: OnceLock<fn(&str)> = OnceLock::new();
+
+/// Sets where this module's debug messages go (first call wins; default: nowhere).
+pub fn set_debug_logger(f: fn(&str)) {
+    let _ = DEBUG_LOGGER.set(f);
+}
+
+pub(crate) fn debug(msg: &str) {
+    if let Some(f) = DEBUG_LOGGER.get() {
+        f(msg);
+    }
+}
+
+/// Detects the host's cgroup mode from statfs(/sys/fs/cgroup) and /proc/self/mountinfo.
+pub fn detect_mode() -> Result<Mode, CgroupError> {
+    let fstype = nix::sys::statfs::statfs(CGROUP_ROOT)
+        .map_err(|source| CgroupError::Statfs {
+            path: PathBuf::from(CGROUP_ROOT),
+            source,
+        })?
+        .filesystem_type();
+    if fstype == nix::sys::statfs::CGROUP2_SUPER_MAGIC {
+        return Ok(Mode::V2);
+    }
+    let mounts = fs::mountinfo()?;
+    let has_v1 = mounts.iter().any(|m| m.fstype == "cgroup");
+    let has_v2 = mounts.iter().any(|m| m.fstype == "cgroup2");
+    match (has_v1, has_v2) {
+        (true, true) => Ok(Mode::Hybrid),
+        (true, false) => Ok(Mode::V1),
+        (false, true) => Ok(Mode::V2),
+        (false, false) => Err(CgroupError::NoHierarchy),
+    }
+}
+
+/// One container's cgroup in every hierarchy of the host. Serialisable: berth-runc keeps it in state.json.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CgroupManager {
+    /// Host mode at creation.
+    mode: Mode,
+    /// Normalised root-relative cgroup path, e.g. "/berth/<id>".
+    path: String,
+    /// v1 controller name → the container's directory in that controller's hierarchy.
+    v1: BTreeMap<String, PathBuf>,
+    /// The container's directory in the unified (v2) hierarchy, on V2 and hybrid hosts.
+    unified: Option<PathBuf>,
+    /// Mount point of the unified hierarchy's root as seen from here (for subtree_control).
+    unified_root: Option<PathBuf>,
+    /// Parent levels that did not exist when the manager was made, deepest last; removed by `destroy` when empty.
+    created_parents: Vec<PathBuf>,
+}
+
+/// Normalises a spec cgroupsPath to "/a/b"; refuses "..", empty and the hierarchy root.
+fn normalise_path(cgroups_path: Option<&str>, id: &str) -> Result<String, CgroupError> {
+    let raw = match cgroups_path {
+        Some(p) if !p.trim().is_empty() => p.to_string(),
+        _ => format!("/berth/{id}"),
+    };
+    if raw.contains(':') && !raw.starts_with('/') {
+        return Err(CgroupError::InvalidPath {
+            path: raw,
+            reason: "systemd slice:prefix:name paths need --systemd-cgroup, which berth-runc does not support",
+        });
+    }
+    let mut parts = Vec::new();
+    for c in Path::new(&raw).components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(s) => parts.push(s.to_string_lossy().into_owned()),
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(CgroupError::InvalidPath {
+                    path: raw,
+                    reason: "\"..\" is not allowed",
+                })
+            }
+        }
+    }
+    if parts.is_empty() {
+        return Err(CgroupError::InvalidPath {
+            path: raw,
+            reason: "it names the root of the hierarchy",
+        });
+    }
+    Ok(format!("/{}", parts.join("/")))
+}
+
+/// Maps a root-relative cgroup path onto a mount whose root may itself be a sub-cgroup (bind mounts, cgroupns).
+fn dir_in_mount(mount_point: &Path, mount_root: &str, path: &str) -> PathBuf {
+    let rel = if mount_root != "/" {
+        path.strip_prefix(mount_root).unwrap_or(path)
+    } else {
+        path
+    };
+    mount_point.join(rel.trim_start_matches('/'))
+}
+
+impl CgroupManager {
+    /// Builds the manager for `cgroups_path` ("/a/b" or "a/b", both root-relative; None = "/berth/<id>").
+    pub fn new(cgroups_path: Option<&str>, id: &str) -> Result<Self, CgroupError> {
+        let path = normalise_path(cgroups_path, id)?;
+        let mode = detect_mode()?;
+        let mounts = fs::mountinfo()?;
+        let mut v1 = BTreeMap::new();
+        let mut unified = None;
+        let mut unified_root = None;
+        let mut bases: Vec<PathBuf> = Vec::new();
+        if mode != Mode::V2 {
+            for m in mounts.iter().filter(|m| m.fstype == "cgroup") {
+                for opt in m.super_opts.split(',') {
+                    if V1_CONTROLLERS.contains(&opt) && !v1.contains_key(opt) {
+                        v1.insert(
+                            opt.to_string(),
+                            dir_in_mount(&m.mount_point, &m.root, &path),
+                        );
+                        bases.push(m.mount_point.clone());
+                    }
+                }
+            }
+        }
+        // The unified hierarchy: /sys/fs/cgroup itself on V2, otherwise the first cgroup2 mount under it.
+        let v2_mount = mounts
+            .iter()
+            .filter(|m| m.fstype == "cgroup2")
+            .find(|m| m.mount_point.starts_with(CGROUP_ROOT));
+        if let Some(m) = v2_mount {
+            unified = Some(dir_in_mount(&m.mount_point, &m.root, &path));
+            unified_root = Some(m.mount_point.clone());
+            bases.push(m.mount_point.clone());
+        }
+        if v1.is_empty() && unified.is_none() {
+            return Err(CgroupError::NoHierarchy);
+        }
+        bases.sort();
+        bases.dedup();
+        let mut created_parents = Vec::new();
+        let comps: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        for base in &bases {
+            let mut cur = base.clone();
+            for c in &comps[..comps.len() - 1] {
+                cur.push(c);
+                if !cur.exists() {
+                    created_parents.push(cur.clone());
+                }
+            }
+        }
+        Ok(Self {
+            mode,
+            path,
+            v1,
+            unified,
+            unified_root,
+            created_parents,
+        })
+    }
+
+    /// The host mode this manager was made for.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The normalised root-relative cgroup path ("/berth/<id>").
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The container's directory for a v1 controller, if that controller is mounted.
+    pub fn v1_dir(&self, controller: &str) -> Option<&Path> {
+        self.v1.get(controller).map(PathBuf::as_path)
+    }
+
+    /// The container's directory in the unified hierarchy (V2 and hybrid).
+    pub fn unified_dir(&self) -> Option<&Path> {
+        self.unified.as_deref()
+    }
+
+    /// Every distinct leaf directory (co-mounted v1 controllers share one).
+    fn leaf_dirs(&self) -> Vec<&Path> {
+        let mut dirs: Vec<&Path> = self.v1.values().map(PathBuf::as_path).collect();
+        if let Some(u) = &self.unified {
+            dirs.push(u);
+        }
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+
+    /// Creates the container's cgroup in every hierarchy (cpuset levels get their parent's cpus and mems).
+    pub fn create(&self) -> Result<(), CgroupError> {
+        let cpuset_dir = self.v1.get("cpuset");
+        for leaf in self.leaf_dirs() {
+            let is_cpuset = cpuset_dir.map(PathBuf::as_path) == Some(leaf);
+            let v2_root = match (self.mode, &self.unified) {
+                (Mode::V2, Some(u)) if u == leaf => self.unified_root.as_deref(),
+                _ => None,
+            };
+            create_one(leaf, is_cpuset, v2_root)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the resource limits (create and `update`). Fields that are absent are left as they are.
+    pub fn apply(&self, r: &oci_spec::runtime::LinuxResources) -> Result<(), CgroupError> {
+        match self.mode {
+            Mode::V2 => v2::apply(self, r),
+            Mode::V1 | Mode::Hybrid => v1::apply(self, r),
+        }
+    }
+
+    /// Moves `pid` into the container's cgroup in every hierarchy.
+    pub fn add_pid(&self, pid: i32) -> Result<(), CgroupError> {
+        let value = pid.to_string();
+        for dir in self.leaf_dirs() {
+            fs::write(dir, "cgroup.procs", &value)?;
+        }
+        Ok(())
+    }
+
+    /// The directory `pids` and `stats` read processes from.
+    fn procs_dir(&self) -> Option<&Path> {
+        ["pids", "freezer", "memory", "cpu", "devices"]
+            .iter()
+            .find_map(|c| self.v1_dir(c))
+            .or_else(|| self.v1.values().next().map(PathBuf::as_path))
+            .or(self.unified.as_deref())
+    }
+
+    /// Every process in the container's cgroup and its sub-cgroups, sorted.
+    pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
+        let Some(dir) = self.procs_dir() else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        collect_pids(dir, &mut out)?;
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// The freezer in use: v1 freezer dir, else the unified dir (cgroup.freeze exists in every non-root v2 cgroup).
+    fn freezer(&self) -> Result<(&Path, bool), CgroupError> {
+        if let Some(d) = self.v1_dir("freezer") {
+            return Ok((d, true));
+        }
+        match &self.unified {
+            Some(d) => Ok((d, false)),
+            None => Err(CgroupError::MissingController {
+                controller: "freezer",
+                what: "pause".into(),
+            }),
+        }
+    }
+
+    /// Freezes every process of the container and waits until the kernel reports it frozen.
+    pub fn freeze(&self) -> Result<(), CgroupError> {
+        let (dir, is_v1) = self.freezer()?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        if is_v1 {
+            let mut last = String::new();
+            let mut i = 0u32;
+            while Instant::now() < deadline {
+                if i % 50 == 0 {
+                    // Rewriting FROZEN retries tasks that were in an uninterruptible state.
+                    fs::write(dir, "freezer.state", "FROZEN")?;
+                }
+                last = fs::read(dir, "freezer.state")?;
+                if last == "FROZEN" {
+                    return Ok(());
+                }
+                i += 1;
+                sleep(Duration::from_millis(1));
+            }
+            let _ = fs::write(dir, "freezer.state", "THAWED");
+            Err(CgroupError::FreezeTimeout {
+                path: dir.join("freezer.state"),
+                state: last,
+            })
+        } else {
+            fs::write(dir, "cgroup.freeze", "1")?;
+            let mut last = String::new();
+            while Instant::now() < deadline {
+                last = fs::read(dir, "cgroup.events")?;
+                if fs::parse_flat_keyed(&last).contains(&("frozen".to_string(), 1)) {
+                    return Ok(());
+                }
+                sleep(Duration::from_millis(1));
+            }
+            let _ = fs::write(dir, "cgroup.freeze", "0");
+            Err(CgroupError::FreezeTimeout {
+                path: dir.join("cgroup.events"),
+                state: last,
+            })
+        }
+    }
+
+    /// Thaws the container.
+    pub fn thaw(&self) -> Result<(), CgroupError> {
+        let (dir, is_v1) = self.freezer()?;
+        if is_v1 {
+            fs::write(dir, "freezer.state", "THAWED")
+        } else {
+            fs::write(dir, "cgroup.freeze", "0")
+        }
+    }
+
+    /// Whether the container is frozen (FREEZING counts as not frozen yet).
+    pub fn is_frozen(&self) -> Result<bool, CgroupError> {
+        let (dir, is_v1) = self.freezer()?;
+        if is_v1 {
+            Ok(fs::read(dir, "freezer.state")? == "FROZEN")
+        } else {
+            Ok(fs::read_opt(dir, "cgroup.freeze")?.as_deref() == Some("1"))
+        }
+    }
+
+    /// Usage figures in the shape of runc's `events --stats` "data" object.
+    pub fn stats(&self) -> Result<Stats, CgroupError> {
+        match self.mode {
+            Mode::V2 => stats::read_v2(self),
+            Mode::V1 | Mode::Hybrid => stats::read_v1(self),
+        }
+    }
+
+    /// Removes the container's cgroup everywhere (and its sub-cgroups), waiting up to ~2 s for exiting tasks to
+    /// leave, then the parent levels this manager created when they are empty. Already gone = Ok.
+    pub fn destroy(&self) -> Result<(), CgroupError> {
+        let mut first_err = None;
+        for dir in self.leaf_dirs() {
+            if let Err(e) = remove_tree(dir) {
+                first_err.get_or_insert(e);
+            }
+        }
+        for parent in self.created_parents.iter().rev() {
+            match std::fs::remove_dir(parent) {
+                Ok(()) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOENT | libc::ENOTEMPTY | libc::EBUSY | libc::EEXIST)
+                    ) => {}
+                Err(source) => {
+                    first_err.get_or_insert(CgroupError::Rmdir {
+                        path: parent.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The directory the shim watches for OOM events: v1 memory cgroup, or the v2 cgroup on V2 hosts.
+    pub fn memory_path(&self) -> Option<PathBuf> {
+        match self.mode {
+            Mode::V2 => self.unified.clone(),
+            Mode::V1 | Mode::Hybrid => self.v1.get("memory").cloned(),
+        }
+    }
+}
+
+/// mkdir -p for one hierarchy, tolerating a concurrent rmdir of a shared parent by another container. On V2
+/// (`v2_root` set) it enables the available controllers in every level above the leaf.
+fn create_one(leaf: &Path, is_cpuset: bool, v2_root: Option<&Path>) -> Result<(), CgroupError> {
+    let mut attempt = 0;
+    'retry: loop {
+        attempt += 1;
+        let mut missing = Vec::new();
+        let mut existing = leaf;
+        while !existing.exists() {
+            missing.push(existing.to_path_buf());
+            match existing.parent() {
+                Some(p) => existing = p,
+                None => break,
+            }
+        }
+        if let Some(root) = v2_root {
+            let mut above: Vec<&Path> = existing
+                .ancestors()
+                .take_while(|a| a.starts_with(root))
+                .collect();
+            above.reverse();
+            for level in above {
+                v2::enable_controllers(level);
+            }
+        }
+        for dir in missing.iter().rev() {
+            match std::fs::create_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < 5 => continue 'retry,
+                Err(source) => {
+                    return Err(CgroupError::Mkdir {
+                        path: dir.clone(),
+                        source,
+                    })
+                }
+            }
+            if is_cpuset {
+                v1::copy_cpuset_from_parent(dir)?;
+            }
+            if v2_root.is_some() && dir != leaf {
+                v2::enable_controllers(dir);
+            }
+        }
+        if is_cpuset && missing.is_empty() {
+            v1::copy_cpuset_from_parent(leaf)?;
+        }
+        return Ok(());
+    }
+}
+
+/// Reads cgroup.procs of `dir` and every sub-cgroup below it.
+fn collect_pids(dir: &Path, out: &mut Vec<i32>) -> Result<(), CgroupError> {
+    let Some(procs) = fs::read_opt(dir, "cgroup.procs")? else {
+        return Ok(());
+    };
+    out.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(CgroupError::Read {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    for entry in rd.flatten() {
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            collect_pids(&entry.path(), out)?;
+        }
+    }
+    Ok(())
+}
+
+/// rmdir of a cgroup and its sub-cgroups, deepest first, retrying EBUSY while tasks drain.
+fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for entry in rd.flatten() {
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_tree(&entry.path())?;
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                sleep(Duration::from_millis(10));
+            }
+            Err(source) => {
+                return Err(CgroupError::Rmdir {
+                    path: dir.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    }
+}
