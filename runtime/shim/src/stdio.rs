@@ -1,0 +1,146 @@
+//! Opening a process's stdio from the paths a client gives: FIFOs (as ctr makes them),
+//! regular files (appended to), or empty for /dev/null.
+//!
+//! Design (no copying for plain stdio): the FIFO fds are handed to the runtime directly as
+//! the process's fds 0/1/2, so the container writes straight into the client's FIFOs.
+//! - Outputs: the shim first opens its own O_RDONLY|O_NONBLOCK end and KEEPS it for the
+//!   process's life, so the container's writes never get EPIPE and nothing is lost while
+//!   no client reads (the FIFO buffers, then the writer blocks as with any pipe).
+//! - Stdin: the container gets a blocking read end; the shim keeps its own O_WRONLY end
+//!   until CloseIO, so the process sees EOF only after CloseIO (and the client closed).
+//! With a terminal, [`crate::console`] copies between the pty master and these paths.
+//! A path that does not exist is a NotFound error naming it; this module never creates one.
+
+use std::fs::OpenOptions;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::Path;
+
+use berth_proto::shim::Stdio;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+
+use crate::error::{Error, Result};
+use crate::runtime::ProcStdio;
+
+/// What kind of file a stdio path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Empty path: /dev/null.
+    Null,
+    /// A FIFO.
+    Fifo,
+    /// Anything else (regular file, character device).
+    File,
+}
+
+/// Classify a stdio path; a missing path is NotFound naming it.
+pub fn kind(what: &str, path: &str) -> Result<Kind> {
+    if path.is_empty() {
+        return Ok(Kind::Null);
+    }
+    match std::fs::metadata(path) {
+        Ok(m) if m.file_type().is_fifo() => Ok(Kind::Fifo),
+        Ok(_) => Ok(Kind::File),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound(format!(
+            "{what} path {path} does not exist"
+        ))),
+        Err(e) => Err(Error::io(format!("{what} path {path}"), e)),
+    }
+}
+
+/// Set or clear O_NONBLOCK on an open file description.
+pub fn set_nonblocking(fd: impl AsFd, on: bool) -> Result<()> {
+    let flags = fcntl(fd.as_fd(), FcntlArg::F_GETFL).map_err(|e| Error::sys("F_GETFL", e))?;
+    let mut flags = OFlag::from_bits_truncate(flags);
+    flags.set(OFlag::O_NONBLOCK, on);
+    fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags)).map_err(|e| Error::sys("F_SETFL", e))?;
+    Ok(())
+}
+
+/// Open a path with flags; errors name the path.
+pub fn open(path: &str, read: bool, write: bool, append: bool, flags: i32) -> Result<OwnedFd> {
+    OpenOptions::new()
+        .read(read)
+        .write(write)
+        .append(append)
+        .custom_flags(flags | libc::O_CLOEXEC)
+        .open(path)
+        .map(OwnedFd::from)
+        .map_err(|e| Error::path("opening stdio", Path::new(path), e))
+}
+
+/// /dev/null for reading and writing.
+pub fn null() -> Result<OwnedFd> {
+    open("/dev/null", true, true, false, 0)
+}
+
+/// The shim's handles that keep a process's stdio FIFOs usable.
+#[derive(Default)]
+pub struct Holders {
+    /// Read ends of output FIFOs, kept for the process's life.
+    pub outputs: Vec<OwnedFd>,
+    /// The shim's write end of a stdin FIFO, dropped by CloseIO.
+    pub stdin: Option<OwnedFd>,
+}
+
+/// Open an output path (stdout/stderr) for the process; FIFO read ends go to `holders`.
+pub fn open_output(what: &str, path: &str, holders: &mut Holders) -> Result<OwnedFd> {
+    match kind(what, path)? {
+        Kind::Null => null(),
+        Kind::Fifo => {
+            let rd = open(path, true, false, false, libc::O_NONBLOCK)?;
+            let wr = open(path, false, true, false, libc::O_NONBLOCK)?;
+            set_nonblocking(&wr, false)?;
+            holders.outputs.push(rd);
+            Ok(wr)
+        }
+        Kind::File => open(path, false, true, true, 0),
+    }
+}
+
+/// Open a stdin path for the process; a FIFO's shim-held write end goes to `holders`.
+pub fn open_input(path: &str, holders: &mut Holders) -> Result<OwnedFd> {
+    match kind("stdin", path)? {
+        Kind::Null => null(),
+        Kind::Fifo => {
+            let rd = open(path, true, false, false, libc::O_NONBLOCK)?;
+            let wr = open(path, false, true, false, libc::O_NONBLOCK)?;
+            set_nonblocking(&rd, false)?;
+            holders.stdin = Some(wr);
+            Ok(rd)
+        }
+        Kind::File => open(path, true, false, false, 0),
+    }
+}
+
+/// Open all three stdio paths for direct use by the process (no terminal).
+pub fn open_direct(s: &Stdio) -> Result<(ProcStdio, Holders)> {
+    let mut holders = Holders::default();
+    let stdin = open_input(&s.stdin, &mut holders)?;
+    let stdout = open_output("stdout", &s.stdout, &mut holders)?;
+    let stderr = open_output("stderr", &s.stderr, &mut holders)?;
+    Ok((
+        ProcStdio {
+            stdin,
+            stdout,
+            stderr,
+        },
+        holders,
+    ))
+}
+
+/// Stdio of the runtime command itself when the process uses a terminal.
+pub fn null_stdio() -> Result<ProcStdio> {
+    Ok(ProcStdio {
+        stdin: null()?,
+        stdout: null()?,
+        stderr: null()?,
+    })
+}
+
+/// Register an owned fd with the tokio reactor.
+pub fn async_fd(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: an OwnedFd keeps its fd open and unchanged until it is dropped, which happens
+    // only when the AsyncFd that owns it is dropped.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
+}
