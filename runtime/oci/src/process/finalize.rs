@@ -1,0 +1,104 @@
+//! The last steps before exec, shared by init and exec'd processes: fd hygiene
+//! (only stdio and --preserve-fds survive), seccomp, the bounding set, user and
+//! groups, capabilities, cwd, no_new_privileges, default signal state, execve.
+//! After this nothing of berth-runc may remain in the process.
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal, SigHandler, signal};
+use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+
+use super::channel::Channel;
+use super::ChainSpec;
+use crate::caps;
+use crate::error::{Error, Result, SysContext};
+
+/// The exec'd (not init) process: session, terminal, rlimits of its own, finalize.
+pub(super) fn exec_process(cs: &ChainSpec, ch: &Channel) -> ! {
+    super::child_main(ch, || {
+        nix::unistd::setsid().sys(|| "setsid".into())?;
+        if cs.process.terminal().unwrap_or(false) {
+            let sock = cs.console.as_ref().ok_or_else(|| Error::Usage("--tty needs --console-socket".into()))?;
+            let size = cs.process.console_size().map(|b| (b.height() as u16, b.width() as u16));
+            crate::console::setup(sock, size)?;
+        }
+        super::init::set_rlimits(cs.process.rlimits().as_deref().unwrap_or(&[]))?;
+        finalize(cs)
+    })
+}
+
+/// Drop privileges as the spec says and exec the process.
+pub fn finalize(cs: &ChainSpec) -> Result<Infallible> {
+    let p = cs.process;
+    crate::utils::cloexec_from(3 + cs.preserve_fds)?;
+    for fd in 3..3 + cs.preserve_fds {
+        crate::utils::clear_cloexec(fd as i32)?;
+    }
+    let nnp = p.no_new_privileges().unwrap_or(false);
+    if let (Some(s), false) = (&cs.seccomp, nnp) {
+        s.install()?;
+    }
+    caps::drop_bounding(cs.caps.bounding)?;
+    caps::keep_caps(true)?;
+    let user = p.user();
+    let gids: Vec<Gid> = user.additional_gids().iter().flatten().map(|g| Gid::from_raw(*g)).collect();
+    match setgroups(&gids) {
+        Ok(()) => {}
+        // setgroups is denied in some user namespaces: only fatal when groups were asked.
+        Err(_) if cs.ns.in_userns() && gids.is_empty() => {}
+        Err(e) => return Err(Error::sys("setgroups", e)),
+    }
+    let (uid, gid) = (Uid::from_raw(user.uid()), Gid::from_raw(user.gid()));
+    setresgid(gid, gid, gid).sys(|| format!("setresgid {gid}"))?;
+    setresuid(uid, uid, uid).sys(|| format!("setresuid {uid}"))?;
+    caps::keep_caps(false)?;
+    caps::apply(&cs.caps)?;
+    let mask = user.umask().unwrap_or(0o022);
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask as libc::mode_t));
+    nix::unistd::chdir(p.cwd()).sys(|| format!("chdir {}", p.cwd().display()))?;
+    let args = p.args().clone().unwrap_or_default();
+    let env = p.env().clone().unwrap_or_default();
+    let prog = lookup(&args[0], &env)?;
+    if nnp {
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
+            return Err(Error::sys("PR_SET_NO_NEW_PRIVS", nix::errno::Errno::last()));
+        }
+        if let Some(s) = &cs.seccomp {
+            s.install()?;
+        }
+    }
+    let cstr = |s: &str| CString::new(s).map_err(|_| Error::Spec(format!("NUL byte in {s:?}")));
+    let argv: Vec<CString> = args.iter().map(|a| cstr(a)).collect::<Result<_>>()?;
+    let envp: Vec<CString> = env.iter().map(|a| cstr(a)).collect::<Result<_>>()?;
+    let prog_c = CString::new(prog.as_os_str().as_encoded_bytes()).map_err(|_| Error::Spec("program path".into()))?;
+    // Rust ignores SIGPIPE; the container must start with default signal state.
+    // SAFETY: restoring the default disposition installs no handler code.
+    unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }.sys(|| "reset SIGPIPE".into())?;
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None).sys(|| "sigprocmask".into())?;
+    let e = nix::unistd::execve(&prog_c, &argv, &envp).unwrap_err();
+    Err(Error::sys(format!("exec {}", prog.display()), e))
+}
+
+/// Find a program like execvp, with the container's PATH.
+fn lookup(arg0: &str, env: &[String]) -> Result<PathBuf> {
+    if arg0.contains('/') {
+        return Ok(PathBuf::from(arg0));
+    }
+    let path = env
+        .iter()
+        .find_map(|kv| kv.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    for dir in path.split(':') {
+        let cand = Path::new(if dir.is_empty() { "." } else { dir }).join(arg0);
+        if let Ok(md) = std::fs::metadata(&cand) {
+            use std::os::unix::fs::PermissionsExt;
+            if md.is_file() && md.permissions().mode() & 0o111 != 0 {
+                return Ok(cand);
+            }
+        }
+    }
+    Err(Error::Spec(format!("executable file {arg0:?} not found in $PATH")))
+}
