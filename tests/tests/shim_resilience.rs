@@ -1,0 +1,478 @@
+//! berth-shim under stress: event replay after reconnects (exactly once, whole history when
+//! nothing is acked), the starter's process group and session SIGKILLed, the shim itself
+//! SIGKILLed then `berth-shim delete`, hostile requests, and a terminal with resize.
+
+#[path = "shim_support.rs"]
+mod support;
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio as PStdio};
+use std::time::Duration;
+
+use berth_proto::shim::{
+    event::Kind, AckRequest, CloseIoRequest, CreateRequest, DeleteRequest, ExecRequest,
+    KillRequest, Mount, ResizePtyRequest, ShutdownRequest, StartRequest, StateRequest, Status,
+    Stdio, WaitRequest,
+};
+use berth_tests::proc;
+use nix::sys::signal::Signal;
+use support::*;
+use tonic::Code;
+
+#[tokio::test]
+async fn shim_events_replay_after_reconnect() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let fx = ShimFixture::new("shim-replay", &["sh", "-c", "read x; exit 5"]);
+    let sock = fx.start_shim();
+    let mut c = connect(&sock).await;
+    let stdin = fx.dir.join("stdin.fifo");
+    nix::unistd::mkfifo(&stdin, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let mut req = fx.create_req(&fx.out_file("out.txt"));
+    if let Some(s) = req.stdio.as_mut() {
+        s.stdin = stdin.display().to_string();
+    }
+    let pid = c.create(req).await.expect("create").into_inner().pid;
+    fx.guard.pid(pid);
+    c.start(StartRequest::default()).await.expect("start");
+    {
+        let mut ev = events(&sock, 0).await;
+        let evs = collect_until(&mut ev, "started", Duration::from_secs(5)).await;
+        assert_eq!(kinds(&evs), ["created", "started"]);
+        // The client goes away (berthd dies) ...
+    }
+    // ... and the container exits while nobody listens: CloseIO gives `read` its EOF.
+    c.close_io(CloseIoRequest {
+        exec_id: String::new(),
+        stdin: true,
+    })
+    .await
+    .expect("close io");
+    let w = c
+        .wait(WaitRequest::default())
+        .await
+        .expect("wait")
+        .into_inner();
+    assert_eq!(w.exit_status, 5);
+
+    // Nothing acked: the whole history, in order.
+    let mut ev = events(&sock, 0).await;
+    let evs = collect_until(&mut ev, "exited", Duration::from_secs(5)).await;
+    assert_eq!(kinds(&evs), ["created", "started", "exited"]);
+    assert_eq!(evs.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    drop(ev);
+
+    // Acked up to "started": a reconnect gets the exit exactly once, then nothing.
+    c.ack(AckRequest { seq: 2 }).await.expect("ack");
+    let mut ev = events(&sock, 2).await;
+    let first = next_event(&mut ev, Duration::from_secs(5))
+        .await
+        .expect("exit event");
+    assert_eq!(first.seq, 3);
+    match first.kind {
+        Some(Kind::Exited(e)) => assert_eq!((e.pid, e.exit_status), (pid, 5)),
+        other => panic!("expected the exit, got {other:?}"),
+    }
+    assert!(
+        next_event(&mut ev, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "more than the exit was replayed"
+    );
+    // Acked events are gone from the journal: Events(0) starts after the ack.
+    let mut ev0 = events(&sock, 0).await;
+    let e = next_event(&mut ev0, Duration::from_secs(5))
+        .await
+        .expect("event");
+    assert_eq!(e.seq, 3);
+    // Ack is cumulative and checked.
+    let err = c
+        .ack(AckRequest { seq: 99 })
+        .await
+        .expect_err("ack beyond the journal");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    c.ack(AckRequest { seq: 3 }).await.expect("ack all");
+
+    // Live events keep flowing on an open stream, numbered on.
+    c.delete(DeleteRequest::default()).await.expect("delete");
+    let d = next_event(&mut ev, Duration::from_secs(5))
+        .await
+        .expect("delete event");
+    assert_eq!(
+        (kinds(std::slice::from_ref(&d)), d.seq),
+        (vec!["deleted"], 4)
+    );
+    c.shutdown(ShutdownRequest { now: false })
+        .await
+        .expect("shutdown");
+    fx.finish();
+}
+
+#[tokio::test]
+async fn shim_survives_its_starters_session_being_killed() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let fx = ShimFixture::new("shim-orphan", &["sleep", "1000"]);
+    let addr_file = fx.dir.join("addr");
+    // The stand-in for berthd: its own session, runs `berth-shim start`, then lingers.
+    let script = format!(
+        "{} start {} --address /nonexistent.sock > {}; exec sleep 1000",
+        berth_tests::bin("berth-shim").display(),
+        fx.shim_args().join(" "),
+        addr_file.display()
+    );
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", &script]).stdin(PStdio::null());
+    // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(Into::into));
+    }
+    let mut starter = cmd.spawn().expect("spawning the starter");
+    let starter_pid = starter.id() as i32;
+    fx.guard.pid(starter_pid);
+    eventually("the shim address", Duration::from_secs(10), || {
+        std::fs::read_to_string(&addr_file).is_ok_and(|s| s.contains("unix://"))
+    })
+    .await;
+    let sock = socket_of(&std::fs::read_to_string(&addr_file).expect("addr"));
+    let shim_pid = fx.shim_pid().expect("shim pid");
+    fx.guard.pid(shim_pid);
+    let mut c = connect(&sock).await;
+    let mut ev = events(&sock, 0).await;
+    let pid = c
+        .create(fx.create_req(&fx.out_file("out.txt")))
+        .await
+        .expect("create")
+        .into_inner()
+        .pid;
+    fx.guard.pid(pid);
+    c.start(StartRequest::default()).await.expect("start");
+    let evs = collect_until(&mut ev, "started", Duration::from_secs(5)).await;
+    assert_eq!(kinds(&evs), ["created", "started"]);
+
+    let (starter_sid, starter_pgid) = proc::sid_pgid(starter_pid).expect("starter stat");
+    let (shim_sid, shim_pgid) = proc::sid_pgid(shim_pid).expect("shim stat");
+    assert_ne!(shim_sid, starter_sid, "shim shares the starter's session");
+    assert_ne!(
+        shim_pgid, starter_pgid,
+        "shim shares the starter's process group"
+    );
+    // SIGKILL the starter's whole process group (= its session here), stream still open.
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(starter_pgid), Signal::SIGKILL)
+        .expect("kill -9 -PGID of the starter");
+    let _ = starter.wait();
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(proc::alive(shim_pid), "the shim died with its starter");
+    assert!(proc::alive(pid), "the container died with the starter");
+
+    // A new client drives them; the old stream sees nothing odd.
+    let mut c = connect(&sock).await;
+    let st = c
+        .state(StateRequest::default())
+        .await
+        .expect("state")
+        .into_inner();
+    assert_eq!(st.status, Status::Running as i32);
+    c.kill(KillRequest {
+        exec_id: String::new(),
+        signal: 9,
+        all: false,
+    })
+    .await
+    .expect("kill");
+    assert_eq!(
+        c.wait(WaitRequest::default())
+            .await
+            .expect("wait")
+            .into_inner()
+            .exit_status,
+        137
+    );
+    let e = next_event(&mut ev, Duration::from_secs(5))
+        .await
+        .expect("exit on the old stream");
+    assert_eq!(kind_name(&e), "exited");
+    c.delete(DeleteRequest::default()).await.expect("delete");
+    c.shutdown(ShutdownRequest { now: false })
+        .await
+        .expect("shutdown");
+    assert!(
+        proc::wait_dead(shim_pid, Duration::from_secs(5)),
+        "shim still running"
+    );
+    fx.finish();
+}
+
+#[tokio::test]
+async fn shim_sigkilled_then_delete_cleans_up() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let fx = ShimFixture::new("shim-sigkill", &["sleep", "1000"]);
+    // The rootfs comes as a mount the shim performs (like a snapshot).
+    let src = fx.dir.join("rootfs-src");
+    std::fs::rename(&fx.bundle.rootfs, &src).expect("moving the rootfs");
+    std::fs::create_dir(&fx.bundle.rootfs).expect("empty rootfs dir");
+    let sock = fx.start_shim();
+    let shim_pid = fx.shim_pid().expect("shim pid");
+    let mut c = connect(&sock).await;
+    let mut req = fx.create_req(&fx.out_file("out.txt"));
+    req.rootfs = vec![Mount {
+        r#type: "bind".into(),
+        source: src.display().to_string(),
+        target: String::new(),
+        options: vec!["rbind".into(), "rw".into()],
+    }];
+    let pid = c.create(req).await.expect("create").into_inner().pid;
+    fx.guard.pid(pid);
+    c.start(StartRequest::default()).await.expect("start");
+    assert!(
+        berth_tests::is_mounted(&fx.bundle.rootfs),
+        "rootfs not mounted"
+    );
+    assert!(proc::kill(shim_pid, Signal::SIGKILL));
+    assert!(proc::wait_dead(shim_pid, Duration::from_secs(5)));
+    drop(c);
+
+    let out = Command::new(berth_tests::bin("berth-shim"))
+        .arg("delete")
+        .args(fx.shim_args())
+        .output()
+        .expect("berth-shim delete");
+    assert!(
+        out.status.success(),
+        "berth-shim delete failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("delete prints JSON");
+    assert_eq!(v["exit_status"], 137, "{v}");
+    assert_eq!(v["pid"], pid, "{v}");
+    assert!(
+        v["exited_at"].as_str().is_some_and(|s| s.ends_with('Z')),
+        "{v}"
+    );
+    assert!(
+        !berth_tests::is_mounted(&fx.bundle.rootfs),
+        "rootfs still mounted"
+    );
+    assert!(
+        proc::wait_dead(pid, Duration::from_secs(5)),
+        "container still running"
+    );
+    assert!(!sock.exists(), "socket left behind");
+    let cgroups = berth_tests::guard::cgroup_dirs(&fx.bundle.cgroups_path());
+    assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
+    fx.finish();
+}
+
+#[tokio::test]
+async fn shim_hostile_requests_get_clear_errors() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let fx = ShimFixture::new("shim-hostile", &["sleep", "1000"]);
+    let config = fx.bundle.config_path();
+    let saved = std::fs::read(&config).expect("config");
+    std::fs::remove_file(&config).expect("removing config.json");
+    let sock = fx.start_shim();
+    let mut c = connect(&sock).await;
+    let out = fx.out_file("out.txt");
+
+    let err = c
+        .create(fx.create_req(&out))
+        .await
+        .expect_err("bundle without config.json");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("config.json"), "{err}");
+    std::fs::write(&config, saved).expect("restoring config.json");
+
+    let missing = fx.dir.join("no-such-fifo");
+    let mut req = fx.create_req(&out);
+    if let Some(s) = req.stdio.as_mut() {
+        s.stdout = missing.display().to_string();
+    }
+    let err = c.create(req).await.expect_err("missing stdout");
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+    assert!(err.message().contains("no-such-fifo"), "{err}");
+
+    let err = c
+        .create(CreateRequest {
+            id: "someone-else".into(),
+            ..fx.create_req(&out)
+        })
+        .await
+        .expect_err("wrong id");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    let err = c
+        .start(StartRequest::default())
+        .await
+        .expect_err("start before create");
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+
+    // The shim still serves: the real container works.
+    let pid = c
+        .create(fx.create_req(&out))
+        .await
+        .expect("create")
+        .into_inner()
+        .pid;
+    fx.guard.pid(pid);
+    let err = c
+        .create(fx.create_req(&out))
+        .await
+        .expect_err("second create");
+    assert_eq!(err.code(), Code::AlreadyExists, "{err}");
+    c.start(StartRequest::default()).await.expect("start");
+    for exec_id in ["nope", "../../etc"] {
+        let err = c
+            .start(StartRequest {
+                exec_id: exec_id.into(),
+            })
+            .await
+            .expect_err("unknown exec");
+        assert_eq!(err.code(), Code::NotFound, "{err}");
+        let err = c
+            .kill(KillRequest {
+                exec_id: exec_id.into(),
+                signal: 9,
+                all: false,
+            })
+            .await
+            .expect_err("kill unknown exec");
+        assert_eq!(err.code(), Code::NotFound, "{err}");
+        let err = c
+            .wait(WaitRequest {
+                exec_id: exec_id.into(),
+            })
+            .await
+            .expect_err("wait");
+        assert_eq!(err.code(), Code::NotFound, "{err}");
+    }
+    let err = c
+        .exec(ExecRequest {
+            exec_id: "../evil".into(),
+            stdio: Some(Stdio::default()),
+            process_json: process_json(&["true"], false),
+        })
+        .await
+        .expect_err("bad exec id");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    let err = c
+        .exec(ExecRequest {
+            exec_id: "badjson".into(),
+            stdio: Some(Stdio::default()),
+            process_json: b"{not json".to_vec(),
+        })
+        .await
+        .expect_err("bad process JSON");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    let err = c
+        .exec(ExecRequest {
+            exec_id: "nostdio".into(),
+            stdio: Some(Stdio {
+                stdin: missing.display().to_string(),
+                ..Default::default()
+            }),
+            process_json: process_json(&["true"], false),
+        })
+        .await
+        .expect_err("missing stdin");
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+    // A running init cannot be deleted.
+    let err = c
+        .delete(DeleteRequest::default())
+        .await
+        .expect_err("delete running");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    let st = c
+        .state(StateRequest::default())
+        .await
+        .expect("still serving")
+        .into_inner();
+    assert_eq!(st.status, Status::Running as i32);
+    c.kill(KillRequest {
+        exec_id: String::new(),
+        signal: 9,
+        all: false,
+    })
+    .await
+    .expect("kill");
+    c.wait(WaitRequest::default()).await.expect("wait");
+    c.delete(DeleteRequest::default()).await.expect("delete");
+    c.shutdown(ShutdownRequest { now: false })
+        .await
+        .expect("shutdown");
+    fx.finish();
+}
+
+#[tokio::test]
+async fn shim_terminal_with_resize() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let fx = ShimFixture::new("shim-tty", &["sh", "-c", "sleep 1; stty size; exit 4"]);
+    fx.bundle
+        .edit_spec(|s| s["process"]["terminal"] = true.into());
+    let sock = fx.start_shim();
+    let mut c = connect(&sock).await;
+    let out = fx.dir.join("tty.fifo");
+    nix::unistd::mkfifo(&out, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    // Read the FIFO like ctr does: open before Create, non-blocking.
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&out)
+        .expect("opening the output fifo");
+    let mut req = fx.create_req(&out);
+    if let Some(s) = req.stdio.as_mut() {
+        s.terminal = true;
+        s.stderr = String::new();
+    }
+    let pid = c.create(req).await.expect("create").into_inner().pid;
+    fx.guard.pid(pid);
+    c.start(StartRequest::default()).await.expect("start");
+    c.resize_pty(ResizePtyRequest {
+        exec_id: String::new(),
+        width: 101,
+        height: 33,
+    })
+    .await
+    .expect("resize");
+    let w = c
+        .wait(WaitRequest::default())
+        .await
+        .expect("wait")
+        .into_inner();
+    assert_eq!(w.exit_status, 4);
+    let mut text = String::new();
+    let mut r = reader;
+    let _ = std::io::Read::read_to_string(&mut r, &mut text);
+    assert!(text.contains("33 101"), "stty size printed {text:?}");
+
+    // An exec with its own terminal.
+    let err = c
+        .resize_pty(ResizePtyRequest {
+            exec_id: "nope".into(),
+            width: 1,
+            height: 1,
+        })
+        .await
+        .expect_err("resize unknown exec");
+    assert_eq!(err.code(), Code::NotFound);
+    c.delete(DeleteRequest::default()).await.expect("delete");
+    c.shutdown(ShutdownRequest { now: false })
+        .await
+        .expect("shutdown");
+    fx.finish();
+}
+
+/// Keep `Write` used for FIFO writers in future tests.
+#[allow(dead_code)]
+fn write_all(f: &mut std::fs::File, b: &[u8]) {
+    let _ = f.write_all(b);
+}
