@@ -151,7 +151,7 @@ impl Inner {
         fds: ProcStdio,
         console: Option<&ConsoleSocket>,
     ) -> Result<Option<OwnedFd>> {
-        let run = self.runtime.run(&args, Some(fds));
+        let run = self.runtime.run(args, Some(fds));
         let Some(sock) = console else {
             run.await?;
             return Ok(None);
@@ -247,7 +247,7 @@ impl Inner {
             Err(e) => {
                 let _ = self
                     .runtime
-                    .run(&args!["delete", "--force", &self.id], None)
+                    .run(args!["delete", "--force", &self.id], None)
                     .await;
                 let _ = mount::unmount_rootfs(&self.bundle);
                 return Err(e);
@@ -304,7 +304,7 @@ impl Inner {
             }
             p.pid
         };
-        if let Err(e) = self.runtime.run(&args!["start", &self.id], None).await {
+        if let Err(e) = self.runtime.run(args!["start", &self.id], None).await {
             self.open_gate("");
             return Err(e);
         }
@@ -338,7 +338,7 @@ impl Inner {
             args.push("--all".into());
         }
         args.extend(args![&self.id, signal.to_string()]);
-        let res = self.runtime.run(&args, None).await;
+        let res = self.runtime.run(args, None).await;
         if phase == Phase::Created {
             self.open_gate("");
         }
@@ -365,7 +365,7 @@ impl Inner {
         self.open_gate("");
         if let Err(e) = self
             .runtime
-            .run(&args!["delete", "--force", &self.id], None)
+            .run(args!["delete", "--force", &self.id], None)
             .await
         {
             crate::log!("runtime delete: {e}");

@@ -32,7 +32,7 @@ pub struct ExitRecord {
 
 impl ExitRecord {
     /// The JSON kept on disk (what `berth-shim delete` prints).
-    pub fn to_json(&self) -> String {
+    pub fn to_json(self) -> String {
         serde_json::json!({
             "exit_status": self.status,
             "exited_at": crate::log::rfc3339(self.at),

@@ -73,7 +73,7 @@ impl Runtime {
 
     /// Run `<runtime> --root R --log L --log-format json ARGS`; returns its stdout.
     /// With `stdio`, the command (and the process it starts) gets those fds instead of pipes.
-    pub async fn run(&self, args: &[OsString], stdio: Option<ProcStdio>) -> Result<Vec<u8>> {
+    pub async fn run(&self, args: Vec<OsString>, stdio: Option<ProcStdio>) -> Result<Vec<u8>> {
         let verb = args
             .first()
             .map(|a| a.to_string_lossy().into_owned())

@@ -35,12 +35,12 @@ impl ShimService {
         ShimService { inner }
     }
 
-    fn pids(&self) -> impl std::future::Future<Output = Result<Vec<ProcessPid>>> + '_ {
-        async move {
+    async fn pids(&self) -> Result<Vec<ProcessPid>> {
+        {
             let out = self
                 .inner
                 .runtime
-                .run(&args!["ps", "--format", "json", &self.inner.id], None)
+                .run(args!["ps", "--format", "json", &self.inner.id], None)
                 .await?;
             let pids: Vec<u32> = serde_json::from_slice(&out).map_err(|e| Error::Runtime {
                 cmd: "ps".into(),
@@ -69,7 +69,7 @@ impl ShimService {
             return Err(not_created(&inner.id));
         }
         let verb = if pause { "pause" } else { "resume" };
-        inner.runtime.run(&args![verb, &inner.id], None).await?;
+        inner.runtime.run(args![verb, &inner.id], None).await?;
         inner.state().paused = pause;
         inner.journal.emit(if pause {
             Kind::Paused(TaskPaused {})
@@ -112,7 +112,7 @@ impl ShimService {
         write_atomic(&file, resources)?;
         let res = inner
             .runtime
-            .run(&args!["update", "--resources", &file, &inner.id], None)
+            .run(args!["update", "--resources", &file, &inner.id], None)
             .await;
         let _ = std::fs::remove_file(&file);
         res.map(|_| ())

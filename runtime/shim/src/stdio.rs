@@ -8,6 +8,7 @@
 //!   no client reads (the FIFO buffers, then the writer blocks as with any pipe).
 //! - Stdin: the container gets a blocking read end; the shim keeps its own O_WRONLY end
 //!   until CloseIO, so the process sees EOF only after CloseIO (and the client closed).
+//!
 //! With a terminal, [`crate::console`] copies between the pty master and these paths.
 //! A path that does not exist is a NotFound error naming it; this module never creates one.
 
