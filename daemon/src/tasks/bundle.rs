@@ -98,7 +98,7 @@ pub fn validate_spec(spec: Option<&prost_types::Any>) -> Result<Vec<u8>, TaskErr
             berth_proto::SPEC_TYPE_URL
         )));
     }
-    let value: serde_json::Value = serde_json::from_slice(&spec.value).map_err(|e| {
+    let mut value: serde_json::Value = serde_json::from_slice(&spec.value).map_err(|e| {
         TaskError::InvalidArgument(format!("container spec is not valid JSON: {e}"))
     })?;
     let obj = value
@@ -124,6 +124,9 @@ pub fn validate_spec(spec: Option<&prost_types::Any>) -> Result<Vec<u8>, TaskErr
             ))
         }
     }
+    if let Some(process) = value.get_mut("process") {
+        default_path_env(process);
+    }
     serde_json::to_vec(&value)
         .map_err(|e| TaskError::InvalidArgument(format!("container spec: {e}")))
 }
@@ -131,7 +134,7 @@ pub fn validate_spec(spec: Option<&prost_types::Any>) -> Result<Vec<u8>, TaskErr
 /// Check an exec's process Any (OCI `Process` JSON) and return its JSON.
 pub fn validate_process(spec: Option<&prost_types::Any>) -> Result<Vec<u8>, TaskError> {
     let spec = spec.ok_or_else(|| TaskError::InvalidArgument("exec has no process spec".into()))?;
-    let value: serde_json::Value = serde_json::from_slice(&spec.value).map_err(|e| {
+    let mut value: serde_json::Value = serde_json::from_slice(&spec.value).map_err(|e| {
         TaskError::InvalidArgument(format!("exec process spec is not valid JSON: {e}"))
     })?;
     let args_ok = value
@@ -143,7 +146,31 @@ pub fn validate_process(spec: Option<&prost_types::Any>) -> Result<Vec<u8>, Task
             "exec process spec needs non-empty args".into(),
         ));
     }
-    Ok(spec.value.clone())
+    default_path_env(&mut value);
+    serde_json::to_vec(&value)
+        .map_err(|e| TaskError::InvalidArgument(format!("exec process spec: {e}")))
+}
+
+/// PATH given to a process whose spec has none.
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// `ctr run --rootfs` sends a process without any env, and runc then cannot find `sh`: give such a process the
+/// default PATH (only in the bundle written for the runtime; the stored spec is untouched).
+fn default_path_env(process: &mut serde_json::Value) {
+    let Some(obj) = process.as_object_mut() else {
+        return;
+    };
+    let env = obj
+        .entry("env")
+        .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+    if let Some(list) = env.as_array_mut() {
+        let has_path = list
+            .iter()
+            .any(|e| e.as_str().is_some_and(|s| s.starts_with("PATH=")));
+        if !has_path {
+            list.push(serde_json::Value::String(DEFAULT_PATH.to_string()));
+        }
+    }
 }
 
 /// Runtime names that map to berth-shim.
@@ -332,7 +359,13 @@ mod tests {
         assert!(validate_spec(Some(&spec_any("[]"))).is_err());
         assert!(validate_spec(Some(&spec_any(r#"{"process":{}}"#))).is_err());
         let ok = r#"{"process":{"args":["sh"]},"root":{"path":"/x"}}"#;
-        assert!(validate_spec(Some(&spec_any(ok))).is_ok());
+        let json = validate_spec(Some(&spec_any(ok))).expect("valid");
+        let v: serde_json::Value = serde_json::from_slice(&json).expect("json");
+        assert_eq!(v["process"]["env"][0], DEFAULT_PATH);
+        let with_path = r#"{"process":{"args":["sh"],"env":["PATH=/bin"]},"root":{"path":"/x"}}"#;
+        let json = validate_spec(Some(&spec_any(with_path))).expect("valid");
+        let v: serde_json::Value = serde_json::from_slice(&json).expect("json");
+        assert_eq!(v["process"]["env"], serde_json::json!(["PATH=/bin"]));
         let mut wrong = spec_any(ok);
         wrong.type_url = "type.googleapis.com/x".into();
         assert!(validate_spec(Some(&wrong)).is_err());

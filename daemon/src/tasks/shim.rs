@@ -70,6 +70,7 @@ pub struct StartArgs {
 /// All of berthd's descriptors are close-on-exec (Rust and tokio open them so), so the shim inherits none; its
 /// stdout is a pipe we read one line from, its stderr goes to `<bundle>/shim-start.err`.
 pub fn start_shim(args: &StartArgs) -> Result<PathBuf, TaskError> {
+    close_inherited_fds();
     let err_path = args.bundle.join("shim-start.err");
     let err_file = std::fs::File::create(&err_path)
         .map_err(|e| TaskError::io(format!("creating {}", err_path.display()), e))?;
@@ -114,6 +115,40 @@ pub fn start_shim(args: &StartArgs) -> Result<PathBuf, TaskError> {
     bundle::parse_address(&line)
         .or_else(|| bundle::read_address(&args.bundle))
         .ok_or_else(|| TaskError::ShimUnavailable("berth-shim start printed no address".into()))
+}
+
+/// Close descriptors berthd inherited without close-on-exec (from whoever started it), so shims never inherit
+/// them. Everything berthd opens itself is close-on-exec; `/proc/self/fdinfo` tells the two apart without unsafe.
+fn close_inherited_fds() {
+    const O_CLOEXEC_OCTAL: u64 = 0o2000000;
+    let Ok(dir) = std::fs::read_dir("/proc/self/fdinfo") else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if fd <= 2 {
+            continue;
+        }
+        let Ok(info) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 8).ok());
+        if let Some(flags) = flags {
+            if flags & O_CLOEXEC_OCTAL == 0 {
+                tracing::debug!(fd, "closing a descriptor berthd inherited, so shims do not");
+                let _ = nix::unistd::close(fd);
+            }
+        }
+    }
 }
 
 /// Run `berth-shim delete` for a task whose shim is gone; returns the recorded exit (blocking).
