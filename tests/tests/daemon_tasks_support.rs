@@ -1,0 +1,418 @@
+//! Helpers shared by the berthd task tests (`daemon_tasks_*.rs`, `daemon_ctr_*.rs` include this file with
+//! `#[path]`; compiled alone it has no tests).
+//!
+//! A [`TaskFixture`] owns a berthd (Debian's runc as the runtime, via the config key `runtime_binary`), a cleanup
+//! [`Guard`] that kills every shim and container the test started (also on panic) and checks they are gone, and
+//! the test dir. Clients are containerd-client's, with the `containerd-namespace` header set per request.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use berth_proto::containerd_client::services::v1::container::Runtime;
+use berth_proto::containerd_client::services::v1::containers_client::ContainersClient;
+use berth_proto::containerd_client::services::v1::events_client::EventsClient;
+use berth_proto::containerd_client::services::v1::tasks_client::TasksClient;
+use berth_proto::containerd_client::services::v1::*;
+use berth_proto::containerd_client::types::v1::Status;
+use berth_proto::containerd_client::types::Envelope;
+use berth_tests::bundle::{busybox_bundle, Bundle};
+use berth_tests::{Daemon, DaemonConfig, Guard, TestDir};
+use tonic::transport::Channel;
+
+/// The OCI runtime the tests drive (Debian's runc until berth-runc is ready); `BERTH_TEST_RUNTIME` overrides.
+pub fn runtime() -> String {
+    std::env::var("BERTH_TEST_RUNTIME").unwrap_or_else(|_| "/usr/sbin/runc".to_string())
+}
+
+/// A request with the namespace header.
+pub fn req<T>(ns: &str, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        "containerd-namespace",
+        ns.parse().expect("valid namespace header"),
+    );
+    r.set_timeout(Duration::from_secs(60));
+    r
+}
+
+/// One test's berthd, its namespace and the cleanup of everything it starts.
+/// Field order matters: berthd stops first, then the guard kills shims and containers, then the dir goes.
+pub struct TaskFixture {
+    pub daemon: Daemon,
+    pub guard: Guard,
+    pub ns: String,
+    pub config_path: PathBuf,
+    pub dir: TestDir,
+}
+
+/// Write berthd's config file (runtime, shim, failpoints).
+pub fn write_config(path: &Path, failpoints: &str) {
+    let text = format!(
+        "runtime_binary = {:?}\nshim_binary = {:?}\nfailpoints = {:?}\n",
+        runtime(),
+        berth_tests::bin("berth-shim").display().to_string(),
+        failpoints
+    );
+    std::fs::write(path, text).expect("write config");
+}
+
+impl TaskFixture {
+    /// Start berthd for test `name` with the given failpoints (`""` for none).
+    pub fn new(name: &str, failpoints: &str) -> TaskFixture {
+        let dir = TestDir::new(name);
+        let config_path = dir.join("config.toml");
+        write_config(&config_path, failpoints);
+        let guard = Guard::new();
+        let state = dir.join("state");
+        let ns = berth_tests::unique_id(&format!("{name}-ns"));
+        let (st, ns2, rt) = (state.clone(), ns.clone(), runtime());
+        // Kill every shim berthd started and force-delete the containers, whatever state the test left.
+        guard.on_cleanup("kill shims and delete containers", move || {
+            let tasks = st.join("tasks").join(&ns2);
+            let runc_root = st.join("runc").join(&ns2);
+            if let Ok(entries) = std::fs::read_dir(&tasks) {
+                for e in entries.flatten() {
+                    let id = e.file_name().to_string_lossy().into_owned();
+                    let _ = Command::new(&rt)
+                        .arg("--root")
+                        .arg(&runc_root)
+                        .args(["delete", "--force", &id])
+                        .output();
+                    if let Ok(pid) = std::fs::read_to_string(e.path().join("shim.pid")) {
+                        if let Ok(pid) = pid.trim().parse::<i32>() {
+                            berth_tests::proc::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                            berth_tests::proc::wait_dead(pid, Duration::from_secs(5));
+                        }
+                    }
+                }
+            }
+        });
+        let daemon = DaemonConfig::new(dir.path())
+            .arg("--config")
+            .arg(&config_path)
+            .start();
+        TaskFixture {
+            daemon,
+            guard,
+            ns,
+            config_path,
+            dir,
+        }
+    }
+
+    /// A channel to berthd.
+    pub async fn channel(&self) -> Channel {
+        self.daemon.channel().await
+    }
+
+    /// Tasks client.
+    pub async fn tasks(&self) -> TasksClient<Channel> {
+        TasksClient::new(self.channel().await)
+    }
+
+    /// A busybox bundle running `args`, with its cgroup registered for cleanup.
+    pub fn bundle(&self, name: &str, args: &[&str]) -> Bundle {
+        let b = busybox_bundle(&self.dir.join(name), args);
+        self.guard.cgroup(b.cgroups_path());
+        b
+    }
+
+    /// Containers.Create for `id` with the bundle's spec (root.path absolute, like `ctr run --rootfs`).
+    pub async fn create_container(&self, id: &str, bundle: &Bundle) {
+        let mut spec = bundle.spec();
+        spec["root"]["path"] = serde_json::Value::String(bundle.rootfs.display().to_string());
+        self.create_container_raw(id, serde_json::to_vec(&spec).expect("json"))
+            .await
+            .expect("create container");
+    }
+
+    /// Containers.Create with raw spec bytes.
+    pub async fn create_container_raw(&self, id: &str, spec: Vec<u8>) -> Result<(), tonic::Status> {
+        let mut c = ContainersClient::new(self.channel().await);
+        let container = Container {
+            id: id.to_string(),
+            runtime: Some(Runtime {
+                name: "io.containerd.runc.v2".into(),
+                options: None,
+            }),
+            spec: Some(prost_types::Any {
+                type_url: berth_proto::SPEC_TYPE_URL.into(),
+                value: spec,
+            }),
+            ..Default::default()
+        };
+        c.create(req(
+            &self.ns,
+            CreateContainerRequest {
+                container: Some(container),
+            },
+        ))
+        .await
+        .map(|_| ())
+    }
+
+    /// Tasks.Create with the given stdio (FIFO paths or empty).
+    pub async fn create_task(
+        &self,
+        id: &str,
+        stdout: &str,
+        stderr: &str,
+    ) -> Result<u32, tonic::Status> {
+        let mut t = self.tasks().await;
+        t.create(req(
+            &self.ns,
+            CreateTaskRequest {
+                container_id: id.into(),
+                stdout: stdout.into(),
+                stderr: stderr.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().pid)
+    }
+
+    /// Container + task + Start; returns the init pid.
+    pub async fn run(&self, id: &str, bundle: &Bundle) -> u32 {
+        self.create_container(id, bundle).await;
+        self.create_task(id, "", "").await.expect("create task");
+        let mut t = self.tasks().await;
+        let pid = t
+            .start(req(
+                &self.ns,
+                StartRequest {
+                    container_id: id.into(),
+                    exec_id: String::new(),
+                },
+            ))
+            .await
+            .expect("start")
+            .into_inner()
+            .pid;
+        self.guard.pid(pid as i32);
+        pid
+    }
+
+    /// Tasks.Get of init or an exec.
+    pub async fn get(
+        &self,
+        id: &str,
+        exec_id: &str,
+    ) -> Result<berth_proto::containerd_client::types::v1::Process, tonic::Status> {
+        let mut t = self.tasks().await;
+        t.get(req(
+            &self.ns,
+            GetRequest {
+                container_id: id.into(),
+                exec_id: exec_id.into(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().process.unwrap_or_default())
+    }
+
+    /// Tasks.Wait.
+    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<u32, tonic::Status> {
+        let mut t = self.tasks().await;
+        t.wait(req(
+            &self.ns,
+            WaitRequest {
+                container_id: id.into(),
+                exec_id: exec_id.into(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().exit_status)
+    }
+
+    /// Kill, wait, delete the task and the container (best effort).
+    pub async fn kill_and_delete(&self, id: &str) {
+        let mut t = self.tasks().await;
+        let _ = t
+            .kill(req(
+                &self.ns,
+                KillRequest {
+                    container_id: id.into(),
+                    signal: 9,
+                    all: true,
+                    ..Default::default()
+                },
+            ))
+            .await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.wait(id, "")).await;
+        let _ = t
+            .delete(req(
+                &self.ns,
+                DeleteTaskRequest {
+                    container_id: id.into(),
+                },
+            ))
+            .await;
+        let mut c = ContainersClient::new(self.channel().await);
+        let _ = c
+            .delete(req(&self.ns, DeleteContainerRequest { id: id.into() }))
+            .await;
+    }
+
+    /// Poll Get until the status is reached.
+    pub async fn wait_status(&self, id: &str, status: Status, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let p = self.get(id, "").await;
+            if let Ok(p) = &p {
+                if p.status == status as i32 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} never reached {status:?}: {p:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Subscribe to this namespace's events; envelopes are collected in the background.
+    pub async fn subscribe(&self) -> EventLog {
+        let mut e = EventsClient::new(self.channel().await);
+        let mut stream = e
+            .subscribe(req(
+                &self.ns,
+                SubscribeRequest {
+                    filters: vec![format!("namespace=={}", self.ns)],
+                },
+            ))
+            .await
+            .expect("subscribe")
+            .into_inner();
+        let log = EventLog::default();
+        let sink = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(env)) = stream.message().await {
+                sink.0.lock().unwrap_or_else(|e| e.into_inner()).push(env);
+            }
+        });
+        log
+    }
+}
+
+/// Envelopes received by a subscriber.
+#[derive(Clone, Default)]
+pub struct EventLog(pub std::sync::Arc<std::sync::Mutex<Vec<Envelope>>>);
+
+impl EventLog {
+    /// (topic, decoded container id, id) of every task event so far.
+    pub fn task_events(&self) -> Vec<(String, String)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|e| (e.topic.clone(), describe(e.event.as_ref())))
+            .collect()
+    }
+
+    /// Wait until `pred` holds on the events, or panic after `timeout`.
+    pub async fn wait_for(&self, timeout: Duration, pred: impl Fn(&[(String, String)]) -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ev = self.task_events();
+            if pred(&ev) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "events never matched; got {ev:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A short description of a task event payload: `container_id[/id] key=value`.
+pub fn describe(any: Option<&prost_types::Any>) -> String {
+    use berth_proto::containerd_client::events::*;
+    use prost::Message;
+    let Some(any) = any else { return String::new() };
+    let v = any.value.as_slice();
+    match any.type_url.as_str() {
+        "containerd.events.TaskCreate" => TaskCreate::decode(v)
+            .map(|e| e.container_id)
+            .unwrap_or_default(),
+        "containerd.events.TaskStart" => TaskStart::decode(v)
+            .map(|e| e.container_id)
+            .unwrap_or_default(),
+        "containerd.events.TaskExit" => TaskExit::decode(v)
+            .map(|e| format!("{}/{} status={}", e.container_id, e.id, e.exit_status))
+            .unwrap_or_default(),
+        "containerd.events.TaskDelete" => TaskDelete::decode(v)
+            .map(|e| format!("{} status={}", e.container_id, e.exit_status))
+            .unwrap_or_default(),
+        "containerd.events.TaskExecAdded" => TaskExecAdded::decode(v)
+            .map(|e| format!("{}/{}", e.container_id, e.exec_id))
+            .unwrap_or_default(),
+        "containerd.events.TaskExecStarted" => TaskExecStarted::decode(v)
+            .map(|e| format!("{}/{}", e.container_id, e.exec_id))
+            .unwrap_or_default(),
+        "containerd.events.TaskPaused" => TaskPaused::decode(v)
+            .map(|e| e.container_id)
+            .unwrap_or_default(),
+        "containerd.events.TaskResumed" => TaskResumed::decode(v)
+            .map(|e| e.container_id)
+            .unwrap_or_default(),
+        other => other.to_string(),
+    }
+}
+
+/// Make a FIFO and open its read end non-blocking (as ctr does before Tasks.Create).
+pub fn fifo_reader(path: &Path) -> File {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .expect("open fifo read end")
+}
+
+/// Read from a non-blocking FIFO until `needle` shows up (or panic after `timeout`).
+pub fn read_until(f: &mut File, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("reading fifo: {e}"),
+        }
+        let s = String::from_utf8_lossy(&out).into_owned();
+        if s.contains(needle) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never read {needle:?}; got {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The OCI process JSON of an exec running `args`.
+pub fn exec_spec(args: &[&str]) -> prost_types::Any {
+    let p = serde_json::json!({
+        "args": args,
+        "cwd": "/",
+        "env": ["PATH=/bin"],
+        "user": {"uid": 0, "gid": 0},
+        "terminal": false,
+    });
+    prost_types::Any {
+        type_url: berth_proto::PROCESS_TYPE_URL.into(),
+        value: serde_json::to_vec(&p).expect("json"),
+    }
+}
