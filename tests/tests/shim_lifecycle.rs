@@ -24,6 +24,20 @@ async fn shim_create_start_wait_exit_code() {
     let fx = ShimFixture::new("shim-exit", &["sh", "-c", "echo hello; exit 7"]);
     let sock = fx.start_shim();
     let shim_pid = fx.shim_pid().expect("shim pid");
+    // A second start on the same bundle finds the live shim and prints its address.
+    let again = std::process::Command::new(berth_tests::bin("berth-shim"))
+        .arg("start")
+        .args(fx.shim_args())
+        .args(["--address", "/nonexistent/berthd.sock"])
+        .output()
+        .expect("second berth-shim start");
+    assert!(again.status.success());
+    assert_eq!(socket_of(&String::from_utf8_lossy(&again.stdout)), sock);
+    assert_eq!(fx.shim_pid(), Some(shim_pid), "a second shim was started");
+    // It is its own session leader's child: not in our session, stdio not ours.
+    let (sid, pgid) = berth_tests::proc::sid_pgid(shim_pid).expect("shim stat");
+    let (my_sid, my_pgid) = berth_tests::proc::sid_pgid(std::process::id()).expect("stat");
+    assert!(sid != my_sid && pgid != my_pgid);
     let mut c = connect(&sock).await;
     let mut ev = events(&sock, 0).await;
     let out = fx.out_file("out.txt");

@@ -6,7 +6,7 @@
 //! for "ok" (then prints the address) or an error message. Nothing here dials berthd.
 
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -120,6 +120,7 @@ fn daemonise(
         }
         Ok(ForkResult::Child) => {}
     }
+    close_inherited_fds(&ready);
     let log = c.bundle.join("shim.log");
     let redirect = || -> anyhow::Result<()> {
         let null = std::fs::OpenOptions::new().read(true).open("/dev/null")?;
@@ -170,6 +171,27 @@ fn daemonise(
         crate::log!("serving failed: {e}");
     }
     res.context("serving")
+}
+
+/// Close every fd above stderr except the readiness pipe: a leaked fd of the caller (a pipe
+/// it reads to EOF, a socket) must not live on in the shim.
+fn close_inherited_fds(keep: &std::fs::File) {
+    let keep = keep.as_raw_fd();
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in fds {
+        if fd > 2 && fd != keep {
+            // SAFETY: closing a raw fd number; nothing in this single-threaded process owns
+            // these inherited fds (the read_dir handle is already closed, and a stale number
+            // just yields EBADF).
+            unsafe { libc::close(fd) };
+        }
+    }
 }
 
 /// In the daemon: reaper, journal, socket (0600), address and pid files.
