@@ -10,7 +10,7 @@ use std::time::Duration;
 use berth_proto::cgroups::Metrics;
 use berth_proto::shim::{
     DeleteRequest, Empty, ExecRequest, KillRequest, PidsRequest, ShutdownRequest, StartRequest,
-    StateRequest, StatsRequest, Status, Stdio, WaitRequest,
+    StateRequest, StatsRequest, Status, Stdio, UpdateRequest, WaitRequest,
 };
 use prost::Message;
 use support::*;
@@ -352,6 +352,30 @@ async fn shim_pause_resume_pids_stats() {
     let mem = m.memory.expect("memory");
     assert!(mem.usage.expect("usage").usage > 0);
     assert!(m.cpu.expect("cpu").usage.expect("cpu usage").total > 0);
+
+    // Update changes the cgroup limits; junk is refused.
+    c.update(UpdateRequest {
+        resources_json: br#"{"memory":{"limit":67108864}}"#.to_vec(),
+    })
+    .await
+    .expect("update");
+    let limit = format!(
+        "/sys/fs/cgroup/memory{}/memory.limit_in_bytes",
+        fx.bundle.cgroups_path()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&limit)
+            .expect("memory limit")
+            .trim(),
+        "67108864"
+    );
+    let err = c
+        .update(UpdateRequest {
+            resources_json: b"nope".to_vec(),
+        })
+        .await
+        .expect_err("bad resources");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
 
     c.pause(Empty {}).await.expect("pause");
     let st = c

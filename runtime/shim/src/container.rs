@@ -255,7 +255,17 @@ impl Inner {
         };
         let exit = self.reaper.subscribe(pid as i32);
         proc.pid = pid;
-        let io_done = Self::start_console(&mut proc, term, master)?;
+        let io_done = match Self::start_console(&mut proc, term, master) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = self
+                    .runtime
+                    .run(args!["delete", "--force", &self.id], None)
+                    .await;
+                let _ = mount::unmount_rootfs(&self.bundle);
+                return Err(e);
+            }
+        };
         let gate = proc.gate.subscribe();
         let cgroups = Cgroups::of_pid(pid);
         if let Some(cg) = &cgroups {
@@ -266,13 +276,14 @@ impl Inner {
             st.init = Some(proc);
             st.cgroups = cgroups;
         }
+        // The watcher waits for the start gate, so it cannot journal the exit before this.
+        watch_exit(self.clone(), String::new(), exit, gate, io_done);
         self.journal.emit(Kind::Created(TaskCreated {
             pid,
             bundle: self.bundle.to_string_lossy().into_owned(),
             stdio: req.stdio,
             rootfs: req.rootfs,
         }))?;
-        watch_exit(self.clone(), String::new(), exit, gate, io_done);
         crate::log!("created container {} pid {pid}", self.id);
         Ok(pid)
     }

@@ -105,6 +105,7 @@ impl ShimService {
         serde_json::from_slice::<serde_json::Value>(resources)
             .map_err(|e| Error::InvalidArgument(format!("resources are not JSON: {e}")))?;
         let inner = &self.inner;
+        let _op = inner.op().await;
         if inner.state().init.is_none() {
             return Err(not_created(&inner.id));
         }
