@@ -145,3 +145,76 @@ pub fn async_fd(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd
     // only when the AsyncFd that owns it is dropped.
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::path::PathBuf;
+
+    fn fifo(name: &str) -> (PathBuf, String) {
+        let dir =
+            std::env::temp_dir().join(format!("berth-shim-stdio-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let p = dir.join("f");
+        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+        let s = p.display().to_string();
+        (dir, s)
+    }
+
+    #[test]
+    fn output_fifo_buffers_without_a_reader_and_never_epipes() {
+        let (dir, path) = fifo("out");
+        let mut holders = Holders::default();
+        let wr = open_output("stdout", &path, &mut holders).expect("open");
+        assert_eq!(holders.outputs.len(), 1);
+        // No client reader: the write still succeeds (the shim's read end keeps the pipe).
+        let mut w = std::fs::File::from(wr);
+        w.write_all(b"early").expect("write without a client");
+        // A client attaching late still gets the data.
+        let mut r = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .expect("late reader");
+        drop(w);
+        let mut buf = String::new();
+        let _ = r.read_to_string(&mut buf);
+        assert_eq!(buf, "early");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn stdin_fifo_sees_eof_only_after_the_shim_lets_go() {
+        let (dir, path) = fifo("in");
+        let mut holders = Holders::default();
+        let rd = open_input(&path, &mut holders).expect("open");
+        assert!(holders.stdin.is_some());
+        // A client writes and closes its end: no EOF yet, the shim still holds a writer.
+        let mut client = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("client writer");
+        client.write_all(b"hi").expect("client write");
+        drop(client);
+        set_nonblocking(&rd, true).expect("nonblock for the check");
+        let mut r = std::fs::File::from(rd);
+        let mut buf = [0u8; 8];
+        assert_eq!(r.read(&mut buf).expect("data"), 2);
+        let e = r
+            .read(&mut buf)
+            .expect_err("no EOF while the shim holds stdin");
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+        holders.stdin = None; // CloseIO
+        assert_eq!(r.read(&mut buf).expect("EOF"), 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn missing_and_empty_paths() {
+        let err = kind("stdout", "/nonexistent/berth-fifo").expect_err("missing");
+        assert!(matches!(err, Error::NotFound(ref m) if m.contains("/nonexistent/berth-fifo")));
+        assert_eq!(kind("stdin", "").expect("empty"), Kind::Null);
+    }
+}
