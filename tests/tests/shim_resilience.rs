@@ -102,6 +102,41 @@ async fn shim_events_replay_after_reconnect() {
         (kinds(std::slice::from_ref(&d)), d.seq),
         (vec!["deleted"], 4)
     );
+    let old_pid = fx.shim_pid().expect("shim pid");
+    c.shutdown(ShutdownRequest { now: false })
+        .await
+        .expect("shutdown");
+    drop((c, ev, ev0));
+    assert!(
+        proc::wait_dead(old_pid, Duration::from_secs(5)),
+        "shim did not exit"
+    );
+
+    // A new shim on the same bundle continues the journal: the unacked delete is still there,
+    // and new events are numbered on.
+    let sock = fx.start_shim();
+    assert_ne!(fx.shim_pid(), Some(old_pid));
+    let mut c = connect(&sock).await;
+    let mut ev = events(&sock, 0).await;
+    let e = next_event(&mut ev, Duration::from_secs(5))
+        .await
+        .expect("replayed");
+    assert_eq!((kind_name(&e), e.seq), ("deleted", 4));
+    let out = fx.out_file("out2.txt");
+    let pid = c
+        .create(fx.create_req(&out))
+        .await
+        .expect("create again")
+        .into_inner()
+        .pid;
+    fx.guard.pid(pid);
+    let e = next_event(&mut ev, Duration::from_secs(5))
+        .await
+        .expect("created");
+    assert_eq!((kind_name(&e), e.seq), ("created", 5));
+    c.delete(DeleteRequest::default())
+        .await
+        .expect("delete created");
     c.shutdown(ShutdownRequest { now: false })
         .await
         .expect("shutdown");
