@@ -154,36 +154,43 @@ fn newest_source(path: &Path) -> Option<(SystemTime, PathBuf)> {
 #[track_caller]
 pub fn bin(name: &str) -> PathBuf {
     let path = profile_dir().join(name);
-    let hint = "run `cargo build --workspace --bins` (same profile as the tests) first";
-    let meta = match std::fs::metadata(&path) {
-        Ok(m) => m,
-        Err(e) => panic!(
-            "\n\n*** berth-tests: binary {} is missing ({e}); {hint} ***\n\n",
-            path.display()
-        ),
+    let sources = if std::env::var_os("BERTH_TEST_ALLOW_STALE").is_some() {
+        Vec::new()
+    } else {
+        source_dirs_of(name).unwrap_or_default()
     };
-    if meta.mode() & 0o111 == 0 {
+    if let Err(problem) = check_binary(&path, &sources) {
         panic!(
-            "\n\n*** berth-tests: {} is not executable; {hint} ***\n\n",
-            path.display()
+            "\n\n*** berth-tests: {problem}; run `cargo build --workspace --bins` \
+             (same profile as the tests) first ***\n\n"
         );
     }
-    if std::env::var_os("BERTH_TEST_ALLOW_STALE").is_none() {
-        if let (Some(dirs), Ok(built)) = (source_dirs_of(name), meta.modified()) {
-            for dir in dirs {
-                if let Some((t, src)) = newest_source(&dir) {
-                    if t > built {
-                        panic!(
-                            "\n\n*** berth-tests: binary {} is older than its source {}; {hint} ***\n\n",
-                            path.display(),
-                            src.display()
-                        );
-                    }
-                }
+    path
+}
+
+/// `Err(why)` when `path` is missing, not executable, or older than the newest `.rs` or
+/// `.proto` file below any of `sources`.
+pub fn check_binary(path: &Path, sources: &[PathBuf]) -> Result<(), String> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("binary {} is missing ({e})", path.display()))?;
+    if !meta.is_file() || meta.mode() & 0o111 == 0 {
+        return Err(format!("{} is not an executable file", path.display()));
+    }
+    let built = meta
+        .modified()
+        .map_err(|e| format!("no mtime for {}: {e}", path.display()))?;
+    for dir in sources {
+        if let Some((t, src)) = newest_source(dir) {
+            if t > built {
+                return Err(format!(
+                    "binary {} is older than its source {}",
+                    path.display(),
+                    src.display()
+                ));
             }
         }
     }
-    path
+    Ok(())
 }
 
 /// Path of a host tool (searched in `$PATH`, then /usr/sbin, /sbin, /usr/bin, /bin).
@@ -517,6 +524,44 @@ mod tests {
         assert!(
             a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
             "{a}"
+        );
+    }
+
+    #[test]
+    fn stale_and_missing_binaries_are_refused() {
+        use std::time::{Duration, SystemTime};
+        let d = TestDir::new("lib-check-binary");
+        let bin = d.join("b");
+        let src = d.subdir("src/sub");
+        std::fs::write(src.join("a.rs"), "fn main() {}").expect("write src");
+        std::fs::write(src.join("notes.txt"), "").expect("write txt");
+        let sources = vec![d.join("src")];
+        assert!(check_binary(&bin, &sources)
+            .expect_err("missing")
+            .contains("missing"));
+        std::fs::write(&bin, "#!/bin/sh\n").expect("write bin");
+        assert!(check_binary(&bin, &sources)
+            .expect_err("not exec")
+            .contains("executable"));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let set = |p: &Path, t: SystemTime| {
+            std::fs::File::options()
+                .write(true)
+                .open(p)
+                .and_then(|f| f.set_modified(t))
+                .expect("set mtime");
+        };
+        let now = SystemTime::now();
+        set(&src.join("a.rs"), now - Duration::from_secs(100));
+        set(&src.join("notes.txt"), now); // not a source file: ignored
+        set(&bin, now - Duration::from_secs(50));
+        assert_eq!(check_binary(&bin, &sources), Ok(()));
+        set(&src.join("a.rs"), now);
+        let err = check_binary(&bin, &sources).expect_err("stale");
+        assert!(
+            err.contains("older than its source") && err.contains("a.rs"),
+            "{err}"
         );
     }
 

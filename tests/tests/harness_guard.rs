@@ -100,3 +100,86 @@ fn guard_panics_on_drop_when_a_cgroup_cannot_be_removed() {
         "{msg}"
     );
 }
+
+#[test]
+fn guard_cleans_every_kind_it_is_given() {
+    if !require_root() {
+        return;
+    }
+    let Some(ip) = berth_tests::tool("ip") else {
+        return;
+    };
+    let Some(root) = cgroup_roots().into_iter().next() else {
+        berth_tests::skip("no cgroup hierarchy mounted");
+        return;
+    };
+    use nix::mount::{mount, MsFlags};
+    let dir = TestDir::new("harness-guard-all");
+    let guard = Guard::new();
+
+    // Two tmpfs stacked on one mount point.
+    let m = dir.subdir("m");
+    for _ in 0..2 {
+        mount(
+            Some("tmpfs"),
+            &m,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .expect("mount tmpfs");
+    }
+    guard.mount(m.clone());
+    // A dir with a mount below it.
+    let x = dir.subdir("x");
+    let y = dir.subdir("x/y");
+    mount(
+        Some("tmpfs"),
+        &y,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .expect("mount tmpfs");
+    guard.dir(x.clone());
+    // A named netns.
+    let ns = unique_id("guard-ns");
+    let out = Command::new(&ip)
+        .args(["netns", "add", &ns])
+        .output()
+        .expect("ip netns add");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    guard.netns(&ns);
+    // A process, and a cgroup with a child cgroup holding another process.
+    let mut a = Command::new("sleep").arg("600").spawn().expect("spawn");
+    let mut b = Command::new("sleep").arg("600").spawn().expect("spawn");
+    guard.pid(a.id());
+    let rel = format!("/berth-test/{}", unique_id("guard-all"));
+    let child = root.join(rel.trim_start_matches('/')).join("child");
+    std::fs::create_dir_all(&child).expect("create cgroup");
+    std::fs::write(child.join("cgroup.procs"), b.id().to_string()).expect("move into cgroup");
+    guard.cgroup(rel.as_str());
+
+    let left = guard.leftovers();
+    for needle in ["process", "mount", "netns", "cgroup dir", "/x still exists"] {
+        assert!(
+            left.iter().any(|l| l.contains(needle)),
+            "{needle} missing in {left:?}"
+        );
+    }
+
+    let left = guard.cleanup();
+    assert!(left.is_empty(), "{left:?}");
+    let _ = a.wait();
+    let _ = b.wait();
+    assert!(!proc::alive(a.id()) && !proc::alive(b.id()));
+    assert!(!berth_tests::is_mounted(&m));
+    assert!(!x.exists());
+    assert!(!std::path::Path::new("/run/netns").join(&ns).exists());
+    assert!(berth_tests::guard::cgroup_dirs(&rel).is_empty());
+    assert!(berth_tests::mounts_below(dir.path()).is_empty());
+}
