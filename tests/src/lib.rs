@@ -13,12 +13,15 @@
 //! Conventions: a missing prerequisite skips a test with a message (the helper returns `false` /
 //! `None`), except under `CI=true`, where it panics so that CI cannot pass by skipping.
 
+pub mod archive;
 pub mod bundle;
 pub mod daemon;
 pub mod guard;
+pub mod mounts;
 pub mod oci_layout;
 pub mod proc;
 pub mod registry;
+pub mod run;
 
 use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;
@@ -27,6 +30,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 pub use guard::{Daemon, DaemonConfig, Guard};
+pub use mounts::{is_mounted, mounts, mounts_below, unmount_below};
+pub use run::run_timeout;
 
 /// Root of all test dirs; each test gets `<TEST_ROOT>/<name>-<pid>-<n>`.
 pub const TEST_ROOT: &str = "/tmp/berth-test";
@@ -344,164 +349,6 @@ impl Drop for TestDir {
     }
 }
 
-/// Undo the octal escapes (`\040` for a space, ...) of a /proc/self/mountinfo field.
-fn unescape_mountinfo(field: &str) -> PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    PathBuf::from(std::ffi::OsString::from_vec(out))
-}
-
-/// Mount points in this process's mount namespace, from /proc/self/mountinfo, in mount order,
-/// each with its filesystem type.
-pub fn mounts() -> Vec<(PathBuf, String)> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let mount_point = fields.get(4)?;
-            let sep = fields.iter().position(|f| *f == "-")?;
-            let fstype = fields.get(sep + 1)?;
-            Some((unescape_mountinfo(mount_point), fstype.to_string()))
-        })
-        .collect()
-}
-
-/// True when `path` is a mount point in this mount namespace.
-pub fn is_mounted(path: &Path) -> bool {
-    mounts().iter().any(|(m, _)| m == path)
-}
-
-/// Mount points at or below `dir`, deepest (and latest) first.
-pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = mounts()
-        .into_iter()
-        .map(|(m, _)| m)
-        .filter(|m| m.starts_with(dir))
-        .collect();
-    found.reverse(); // later mounts first (stacked mounts)
-    found.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
-    found.dedup();
-    found
-}
-
-/// Lazily unmount (`MNT_DETACH`) every mount at or below `dir`, deepest first; returns what
-/// is still mounted afterwards.
-pub fn unmount_below(dir: &Path) -> Vec<PathBuf> {
-    // Stacked mounts need one umount per layer: loop a few times.
-    for _ in 0..8 {
-        let found = mounts_below(dir);
-        if found.is_empty() {
-            return found;
-        }
-        for m in &found {
-            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-    mounts_below(dir)
-}
-
-/// Run `cmd` to completion with stdin from /dev/null, capturing stdout and stderr; SIGKILL it
-/// and panic (with what it printed) when it takes longer than `timeout`.
-///
-/// Output is collected until the command exits plus a short grace period, not until EOF: a
-/// process it leaves behind (e.g. the init of `runc create`) may hold the pipes open forever.
-#[track_caller]
-pub fn run_timeout(
-    cmd: &mut std::process::Command,
-    timeout: std::time::Duration,
-) -> std::process::Output {
-    use std::io::Read;
-    use std::process::Stdio;
-    use std::sync::{Arc, Mutex};
-    use std::time::{Duration, Instant};
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    type Sink = Arc<Mutex<(Vec<u8>, bool)>>;
-    let reader = |pipe: Option<Box<dyn Read + Send>>| -> Sink {
-        let sink: Sink = Arc::default();
-        let s = sink.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            if let Some(mut p) = pipe {
-                while let Ok(n) = p.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    s.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                        .extend_from_slice(&buf[..n]);
-                }
-            }
-            s.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
-        });
-        sink
-    };
-    let out = reader(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let err = reader(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let take = |sink: &Sink, grace: Duration| {
-        let deadline = Instant::now() + grace;
-        loop {
-            let g = sink.lock().unwrap_or_else(|e| e.into_inner());
-            if g.1 || Instant::now() >= deadline {
-                return g.0.clone();
-            }
-            drop(g);
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    };
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "{cmd:?} did not finish within {timeout:?}\nstdout: {}\nstderr: {}",
-                    String::from_utf8_lossy(&take(&out, Duration::ZERO)),
-                    String::from_utf8_lossy(&take(&err, Duration::ZERO))
-                );
-            }
-        }
-    };
-    let grace = Duration::from_millis(500);
-    std::process::Output {
-        status,
-        stdout: take(&out, grace),
-        stderr: take(&err, grace),
-    }
-}
-
 /// A tonic channel to a gRPC server on the unix socket `path` (panics when it cannot connect).
 pub async fn connect_unix(path: &Path) -> tonic::transport::Channel {
     match containerd_client::connect(path).await {
@@ -563,12 +410,6 @@ mod tests {
             err.contains("older than its source") && err.contains("a.rs"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape_mountinfo(r"/a\040b\\c"), PathBuf::from(r"/a b\\c"));
-        assert_eq!(unescape_mountinfo(r"/a\134b"), PathBuf::from(r"/a\b"));
     }
 
     #[test]
