@@ -285,7 +285,11 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if self.lock().done && self.lock().hooks.is_empty() {
+        let already_cleaned = {
+            let i = self.lock();
+            i.done && i.hooks.is_empty()
+        };
+        if already_cleaned {
             // cleanup() already ran; check again in case something reappeared.
             let left = self.leftovers();
             if !left.is_empty() {
