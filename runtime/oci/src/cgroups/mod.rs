@@ -11,15 +11,16 @@
 //! remove a directory it was not asked to manage.
 
 mod devices;
+mod error;
 mod fs;
 mod stats;
 #[cfg(test)]
 mod tests;
+mod tree;
 mod v1;
 mod v2;
 
 use std::collections::BTreeMap;
-use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::sync::OnceLock;
 use std::thread::sleep;
@@ -28,10 +29,12 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 pub use devices::default_device_rules;
+pub use error::CgroupError;
 pub use stats::{
     Blkio, BlkioEntry, Cpu, CpuUsage, Hugetlb, Memory, MemoryEntry, Pids as PidsStats, Stats,
     Throttling,
 };
+use tree::{collect_pids, create_one, remove_tree};
 
 /// Where cgroup hierarchies are mounted on every distribution Berth supports.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -53,96 +56,6 @@ const V1_CONTROLLERS: &[&str] = &[
     "rdma",
     "misc",
 ];
-
-/// Errors of the cgroup manager; every message names the file, directory or controller involved.
-#[derive(Debug, thiserror::Error)]
-pub enum CgroupError {
-    /// statfs(2) on the cgroup mount point failed.
-    #[error("cgroups: cannot statfs {path}: {source}")]
-    Statfs {
-        /// The path given to statfs.
-        path: PathBuf,
-        /// The error.
-        source: nix::Error,
-    },
-    /// Reading a cgroup file failed.
-    #[error("cgroups: cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: io::Error,
-    },
-    /// Writing a cgroup file failed.
-    #[error("cgroups: cannot write {value:?} to {path}: {source}")]
-    Write {
-        /// The file.
-        path: PathBuf,
-        /// What was written.
-        value: String,
-        /// The error.
-        source: io::Error,
-    },
-    /// Creating a cgroup directory failed.
-    #[error("cgroups: cannot create {path}: {source}")]
-    Mkdir {
-        /// The directory.
-        path: PathBuf,
-        /// The error.
-        source: io::Error,
-    },
-    /// Removing a cgroup directory failed.
-    #[error("cgroups: cannot remove {path}: {source}")]
-    Rmdir {
-        /// The directory.
-        path: PathBuf,
-        /// The error.
-        source: io::Error,
-    },
-    /// The spec's cgroupsPath is not usable.
-    #[error("cgroups: invalid cgroupsPath {path:?}: {reason}")]
-    InvalidPath {
-        /// The path as given.
-        path: String,
-        /// Why it is refused.
-        reason: &'static str,
-    },
-    /// The spec asks for a limit of a controller this host does not have.
-    #[error("cgroups: the spec sets {what} but the {controller} controller is not available on this host")]
-    MissingController {
-        /// The controller (e.g. "hugetlb").
-        controller: &'static str,
-        /// The spec field (e.g. "hugepageLimits").
-        what: String,
-    },
-    /// A resource value is invalid or unsupported here.
-    #[error("cgroups: invalid {what}: {reason}")]
-    InvalidValue {
-        /// The spec field.
-        what: String,
-        /// Why.
-        reason: String,
-    },
-    /// A cgroup file has unexpected contents.
-    #[error("cgroups: cannot parse {path}: {reason}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What was wrong.
-        reason: String,
-    },
-    /// The freezer did not reach FROZEN in time (the cgroup is thawed again).
-    #[error("cgroups: timed out freezing {path} (last state {state:?})")]
-    FreezeTimeout {
-        /// The freezer file.
-        path: PathBuf,
-        /// The last state read.
-        state: String,
-    },
-    /// No cgroup hierarchy is mounted where expected.
-    #[error("cgroups: no cgroup hierarchy is mounted under {CGROUP_ROOT}")]
-    NoHierarchy,
-}
 
 /// How the host mounts cgroups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -514,108 +427,6 @@ impl CgroupManager {
         match self.mode {
             Mode::V2 => self.unified.clone(),
             Mode::V1 | Mode::Hybrid => self.v1.get("memory").cloned(),
-        }
-    }
-}
-
-/// mkdir -p for one hierarchy, tolerating a concurrent rmdir of a shared parent by another container. On V2
-/// (`v2_root` set) it enables the available controllers in every level above the leaf.
-fn create_one(leaf: &Path, is_cpuset: bool, v2_root: Option<&Path>) -> Result<(), CgroupError> {
-    let mut attempt = 0;
-    'retry: loop {
-        attempt += 1;
-        let mut missing = Vec::new();
-        let mut existing = leaf;
-        while !existing.exists() {
-            missing.push(existing.to_path_buf());
-            match existing.parent() {
-                Some(p) => existing = p,
-                None => break,
-            }
-        }
-        if let Some(root) = v2_root {
-            let mut above: Vec<&Path> = existing
-                .ancestors()
-                .take_while(|a| a.starts_with(root))
-                .collect();
-            above.reverse();
-            for level in above {
-                v2::enable_controllers(level);
-            }
-        }
-        for dir in missing.iter().rev() {
-            match std::fs::create_dir(dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < 5 => continue 'retry,
-                Err(source) => {
-                    return Err(CgroupError::Mkdir {
-                        path: dir.clone(),
-                        source,
-                    })
-                }
-            }
-            if is_cpuset {
-                v1::copy_cpuset_from_parent(dir)?;
-            }
-            if v2_root.is_some() && dir != leaf {
-                v2::enable_controllers(dir);
-            }
-        }
-        if is_cpuset && missing.is_empty() {
-            v1::copy_cpuset_from_parent(leaf)?;
-        }
-        return Ok(());
-    }
-}
-
-/// Reads cgroup.procs of `dir` and every sub-cgroup below it.
-fn collect_pids(dir: &Path, out: &mut Vec<i32>) -> Result<(), CgroupError> {
-    let Some(procs) = fs::read_opt(dir, "cgroup.procs")? else {
-        return Ok(());
-    };
-    out.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(CgroupError::Read {
-                path: dir.to_path_buf(),
-                source,
-            })
-        }
-    };
-    for entry in rd.flatten() {
-        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            collect_pids(&entry.path(), out)?;
-        }
-    }
-    Ok(())
-}
-
-/// rmdir of a cgroup and its sub-cgroups, deepest first, retrying EBUSY while tasks drain.
-fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for entry in rd.flatten() {
-            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                remove_tree(&entry.path())?;
-            }
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        match std::fs::remove_dir(dir) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
-                sleep(Duration::from_millis(10));
-            }
-            Err(source) => {
-                return Err(CgroupError::Rmdir {
-                    path: dir.to_path_buf(),
-                    source,
-                })
-            }
         }
     }
 }
