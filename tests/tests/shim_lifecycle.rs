@@ -129,7 +129,14 @@ async fn shim_exec_has_its_own_exit_code() {
     c.exec(ExecRequest {
         exec_id: "e1".into(),
         stdio: Some(stdio.clone()),
-        process_json: process_json(&["sh", "-c", "echo from-exec; exit 3"], false),
+        process_json: process_json(
+            &[
+                "sh",
+                "-c",
+                "echo from-exec; grep -E '^Sig(Blk|Ign)' /proc/self/status; exit 3",
+            ],
+            false,
+        ),
     })
     .await
     .expect("exec");
@@ -161,7 +168,8 @@ async fn shim_exec_has_its_own_exit_code() {
     assert_eq!(w.exit_status, 3);
     assert_eq!(
         std::fs::read_to_string(&exec_out).expect("exec output"),
-        "from-exec\n"
+        // No ignored (SIGPIPE) or blocked signals leak from the shim into the container.
+        "from-exec\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
     );
     let st = c
         .state(StateRequest {

@@ -17,8 +17,14 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Streaming;
 
-/// Debian's runc: the shim tests do not depend on berth-runc.
+/// Debian's runc: the shim tests do not depend on berth-runc. Set `BERTH_SHIM_TEST_RUNTIME`
+/// to drive another runtime (e.g. target/debug/berth-runc) through the same tests.
 pub const RUNC: &str = "/usr/sbin/runc";
+
+/// The runtime the shim drives in these tests.
+pub fn runtime() -> String {
+    std::env::var("BERTH_SHIM_TEST_RUNTIME").unwrap_or_else(|_| RUNC.to_string())
+}
 /// Per-call timeout of the test client.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -45,7 +51,7 @@ impl ShimFixture {
         let guard = Guard::new();
         let (root, cid) = (runtime_root.clone(), id.clone());
         guard.on_cleanup("runc delete --force", move || {
-            let _ = Command::new(RUNC)
+            let _ = Command::new(runtime())
                 .arg("--root")
                 .arg(&root)
                 .args(["delete", "--force", &cid])
@@ -76,7 +82,7 @@ impl ShimFixture {
             "--state".into(),
             self.state.display().to_string(),
             "--runtime".into(),
-            RUNC.into(),
+            runtime(),
             "--runtime-root".into(),
             self.runtime_root.display().to_string(),
         ]

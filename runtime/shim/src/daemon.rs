@@ -121,6 +121,7 @@ fn daemonise(
         Ok(ForkResult::Child) => {}
     }
     close_inherited_fds(&ready);
+    crate::signals::reset_ignored();
     let log = c.bundle.join("shim.log");
     let redirect = || -> anyhow::Result<()> {
         let null = std::fs::OpenOptions::new().read(true).open("/dev/null")?;

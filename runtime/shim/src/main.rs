@@ -17,6 +17,7 @@ mod process;
 mod reaper;
 mod runtime;
 mod service;
+mod signals;
 mod stdio;
 
 use std::path::PathBuf;

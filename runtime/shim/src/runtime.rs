@@ -7,6 +7,7 @@
 
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -98,6 +99,14 @@ impl Runtime {
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped());
             }
+        }
+        // A pre_exec hook makes std fork+exec instead of posix_spawn (see crate::signals).
+        // SAFETY: the hook only makes raw rt_sigaction syscalls, which are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                crate::signals::reset_internal_in_child();
+                Ok(())
+            });
         }
         let mut child = cmd
             .spawn()
