@@ -1,9 +1,8 @@
 //! Device access rules: the v1 devices controller's allow/deny lists, and the default device set every container
 //! gets (as runc: the spec's rules in order, then the defaults appended).
 //!
-//! On cgroup v2 device rules need an eBPF program attached to the cgroup; that is not implemented yet (the v2
-//! path logs that the rules are not enforced). This file must never write device rules anywhere but the
-//! container's own devices cgroup.
+//! On cgroup v2 the same list becomes an eBPF device program (`bpf_devices.rs`). This file must never write
+//! device rules anywhere but the container's own cgroup.
 
 use std::path::Path;
 
@@ -77,6 +76,26 @@ pub(crate) fn rule_line(r: &LinuxDeviceCgroup) -> Result<String, CgroupError> {
         num(r.major()),
         num(r.minor())
     ))
+}
+
+/// The whole rule list a container gets: deny-all, the spec's rules in order, then the default set.
+pub(crate) fn effective_rules(spec: Option<&[LinuxDeviceCgroup]>) -> Vec<LinuxDeviceCgroup> {
+    let mut deny_all = LinuxDeviceCgroup::default();
+    deny_all.set_allow(false);
+    deny_all.set_access(Some("rwm".into()));
+    let mut out = vec![deny_all];
+    out.extend(spec.unwrap_or_default().iter().cloned());
+    out.extend(default_device_rules());
+    out
+}
+
+/// Applies device rules on cgroup v2 with an eBPF program; same `None` semantics as [`apply_v1`] (a cgroup
+/// without a device program is new).
+pub(crate) fn apply_v2(dir: &Path, rules: Option<&[LinuxDeviceCgroup]>) -> Result<(), CgroupError> {
+    if rules.is_none() && !super::bpf_devices::attached(dir)?.is_empty() {
+        return Ok(());
+    }
+    super::bpf_devices::apply(dir, &effective_rules(rules))
 }
 
 /// Applies device rules in a v1 devices cgroup. `None` rules on a cgroup that still allows everything (a new

@@ -10,6 +10,7 @@
 //! levels above the container, which v2 requires for the container to get that controller's files), and never
 //! remove a directory it was not asked to manage.
 
+mod bpf_devices;
 mod devices;
 mod error;
 mod fs;

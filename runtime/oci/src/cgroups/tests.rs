@@ -310,3 +310,45 @@ fn destroy_of_a_missing_cgroup_is_ok_and_serde_round_trips() -> Result<(), Cgrou
     back.destroy()?;
     Ok(())
 }
+
+#[test]
+fn ebpf_device_program_enforces_rules_in_the_unified_hierarchy() -> Result<(), CgroupError> {
+    if !is_root() {
+        return Ok(());
+    }
+    let mut fx = Fixture::new("bpfdev");
+    let Some(dir) = fx.mgr.unified_dir().map(Path::to_path_buf) else {
+        eprintln!("skipping: no unified hierarchy");
+        return Ok(());
+    };
+    fx.mgr.create()?;
+    let only_null = resources(serde_json::json!({"devices": [
+        {"allow": false, "access": "rwm"},
+        {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rw"}
+    ]}));
+    // The defaults would allow /dev/zero again: load the spec's two rules alone.
+    bpf_devices::apply(&dir, only_null.devices().as_deref().unwrap_or_default())?;
+    assert_eq!(bpf_devices::attached(&dir)?.len(), 1);
+    // Replacing the program keeps exactly one attached.
+    bpf_devices::apply(&dir, only_null.devices().as_deref().unwrap_or_default())?;
+    assert_eq!(bpf_devices::attached(&dir)?.len(), 1);
+    let script = format!(
+        "echo $$ > {}/cgroup.procs || exit 9; \
+         (exec 3</dev/null) 2>/dev/null && echo null-ok; \
+         (exec 3</dev/zero) 2>/dev/null && echo zero-ok; echo end",
+        dir.display()
+    );
+    let out = Command::new("/bin/sh")
+        .args(["-c", &script])
+        .output()
+        .expect("run sh");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text,
+        "null-ok\nend\n",
+        "stderr {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fx.children.clear();
+    Ok(())
+}

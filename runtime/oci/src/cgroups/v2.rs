@@ -110,9 +110,7 @@ pub(crate) fn apply(m: &CgroupManager, r: &LinuxResources) -> Result<(), CgroupE
     if let Some(h) = r.hugepage_limits() {
         hugetlb(m, h)?;
     }
-    if r.devices().as_ref().is_some_and(|d| !d.is_empty()) {
-        debug("cgroups: device rules are not enforced on cgroup v2 yet (needs an eBPF device program)");
-    }
+    super::devices::apply_v2(dir, r.devices().as_deref())?;
     if r.network().is_some() {
         return Err(CgroupError::MissingController {
             controller: "net_cls/net_prio",
