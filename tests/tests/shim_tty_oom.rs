@@ -171,3 +171,88 @@ async fn shim_reports_oom() {
         .expect("shutdown");
     fx.finish();
 }
+
+#[tokio::test]
+async fn shim_terminal_stdin_reaches_the_process() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let fx = ShimFixture::new(
+        "shim-tty-in",
+        &["sh", "-c", "read x; echo got-$x; read y; echo eof-$?"],
+    );
+    fx.bundle
+        .edit_spec(|s| s["process"]["terminal"] = true.into());
+    let sock = fx.start_shim();
+    let mut c = connect(&sock).await;
+    let mode = nix::sys::stat::Mode::from_bits_truncate(0o600);
+    let stdin = fx.dir.join("in.fifo");
+    let out = fx.dir.join("out.fifo");
+    nix::unistd::mkfifo(&stdin, mode).expect("mkfifo in");
+    nix::unistd::mkfifo(&out, mode).expect("mkfifo out");
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&out)
+        .expect("opening the output fifo");
+    let mut req = fx.create_req(&out);
+    if let Some(s) = req.stdio.as_mut() {
+        s.terminal = true;
+        s.stdin = stdin.display().to_string();
+        s.stderr = String::new();
+    }
+    let pid = c.create(req).await.expect("create").into_inner().pid;
+    fx.guard.pid(pid);
+    c.start(StartRequest::default()).await.expect("start");
+    // Like ctr: open stdin for writing after Start, write a line, close it.
+    {
+        let mut w = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&stdin)
+            .expect("stdin writer");
+        std::io::Write::write_all(&mut w, b"abc\n").expect("write stdin");
+    }
+    let mut text = String::new();
+    let mut read_more = |text: &mut String| {
+        let mut buf = [0u8; 256];
+        if let Ok(n) = std::io::Read::read(&mut reader, &mut buf) {
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    };
+    eventually("the echo of stdin", Duration::from_secs(10), || {
+        read_more(&mut text);
+        text.contains("got-abc")
+    })
+    .await;
+    // The client closed its end, yet the process still waits: EOF only comes with CloseIO
+    // (on a terminal it arrives as ^D from the line discipline).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let st = c
+        .state(berth_proto::shim::StateRequest::default())
+        .await
+        .expect("state")
+        .into_inner();
+    assert_eq!(st.status, berth_proto::shim::Status::Running as i32);
+    c.close_io(berth_proto::shim::CloseIoRequest {
+        exec_id: String::new(),
+        stdin: true,
+    })
+    .await
+    .expect("close io");
+    let w = c
+        .wait(WaitRequest::default())
+        .await
+        .expect("wait")
+        .into_inner();
+    assert_eq!(w.exit_status, 0);
+    eventually("the eof line", Duration::from_secs(5), || {
+        read_more(&mut text);
+        text.contains("eof-1")
+    })
+    .await;
+    c.delete(DeleteRequest::default()).await.expect("delete");
+    c.shutdown(ShutdownRequest { now: false })
+        .await
+        .expect("shutdown");
+    fx.finish();
+}

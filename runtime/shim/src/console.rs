@@ -121,6 +121,17 @@ impl Console {
         }
     }
 
+    /// Type the terminal's EOF character (^D) if the line discipline is canonical.
+    async fn send_eof(&self) -> std::io::Result<()> {
+        use nix::sys::termios::{tcgetattr, LocalFlags, SpecialCharacterIndices};
+        let t = tcgetattr(self.master.get_ref()).map_err(std::io::Error::from)?;
+        if t.local_flags.contains(LocalFlags::ICANON) {
+            let eof = t.control_chars[SpecialCharacterIndices::VEOF as usize];
+            self.write_all(&[eof]).await?;
+        }
+        Ok(())
+    }
+
     async fn write_all(&self, mut buf: &[u8]) -> std::io::Result<()> {
         while !buf.is_empty() {
             let mut guard = self.master.writable().await?;
@@ -222,17 +233,24 @@ impl TermPaths {
             let mut buf = vec![0u8; 4096];
             loop {
                 let n = match &mut source {
-                    Source::Nothing => break,
+                    Source::Nothing => return,
                     Source::File(f) => f.read(&mut buf).unwrap_or(0),
                     Source::Fifo(rx) => tokio::select! {
                         r = rx.read(&mut buf) => r.unwrap_or(0),
-                        _ = finished.wait_for(|d| *d) => 0,
+                        // The process is gone: no EOF to pass on.
+                        _ = finished.wait_for(|d| *d) => return,
                     },
                 };
-                if n == 0 || input.write_all(&buf[..n]).await.is_err() {
+                if n == 0 {
                     break;
                 }
+                if input.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
             }
+            // Stdin ended (CloseIO and the client closed): a terminal sees EOF as its VEOF
+            // character at the start of a line, when in canonical mode.
+            let _ = input.send_eof().await;
         });
         Ok(console)
     }
