@@ -45,6 +45,10 @@ struct Args {
     /// Work dir (default /tmp/berthd-bench-<pid>); removed at the end.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Keep the state dir on the work dir's file system instead of a private tmpfs (/run is a tmpfs on a normal
+    /// host, so the shims' event journals do not hit the disk there).
+    #[arg(long)]
+    state_on_disk: bool,
 }
 
 const NS: &str = "bench";
@@ -446,6 +450,24 @@ fn main() -> anyhow::Result<()> {
         ),
     )?;
     let rootfs = make_rootfs(&dir)?;
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state)?;
+    let tmpfs = !args.state_on_disk;
+    if tmpfs {
+        nix::mount::mount(
+            Some("tmpfs"),
+            &state,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("mode=0711"),
+        )
+        .context("mounting a tmpfs for the state dir")?;
+    }
+    println!(
+        "state dir {} ({})",
+        state.display(),
+        if tmpfs { "tmpfs, like /run" } else { "on disk" }
+    );
     let mut d = Berthd {
         child: None,
         dir: dir.clone(),
@@ -472,6 +494,9 @@ fn main() -> anyhow::Result<()> {
         });
     }
     d.signal(nix::sys::signal::Signal::SIGTERM);
+    if tmpfs {
+        let _ = nix::mount::umount2(&state, nix::mount::MntFlags::MNT_DETACH);
+    }
     let _ = std::fs::remove_dir_all(&dir);
     // runc removes each container's cgroup; remove the bench's parent cgroup dirs too.
     if let Ok(ctrls) = std::fs::read_dir("/sys/fs/cgroup") {

@@ -196,6 +196,8 @@ pub struct ContainerActor {
     deleted_seen: watch::Sender<bool>,
     /// Stopped on purpose: the supervisor must not restart it.
     terminated: bool,
+    /// A Delete is in progress: the shim going away is expected.
+    deleting: bool,
 }
 
 impl ContainerActor {
@@ -226,6 +228,7 @@ impl ContainerActor {
             dead: false,
             deleted_seen: watch::channel(false).0,
             terminated: false,
+            deleting: false,
         }
     }
 
@@ -745,20 +748,31 @@ impl ContainerActor {
             let _ = events.forget_shim(&shimio::shim_key(&ns, &id)).await;
             Ok(exit)
         };
-        self.call("delete", fut, |act, ctx, exit: ExitInfo| {
-            act.terminated = true;
-            act.shared
-                .registry
-                .remove(&(act.ns.clone(), act.id.clone()));
-            act.shared.waiters.remove_task(&act.ns, &act.id);
-            ctx.stop();
-            Ok(Reply::Deleted(DeleteResponse {
-                id: act.id.clone(),
-                pid: exit.pid,
-                exit_status: exit.status,
-                exited_at: Some(exit.timestamp()),
-            }))
-        })
+        self.deleting = true;
+        Box::pin(
+            fut.into_actor(self)
+                .map(|res: Result<ExitInfo, TaskError>, act, ctx| {
+                    let exit = match res {
+                        Ok(e) => e,
+                        Err(e) => {
+                            act.deleting = false;
+                            return Err(e);
+                        }
+                    };
+                    act.terminated = true;
+                    act.shared
+                        .registry
+                        .remove(&(act.ns.clone(), act.id.clone()));
+                    act.shared.waiters.remove_task(&act.ns, &act.id);
+                    ctx.stop();
+                    Ok(Reply::Deleted(DeleteResponse {
+                        id: act.id.clone(),
+                        pid: exit.pid,
+                        exit_status: exit.status,
+                        exited_at: Some(exit.timestamp()),
+                    }))
+                }),
+        )
     }
 
     fn on_event(&mut self, ev: shim::Event) {
@@ -903,7 +917,7 @@ impl Handler<ShimGone> for ContainerActor {
     type Result = ();
 
     fn handle(&mut self, _: ShimGone, ctx: &mut Self::Context) {
-        if self.terminated || self.dead {
+        if self.terminated || self.dead || self.deleting {
             return;
         }
         tracing::warn!(namespace = %self.ns, container_id = %self.id, "shim is gone; marking the task stopped");

@@ -81,10 +81,12 @@ impl Tasks {
             id: id.clone(),
             stdio,
             execs: Default::default(),
-            runtime: choice
-                .binary
-                .clone()
-                .unwrap_or_else(|| config.runtime_binary_path()),
+            runtime: super::resolve_binary(
+                choice
+                    .binary
+                    .clone()
+                    .unwrap_or_else(|| config.runtime_binary_path()),
+            ),
             runtime_root: choice.root.clone(),
             dead: None,
         };

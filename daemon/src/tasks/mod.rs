@@ -86,7 +86,7 @@ impl Shared {
     pub fn start_args(&self, ns: &str, id: &str, record: &bundle::TaskRecord) -> shim::StartArgs {
         let config = &self.ctx.config;
         let runtime = if record.runtime.as_os_str().is_empty() {
-            config.runtime_binary_path()
+            resolve_binary(config.runtime_binary_path())
         } else {
             record.runtime.clone()
         };
@@ -124,6 +124,18 @@ impl Shared {
             }
         }
     }
+}
+
+/// A bare binary name (`runc`) resolved against PATH, as the shim wants an existing path; others unchanged.
+pub(crate) fn resolve_binary(bin: std::path::PathBuf) -> std::path::PathBuf {
+    if bin.components().count() != 1 || bin.is_absolute() {
+        return bin;
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(&bin))
+        .find(|p| p.is_file())
+        .unwrap_or(bin)
 }
 
 /// The handle daemon-core holds; cheap to clone.
@@ -288,5 +300,25 @@ impl Tasks {
             }
         }
         Ok(MetricsResponse { metrics })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve_binary;
+    use std::path::PathBuf;
+
+    #[test]
+    fn bare_binaries_resolve_against_path() {
+        let sh = resolve_binary(PathBuf::from("sh"));
+        assert!(sh.is_absolute() && sh.is_file(), "{sh:?}");
+        assert_eq!(
+            resolve_binary(PathBuf::from("/x/runc")),
+            PathBuf::from("/x/runc")
+        );
+        assert_eq!(
+            resolve_binary(PathBuf::from("no-such-binary-xyz")),
+            PathBuf::from("no-such-binary-xyz")
+        );
     }
 }
