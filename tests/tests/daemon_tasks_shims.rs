@@ -1,0 +1,271 @@
+//! berthd and shims that go away: a shim killed while berthd is down (recovery reaps it with `berth-shim delete`
+//! and reports the recorded exit), a shim killed while berthd runs, SIGTERM leaving containers running, and
+//! Tasks.Update reaching the container's cgroup. Root only.
+
+#[path = "daemon_tasks_support.rs"]
+mod support;
+
+use std::time::Duration;
+
+use berth_proto::berth::journal_client::JournalClient;
+use berth_proto::berth::JournalSubscribeRequest;
+use berth_proto::containerd_client::services::v1::*;
+use berth_proto::containerd_client::types::v1::Status;
+use nix::sys::signal::Signal;
+use support::{describe, exec_spec, req, TaskFixture};
+use tonic::Code;
+
+fn shim_pid(fx: &TaskFixture, id: &str) -> i32 {
+    let p = fx
+        .daemon
+        .state()
+        .join("tasks")
+        .join(&fx.ns)
+        .join(id)
+        .join("shim.pid");
+    std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .trim()
+        .parse()
+        .expect("shim pid")
+}
+
+/// (topic, description) of the namespace's journal events.
+async fn journal(fx: &TaskFixture) -> Vec<(String, String)> {
+    let mut j = JournalClient::new(fx.channel().await);
+    let mut stream = j
+        .subscribe(req(
+            &fx.ns,
+            JournalSubscribeRequest {
+                filters: vec![format!("namespace=={}", fx.ns)],
+                after_seq: 0,
+                from_oldest: true,
+            },
+        ))
+        .await
+        .expect("journal")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Ok(Ok(Some(ev))) =
+        tokio::time::timeout(Duration::from_millis(700), stream.message()).await
+    {
+        out.push((ev.topic.clone(), describe(ev.event.as_ref())));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shim_gone_while_berthd_down_is_reaped_with_its_exit() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let mut fx = TaskFixture::new("dt-deadshim", "");
+    let ns = fx.ns.clone();
+    let id = berth_tests::unique_id("dt-ds");
+    let b = fx.bundle(
+        "a",
+        &["sh", "-c", "while [ ! -e /go ]; do sleep 0.1; done; exit 9"],
+    );
+    let pid = fx.run(&id, &b).await;
+    let shim = shim_pid(&fx, &id);
+    fx.guard.pid(shim);
+    fx.daemon.kill();
+    // The container exits (the shim records it), then the shim dies too.
+    std::fs::write(b.rootfs.join("go"), b"").expect("touch go");
+    assert!(berth_tests::proc::wait_dead(
+        pid as i32,
+        Duration::from_secs(10)
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    berth_tests::proc::kill(shim, Signal::SIGKILL);
+    assert!(berth_tests::proc::wait_dead(shim, Duration::from_secs(10)));
+
+    fx.daemon.start_again();
+    fx.wait_status(&id, Status::Stopped, Duration::from_secs(20))
+        .await;
+    let p = fx.get(&id, "").await.expect("get");
+    assert_eq!(p.exit_status, 9, "the exit the shim recorded: {p:?}");
+    assert_eq!(fx.wait(&id, "").await.expect("wait"), 9);
+    // Journal: exactly one exit and one delete for the task.
+    let ev = journal(&fx).await;
+    let exits: Vec<_> = ev
+        .iter()
+        .filter(|(t, d)| t == "/tasks/exit" && d.starts_with(&id))
+        .collect();
+    let deletes: Vec<_> = ev
+        .iter()
+        .filter(|(t, d)| t == "/tasks/delete" && d.starts_with(&id))
+        .collect();
+    assert_eq!(exits.len(), 1, "{ev:#?}");
+    assert_eq!(deletes.len(), 1, "{ev:#?}");
+    assert!(exits[0].1.ends_with("status=9"), "{ev:#?}");
+    // A second restart publishes nothing new for it.
+    fx.daemon.kill();
+    fx.daemon.start_again();
+    fx.wait_status(&id, Status::Stopped, Duration::from_secs(20))
+        .await;
+    let ev2 = journal(&fx).await;
+    assert_eq!(
+        ev2.len(),
+        ev.len(),
+        "no duplicates after another restart: {ev2:#?}"
+    );
+    // Tasks.Delete clears it.
+    let mut t = fx.tasks().await;
+    let d = t
+        .delete(req(
+            &ns,
+            DeleteTaskRequest {
+                container_id: id.clone(),
+            },
+        ))
+        .await
+        .expect("delete")
+        .into_inner();
+    assert_eq!(d.exit_status, 9);
+    assert_eq!(
+        fx.get(&id, "").await.expect_err("gone").code(),
+        Code::NotFound
+    );
+    assert!(!fx.daemon.state().join("tasks").join(&ns).join(&id).exists());
+    fx.kill_and_delete(&id).await;
+    fx.guard.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shim_killed_while_berthd_runs_stops_the_task() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let fx = TaskFixture::new("dt-shimkill", "");
+    let id = berth_tests::unique_id("dt-sk");
+    let b = fx.bundle("a", &["sleep", "1000"]);
+    fx.run(&id, &b).await;
+    let shim = shim_pid(&fx, &id);
+    fx.guard.pid(shim);
+    let waiter = {
+        let (ns, id) = (fx.ns.clone(), id.clone());
+        let mut t = fx.tasks().await;
+        tokio::spawn(async move {
+            t.wait(req(
+                &ns,
+                WaitRequest {
+                    container_id: id,
+                    exec_id: String::new(),
+                },
+            ))
+            .await
+            .map(|r| r.into_inner().exit_status)
+        })
+    };
+    berth_tests::proc::kill(shim, Signal::SIGKILL);
+    assert!(berth_tests::proc::wait_dead(shim, Duration::from_secs(10)));
+    fx.wait_status(&id, Status::Stopped, Duration::from_secs(20))
+        .await;
+    let status = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("wait returns")
+        .expect("join")
+        .expect("wait ok");
+    assert_ne!(status, 0, "a reaped task reports a failure status");
+    fx.kill_and_delete(&id).await;
+    assert!(!fx
+        .daemon
+        .state()
+        .join("tasks")
+        .join(&fx.ns)
+        .join(&id)
+        .exists());
+    fx.guard.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_leaves_containers_running_and_update_reaches_cgroup() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let mut fx = TaskFixture::new("dt-sigterm", "");
+    let ns = fx.ns.clone();
+    let id = berth_tests::unique_id("dt-st");
+    let b = fx.bundle("a", &["sleep", "1000"]);
+    let pid = fx.run(&id, &b).await;
+    let status = fx.daemon.stop().expect("was running");
+    assert!(status.success(), "SIGTERM exits 0: {status:?}");
+    assert!(
+        berth_tests::proc::alive(pid as i32),
+        "the container survives berthd's stop"
+    );
+    assert!(
+        berth_tests::proc::alive(shim_pid(&fx, &id)),
+        "the shim survives berthd's stop"
+    );
+    fx.daemon.start_again();
+    fx.wait_status(&id, Status::Running, Duration::from_secs(10))
+        .await;
+    let mut t = fx.tasks().await;
+    t.exec(req(
+        &ns,
+        ExecProcessRequest {
+            container_id: id.clone(),
+            exec_id: "e".into(),
+            spec: Some(exec_spec(&["true"])),
+            ..Default::default()
+        },
+    ))
+    .await
+    .expect("exec after restart");
+    t.start(req(
+        &ns,
+        StartRequest {
+            container_id: id.clone(),
+            exec_id: "e".into(),
+        },
+    ))
+    .await
+    .expect("start exec");
+    assert_eq!(fx.wait(&id, "e").await.expect("wait exec"), 0);
+
+    // Tasks.Update: a memory limit lands in the container's v1 memory cgroup.
+    let limit: u64 = 64 << 20;
+    let resources = serde_json::json!({"memory": {"limit": limit}});
+    t.update(req(
+        &ns,
+        UpdateTaskRequest {
+            container_id: id.clone(),
+            resources: Some(prost_types::Any {
+                type_url: berth_proto::RESOURCES_TYPE_URL.into(),
+                value: serde_json::to_vec(&resources).expect("json"),
+            }),
+            ..Default::default()
+        },
+    ))
+    .await
+    .expect("update");
+    let cg = std::path::Path::new("/sys/fs/cgroup/memory")
+        .join(b.cgroups_path().trim_start_matches('/'))
+        .join("memory.limit_in_bytes");
+    if std::path::Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists() {
+        let v: u64 = std::fs::read_to_string(&cg)
+            .expect("read")
+            .trim()
+            .parse()
+            .expect("number");
+        assert_eq!(v, limit, "{}", cg.display());
+    }
+    let bad = t
+        .update(req(
+            &ns,
+            UpdateTaskRequest {
+                container_id: id.clone(),
+                resources: Some(prost_types::Any {
+                    type_url: berth_proto::RESOURCES_TYPE_URL.into(),
+                    value: b"{nope".to_vec(),
+                }),
+                ..Default::default()
+            },
+        ))
+        .await;
+    assert_eq!(bad.expect_err("bad json").code(), Code::InvalidArgument);
+    fx.kill_and_delete(&id).await;
+    fx.guard.assert_clean();
+}
