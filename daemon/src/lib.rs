@@ -1,2 +1,22 @@
 //! berthd: actors, services, stores and configuration.
+//!
+//! - [`config`]: the TOML configuration and derived paths.
+//! - [`context`]: what services and the task subsystem share.
+//! - [`store`]: metadata in redb (one writer thread, group commit).
+//! - [`events`]: the EventBus (durable journal, fan-out, filters).
+//! - [`services`]: the gRPC services (thin: validate, convert, call the store/bus/actors, map errors).
+//! - [`tasks`]: tasks, shims and recovery (TaskSupervisor, ContainerActor, ShimActor).
+//! - [`supervision`], [`failpoint`], [`namespace`]: supervision vocabulary, fault injection, request helpers.
+//! - [`server`]: startup (dirs, single-instance lock, socket), the runtimes, serving and shutdown.
 #![forbid(unsafe_code)]
+
+pub mod config;
+pub mod context;
+pub mod events;
+pub mod failpoint;
+pub mod namespace;
+pub mod server;
+pub mod services;
+pub mod store;
+pub mod supervision;
+pub mod tasks;

@@ -1,5 +1,115 @@
-//! berthd entry point.
+//! berthd entry point: flags and config, logging, then `server::prepare` + `server::run`.
+//!
+//! `berthd [--config FILE] [--root DIR] [--state DIR] [--address SOCK] [--log-level LEVEL] [--log-format
+//! text|json]`, and `berthd config default` (prints the full default config). This file must stay thin.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use berth_daemon::config::{Config, LogFormat, DEFAULT_CONFIG_PATH, DEFAULT_CONFIG_TOML};
+use berth_daemon::{failpoint, server};
+use clap::{Parser, Subcommand};
+
+/// Berth's container supervision daemon (serves containerd's API v1).
+#[derive(Debug, Parser)]
+#[command(name = "berthd", version)]
+struct Cli {
+    /// Config file (default /etc/berth/config.toml if it exists).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Persistent data dir.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Runtime state dir.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// gRPC unix socket.
+    #[arg(long)]
+    address: Option<PathBuf>,
+    /// Log filter (info, debug, berth_daemon=trace...).
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Log format.
+    #[arg(long)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        what: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the full default configuration (TOML, commented).
+    Default,
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let mut config = match &cli.config {
+        Some(p) => Config::load(p)?,
+        None if Path::new(DEFAULT_CONFIG_PATH).exists() => Config::load(Path::new(DEFAULT_CONFIG_PATH))?,
+        None => Config::default(),
+    };
+    if let Some(v) = &cli.root {
+        config.root = v.clone();
+    }
+    if let Some(v) = &cli.state {
+        config.state = v.clone();
+    }
+    if let Some(v) = &cli.address {
+        config.address = v.clone();
+    }
+    if let Some(v) = &cli.log_level {
+        config.log_level = v.clone();
+    }
+    if let Some(v) = cli.log_format {
+        config.log_format = v;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .with_context(|| format!("invalid log level {:?}", config.log_level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match config.log_format {
+        LogFormat::Text => builder.with_ansi(false).try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("initialising logging: {e}"))
+}
+
 fn main() {
-    eprintln!("berthd: not implemented yet");
-    std::process::exit(1);
+    let cli = Cli::parse();
+    if let Some(Command::Config {
+        what: ConfigCommand::Default,
+    }) = cli.command
+    {
+        print!("{DEFAULT_CONFIG_TOML}");
+        return;
+    }
+    if let Err(e) = run(&cli) {
+        eprintln!("berthd: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    let config = load_config(cli)?;
+    init_logging(&config)?;
+    failpoint::init(&config.failpoints)?;
+    let prepared = server::prepare(config)?;
+    server::run(prepared)?;
+    Ok(())
 }

@@ -1,0 +1,280 @@
+//! The EventBus: a durable journal with group commit, and fan-out to subscribers.
+//!
+//! Publishing hands the event to the store's writer thread, which commits it with whatever else is queued (one
+//! transaction, one fsync per batch), and only after the commit fans it out, in seq order, to every subscriber
+//! whose filter matches. Each subscriber has a bounded tokio queue fed with `try_send`: a subscriber whose queue
+//! is full is cut off (its stream ends with RESOURCE_EXHAUSTED naming the seq where events were dropped), so a
+//! slow subscriber never delays the publisher or anyone else. Seqs survive restarts; the journal keeps the
+//! newest `event_retention` events, and a replay cursor older than that gets OUT_OF_RANGE.
+//!
+//! Shim events are exactly-once: [`EventBus::publish_from_shim`] appends the event and records the shim's seq in
+//! the same transaction and drops replays of a seq already recorded.
+//!
+//! This module must never block the writer thread (fan-out is `try_send` only) and never show a subscriber an
+//! event before it is durable.
+
+pub mod fields;
+pub mod filter;
+pub mod journal;
+mod subscription;
+
+use std::sync::{Arc, Mutex};
+
+use berth_proto::berth::JournalEvent;
+use tonic::Status;
+
+use crate::store::{Store, StoreError};
+pub use filter::{Fields, Filter, FilterError};
+pub use subscription::{ReplayStream, Subscription};
+
+/// Event bus errors.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    /// Journaling failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A replay cursor is older than the retained journal.
+    #[error("cursor {cursor} is older than the journal (events up to seq {floor} were dropped)")]
+    OutOfRange {
+        /// The cursor asked for.
+        cursor: u64,
+        /// Highest dropped seq.
+        floor: u64,
+    },
+    /// The bus is shut down.
+    #[error("the event bus is shut down")]
+    Closed,
+}
+
+impl From<EventError> for Status {
+    fn from(e: EventError) -> Status {
+        match e {
+            EventError::Store(s) => s.into(),
+            e @ EventError::OutOfRange { .. } => Status::out_of_range(e.to_string()),
+            e @ EventError::Closed => Status::unavailable(e.to_string()),
+        }
+    }
+}
+
+/// Handle to the event bus; cheap to clone, Send + Sync.
+#[derive(Clone)]
+pub struct EventBus {
+    inner: Arc<BusInner>,
+}
+
+pub(crate) struct BusInner {
+    store: Store,
+    retention: u64,
+    queue: usize,
+    pub(crate) subs: Mutex<Subscribers>,
+}
+
+/// Live subscribers, and the seq of the last event fanned out (under the same lock, so a subscriber registers
+/// exactly between two events).
+pub(crate) struct Subscribers {
+    next_id: u64,
+    list: Vec<subscription::Sub>,
+    pub(crate) last_seq: u64,
+    closed: bool,
+}
+
+impl std::fmt::Debug for EventBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventBus").finish_non_exhaustive()
+    }
+}
+
+fn now() -> prost_types::Timestamp {
+    crate::store::now_timestamp()
+}
+
+impl EventBus {
+    /// A bus journaling into `store`, keeping `retention` events, with `queue` slots per subscriber.
+    pub fn new(store: Store, retention: u64, queue: usize) -> Result<EventBus, EventError> {
+        let last_seq = store.journal_last_seq()?;
+        Ok(EventBus {
+            inner: Arc::new(BusInner {
+                store,
+                retention: retention.max(1),
+                queue: queue.max(1),
+                subs: Mutex::new(Subscribers {
+                    next_id: 1,
+                    list: Vec::new(),
+                    last_seq,
+                    closed: false,
+                }),
+            }),
+        })
+    }
+
+    /// The store the journal lives in.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Journal one event (durable before it returns) and fan it out; returns its journal seq.
+    pub async fn publish(&self, namespace: &str, topic: &str, event: prost_types::Any) -> Result<u64, EventError> {
+        self.publish_at(namespace, topic, event, now()).await
+    }
+
+    /// [`EventBus::publish`] with a given timestamp (Events.Forward keeps the envelope's).
+    pub async fn publish_at(
+        &self,
+        namespace: &str,
+        topic: &str,
+        event: prost_types::Any,
+        timestamp: prost_types::Timestamp,
+    ) -> Result<u64, EventError> {
+        let ev = JournalEvent {
+            seq: 0,
+            timestamp: Some(timestamp),
+            namespace: namespace.to_string(),
+            topic: topic.to_string(),
+            event: Some(event),
+        };
+        let retention = self.inner.retention;
+        let bus = self.inner.clone();
+        let rx = self.inner.store.writer().submit(
+            move |wtx| journal::append(wtx, retention, ev).map(Arc::new),
+            move |ev: &Arc<JournalEvent>| bus.fan_out(ev),
+        );
+        let ev = rx.await.map_err(|_| StoreError::Closed)??;
+        Ok(ev.seq)
+    }
+
+    /// Exactly-once for shim events: in ONE transaction, append the event and record `shim_seq` as the last seq
+    /// seen from `shim_key` ("<ns>/<id>"). If `shim_seq` <= the recorded seq, nothing is written: `Ok(None)`.
+    pub async fn publish_from_shim(
+        &self,
+        shim_key: &str,
+        shim_seq: u64,
+        namespace: &str,
+        topic: &str,
+        event: prost_types::Any,
+    ) -> Result<Option<u64>, EventError> {
+        let ev = JournalEvent {
+            seq: 0,
+            timestamp: Some(now()),
+            namespace: namespace.to_string(),
+            topic: topic.to_string(),
+            event: Some(event),
+        };
+        let key = shim_key.to_string();
+        let retention = self.inner.retention;
+        let bus = self.inner.clone();
+        let rx = self.inner.store.writer().submit(
+            move |wtx| {
+                if shim_seq <= journal::shim_seq_in(wtx, &key)? {
+                    return Ok(None);
+                }
+                let ev = journal::append(wtx, retention, ev)?;
+                journal::set_shim_seq(wtx, &key, shim_seq)?;
+                Ok(Some(Arc::new(ev)))
+            },
+            move |ev: &Option<Arc<JournalEvent>>| {
+                if let Some(ev) = ev {
+                    bus.fan_out(ev);
+                }
+            },
+        );
+        let ev = rx.await.map_err(|_| StoreError::Closed)??;
+        Ok(ev.map(|e| e.seq))
+    }
+
+    /// Last shim seq recorded for `shim_key` (0 if none): where to resume the shim's `Events(after_seq)`.
+    pub async fn last_shim_seq(&self, shim_key: &str) -> Result<u64, EventError> {
+        let store = self.inner.store.clone();
+        let key = shim_key.to_string();
+        Ok(crate::store::blocking(move || store.shim_seq(&key)).await?)
+    }
+
+    /// Forget a shim's recorded seq (after its task is deleted).
+    pub async fn forget_shim(&self, shim_key: &str) -> Result<(), EventError> {
+        let key = shim_key.to_string();
+        self.inner
+            .store
+            .writer()
+            .write(move |wtx| journal::remove_shim_seq(wtx, &key))
+            .await?;
+        Ok(())
+    }
+
+    /// Seq of the last event fanned out (every event up to it is durable).
+    pub fn last_seq(&self) -> u64 {
+        self.inner.lock_subs().last_seq
+    }
+
+    /// Subscribe to live events matching `filter`.
+    pub fn subscribe(&self, filter: Filter) -> Result<Subscription, EventError> {
+        let mut subs = self.inner.lock_subs();
+        if subs.closed {
+            return Err(EventError::Closed);
+        }
+        let after = subs.last_seq;
+        Ok(self.inner.register(&mut subs, filter, after))
+    }
+
+    /// Replay journaled events after `after_seq` (from the oldest retained one when `from_oldest`), then live
+    /// ones, matching `filter`. OutOfRange when the cursor is older than the journal.
+    pub async fn subscribe_from(
+        &self,
+        filter: Filter,
+        after_seq: u64,
+        from_oldest: bool,
+    ) -> Result<ReplayStream, EventError> {
+        if self.inner.lock_subs().closed {
+            return Err(EventError::Closed);
+        }
+        let store = self.inner.store.clone();
+        let floor = crate::store::blocking(move || store.journal_floor()).await?;
+        let cursor = if from_oldest { floor } else { after_seq };
+        if cursor < floor {
+            return Err(EventError::OutOfRange { cursor, floor });
+        }
+        Ok(subscription::replay(self.inner.clone(), filter, cursor))
+    }
+
+    /// End every subscription (their streams finish) and refuse new ones: berthd is stopping.
+    pub fn close(&self) {
+        let mut subs = self.inner.lock_subs();
+        subs.closed = true;
+        subs.list.clear();
+    }
+
+    /// Number of live subscribers.
+    pub fn subscriber_count(&self) -> usize {
+        self.inner.lock_subs().list.len()
+    }
+}
+
+impl BusInner {
+    pub(crate) fn lock_subs(&self) -> std::sync::MutexGuard<'_, Subscribers> {
+        self.subs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Register a live subscriber (the caller holds the lock); events with seq <= `after` are not delivered.
+    pub(crate) fn register(self: &Arc<Self>, subs: &mut Subscribers, filter: Filter, after: u64) -> Subscription {
+        let id = subs.next_id;
+        subs.next_id += 1;
+        let (sub, stream) = subscription::new_pair(id, filter, self.queue, Arc::downgrade(self), after);
+        subs.list.push(sub);
+        stream
+    }
+
+    /// Remove a subscriber by id.
+    pub(crate) fn unregister(&self, id: u64) {
+        self.lock_subs().list.retain(|s| s.id != id);
+    }
+
+    /// Deliver a committed event to every matching subscriber (runs on the store writer thread; never blocks).
+    fn fan_out(&self, ev: &Arc<JournalEvent>) {
+        let mut subs = self.lock_subs();
+        if ev.seq > subs.last_seq {
+            subs.last_seq = ev.seq;
+        }
+        subs.list.retain(|s| s.offer(ev));
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,172 @@
+//! The store's single writer thread, with group commit.
+//!
+//! Jobs (closures over a `WriteTransaction`) queue on an unbounded channel; the thread takes every queued job (up
+//! to `max_batch`), runs them in one transaction, commits once (one fsync for the batch), then runs each job's
+//! completion in submission order: its after-commit hook (the event bus fans out there, so subscribers only ever
+//! see durable events, in seq order) and its reply. Callers wait on their own oneshot, so the queue's length is
+//! bounded by the number of waiting callers.
+//!
+//! A job returning a fatal error (redb failure) aborts the whole batch; a logical error (NotFound...) must have
+//! written nothing. A panicking job is caught and aborts the batch. This thread must never block on anything
+//! but redb.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use redb::{Database, WriteTransaction};
+use tokio::sync::oneshot;
+
+use super::StoreError;
+use crate::failpoint;
+
+/// Completion of one job: called with the batch's commit error, if any.
+type Finish = Box<dyn FnOnce(Option<String>) + Send>;
+/// One write job: given the batch's transaction (or why there is none), it writes and returns its completion and
+/// whether it failed fatally.
+type Job = Box<dyn FnOnce(Result<&WriteTransaction, String>) -> (Finish, bool) + Send>;
+
+/// Handle to the writer thread.
+pub(crate) struct Writer {
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Writer {
+    /// Start the writer thread.
+    pub(crate) fn start(db: Arc<Database>, max_batch: usize) -> std::io::Result<Writer> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("berthd-store-writer".into())
+            .spawn(move || run(db, rx, max_batch.max(1)))?;
+        Ok(Writer {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Stop accepting jobs, let the thread finish what is queued, and join it.
+    pub(crate) fn close(&self) {
+        drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = handle {
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
+    }
+
+    /// Submit a write; `hook` runs on the writer thread after a successful commit, before the reply is sent.
+    pub(crate) fn submit<T, F, H>(&self, f: F, hook: H) -> oneshot::Receiver<Result<T, StoreError>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+        H: FnOnce(&T) + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job: Job = Box::new(move |wtx| {
+            let r = match wtx {
+                Ok(w) => f(w),
+                Err(m) => Err(StoreError::Batch(m)),
+            };
+            let fatal = matches!(&r, Err(e) if e.is_fatal());
+            let finish: Finish = Box::new(move |commit_err| {
+                let out = match (r, commit_err) {
+                    (Err(e), _) => Err(e),
+                    (Ok(_), Some(m)) => Err(StoreError::Batch(m)),
+                    (Ok(v), None) => {
+                        hook(&v);
+                        Ok(v)
+                    }
+                };
+                let _ = reply.send(out);
+            });
+            (finish, fatal)
+        });
+        let guard = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = guard.as_ref() {
+            // A send error drops the job and with it the reply sender: the caller sees Closed.
+            let _ = tx.send(job);
+        }
+        rx
+    }
+
+    /// Submit and wait (async).
+    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.submit(f, |_| {}).await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn run(db: Arc<Database>, rx: mpsc::Receiver<Job>, max_batch: usize) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < max_batch {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        run_batch(&db, jobs);
+    }
+    tracing::debug!("store writer stopped");
+}
+
+fn run_batch(db: &Database, jobs: Vec<Job>) {
+    let mut wtx = match db.begin_write() {
+        Ok(w) => w,
+        Err(e) => {
+            let msg = e.to_string();
+            tracing::error!(error = %msg, "cannot begin a metadata transaction");
+            for job in jobs {
+                let (finish, _) = job(Err(msg.clone()));
+                finish(Some(msg.clone()));
+            }
+            return;
+        }
+    };
+    wtx.set_quick_repair(true);
+    let mut finishes = Vec::with_capacity(jobs.len());
+    let mut failed: Option<String> = None;
+    for job in jobs {
+        let tx_ref = &wtx;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || job(Ok(tx_ref)))) {
+            Ok((finish, fatal)) => {
+                if fatal && failed.is_none() {
+                    failed = Some("another write in the same transaction failed".into());
+                }
+                finishes.push(finish);
+            }
+            Err(p) => {
+                let msg = crate::supervision::panic_message(&*p);
+                tracing::error!(panic = %msg, "a store write job panicked; aborting its batch");
+                failed = Some(format!("a write in the same transaction panicked: {msg}"));
+            }
+        }
+    }
+    let commit_err = match failed {
+        Some(m) => {
+            let _ = wtx.abort();
+            Some(m)
+        }
+        None => {
+            failpoint::hit("store.before_commit");
+            match wtx.commit() {
+                Ok(()) => {
+                    failpoint::hit("store.after_commit");
+                    None
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "metadata commit failed");
+                    Some(e.to_string())
+                }
+            }
+        }
+    };
+    for finish in finishes {
+        finish(commit_err.clone());
+    }
+}
