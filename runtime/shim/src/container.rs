@@ -225,6 +225,7 @@ impl Inner {
         let pid_file = self.bundle.join("init.pid");
         let _ = std::fs::remove_file(&pid_file);
         let _ = std::fs::remove_file(self.bundle.join("init.exit"));
+        let _ = std::fs::remove_file(self.bundle.join(crate::restore::DELETED));
         let mut args = args!["create", "--bundle", &self.bundle, "--pid-file", &pid_file];
         if let Some((_, sock)) = &term {
             args.extend(args!["--console-socket", &sock.path]);
@@ -396,6 +397,8 @@ impl Inner {
             exit_status: rec.status,
             exited_at: Some(crate::log::timestamp(rec.at)),
         }))?;
+        // A shim started again on this bundle must not take the container for alive.
+        let _ = std::fs::write(self.bundle.join(crate::restore::DELETED), b"");
         let shutdown = {
             let mut st = self.state();
             st.deleted = true;

@@ -233,6 +233,7 @@ async fn setup(
         reaper,
         journal,
     ));
+    inner.restore().await;
     Ok((listener, inner, address))
 }
 

@@ -15,6 +15,7 @@ mod log;
 mod mount;
 mod process;
 mod reaper;
+mod restore;
 mod runtime;
 mod service;
 mod signals;
