@@ -54,10 +54,19 @@ impl Selector {
 }
 
 /// A parsed filter: OR of ANDs. The default matches everything.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Filter {
     any_of: Vec<Vec<Selector>>,
     match_all: bool,
+}
+
+impl Default for Filter {
+    fn default() -> Self {
+        Filter {
+            any_of: Vec::new(),
+            match_all: true,
+        }
+    }
 }
 
 impl Filter {
