@@ -449,6 +449,29 @@ async fn task_errors_have_containerd_codes_and_leave_nothing() {
     fx.kill_and_delete(&c).await;
     assert!(!tasks_dir.join(&c).exists());
 
+    // A task created but never started can be deleted.
+    let e = berth_tests::unique_id("dt-cr");
+    let be = fx.bundle("e", &["sleep", "1000"]);
+    fx.create_container(&e, &be).await;
+    fx.create_task(&e, "", "").await.expect("create");
+    assert_eq!(
+        fx.get(&e, "").await.expect("get").status,
+        Status::Created as i32
+    );
+    t.delete(req(
+        &ns,
+        DeleteTaskRequest {
+            container_id: e.clone(),
+        },
+    ))
+    .await
+    .expect("delete a created task");
+    assert_eq!(
+        fx.get(&e, "").await.expect_err("gone").code(),
+        Code::NotFound
+    );
+    assert!(!tasks_dir.join(&e).exists());
+
     // Unknown runtime name.
     let d = berth_tests::unique_id("dt-rt");
     let bd = fx.bundle("d", &["true"]);

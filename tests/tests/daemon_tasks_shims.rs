@@ -189,6 +189,33 @@ async fn sigterm_leaves_containers_running_and_update_reaches_cgroup() {
     let id = berth_tests::unique_id("dt-st");
     let b = fx.bundle("a", &["sleep", "1000"]);
     let pid = fx.run(&id, &b).await;
+    // An exec that keeps running across the restart.
+    let mut t = fx.tasks().await;
+    t.exec(req(
+        &ns,
+        ExecProcessRequest {
+            container_id: id.clone(),
+            exec_id: "long".into(),
+            spec: Some(exec_spec(&["sleep", "1000"])),
+            ..Default::default()
+        },
+    ))
+    .await
+    .expect("exec");
+    let long_pid = t
+        .start(req(
+            &ns,
+            StartRequest {
+                container_id: id.clone(),
+                exec_id: "long".into(),
+            },
+        ))
+        .await
+        .expect("start exec")
+        .into_inner()
+        .pid;
+    fx.guard.pid(long_pid as i32);
+    drop(t);
     let status = fx.daemon.stop().expect("was running");
     assert!(status.success(), "SIGTERM exits 0: {status:?}");
     assert!(
@@ -203,6 +230,21 @@ async fn sigterm_leaves_containers_running_and_update_reaches_cgroup() {
     fx.wait_status(&id, Status::Running, Duration::from_secs(10))
         .await;
     let mut t = fx.tasks().await;
+    // The exec is known again after the restart (record + shim State), and can be waited for and killed.
+    let long = fx.get(&id, "long").await.expect("exec rebuilt");
+    assert_eq!((long.pid, long.status), (long_pid, Status::Running as i32));
+    t.kill(req(
+        &ns,
+        KillRequest {
+            container_id: id.clone(),
+            exec_id: "long".into(),
+            signal: 9,
+            all: false,
+        },
+    ))
+    .await
+    .expect("kill exec");
+    assert_eq!(fx.wait(&id, "long").await.expect("wait exec"), 137);
     t.exec(req(
         &ns,
         ExecProcessRequest {
