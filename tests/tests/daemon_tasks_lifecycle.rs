@@ -573,3 +573,60 @@ async fn pending_wait_survives_container_actor_panic() {
     fx.kill_and_delete(&id).await;
     fx.guard.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_task_resize_pty() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let fx = TaskFixture::new("dt-tty", "");
+    let ns = fx.ns.clone();
+    let id = berth_tests::unique_id("dt-tty");
+    let b = fx.bundle("t", &["sh", "-c", "sleep 1; stty size; exit 0"]);
+    b.edit_spec(|s| s["process"]["terminal"] = serde_json::Value::Bool(true));
+    fx.create_container(&id, &b).await;
+    let out_path = fx.dir.join("tty-out");
+    let mut out = fifo_reader(&out_path);
+    let mut t = fx.tasks().await;
+    t.create(req(
+        &ns,
+        CreateTaskRequest {
+            container_id: id.clone(),
+            stdout: out_path.display().to_string(),
+            terminal: true,
+            ..Default::default()
+        },
+    ))
+    .await
+    .expect("create with a terminal");
+    let p = fx.get(&id, "").await.expect("get");
+    assert!(p.terminal, "Get echoes terminal: {p:?}");
+    let pid = t
+        .start(req(
+            &ns,
+            StartRequest {
+                container_id: id.clone(),
+                exec_id: String::new(),
+            },
+        ))
+        .await
+        .expect("start")
+        .into_inner()
+        .pid;
+    fx.guard.pid(pid as i32);
+    t.resize_pty(req(
+        &ns,
+        ResizePtyRequest {
+            container_id: id.clone(),
+            exec_id: String::new(),
+            width: 100,
+            height: 30,
+        },
+    ))
+    .await
+    .expect("resize");
+    assert_eq!(fx.wait(&id, "").await.expect("wait"), 0);
+    read_until(&mut out, "30 100", Duration::from_secs(5));
+    fx.kill_and_delete(&id).await;
+    fx.guard.assert_clean();
+}
