@@ -143,6 +143,23 @@ async fn shim_killed_while_berthd_runs_stops_the_task() {
     fx.run(&id, &b).await;
     let shim = shim_pid(&fx, &id);
     fx.guard.pid(shim);
+    // The shim inherited none of berthd's descriptors (its database, lock, socket or log).
+    let root = fx.daemon.root().display().to_string();
+    for fd in std::fs::read_dir(format!("/proc/{shim}/fd"))
+        .expect("shim fds")
+        .flatten()
+    {
+        let target = std::fs::read_link(fd.path())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        assert!(
+            !target.starts_with(&root)
+                && !target.ends_with("berthd.log")
+                && !target.ends_with("berth.sock"),
+            "shim fd {:?} -> {target}",
+            fd.file_name()
+        );
+    }
     let waiter = {
         let (ns, id) = (fx.ns.clone(), id.clone());
         let mut t = fx.tasks().await;
