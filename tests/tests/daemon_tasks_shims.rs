@@ -232,6 +232,32 @@ async fn sigterm_leaves_containers_running_and_update_reaches_cgroup() {
         .into_inner()
         .pid;
     fx.guard.pid(long_pid as i32);
+    // ListPids marks the exec's pid with containerd.runc.v1.ProcessDetails{exec_id}.
+    let pids = t
+        .list_pids(req(
+            &ns,
+            ListPidsRequest {
+                container_id: id.clone(),
+            },
+        ))
+        .await
+        .expect("pids")
+        .into_inner()
+        .processes;
+    let info = pids
+        .iter()
+        .find(|p| p.pid == long_pid)
+        .and_then(|p| p.info.clone())
+        .unwrap_or_else(|| panic!("exec pid {long_pid} with info in {pids:?}"));
+    assert_eq!(info.type_url, "containerd.runc.v1.ProcessDetails");
+    let details =
+        <berth_proto::runc::ProcessDetails as prost::Message>::decode(info.value.as_slice())
+            .expect("ProcessDetails");
+    assert_eq!(details.exec_id, "long");
+    assert!(
+        pids.iter().any(|p| p.pid == pid && p.info.is_none()),
+        "init without info: {pids:?}"
+    );
     drop(t);
     let status = fx.daemon.stop().expect("was running");
     assert!(status.success(), "SIGTERM exits 0: {status:?}");
