@@ -201,6 +201,20 @@ async fn shim_exec_has_its_own_exit_code() {
         .await
         .expect_err("deleted exec");
     assert_eq!(err.code(), Code::NotFound);
+    // An exec still running when init dies: its exit is journaled before TaskDeleted.
+    c.exec(ExecRequest {
+        exec_id: "e2".into(),
+        stdio: Some(Stdio::default()),
+        process_json: process_json(&["sleep", "999"], false),
+    })
+    .await
+    .expect("exec e2");
+    c.start(StartRequest {
+        exec_id: "e2".into(),
+    })
+    .await
+    .expect("start e2");
+    let mut ev = events(&sock, 0).await;
     c.kill(KillRequest {
         exec_id: String::new(),
         signal: 9,
@@ -215,6 +229,18 @@ async fn shim_exec_has_its_own_exit_code() {
         .into_inner();
     assert_eq!(w.exit_status, 137);
     c.delete(DeleteRequest::default()).await.expect("delete");
+    let evs = collect_until(&mut ev, "deleted", Duration::from_secs(10)).await;
+    let exits: Vec<String> = evs
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(berth_proto::shim::event::Kind::Exited(x)) => Some(x.exec_id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds(&evs).last(), Some(&"deleted"));
+    let mut sorted = exits.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["", "e1", "e2"], "exits before delete: {exits:?}");
     c.shutdown(ShutdownRequest { now: false })
         .await
         .expect("shutdown");

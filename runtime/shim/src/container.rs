@@ -26,6 +26,8 @@ use crate::stdio;
 
 /// How long Delete waits for a killed init's exit.
 const DELETE_WAIT: Duration = Duration::from_secs(10);
+/// How long Delete waits for the exits of execs the runtime killed.
+const EXEC_DRAIN: Duration = Duration::from_secs(2);
 /// How long after runc returned the console master may still be in flight.
 const CONSOLE_WAIT: Duration = Duration::from_secs(5);
 
@@ -363,10 +365,16 @@ impl Inner {
     /// Delete the init: runtime delete, unmount, TaskDeleted; the shim's work is then done.
     pub async fn delete_init(self: &Arc<Self>) -> Result<ExitRecord> {
         let _op = self.op().await;
-        let (phase, pid, mut exit) = {
+        let (phase, pid, mut exit, execs) = {
             let st = self.state();
             let p = st.init.as_ref().ok_or_else(|| not_created(&self.id))?;
-            (p.phase, p.pid, p.exit.subscribe())
+            let execs: Vec<_> = st
+                .execs
+                .values()
+                .filter(|e| e.phase == Phase::Running)
+                .map(|e| e.exit.subscribe())
+                .collect();
+            (p.phase, p.pid, p.exit.subscribe(), execs)
         };
         if phase == Phase::Running {
             return Err(Error::FailedPrecondition(format!(
@@ -391,6 +399,11 @@ impl Inner {
             status: 137,
             at: SystemTime::now(),
         });
+        // The runtime killed what was left: journal those exec exits before TaskDeleted.
+        let deadline = tokio::time::Instant::now() + EXEC_DRAIN;
+        for mut rx in execs {
+            let _ = tokio::time::timeout_at(deadline, rx.wait_for(|e| e.is_some())).await;
+        }
         mount::unmount_rootfs(&self.bundle)?;
         self.journal.emit(Kind::Deleted(TaskDeleted {
             pid: rec.pid,
