@@ -71,7 +71,8 @@ impl CtrEvents {
             .stderr(Stdio::null())
             .spawn()
             .expect("ctr events");
-        std::thread::sleep(Duration::from_millis(300));
+        // Give ctr time to dial and subscribe (it prints nothing until the first event).
+        std::thread::sleep(Duration::from_millis(1000));
         CtrEvents { child, path }
     }
 
