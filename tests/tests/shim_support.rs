@@ -59,6 +59,8 @@ impl ShimFixture {
         });
         guard.cgroup(bundle.cgroups_path());
         guard.mount(bundle.rootfs.clone());
+        // Removed (and checked gone) by the guard, not only by TestDir's drop.
+        guard.dir(dir.path().to_path_buf());
         ShimFixture {
             guard,
             bundle,
