@@ -260,21 +260,43 @@ pub(crate) fn generate(spec: &FilterSpec) -> Result<Vec<libc::sock_filter>, Secc
 }
 
 /// The dispatch tree for one ABI (A holds `nr`), then the argument bodies.
+///
+/// Syscall numbers become ranges that cover all of u32 (gaps get the default action, neighbours with the same
+/// unconditional action merge), so the binary search needs no equality test at its leaves: an allow-list of a
+/// few hundred syscalls compiles to a few dozen ranges.
 fn dispatch(a: &mut Asm, table: &Table, default: u32) {
     let mut bodies = Vec::new();
-    let entries: Vec<(u32, Leaf)> = table
-        .iter()
-        .map(|(nr, rules)| {
-            if rules.iter().all(|r| r.args.is_empty()) {
-                (*nr, Leaf::Ret(rules.first().map_or(default, |r| r.action)))
-            } else {
-                let l = a.label();
-                bodies.push((l, rules));
-                (*nr, Leaf::Body(l))
+    let mut ranges: Vec<(u32, Leaf)> = Vec::new();
+    let push = |ranges: &mut Vec<(u32, Leaf)>, start: u32, leaf: Leaf| {
+        let same = match (ranges.last(), &leaf) {
+            (Some((_, Leaf::Ret(x))), Leaf::Ret(y)) => x == y,
+            _ => false,
+        };
+        if !same {
+            ranges.push((start, leaf));
+        }
+    };
+    let mut next: Option<u32> = Some(0);
+    for (nr, rules) in table {
+        if let Some(n) = next {
+            if *nr > n {
+                push(&mut ranges, n, Leaf::Ret(default));
             }
-        })
-        .collect();
-    tree(a, &entries, default);
+        }
+        let leaf = if rules.iter().all(|r| r.args.is_empty()) {
+            Leaf::Ret(rules.first().map_or(default, |r| r.action))
+        } else {
+            let l = a.label();
+            bodies.push((l, rules));
+            Leaf::Body(l)
+        };
+        push(&mut ranges, *nr, leaf);
+        next = nr.checked_add(1);
+    }
+    if let Some(n) = next {
+        push(&mut ranges, n, Leaf::Ret(default));
+    }
+    tree(a, &ranges);
     for (l, rules) in bodies {
         a.bind(l);
         // Conditional rules in spec order (first match wins, several rules = OR), then the unconditional one.
@@ -294,31 +316,26 @@ fn dispatch(a: &mut Asm, table: &Table, default: u32) {
     }
 }
 
-const LEAF_SIZE: usize = 4;
-
-fn tree(a: &mut Asm, entries: &[(u32, Leaf)], default: u32) {
-    if entries.len() <= LEAF_SIZE {
-        for (nr, leaf) in entries {
-            let skip = a.label();
-            a.jump(BPF_JEQ_K, *nr, Target::Next, Target::To(skip));
-            match leaf {
-                Leaf::Ret(k) => a.ret(*k),
-                Leaf::Body(l) => a.ja(*l),
-            }
-            a.bind(skip);
+/// Binary search over range starts (sorted, the first one 0): each leaf is its range's action.
+fn tree(a: &mut Asm, ranges: &[(u32, Leaf)]) {
+    match ranges {
+        [] => {}
+        [(_, leaf)] => match leaf {
+            Leaf::Ret(k) => a.ret(*k),
+            Leaf::Body(l) => a.ja(*l),
+        },
+        _ => {
+            let mid = ranges.len() / 2;
+            let right = a.label();
+            let left = a.label();
+            a.jump(BPF_JGE_K, ranges[mid].0, Target::Next, Target::To(left));
+            a.ja(right);
+            a.bind(left);
+            tree(a, &ranges[..mid]);
+            a.bind(right);
+            tree(a, &ranges[mid..]);
         }
-        a.ret(default);
-        return;
     }
-    let mid = entries.len() / 2;
-    let right = a.label();
-    let left = a.label();
-    a.jump(BPF_JGE_K, entries[mid].0, Target::Next, Target::To(left));
-    a.ja(right);
-    a.bind(left);
-    tree(a, &entries[..mid], default);
-    a.bind(right);
-    tree(a, &entries[mid..], default);
 }
 
 /// Emits one 64-bit argument test: falls through when it holds, jumps to `fail` otherwise.
@@ -514,6 +531,10 @@ mod tests {
                 assert_eq!(miss, 0x7fff_0000, "nr {n} arg mismatch");
             }
         }
+        assert_eq!(
+            run(&prog, AUDIT_ARCH_X86_64, 0x3fff_ffff, [0; 6]),
+            0x7fff_0000
+        );
         assert_eq!(run(&prog, AUDIT_ARCH_I386, 1, [0; 6]), 0x8000_0000);
         assert_eq!(
             run(&prog, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT | 1, [0; 6]),
