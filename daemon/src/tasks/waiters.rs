@@ -30,20 +30,25 @@ impl Waiters {
             .or_insert_with(|| watch::channel(None).0);
     }
 
-    /// Record the exit of a process; wakes every waiter. Creates the watch if needed.
+    /// A fresh watch for a new process (an exec id can be reused after DeleteProcess: never keep an old exit).
+    pub fn reset(&self, ns: &str, id: &str, exec_id: &str) {
+        self.map
+            .insert(key(ns, id, exec_id), watch::channel(None).0);
+    }
+
+    /// Record the exit of a registered process; wakes every waiter. Unknown processes are ignored (a replayed
+    /// exit of an exec that was already deleted must not come back).
     pub fn exited(&self, ns: &str, id: &str, exec_id: &str, exit: ExitInfo) {
-        let entry = self
-            .map
-            .entry(key(ns, id, exec_id))
-            .or_insert_with(|| watch::channel(None).0);
-        entry.send_if_modified(|cur| {
-            if cur.is_none() {
-                *cur = Some(exit);
-                true
-            } else {
-                false
-            }
-        });
+        if let Some(entry) = self.map.get(&key(ns, id, exec_id)) {
+            entry.send_if_modified(|cur| {
+                if cur.is_none() {
+                    *cur = Some(exit);
+                    true
+                } else {
+                    false
+                }
+            });
+        }
     }
 
     /// A receiver for the process's exit, if the process is known.
@@ -100,5 +105,12 @@ mod tests {
         assert_eq!(late.map(|e| e.status), Some(3));
         w.remove_task("ns", "c");
         assert!(w.subscribe("ns", "c", "").is_none());
+        // An exit for a process nobody registered is dropped; a reused exec id starts afresh.
+        w.exited("ns", "c", "gone", exit);
+        assert!(w.subscribe("ns", "c", "gone").is_none());
+        w.register("ns", "c", "e");
+        w.exited("ns", "c", "e", exit);
+        w.reset("ns", "c", "e");
+        assert_eq!(*w.subscribe("ns", "c", "e").expect("reset").borrow(), None);
     }
 }

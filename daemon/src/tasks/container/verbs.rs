@@ -51,7 +51,7 @@ impl ContainerActor {
         self.task
             .execs
             .insert(exec_id.clone(), ProcState::new(stdio.clone()));
-        self.shared.waiters.register(&self.ns, &self.id, &exec_id);
+        self.shared.waiters.reset(&self.ns, &self.id, &exec_id);
         let req = shim::ExecRequest {
             exec_id: exec_id.clone(),
             stdio: Some(stdio.to_shim()),
