@@ -328,17 +328,17 @@ impl CgroupManager {
         let deadline = Instant::now() + Duration::from_secs(5);
         if is_v1 {
             let mut last = String::new();
-            let mut i = 0u32;
+            let mut next_write = Instant::now();
             while Instant::now() < deadline {
-                if i % 50 == 0 {
+                if Instant::now() >= next_write {
                     // Rewriting FROZEN retries tasks that were in an uninterruptible state.
                     fs::write(dir, "freezer.state", "FROZEN")?;
+                    next_write = Instant::now() + Duration::from_millis(50);
                 }
                 last = fs::read(dir, "freezer.state")?;
                 if last == "FROZEN" {
                     return Ok(());
                 }
-                i += 1;
                 sleep(Duration::from_millis(1));
             }
             let _ = fs::write(dir, "freezer.state", "THAWED");

@@ -183,9 +183,9 @@ pub(crate) fn hugepage_sizes() -> Vec<String> {
             else {
                 continue;
             };
-            out.push(if kb % (1024 * 1024) == 0 {
+            out.push(if kb / (1024 * 1024) * (1024 * 1024) == kb {
                 format!("{}GB", kb / (1024 * 1024))
-            } else if kb % 1024 == 0 {
+            } else if kb / 1024 * 1024 == kb {
                 format!("{}MB", kb / 1024)
             } else {
                 format!("{kb}KB")
