@@ -36,30 +36,28 @@ impl ShimService {
     }
 
     async fn pids(&self) -> Result<Vec<ProcessPid>> {
-        {
-            let out = self
-                .inner
-                .runtime
-                .run(args!["ps", "--format", "json", &self.inner.id], None)
-                .await?;
-            let pids: Vec<u32> = serde_json::from_slice(&out).map_err(|e| Error::Runtime {
-                cmd: "ps".into(),
-                msg: format!("bad JSON: {e}"),
-            })?;
-            let st = self.inner.state();
-            Ok(pids
-                .into_iter()
-                .map(|pid| ProcessPid {
-                    pid,
-                    exec_id: st
-                        .execs
-                        .values()
-                        .find(|p| p.pid == pid && pid != 0)
-                        .map(|p| p.exec_id.clone())
-                        .unwrap_or_default(),
-                })
-                .collect())
-        }
+        let out = self
+            .inner
+            .runtime
+            .run(args!["ps", "--format", "json", &self.inner.id], None)
+            .await?;
+        let pids: Vec<u32> = serde_json::from_slice(&out).map_err(|e| Error::Runtime {
+            cmd: "ps".into(),
+            msg: format!("bad JSON: {e}"),
+        })?;
+        let st = self.inner.state();
+        Ok(pids
+            .into_iter()
+            .map(|pid| ProcessPid {
+                pid,
+                exec_id: st
+                    .execs
+                    .values()
+                    .find(|p| p.pid == pid && pid != 0)
+                    .map(|p| p.exec_id.clone())
+                    .unwrap_or_default(),
+            })
+            .collect())
     }
 
     async fn pause_resume(&self, pause: bool) -> Result<()> {
