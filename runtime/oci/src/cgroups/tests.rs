@@ -70,6 +70,12 @@ impl Drop for Fixture {
     }
 }
 
+/// The state letter of /proc/PID/stat.
+fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
 fn resources(json: serde_json::Value) -> LinuxResources {
     serde_json::from_value(json).expect("resources json")
 }
@@ -209,6 +215,25 @@ fn lifecycle_create_apply_pids_freeze_stats_destroy() -> Result<(), CgroupError>
     m.thaw()?;
     assert!(!m.is_frozen()?);
 
+    // On hybrid hosts the same process is in the unified hierarchy too: exercise the v2 freezer and the v2
+    // statistics reader there (cgroup.freeze and cpu.stat exist in every non-root v2 cgroup).
+    if m.mode() == Mode::Hybrid {
+        let mut v2m = m.clone();
+        v2m.v1.clear();
+        assert!(v2m.pids()?.contains(&pid));
+        v2m.freeze()?;
+        assert!(v2m.is_frozen()?);
+        assert_eq!(
+            proc_state(pid),
+            Some('S'),
+            "a frozen task sleeps in the freezer"
+        );
+        v2m.thaw()?;
+        assert!(!v2m.is_frozen()?);
+        let st = stats::read_v2(&v2m)?;
+        assert!(st.cpu.usage.total > 0, "v2 cpu.stat not read: {st:?}");
+    }
+
     let st = m.stats()?;
     assert_eq!(st.pids.current, 1);
     assert_eq!(st.pids.limit, 10);
@@ -259,6 +284,15 @@ fn missing_controller_and_bad_values_are_named() -> Result<(), CgroupError> {
             .apply(&resources(serde_json::json!({"network": {"classID": 1}})))
             .expect_err("net_cls limit accepted without the controller");
         assert!(err.to_string().contains("net_cls"), "{err}");
+    }
+    if m.mode() == Mode::Hybrid {
+        m.apply(&resources(
+            serde_json::json!({"unified": {"cgroup.max.depth": "3"}}),
+        ))?;
+        assert_eq!(
+            read(m.unified_dir().expect("unified"), "cgroup.max.depth"),
+            "3"
+        );
     }
     let err = m
         .apply(&resources(serde_json::json!({"unified": {"../x": "1"}})))
