@@ -55,7 +55,9 @@ enum ConfigCommand {
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     let mut config = match &cli.config {
         Some(p) => Config::load(p)?,
-        None if Path::new(DEFAULT_CONFIG_PATH).exists() => Config::load(Path::new(DEFAULT_CONFIG_PATH))?,
+        None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+            Config::load(Path::new(DEFAULT_CONFIG_PATH))?
+        }
         None => Config::default(),
     };
     if let Some(v) = &cli.root {
@@ -78,7 +80,14 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 }
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+    // The HTTP/2 stack's debug output drowns berthd's own; keep it at info unless asked for by name.
+    let mut directives = config.log_level.clone();
+    for quiet in ["h2", "hyper", "hyper_util", "tower", "tonic"] {
+        if !directives.contains(quiet) {
+            directives.push_str(&format!(",{quiet}=info"));
+        }
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .with_context(|| format!("invalid log level {:?}", config.log_level))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
