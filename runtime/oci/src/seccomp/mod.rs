@@ -153,15 +153,20 @@ fn op(o: LinuxSeccompOperator) -> bpf::Op {
     }
 }
 
-/// One ABI's name → number table.
-type SyscallTable = &'static [(&'static str, u32)];
-
-/// Looks a syscall up in one ABI's table.
-fn syscall_nr(table: &[(&str, u32)], name: &str) -> Option<u32> {
-    table
-        .binary_search_by(|(n, _)| (*n).cmp(name))
+/// A syscall's numbers in every ABI (`syscalls::NONE` where it has none).
+fn syscall_nrs(name: &str) -> Option<[u32; 3]> {
+    let t = syscalls::SYSCALLS;
+    t.binary_search_by(|(n, _)| (*n).cmp(name))
         .ok()
-        .map(|i| table[i].1)
+        .map(|i| t[i].1)
+}
+
+/// A syscall's number in one ABI (`syscalls::X86_64`, `I386` or `X32`).
+#[cfg(test)]
+fn syscall_nr(abi: usize, name: &str) -> Option<u32> {
+    syscall_nrs(name)
+        .map(|n| n[abi])
+        .filter(|n| *n != syscalls::NONE)
 }
 
 /// Compiles the spec's seccomp section (parent side, before fork).
@@ -216,13 +221,14 @@ pub fn compile(s: &LinuxSeccomp) -> Result<SeccompProgram, SeccompError> {
         let r = bpf::Rule { action, args };
         for name in rule.names() {
             let mut found = false;
-            let abis: [(Option<&mut bpf::Table>, SyscallTable); 3] = [
-                (Some(&mut spec.x86_64), syscalls::X86_64),
-                (spec.x32.as_mut(), syscalls::X32),
-                (spec.i386.as_mut(), syscalls::I386),
+            let nrs = syscall_nrs(name).unwrap_or([syscalls::NONE; 3]);
+            let abis: [(Option<&mut bpf::Table>, u32); 3] = [
+                (Some(&mut spec.x86_64), nrs[syscalls::X86_64]),
+                (spec.x32.as_mut(), nrs[syscalls::X32]),
+                (spec.i386.as_mut(), nrs[syscalls::I386]),
             ];
-            for (table, names_table) in abis {
-                let (Some(table), Some(nr)) = (table, syscall_nr(names_table, name)) else {
+            for (table, nr) in abis {
+                let Some(table) = table.filter(|_| nr != syscalls::NONE) else {
                     continue;
                 };
                 found = true;

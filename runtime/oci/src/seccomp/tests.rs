@@ -62,9 +62,8 @@ fn sys(nr: libc::c_long, a: [u64; 3]) -> i32 {
 
 #[test]
 fn syscall_tables_are_sorted_and_known() {
-    for t in [syscalls::X86_64, syscalls::I386, syscalls::X32] {
-        assert!(t.windows(2).all(|w| w[0].0 < w[1].0), "table not sorted");
-    }
+    let t = syscalls::SYSCALLS;
+    assert!(t.windows(2).all(|w| w[0].0 < w[1].0), "table not sorted");
     assert_eq!(syscall_nr(syscalls::X86_64, "mkdir"), Some(83));
     assert_eq!(syscall_nr(syscalls::I386, "getppid"), Some(64));
     assert_eq!(syscall_nr(syscalls::X32, "getpid"), Some(0x4000_0027));
