@@ -31,6 +31,8 @@ pub struct DaemonConfig {
     /// `--log-level` (default `debug`); `None` passes no flag.
     pub log_level: Option<String>,
     /// Extra arguments after the standard ones (`--config FILE`, network dirs, ...).
+    /// Without a `--config` among them, berthd gets an empty config file of its own, so that a
+    /// host's /etc/berth/config.toml never leaks into a test.
     pub args: Vec<OsString>,
     /// Extra environment variables.
     pub env: Vec<(OsString, OsString)>,
@@ -157,6 +159,19 @@ impl Daemon {
             .arg(&c.address);
         if let Some(level) = &c.log_level {
             cmd.arg("--log-level").arg(level);
+        }
+        if !c
+            .args
+            .iter()
+            .any(|a| a == "--config" || a.to_string_lossy().starts_with("--config="))
+        {
+            let empty = c.log.with_file_name("berthd-empty-config.toml");
+            std::fs::write(
+                &empty,
+                "# berth-tests: defaults only, never the host's config\n",
+            )
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", empty.display()));
+            cmd.arg("--config").arg(empty);
         }
         cmd.args(&c.args)
             .envs(c.env.iter().map(|(k, v)| (k, v)))

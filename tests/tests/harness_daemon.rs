@@ -35,6 +35,16 @@ fn daemon_starts_restarts_and_stops_by_pid() {
     assert!(proc::alive(pid));
     assert!(daemon.address().starts_with(dir.path()));
     assert!(daemon.root().is_dir() && daemon.state().is_dir());
+    // Never the host's /etc/berth/config.toml: the helper passes its own (empty) config.
+    let argv = proc::cmdline(pid);
+    let config = argv
+        .iter()
+        .position(|a| a == "--config")
+        .expect("--config passed");
+    assert!(
+        argv[config + 1].starts_with(&*dir.path().to_string_lossy()),
+        "{argv:?}"
+    );
     ctr_version(&daemon);
 
     daemon.restart();
