@@ -136,10 +136,14 @@ impl Config {
     /// Check value ranges.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.event_retention == 0 {
-            return Err(ConfigError::Invalid("event_retention must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "event_retention must be at least 1".into(),
+            ));
         }
         if self.subscriber_queue == 0 {
-            return Err(ConfigError::Invalid("subscriber_queue must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "subscriber_queue must be at least 1".into(),
+            ));
         }
         if self.max_batch == 0 {
             return Err(ConfigError::Invalid("max_batch must be at least 1".into()));
@@ -147,7 +151,9 @@ impl Config {
         if !(-1000..=1000).contains(&self.oom_score_adj)
             || !(-1000..=1000).contains(&self.shim_oom_score_adj)
         {
-            return Err(ConfigError::Invalid("oom_score_adj values must be within -1000..=1000".into()));
+            return Err(ConfigError::Invalid(
+                "oom_score_adj values must be within -1000..=1000".into(),
+            ));
         }
         Ok(())
     }
@@ -210,6 +216,9 @@ mod tests {
     #[test]
     fn task_dir_layout() {
         let c = Config::default();
-        assert_eq!(c.task_dir("ns", "id"), PathBuf::from("/run/berth/tasks/ns/id"));
+        assert_eq!(
+            c.task_dir("ns", "id"),
+            PathBuf::from("/run/berth/tasks/ns/id")
+        );
     }
 }

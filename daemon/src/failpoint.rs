@@ -104,7 +104,8 @@ pub fn hit(name: &str) {
     match action {
         Action::Panic => panic!("failpoint {name} triggered"),
         Action::Exit => {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
             // SIGKILL to ourselves is delivered before kill() returns; never continue past it.
             loop {
                 std::thread::sleep(Duration::from_secs(1));

@@ -19,7 +19,8 @@ pub const MAX_LABEL_LEN: usize = 4096;
 
 /// The request's namespace: FailedPrecondition "namespace is required" when absent, InvalidArgument when invalid.
 pub fn namespace_from(md: &MetadataMap) -> Result<String, Status> {
-    let ns = namespace_opt(md)?.ok_or_else(|| Status::failed_precondition("namespace is required"))?;
+    let ns =
+        namespace_opt(md)?.ok_or_else(|| Status::failed_precondition("namespace is required"))?;
     Ok(ns)
 }
 
@@ -70,7 +71,9 @@ pub fn is_valid_id(id: &str) -> bool {
 /// InvalidArgument unless `id` is a valid identifier; `kind` names it in the message ("container", "namespace").
 pub fn validate_id(kind: &str, id: &str) -> Result<(), Status> {
     if id.is_empty() {
-        return Err(Status::invalid_argument(format!("{kind} id must not be empty")));
+        return Err(Status::invalid_argument(format!(
+            "{kind} id must not be empty"
+        )));
     }
     if id.len() > MAX_ID_LEN {
         return Err(Status::invalid_argument(format!(
@@ -109,7 +112,9 @@ pub fn validate_label(k: &str, v: &str) -> Result<(), Status> {
 /// InvalidArgument unless `topic` is `/` followed by `/`-separated identifiers.
 pub fn validate_topic(topic: &str) -> Result<(), Status> {
     let Some(rest) = topic.strip_prefix('/') else {
-        return Err(Status::invalid_argument(format!("topic {topic:?} must start with '/'")));
+        return Err(Status::invalid_argument(format!(
+            "topic {topic:?} must start with '/'"
+        )));
     };
     if rest.is_empty() || rest.split('/').any(|c| !is_valid_id(c)) {
         return Err(Status::invalid_argument(format!(
@@ -128,7 +133,17 @@ mod tests {
         for ok in ["a", "default", "a.b-c_d", "A1", &"x".repeat(76)] {
             assert!(is_valid_id(ok), "{ok}");
         }
-        for bad in ["", "-a", "a-", "a..b", "a b", "a/b", "ü", &"x".repeat(77), "."] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "a..b",
+            "a b",
+            "a/b",
+            "ü",
+            &"x".repeat(77),
+            ".",
+        ] {
             assert!(!is_valid_id(bad), "{bad}");
         }
     }
@@ -141,7 +156,10 @@ mod tests {
             tonic::Code::FailedPrecondition
         );
         md.insert(NAMESPACE_HEADER, "bad ns".parse().expect("ascii"));
-        assert_eq!(namespace_from(&md).expect_err("bad").code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            namespace_from(&md).expect_err("bad").code(),
+            tonic::Code::InvalidArgument
+        );
         md.insert(NAMESPACE_HEADER, "good".parse().expect("ascii"));
         assert_eq!(namespace_from(&md).expect("good"), "good");
     }

@@ -71,7 +71,10 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
 }
 
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ServerError + 'a {
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> ServerError + 'a {
     move |source| ServerError::Io {
         what,
         path: path.to_path_buf(),
@@ -89,13 +92,16 @@ pub struct Prepared {
 
 impl std::fmt::Debug for Prepared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Prepared").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Prepared")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
 fn make_dir(path: &Path, mode: u32) -> Result<(), ServerError> {
     std::fs::create_dir_all(path).map_err(io_err("creating", path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err("chmod", path))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io_err("chmod", path))
 }
 
 fn take_lock(config: &Config) -> Result<Flock<File>, ServerError> {
@@ -149,7 +155,8 @@ fn bind_socket(path: &Path) -> Result<std::os::unix::net::UnixListener, ServerEr
         Err(_) => {}
     }
     let listener = std::os::unix::net::UnixListener::bind(path).map_err(io_err("binding", path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io_err("chmod", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(io_err("chmod", path))?;
     listener
         .set_nonblocking(true)
         .map_err(io_err("setting non-blocking", path))?;
@@ -194,7 +201,14 @@ pub fn prepare(config: Config) -> Result<Prepared, ServerError> {
 }
 
 /// Start the actix System on its own thread; returns its System handle, an arbiter handle and the thread.
-fn start_actix() -> Result<(actix::System, actix::ArbiterHandle, std::thread::JoinHandle<()>), ServerError> {
+fn start_actix() -> Result<
+    (
+        actix::System,
+        actix::ArbiterHandle,
+        std::thread::JoinHandle<()>,
+    ),
+    ServerError,
+> {
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("berthd-actix".into())
@@ -215,8 +229,10 @@ fn start_actix() -> Result<(actix::System, actix::ArbiterHandle, std::thread::Jo
 /// Resolves on SIGTERM or SIGINT.
 async fn stop_signal() -> Result<&'static str, ServerError> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(|e| ServerError::Runtime(e.to_string()))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| ServerError::Runtime(e.to_string()))?;
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| ServerError::Runtime(e.to_string()))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| ServerError::Runtime(e.to_string()))?;
     Ok(tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
@@ -273,7 +289,11 @@ async fn serve(
     use berth_proto::containerd::snapshots::snapshots_server::SnapshotsServer;
     use berth_proto::containerd::version::version_server::VersionServer;
 
-    let events = EventBus::new(store.clone(), config.event_retention, config.subscriber_queue)?;
+    let events = EventBus::new(
+        store.clone(),
+        config.event_retention,
+        config.subscriber_queue,
+    )?;
     let ctx = Context {
         config: config.clone(),
         store,
@@ -283,12 +303,15 @@ async fn serve(
     let tasks = crate::tasks::start(ctx.clone())
         .await
         .map_err(|e| ServerError::Tasks(e.to_string()))?;
-    let listener = tokio::net::UnixListener::from_std(listener).map_err(io_err("listening on", &config.address))?;
+    let listener = tokio::net::UnixListener::from_std(listener)
+        .map_err(io_err("listening on", &config.address))?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
 
     let router = Server::builder()
-        .add_service(limits!(VersionServer::new(services::version::VersionService)))
+        .add_service(limits!(VersionServer::new(
+            services::version::VersionService
+        )))
         .add_service(limits!(IntrospectionServer::new(
             services::introspection::IntrospectionService::new(ctx.clone())
         )))
@@ -298,13 +321,21 @@ async fn serve(
         .add_service(limits!(ContainersServer::new(
             services::containers::ContainersService::new(ctx.clone(), tasks.clone())
         )))
-        .add_service(limits!(LeasesServer::new(services::leases::LeasesService::new(ctx.clone()))))
-        .add_service(limits!(EventsServer::new(services::events::EventsService::new(ctx.clone()))))
-        .add_service(limits!(JournalServer::new(services::events::JournalService::new(ctx.clone()))))
+        .add_service(limits!(LeasesServer::new(
+            services::leases::LeasesService::new(ctx.clone())
+        )))
+        .add_service(limits!(EventsServer::new(
+            services::events::EventsService::new(ctx.clone())
+        )))
+        .add_service(limits!(JournalServer::new(
+            services::events::JournalService::new(ctx.clone())
+        )))
         .add_service(tasks.service())
         .add_service(limits!(ContentServer::new(services::stubs::Unimplemented)))
         .add_service(limits!(ImagesServer::new(services::stubs::Unimplemented)))
-        .add_service(limits!(SnapshotsServer::new(services::stubs::Unimplemented)))
+        .add_service(limits!(SnapshotsServer::new(
+            services::stubs::Unimplemented
+        )))
         .add_service(limits!(DiffServer::new(services::stubs::Unimplemented)));
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = stop_rx.await;

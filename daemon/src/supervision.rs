@@ -82,7 +82,8 @@ impl Default for RestartLimit {
 
 /// Run `f`, catching a panic: `Err(message)` if it panicked.
 pub fn catch<R>(f: impl FnOnce() -> R) -> Result<R, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| panic_message(&*payload))
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(|payload| panic_message(&*payload))
 }
 
 /// The text of a panic payload.

@@ -191,7 +191,8 @@ mod tests {
             topic: "/tasks/exit".into(),
             event: Some(berth_proto::to_any(&exit)),
         };
-        let f = Filter::parse(&["event.container_id==c1,event.exit_status==3".into()]).expect("filter");
+        let f =
+            Filter::parse(&["event.container_id==c1,event.exit_status==3".into()]).expect("filter");
         assert!(f.matches(&j));
         let f = Filter::parse(&["event.container_id==c2".into()]).expect("filter");
         assert!(!f.matches(&j));

@@ -89,7 +89,11 @@ impl Filter {
 
     /// Whether `f` passes the filter.
     pub fn matches(&self, f: &dyn Fields) -> bool {
-        self.match_all || self.any_of.iter().any(|all| all.iter().all(|s| s.matches(f)))
+        self.match_all
+            || self
+                .any_of
+                .iter()
+                .any(|all| all.iter().all(|s| s.matches(f)))
     }
 
     /// Whether this filter accepts everything.
@@ -112,7 +116,9 @@ fn parse_one(s: &str) -> Result<Vec<Selector>, String> {
                 quoted(&chars, &mut i)?
             } else {
                 let start = i;
-                while i < chars.len() && (chars[i].is_alphanumeric() || matches!(chars[i], '_' | '-' | '/')) {
+                while i < chars.len()
+                    && (chars[i].is_alphanumeric() || matches!(chars[i], '_' | '-' | '/'))
+                {
                     i += 1;
                 }
                 if start == i {
@@ -227,7 +233,12 @@ mod tests {
 
     #[test]
     fn syntax_and_semantics() {
-        let ev = M([("topic", "/tasks/exit"), ("namespace", "ns1"), ("labels.a.b", "x")].into());
+        let ev = M([
+            ("topic", "/tasks/exit"),
+            ("namespace", "ns1"),
+            ("labels.a.b", "x"),
+        ]
+        .into());
         assert!(f(&[]).matches(&ev));
         assert!(f(&[""]).matches(&ev));
         assert!(f(&["topic==\"/tasks/exit\""]).matches(&ev));

@@ -47,7 +47,9 @@ pub(crate) fn append(
 
 fn floor_in(wtx: &WriteTransaction) -> Result<u64, StoreError> {
     let meta = wtx.open_table(META)?;
-    let v = meta.get(META_JOURNAL_FLOOR)?.and_then(|v| u64_le(v.value()));
+    let v = meta
+        .get(META_JOURNAL_FLOOR)?
+        .and_then(|v| u64_le(v.value()));
     Ok(v.unwrap_or(0))
 }
 
@@ -93,7 +95,12 @@ impl Store {
     }
 
     /// Up to `limit` events with `after < seq <= upto`, in order.
-    pub fn read_journal(&self, after: u64, upto: u64, limit: usize) -> Result<Vec<JournalEvent>, StoreError> {
+    pub fn read_journal(
+        &self,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<JournalEvent>, StoreError> {
         let rtx = self.read()?;
         let t = rtx.open_table(JOURNAL)?;
         let mut out = Vec::new();

@@ -113,7 +113,12 @@ impl EventBus {
     }
 
     /// Journal one event (durable before it returns) and fan it out; returns its journal seq.
-    pub async fn publish(&self, namespace: &str, topic: &str, event: prost_types::Any) -> Result<u64, EventError> {
+    pub async fn publish(
+        &self,
+        namespace: &str,
+        topic: &str,
+        event: prost_types::Any,
+    ) -> Result<u64, EventError> {
         self.publish_at(namespace, topic, event, now()).await
     }
 
@@ -253,10 +258,16 @@ impl BusInner {
     }
 
     /// Register a live subscriber (the caller holds the lock); events with seq <= `after` are not delivered.
-    pub(crate) fn register(self: &Arc<Self>, subs: &mut Subscribers, filter: Filter, after: u64) -> Subscription {
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        subs: &mut Subscribers,
+        filter: Filter,
+        after: u64,
+    ) -> Subscription {
         let id = subs.next_id;
         subs.next_id += 1;
-        let (sub, stream) = subscription::new_pair(id, filter, self.queue, Arc::downgrade(self), after);
+        let (sub, stream) =
+            subscription::new_pair(id, filter, self.queue, Arc::downgrade(self), after);
         subs.list.push(sub);
         stream
     }

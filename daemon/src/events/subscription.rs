@@ -38,7 +38,11 @@ impl Sub {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.cut.store(ev.seq, Ordering::Release);
-                tracing::warn!(subscriber = self.id, seq = ev.seq, "event subscriber too slow; cut off");
+                tracing::warn!(
+                    subscriber = self.id,
+                    seq = ev.seq,
+                    "event subscriber too slow; cut off"
+                );
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -137,7 +141,11 @@ pub(crate) fn replay(bus: Arc<BusInner>, filter: Filter, mut cursor: u64) -> Rep
             while cursor < target {
                 let store = bus.store.clone();
                 let from = cursor;
-                let chunk = match crate::store::blocking(move || store.read_journal(from, target, REPLAY_CHUNK)).await {
+                let chunk = match crate::store::blocking(move || {
+                    store.read_journal(from, target, REPLAY_CHUNK)
+                })
+                .await
+                {
                     Ok(c) => c,
                     Err(e) => {
                         let _ = out.send(Err(e.into())).await;

@@ -18,13 +18,22 @@ fn any(n: u32) -> prost_types::Any {
 async fn seqs_continue_after_reopen() {
     let mut t = TempStore::new("bus-seq");
     let bus = EventBus::new(t.store().clone(), 100, 16).expect("bus");
-    assert_eq!(bus.publish("n", "/tasks/start", any(1)).await.expect("pub"), 1);
-    assert_eq!(bus.publish("n", "/tasks/start", any(2)).await.expect("pub"), 2);
+    assert_eq!(
+        bus.publish("n", "/tasks/start", any(1)).await.expect("pub"),
+        1
+    );
+    assert_eq!(
+        bus.publish("n", "/tasks/start", any(2)).await.expect("pub"),
+        2
+    );
     drop(bus);
     t.reopen();
     let bus = EventBus::new(t.store().clone(), 100, 16).expect("bus");
     assert_eq!(bus.last_seq(), 2);
-    assert_eq!(bus.publish("n", "/tasks/start", any(3)).await.expect("pub"), 3);
+    assert_eq!(
+        bus.publish("n", "/tasks/start", any(3)).await.expect("pub"),
+        3
+    );
 }
 
 #[tokio::test]
@@ -54,7 +63,9 @@ async fn concurrent_publishes_arrive_in_seq_order() {
     let mut handles = Vec::new();
     for i in 0..200u32 {
         let b = bus.clone();
-        handles.push(tokio::spawn(async move { b.publish("n", "/tasks/start", any(i)).await }));
+        handles.push(tokio::spawn(async move {
+            b.publish("n", "/tasks/start", any(i)).await
+        }));
     }
     for h in handles {
         h.await.expect("join").expect("publish");
@@ -74,7 +85,9 @@ async fn slow_subscriber_is_cut_off_and_fast_one_is_not() {
     let mut slow = bus.subscribe(Filter::default()).expect("sub");
     let mut fast = bus.subscribe(Filter::default()).expect("sub");
     for i in 0..20u32 {
-        bus.publish("n", "/tasks/start", any(i)).await.expect("publish");
+        bus.publish("n", "/tasks/start", any(i))
+            .await
+            .expect("publish");
         let ev = fast.next().await.expect("item").expect("ok");
         assert_eq!(ev.seq, u64::from(i) + 1);
     }
@@ -97,26 +110,46 @@ async fn replay_then_live_and_out_of_range() {
     let t = TempStore::new("bus-replay");
     let bus = EventBus::new(t.store().clone(), 5, 16).expect("bus");
     for i in 0..8u32 {
-        bus.publish("n", "/tasks/start", any(i)).await.expect("publish");
+        bus.publish("n", "/tasks/start", any(i))
+            .await
+            .expect("publish");
     }
     // Seqs 4..=8 are kept; floor is 3.
     let e = bus
         .subscribe_from(Filter::default(), 1, false)
         .await
         .expect_err("too old");
-    assert!(matches!(e, EventError::OutOfRange { cursor: 1, floor: 3 }), "{e}");
-    let mut s = bus.subscribe_from(Filter::default(), 5, false).await.expect("replay");
+    assert!(
+        matches!(
+            e,
+            EventError::OutOfRange {
+                cursor: 1,
+                floor: 3
+            }
+        ),
+        "{e}"
+    );
+    let mut s = bus
+        .subscribe_from(Filter::default(), 5, false)
+        .await
+        .expect("replay");
     for want in 6..=8 {
         assert_eq!(s.next().await.expect("item").expect("ok").seq, want);
     }
     let b = bus.clone();
     tokio::spawn(async move { b.publish("n", "/tasks/exit", any(9)).await });
     assert_eq!(s.next().await.expect("item").expect("ok").seq, 9);
-    let mut all = bus.subscribe_from(Filter::default(), 0, true).await.expect("oldest");
+    let mut all = bus
+        .subscribe_from(Filter::default(), 0, true)
+        .await
+        .expect("oldest");
     let first = all.next().await.expect("item").expect("ok");
     assert_eq!(first.seq, 5);
     let filtered = Filter::parse(&["topic==/tasks/exit".to_string()]).expect("filter");
-    let mut f = bus.subscribe_from(filtered, 0, true).await.expect("filtered");
+    let mut f = bus
+        .subscribe_from(filtered, 0, true)
+        .await
+        .expect("filtered");
     let only: Arc<_> = f.next().await.expect("item").expect("ok");
     assert_eq!(only.seq, 9);
 }

@@ -8,11 +8,13 @@ use std::pin::Pin;
 
 use berth_proto::containerd::containers::containers_server::Containers;
 use berth_proto::to_any;
-use containerd_client::events::{container_create, ContainerCreate, ContainerDelete, ContainerUpdate};
+use containerd_client::events::{
+    container_create, ContainerCreate, ContainerDelete, ContainerUpdate,
+};
 use containerd_client::services::v1::{
-    Container, CreateContainerRequest, CreateContainerResponse, DeleteContainerRequest, GetContainerRequest,
-    GetContainerResponse, ListContainerMessage, ListContainersRequest, ListContainersResponse,
-    UpdateContainerRequest, UpdateContainerResponse,
+    Container, CreateContainerRequest, CreateContainerResponse, DeleteContainerRequest,
+    GetContainerRequest, GetContainerResponse, ListContainerMessage, ListContainersRequest,
+    ListContainersResponse, UpdateContainerRequest, UpdateContainerResponse,
 };
 use futures::Stream;
 use tonic::{Request, Response, Status};
@@ -37,7 +39,9 @@ impl Fields for ContainerFields<'_> {
             (Some("snapshotter"), 1) => nonempty(&c.snapshotter),
             (Some("snapshot_key" | "snapshotkey"), 1) => nonempty(&c.snapshot_key),
             (Some("runtime"), 1) => c.runtime.as_ref().and_then(|r| nonempty(&r.name)),
-            (Some("runtime"), 2) if path[1] == "name" => c.runtime.as_ref().and_then(|r| nonempty(&r.name)),
+            (Some("runtime"), 2) if path[1] == "name" => {
+                c.runtime.as_ref().and_then(|r| nonempty(&r.name))
+            }
             (Some("labels"), n) if n >= 2 => c.labels.get(&path[1..].join(".")).cloned(),
             _ => None,
         }
@@ -57,7 +61,11 @@ impl ContainersService {
         ContainersService { ctx, tasks }
     }
 
-    async fn list_filtered(&self, ns: String, filters: &[String]) -> Result<Vec<Container>, Status> {
+    async fn list_filtered(
+        &self,
+        ns: String,
+        filters: &[String],
+    ) -> Result<Vec<Container>, Status> {
         let filter = parse_filters(filters)?;
         let store = self.ctx.store.clone();
         let all = blocking(move || store.list_containers(&ns)).await?;
@@ -96,7 +104,10 @@ type ListStream = Pin<Box<dyn Stream<Item = Result<ListContainerMessage, Status>
 
 #[tonic::async_trait]
 impl Containers for ContainersService {
-    async fn get(&self, req: Request<GetContainerRequest>) -> Result<Response<GetContainerResponse>, Status> {
+    async fn get(
+        &self,
+        req: Request<GetContainerRequest>,
+    ) -> Result<Response<GetContainerResponse>, Status> {
         let ns = namespace_from(req.metadata())?;
         let id = req.into_inner().id;
         validate_id("container", &id)?;
@@ -108,7 +119,10 @@ impl Containers for ContainersService {
         Ok(Response::new(GetContainerResponse { container: Some(c) }))
     }
 
-    async fn list(&self, req: Request<ListContainersRequest>) -> Result<Response<ListContainersResponse>, Status> {
+    async fn list(
+        &self,
+        req: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
         let ns = namespace_from(req.metadata())?;
         let containers = self.list_filtered(ns, &req.get_ref().filters).await?;
         Ok(Response::new(ListContainersResponse { containers }))
@@ -116,7 +130,10 @@ impl Containers for ContainersService {
 
     type ListStreamStream = ListStream;
 
-    async fn list_stream(&self, req: Request<ListContainersRequest>) -> Result<Response<ListStream>, Status> {
+    async fn list_stream(
+        &self,
+        req: Request<ListContainersRequest>,
+    ) -> Result<Response<ListStream>, Status> {
         let ns = namespace_from(req.metadata())?;
         let containers = self.list_filtered(ns, &req.get_ref().filters).await?;
         let items = containers
@@ -149,7 +166,9 @@ impl Containers for ContainersService {
             }),
         };
         self.publish(&ns, "/containers/create", to_any(&ev)).await;
-        Ok(Response::new(CreateContainerResponse { container: Some(c) }))
+        Ok(Response::new(CreateContainerResponse {
+            container: Some(c),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(namespace, container_id))]
@@ -178,7 +197,9 @@ impl Containers for ContainersService {
             snapshot_key: c.snapshot_key.clone(),
         };
         self.publish(&ns, "/containers/update", to_any(&ev)).await;
-        Ok(Response::new(UpdateContainerResponse { container: Some(c) }))
+        Ok(Response::new(UpdateContainerResponse {
+            container: Some(c),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(namespace, container_id = %req.get_ref().id))]
@@ -194,7 +215,8 @@ impl Containers for ContainersService {
         }
         self.ctx.store.delete_container(&ns, &id).await?;
         tracing::info!("container deleted");
-        self.publish(&ns, "/containers/delete", to_any(&ContainerDelete { id })).await;
+        self.publish(&ns, "/containers/delete", to_any(&ContainerDelete { id }))
+            .await;
         Ok(Response::new(()))
     }
 }

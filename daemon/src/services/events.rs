@@ -40,7 +40,9 @@ impl Events for EventsService {
         let ns = namespace_from(req.metadata())?;
         let r = req.into_inner();
         validate_topic(&r.topic)?;
-        let event = r.event.ok_or_else(|| Status::invalid_argument("event is required"))?;
+        let event = r
+            .event
+            .ok_or_else(|| Status::invalid_argument("event is required"))?;
         self.ctx.events.publish(&ns, &r.topic, event).await?;
         Ok(Response::new(()))
     }
@@ -52,7 +54,9 @@ impl Events for EventsService {
             .ok_or_else(|| Status::invalid_argument("envelope is required"))?;
         validate_id("namespace", &env.namespace)?;
         validate_topic(&env.topic)?;
-        let event = env.event.ok_or_else(|| Status::invalid_argument("event is required"))?;
+        let event = env
+            .event
+            .ok_or_else(|| Status::invalid_argument("event is required"))?;
         let ts = env
             .timestamp
             .filter(|t| t.seconds > 0)
@@ -66,7 +70,10 @@ impl Events for EventsService {
 
     type SubscribeStream = EnvelopeStream;
 
-    async fn subscribe(&self, req: Request<SubscribeRequest>) -> Result<Response<EnvelopeStream>, Status> {
+    async fn subscribe(
+        &self,
+        req: Request<SubscribeRequest>,
+    ) -> Result<Response<EnvelopeStream>, Status> {
         let filter = parse_filters(&req.get_ref().filters)?;
         let sub = self.ctx.events.subscribe(filter)?;
         let stream = sub.map(|item| {
@@ -109,6 +116,8 @@ impl Journal for JournalService {
             .events
             .subscribe_from(filter, r.after_seq, r.from_oldest)
             .await?;
-        Ok(Response::new(Box::pin(stream.map(|item| item.map(|ev| (*ev).clone())))))
+        Ok(Response::new(Box::pin(
+            stream.map(|item| item.map(|ev| (*ev).clone())),
+        )))
     }
 }

@@ -19,21 +19,86 @@ use crate::events::Fields;
 const PLUGINS: &[(&str, &str, &[&str], Option<&str>)] = &[
     ("io.containerd.metadata.v1", "redb", &[], None),
     ("io.containerd.event.v1", "exchange", &[], None),
-    ("io.containerd.runtime.v2", "task", &["io.containerd.metadata.v1"], None),
-    ("io.containerd.snapshotter.v1", "overlayfs", &[], Some("not implemented yet")),
-    ("io.containerd.content.v1", "content", &[], Some("not implemented yet")),
+    (
+        "io.containerd.runtime.v2",
+        "task",
+        &["io.containerd.metadata.v1"],
+        None,
+    ),
+    (
+        "io.containerd.snapshotter.v1",
+        "overlayfs",
+        &[],
+        Some("not implemented yet"),
+    ),
+    (
+        "io.containerd.content.v1",
+        "content",
+        &[],
+        Some("not implemented yet"),
+    ),
     ("io.containerd.grpc.v1", "version", &[], None),
     ("io.containerd.grpc.v1", "introspection", &[], None),
-    ("io.containerd.grpc.v1", "namespaces", &["io.containerd.metadata.v1"], None),
-    ("io.containerd.grpc.v1", "containers", &["io.containerd.metadata.v1"], None),
-    ("io.containerd.grpc.v1", "leases", &["io.containerd.metadata.v1"], None),
-    ("io.containerd.grpc.v1", "events", &["io.containerd.event.v1"], None),
-    ("io.containerd.grpc.v1", "tasks", &["io.containerd.runtime.v2"], None),
-    ("io.containerd.grpc.v1", "content", &["io.containerd.content.v1"], Some("not implemented yet")),
-    ("io.containerd.grpc.v1", "images", &["io.containerd.metadata.v1"], Some("not implemented yet")),
-    ("io.containerd.grpc.v1", "snapshots", &["io.containerd.snapshotter.v1"], Some("not implemented yet")),
-    ("io.containerd.grpc.v1", "diff", &[], Some("not implemented yet")),
-    ("io.berth.grpc.v1", "journal", &["io.containerd.event.v1"], None),
+    (
+        "io.containerd.grpc.v1",
+        "namespaces",
+        &["io.containerd.metadata.v1"],
+        None,
+    ),
+    (
+        "io.containerd.grpc.v1",
+        "containers",
+        &["io.containerd.metadata.v1"],
+        None,
+    ),
+    (
+        "io.containerd.grpc.v1",
+        "leases",
+        &["io.containerd.metadata.v1"],
+        None,
+    ),
+    (
+        "io.containerd.grpc.v1",
+        "events",
+        &["io.containerd.event.v1"],
+        None,
+    ),
+    (
+        "io.containerd.grpc.v1",
+        "tasks",
+        &["io.containerd.runtime.v2"],
+        None,
+    ),
+    (
+        "io.containerd.grpc.v1",
+        "content",
+        &["io.containerd.content.v1"],
+        Some("not implemented yet"),
+    ),
+    (
+        "io.containerd.grpc.v1",
+        "images",
+        &["io.containerd.metadata.v1"],
+        Some("not implemented yet"),
+    ),
+    (
+        "io.containerd.grpc.v1",
+        "snapshots",
+        &["io.containerd.snapshotter.v1"],
+        Some("not implemented yet"),
+    ),
+    (
+        "io.containerd.grpc.v1",
+        "diff",
+        &[],
+        Some("not implemented yet"),
+    ),
+    (
+        "io.berth.grpc.v1",
+        "journal",
+        &["io.containerd.event.v1"],
+        None,
+    ),
 ];
 
 struct PluginFields<'a>(&'a Plugin);
@@ -100,7 +165,10 @@ impl IntrospectionService {
 
 #[tonic::async_trait]
 impl Introspection for IntrospectionService {
-    async fn plugins(&self, req: Request<PluginsRequest>) -> Result<Response<PluginsResponse>, Status> {
+    async fn plugins(
+        &self,
+        req: Request<PluginsRequest>,
+    ) -> Result<Response<PluginsResponse>, Status> {
         let filter = parse_filters(&req.get_ref().filters)?;
         let plugins = plugins()
             .into_iter()
@@ -121,7 +189,10 @@ impl Introspection for IntrospectionService {
         }))
     }
 
-    async fn plugin_info(&self, req: Request<PluginInfoRequest>) -> Result<Response<PluginInfoResponse>, Status> {
+    async fn plugin_info(
+        &self,
+        req: Request<PluginInfoRequest>,
+    ) -> Result<Response<PluginInfoResponse>, Status> {
         let r = req.into_inner();
         let plugin = plugins()
             .into_iter()

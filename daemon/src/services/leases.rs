@@ -6,8 +6,8 @@
 
 use berth_proto::containerd::leases::leases_server::Leases;
 use containerd_client::services::v1::{
-    AddResourceRequest, CreateRequest, CreateResponse, DeleteRequest, DeleteResourceRequest, Lease, ListRequest,
-    ListResourcesRequest, ListResourcesResponse, ListResponse, Resource,
+    AddResourceRequest, CreateRequest, CreateResponse, DeleteRequest, DeleteResourceRequest, Lease,
+    ListRequest, ListResourcesRequest, ListResourcesResponse, ListResponse, Resource,
 };
 use tonic::{Request, Response, Status};
 
@@ -46,7 +46,9 @@ fn check_lease_id(id: &str) -> Result<(), Status> {
         return Err(Status::invalid_argument("lease id must not be empty"));
     }
     if id.len() > MAX_LEASE_ID {
-        return Err(Status::invalid_argument(format!("lease id longer than {MAX_LEASE_ID} bytes")));
+        return Err(Status::invalid_argument(format!(
+            "lease id longer than {MAX_LEASE_ID} bytes"
+        )));
     }
     Ok(())
 }
@@ -54,9 +56,14 @@ fn check_lease_id(id: &str) -> Result<(), Status> {
 fn resource(r: Option<Resource>) -> Result<LeaseResource, Status> {
     let r = r.ok_or_else(|| Status::invalid_argument("resource is required"))?;
     if r.id.is_empty() || r.r#type.is_empty() {
-        return Err(Status::invalid_argument("resource id and type must not be empty"));
+        return Err(Status::invalid_argument(
+            "resource id and type must not be empty",
+        ));
     }
-    Ok(LeaseResource { id: r.id, r#type: r.r#type })
+    Ok(LeaseResource {
+        id: r.id,
+        r#type: r.r#type,
+    })
 }
 
 /// The Leases service.
@@ -74,10 +81,17 @@ impl LeasesService {
 
 #[tonic::async_trait]
 impl Leases for LeasesService {
-    async fn create(&self, req: Request<CreateRequest>) -> Result<Response<CreateResponse>, Status> {
+    async fn create(
+        &self,
+        req: Request<CreateRequest>,
+    ) -> Result<Response<CreateResponse>, Status> {
         let ns = namespace_from(req.metadata())?;
         let r = req.into_inner();
-        let id = if r.id.is_empty() { generate_lease_id() } else { r.id };
+        let id = if r.id.is_empty() {
+            generate_lease_id()
+        } else {
+            r.id
+        };
         check_lease_id(&id)?;
         validate_labels(&r.labels)?;
         let rec = self.ctx.store.create_lease(&ns, &id, r.labels).await?;
@@ -117,12 +131,18 @@ impl Leases for LeasesService {
         Ok(Response::new(()))
     }
 
-    async fn delete_resource(&self, req: Request<DeleteResourceRequest>) -> Result<Response<()>, Status> {
+    async fn delete_resource(
+        &self,
+        req: Request<DeleteResourceRequest>,
+    ) -> Result<Response<()>, Status> {
         let ns = namespace_from(req.metadata())?;
         let r = req.into_inner();
         check_lease_id(&r.id)?;
         let res = resource(r.resource)?;
-        self.ctx.store.delete_lease_resource(&ns, &r.id, res).await?;
+        self.ctx
+            .store
+            .delete_lease_resource(&ns, &r.id, res)
+            .await?;
         Ok(Response::new(()))
     }
 
@@ -141,7 +161,10 @@ impl Leases for LeasesService {
         let resources = rec
             .resources
             .into_iter()
-            .map(|r| Resource { id: r.id, r#type: r.r#type })
+            .map(|r| Resource {
+                id: r.id,
+                r#type: r.r#type,
+            })
             .collect();
         Ok(Response::new(ListResourcesResponse { resources }))
     }

@@ -10,8 +10,8 @@ use berth_proto::to_any;
 use containerd_client::events::{NamespaceCreate, NamespaceDelete, NamespaceUpdate};
 use containerd_client::services::v1::{
     CreateNamespaceRequest, CreateNamespaceResponse, DeleteNamespaceRequest, GetNamespaceRequest,
-    GetNamespaceResponse, ListNamespacesRequest, ListNamespacesResponse, Namespace, UpdateNamespaceRequest,
-    UpdateNamespaceResponse,
+    GetNamespaceResponse, ListNamespacesRequest, ListNamespacesResponse, Namespace,
+    UpdateNamespaceRequest, UpdateNamespaceResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -42,7 +42,10 @@ impl NamespacesService {
 #[tonic::async_trait]
 impl Namespaces for NamespacesService {
     #[tracing::instrument(skip_all, fields(namespace = %req.get_ref().name))]
-    async fn get(&self, req: Request<GetNamespaceRequest>) -> Result<Response<GetNamespaceResponse>, Status> {
+    async fn get(
+        &self,
+        req: Request<GetNamespaceRequest>,
+    ) -> Result<Response<GetNamespaceResponse>, Status> {
         let name = req.into_inner().name;
         validate_id("namespace", &name)?;
         let store = self.ctx.store.clone();
@@ -58,12 +61,18 @@ impl Namespaces for NamespacesService {
         }))
     }
 
-    async fn list(&self, _: Request<ListNamespacesRequest>) -> Result<Response<ListNamespacesResponse>, Status> {
+    async fn list(
+        &self,
+        _: Request<ListNamespacesRequest>,
+    ) -> Result<Response<ListNamespacesResponse>, Status> {
         let store = self.ctx.store.clone();
         let namespaces = blocking(move || {
             let mut out = Vec::new();
             for name in store.namespaces()? {
-                let labels = store.get_namespace(&name)?.map(|r| r.labels).unwrap_or_default();
+                let labels = store
+                    .get_namespace(&name)?
+                    .map(|r| r.labels)
+                    .unwrap_or_default();
                 out.push(Namespace { name, labels });
             }
             Ok(out)
@@ -89,8 +98,12 @@ impl Namespaces for NamespacesService {
             name: n.name.clone(),
             labels: rec.labels.clone(),
         };
-        self.publish(caller.as_deref().unwrap_or(&n.name), "/namespaces/create", to_any(&ev))
-            .await;
+        self.publish(
+            caller.as_deref().unwrap_or(&n.name),
+            "/namespaces/create",
+            to_any(&ev),
+        )
+        .await;
         Ok(Response::new(CreateNamespaceResponse {
             namespace: Some(Namespace {
                 name: n.name,
@@ -111,13 +124,21 @@ impl Namespaces for NamespacesService {
         validate_id("namespace", &n.name)?;
         validate_labels(&n.labels)?;
         let mask = mask_paths(r.update_mask);
-        let rec = self.ctx.store.update_namespace(&n.name, n.labels, mask).await?;
+        let rec = self
+            .ctx
+            .store
+            .update_namespace(&n.name, n.labels, mask)
+            .await?;
         let ev = NamespaceUpdate {
             name: n.name.clone(),
             labels: rec.labels.clone(),
         };
-        self.publish(caller.as_deref().unwrap_or(&n.name), "/namespaces/update", to_any(&ev))
-            .await;
+        self.publish(
+            caller.as_deref().unwrap_or(&n.name),
+            "/namespaces/update",
+            to_any(&ev),
+        )
+        .await;
         Ok(Response::new(UpdateNamespaceResponse {
             namespace: Some(Namespace {
                 name: n.name,
@@ -131,8 +152,12 @@ impl Namespaces for NamespacesService {
         validate_id("namespace", &name)?;
         self.ctx.store.delete_namespace(&name).await?;
         tracing::info!(namespace = %name, "namespace deleted");
-        self.publish(&name, "/namespaces/delete", to_any(&NamespaceDelete { name: name.clone() }))
-            .await;
+        self.publish(
+            &name,
+            "/namespaces/delete",
+            to_any(&NamespaceDelete { name: name.clone() }),
+        )
+        .await;
         Ok(Response::new(()))
     }
 }

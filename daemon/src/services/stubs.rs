@@ -9,7 +9,7 @@ use berth_proto::containerd::content::content_server::Content;
 use berth_proto::containerd::diff::diff_server::Diff;
 use berth_proto::containerd::images::images_server::Images;
 use berth_proto::containerd::snapshots::snapshots_server::Snapshots;
-use containerd_client::services::v1 as v1;
+use containerd_client::services::v1;
 use containerd_client::services::v1::snapshots as snap;
 use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -19,31 +19,48 @@ use tonic::{Request, Response, Status, Streaming};
 pub struct Unimplemented;
 
 fn unimplemented<T>(what: &str) -> Result<T, Status> {
-    Err(Status::unimplemented(format!("{what} is not implemented in berthd yet")))
+    Err(Status::unimplemented(format!(
+        "{what} is not implemented in berthd yet"
+    )))
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Content for Unimplemented {
-    async fn info(&self, _: Request<v1::InfoRequest>) -> Result<Response<v1::InfoResponse>, Status> {
+    async fn info(
+        &self,
+        _: Request<v1::InfoRequest>,
+    ) -> Result<Response<v1::InfoResponse>, Status> {
         unimplemented("Content.Info")
     }
-    async fn update(&self, _: Request<v1::UpdateRequest>) -> Result<Response<v1::UpdateResponse>, Status> {
+    async fn update(
+        &self,
+        _: Request<v1::UpdateRequest>,
+    ) -> Result<Response<v1::UpdateResponse>, Status> {
         unimplemented("Content.Update")
     }
     type ListStream = BoxStream<v1::ListContentResponse>;
-    async fn list(&self, _: Request<v1::ListContentRequest>) -> Result<Response<Self::ListStream>, Status> {
+    async fn list(
+        &self,
+        _: Request<v1::ListContentRequest>,
+    ) -> Result<Response<Self::ListStream>, Status> {
         unimplemented("Content.List")
     }
     async fn delete(&self, _: Request<v1::DeleteContentRequest>) -> Result<Response<()>, Status> {
         unimplemented("Content.Delete")
     }
     type ReadStream = BoxStream<v1::ReadContentResponse>;
-    async fn read(&self, _: Request<v1::ReadContentRequest>) -> Result<Response<Self::ReadStream>, Status> {
+    async fn read(
+        &self,
+        _: Request<v1::ReadContentRequest>,
+    ) -> Result<Response<Self::ReadStream>, Status> {
         unimplemented("Content.Read")
     }
-    async fn status(&self, _: Request<v1::StatusRequest>) -> Result<Response<v1::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::StatusResponse>, Status> {
         unimplemented("Content.Status")
     }
     async fn list_statuses(
@@ -66,10 +83,16 @@ impl Content for Unimplemented {
 
 #[tonic::async_trait]
 impl Images for Unimplemented {
-    async fn get(&self, _: Request<v1::GetImageRequest>) -> Result<Response<v1::GetImageResponse>, Status> {
+    async fn get(
+        &self,
+        _: Request<v1::GetImageRequest>,
+    ) -> Result<Response<v1::GetImageResponse>, Status> {
         unimplemented("Images.Get")
     }
-    async fn list(&self, _: Request<v1::ListImagesRequest>) -> Result<Response<v1::ListImagesResponse>, Status> {
+    async fn list(
+        &self,
+        _: Request<v1::ListImagesRequest>,
+    ) -> Result<Response<v1::ListImagesResponse>, Status> {
         unimplemented("Images.List")
     }
     async fn create(
@@ -103,13 +126,22 @@ impl Snapshots for Unimplemented {
     ) -> Result<Response<snap::ViewSnapshotResponse>, Status> {
         unimplemented("Snapshots.View")
     }
-    async fn mounts(&self, _: Request<snap::MountsRequest>) -> Result<Response<snap::MountsResponse>, Status> {
+    async fn mounts(
+        &self,
+        _: Request<snap::MountsRequest>,
+    ) -> Result<Response<snap::MountsResponse>, Status> {
         unimplemented("Snapshots.Mounts")
     }
-    async fn commit(&self, _: Request<snap::CommitSnapshotRequest>) -> Result<Response<()>, Status> {
+    async fn commit(
+        &self,
+        _: Request<snap::CommitSnapshotRequest>,
+    ) -> Result<Response<()>, Status> {
         unimplemented("Snapshots.Commit")
     }
-    async fn remove(&self, _: Request<snap::RemoveSnapshotRequest>) -> Result<Response<()>, Status> {
+    async fn remove(
+        &self,
+        _: Request<snap::RemoveSnapshotRequest>,
+    ) -> Result<Response<()>, Status> {
         unimplemented("Snapshots.Remove")
     }
     async fn stat(
@@ -125,11 +157,17 @@ impl Snapshots for Unimplemented {
         unimplemented("Snapshots.Update")
     }
     type ListStream = BoxStream<snap::ListSnapshotsResponse>;
-    async fn list(&self, _: Request<snap::ListSnapshotsRequest>) -> Result<Response<Self::ListStream>, Status> {
+    async fn list(
+        &self,
+        _: Request<snap::ListSnapshotsRequest>,
+    ) -> Result<Response<Self::ListStream>, Status> {
         // No snapshots exist yet: an empty list keeps `ctr snapshots ls` working.
         Ok(Response::new(Box::pin(futures::stream::empty())))
     }
-    async fn usage(&self, _: Request<snap::UsageRequest>) -> Result<Response<snap::UsageResponse>, Status> {
+    async fn usage(
+        &self,
+        _: Request<snap::UsageRequest>,
+    ) -> Result<Response<snap::UsageResponse>, Status> {
         unimplemented("Snapshots.Usage")
     }
     async fn cleanup(&self, _: Request<snap::CleanupRequest>) -> Result<Response<()>, Status> {
@@ -139,10 +177,16 @@ impl Snapshots for Unimplemented {
 
 #[tonic::async_trait]
 impl Diff for Unimplemented {
-    async fn apply(&self, _: Request<v1::ApplyRequest>) -> Result<Response<v1::ApplyResponse>, Status> {
+    async fn apply(
+        &self,
+        _: Request<v1::ApplyRequest>,
+    ) -> Result<Response<v1::ApplyResponse>, Status> {
         unimplemented("Diff.Apply")
     }
-    async fn diff(&self, _: Request<v1::DiffRequest>) -> Result<Response<v1::DiffResponse>, Status> {
+    async fn diff(
+        &self,
+        _: Request<v1::DiffRequest>,
+    ) -> Result<Response<v1::DiffResponse>, Status> {
         unimplemented("Diff.Diff")
     }
 }

@@ -25,12 +25,20 @@ pub fn apply_container_update(
     let what = format!("container {:?}", current.id);
     let paths: Vec<String> = if mask.is_empty() {
         if !update.snapshotter.is_empty() && update.snapshotter != current.snapshotter {
-            return Err(StoreError::InvalidArgument(format!("{what}: snapshotter is immutable")));
+            return Err(StoreError::InvalidArgument(format!(
+                "{what}: snapshotter is immutable"
+            )));
         }
-        let cur_rt = current.runtime.as_ref().map(|r| r.name.as_str()).unwrap_or("");
+        let cur_rt = current
+            .runtime
+            .as_ref()
+            .map(|r| r.name.as_str())
+            .unwrap_or("");
         if let Some(rt) = &update.runtime {
             if !rt.name.is_empty() && rt.name != cur_rt {
-                return Err(StoreError::InvalidArgument(format!("{what}: runtime name is immutable")));
+                return Err(StoreError::InvalidArgument(format!(
+                    "{what}: runtime name is immutable"
+                )));
             }
         }
         ["labels", "spec", "extensions", "image", "snapshot_key"]
@@ -42,27 +50,35 @@ pub fn apply_container_update(
     };
     for path in &paths {
         match path.as_str() {
-            "labels" => apply_label_mask(&mut current.labels, &update.labels, &["labels".into()], &what)?,
-            p if p.starts_with("labels.") => {
-                apply_label_mask(&mut current.labels, &update.labels, std::slice::from_ref(path), &what)?
-            }
+            "labels" => apply_label_mask(
+                &mut current.labels,
+                &update.labels,
+                &["labels".into()],
+                &what,
+            )?,
+            p if p.starts_with("labels.") => apply_label_mask(
+                &mut current.labels,
+                &update.labels,
+                std::slice::from_ref(path),
+                &what,
+            )?,
             "image" => current.image = update.image.clone(),
             "spec" => {
                 if update.spec.is_none() {
-                    return Err(StoreError::InvalidArgument(format!("{what}: spec must not be empty")));
+                    return Err(StoreError::InvalidArgument(format!(
+                        "{what}: spec must not be empty"
+                    )));
                 }
                 current.spec = update.spec.clone();
             }
-            "runtime" => {
-                match &update.runtime {
-                    Some(rt) if !rt.name.is_empty() => current.runtime = update.runtime.clone(),
-                    _ => {
-                        return Err(StoreError::InvalidArgument(format!(
-                            "{what}: runtime name must not be empty"
-                        )))
-                    }
+            "runtime" => match &update.runtime {
+                Some(rt) if !rt.name.is_empty() => current.runtime = update.runtime.clone(),
+                _ => {
+                    return Err(StoreError::InvalidArgument(format!(
+                        "{what}: runtime name must not be empty"
+                    )))
                 }
-            }
+            },
             "runtime.options" => {
                 if let Some(rt) = current.runtime.as_mut() {
                     rt.options = update.runtime.as_ref().and_then(|r| r.options.clone());
@@ -103,7 +119,10 @@ impl Store {
     pub fn get_container(&self, ns: &str, id: &str) -> Result<Option<Container>, StoreError> {
         let rtx = self.read()?;
         let t = rtx.open_table(CONTAINERS)?;
-        let c = t.get((ns, id))?.map(|v| decode(ns, id, v.value())).transpose()?;
+        let c = t
+            .get((ns, id))?
+            .map(|v| decode(ns, id, v.value()))
+            .transpose()?;
         Ok(c)
     }
 
@@ -138,7 +157,11 @@ impl Store {
 
     /// Create a container (creating its namespace if needed); sets created_at/updated_at. AlreadyExists if the
     /// id is taken.
-    pub async fn create_container(&self, ns: &str, mut c: Container) -> Result<Container, StoreError> {
+    pub async fn create_container(
+        &self,
+        ns: &str,
+        mut c: Container,
+    ) -> Result<Container, StoreError> {
         let ns = ns.to_string();
         let now = now_timestamp();
         c.created_at = Some(now);
@@ -174,7 +197,8 @@ impl Store {
                         .get((ns.as_str(), update.id.as_str()))?
                         .map(|v| decode(&ns, &update.id, v.value()))
                         .transpose()?;
-                    found.ok_or_else(|| StoreError::NotFound(format!("container {:?}", update.id)))?
+                    found
+                        .ok_or_else(|| StoreError::NotFound(format!("container {:?}", update.id)))?
                 };
                 apply_container_update(&mut cur, &update, &mask)?;
                 cur.updated_at = Some(now_timestamp());
@@ -226,14 +250,22 @@ mod tests {
     async fn crud_masks_and_namespace_rules() {
         let mut t = TempStore::new("containers");
         let s = t.store().clone();
-        let c = s.create_container("ns1", container("c1")).await.expect("create");
+        let c = s
+            .create_container("ns1", container("c1"))
+            .await
+            .expect("create");
         assert!(c.created_at.is_some());
         assert!(matches!(
             s.create_container("ns1", container("c1")).await,
             Err(StoreError::AlreadyExists(_))
         ));
-        s.create_container("ns2", container("c1")).await.expect("other ns");
-        assert_eq!(s.namespaces().expect("ns"), vec!["ns1".to_string(), "ns2".to_string()]);
+        s.create_container("ns2", container("c1"))
+            .await
+            .expect("other ns");
+        assert_eq!(
+            s.namespaces().expect("ns"),
+            vec!["ns1".to_string(), "ns2".to_string()]
+        );
         let mut upd = container("c1");
         upd.labels.insert("a".into(), "b".into());
         upd.image = "img".into();
@@ -243,7 +275,10 @@ mod tests {
             .expect("update");
         assert_eq!(c.labels.get("a").map(String::as_str), Some("b"));
         assert_eq!(c.image, "");
-        let c = s.update_container("ns1", upd.clone(), vec![]).await.expect("replace");
+        let c = s
+            .update_container("ns1", upd.clone(), vec![])
+            .await
+            .expect("replace");
         assert_eq!(c.image, "img");
         upd.snapshotter = "other".into();
         assert!(matches!(
@@ -258,7 +293,13 @@ mod tests {
         drop(s);
         t.reopen();
         let s = t.store().clone();
-        assert_eq!(s.get_container("ns1", "c1").expect("get").expect("kept").image, "img");
+        assert_eq!(
+            s.get_container("ns1", "c1")
+                .expect("get")
+                .expect("kept")
+                .image,
+            "img"
+        );
         s.delete_container("ns1", "c1").await.expect("delete");
         assert!(matches!(
             s.delete_container("ns1", "c1").await,

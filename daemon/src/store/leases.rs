@@ -62,7 +62,11 @@ pub fn generate_lease_id() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let rand: String = super::tables::new_uuid().chars().filter(|c| *c != '-').take(8).collect();
+    let rand: String = super::tables::new_uuid()
+        .chars()
+        .filter(|c| *c != '-')
+        .take(8)
+        .collect();
     format!("{nanos}-{rand}")
 }
 
@@ -87,7 +91,10 @@ impl Store {
     pub fn get_lease(&self, ns: &str, id: &str) -> Result<Option<LeaseRecord>, StoreError> {
         let rtx = self.read()?;
         let t = rtx.open_table(LEASES)?;
-        let rec = t.get((ns, id))?.map(|v| decode(ns, id, v.value())).transpose()?;
+        let rec = t
+            .get((ns, id))?
+            .map(|v| decode(ns, id, v.value()))
+            .transpose()?;
         Ok(rec)
     }
 
@@ -165,7 +172,12 @@ impl Store {
     }
 
     /// Add a resource to a lease (idempotent).
-    pub async fn add_lease_resource(&self, ns: &str, id: &str, res: LeaseResource) -> Result<(), StoreError> {
+    pub async fn add_lease_resource(
+        &self,
+        ns: &str,
+        id: &str,
+        res: LeaseResource,
+    ) -> Result<(), StoreError> {
         self.modify_lease_resources(ns, id, move |rs| {
             if !rs.contains(&res) {
                 rs.push(res);
@@ -175,7 +187,12 @@ impl Store {
     }
 
     /// Remove a resource from a lease (idempotent).
-    pub async fn delete_lease_resource(&self, ns: &str, id: &str, res: LeaseResource) -> Result<(), StoreError> {
+    pub async fn delete_lease_resource(
+        &self,
+        ns: &str,
+        id: &str,
+        res: LeaseResource,
+    ) -> Result<(), StoreError> {
         self.modify_lease_resources(ns, id, move |rs| rs.retain(|r| *r != res))
             .await
     }
@@ -191,7 +208,10 @@ mod tests {
         let t = TempStore::new("leases");
         let s = t.store();
         let id = generate_lease_id();
-        let l = s.create_lease("n", &id, HashMap::new()).await.expect("create");
+        let l = s
+            .create_lease("n", &id, HashMap::new())
+            .await
+            .expect("create");
         assert!(l.created_secs > 0);
         assert!(matches!(
             s.create_lease("n", &id, HashMap::new()).await,
@@ -201,12 +221,22 @@ mod tests {
             id: "sha256:abc".into(),
             r#type: "content".into(),
         };
-        s.add_lease_resource("n", &id, r.clone()).await.expect("add");
-        s.add_lease_resource("n", &id, r.clone()).await.expect("add again");
-        assert_eq!(s.get_lease("n", &id).expect("get").expect("some").resources, vec![r.clone()]);
+        s.add_lease_resource("n", &id, r.clone())
+            .await
+            .expect("add");
+        s.add_lease_resource("n", &id, r.clone())
+            .await
+            .expect("add again");
+        assert_eq!(
+            s.get_lease("n", &id).expect("get").expect("some").resources,
+            vec![r.clone()]
+        );
         s.delete_lease_resource("n", &id, r).await.expect("del res");
         assert!(s.list_leases("n").expect("list")[0].resources.is_empty());
         s.delete_lease("n", &id).await.expect("delete");
-        assert!(matches!(s.delete_lease("n", &id).await, Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            s.delete_lease("n", &id).await,
+            Err(StoreError::NotFound(_))
+        ));
     }
 }

@@ -126,7 +126,9 @@ struct Inner {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.inner.path).finish()
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .finish()
     }
 }
 
@@ -149,10 +151,11 @@ impl Store {
         })?;
         let server_uuid = tables::initialise(&db, path)?;
         let db = Arc::new(db);
-        let writer = writer::Writer::start(db.clone(), max_batch).map_err(|e| StoreError::Open {
-            path: path.to_path_buf(),
-            reason: format!("cannot start the writer thread: {e}"),
-        })?;
+        let writer =
+            writer::Writer::start(db.clone(), max_batch).map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                reason: format!("cannot start the writer thread: {e}"),
+            })?;
         Ok(Store {
             inner: Arc::new(Inner {
                 db,
@@ -226,7 +229,8 @@ pub(crate) mod test_util {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos())
                 .unwrap_or(0);
-            let dir = std::env::temp_dir().join(format!("berthd-unit-{name}-{}-{nanos}", std::process::id()));
+            let dir = std::env::temp_dir()
+                .join(format!("berthd-unit-{name}-{}-{nanos}", std::process::id()));
             std::fs::create_dir_all(&dir).expect("temp dir");
             let store = Store::open(&dir.join("meta.redb"), 64).expect("open store");
             TempStore {

@@ -128,7 +128,12 @@ impl Store {
                     Some(v) => decode(&name, v.value())?,
                     None => return Err(StoreError::NotFound(format!("namespace {name}"))),
                 };
-                apply_label_mask(&mut rec.labels, &labels, &mask, &format!("namespace {name:?}"))?;
+                apply_label_mask(
+                    &mut rec.labels,
+                    &labels,
+                    &mask,
+                    &format!("namespace {name:?}"),
+                )?;
                 t.insert(name.as_str(), encode(&rec)?.as_slice())?;
                 Ok(rec)
             })
@@ -185,14 +190,18 @@ mod tests {
     use crate::store::test_util::TempStore;
 
     fn labels(kv: &[(&str, &str)]) -> HashMap<String, String> {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[tokio::test]
     async fn crud_and_masks() {
         let t = TempStore::new("ns-crud");
         let s = t.store();
-        s.create_namespace("a", labels(&[("x", "1")])).await.expect("create");
+        s.create_namespace("a", labels(&[("x", "1")]))
+            .await
+            .expect("create");
         assert!(matches!(
             s.create_namespace("a", HashMap::new()).await,
             Err(StoreError::AlreadyExists(_))
@@ -208,7 +217,8 @@ mod tests {
             .expect("update");
         assert_eq!(r.labels, labels(&[("y", "2")]));
         assert!(matches!(
-            s.update_namespace("a", HashMap::new(), vec!["name".into()]).await,
+            s.update_namespace("a", HashMap::new(), vec!["name".into()])
+                .await,
             Err(StoreError::InvalidArgument(_))
         ));
         assert!(matches!(
@@ -217,6 +227,9 @@ mod tests {
         ));
         assert_eq!(s.namespaces().expect("list"), vec!["a".to_string()]);
         s.delete_namespace("a").await.expect("delete");
-        assert!(matches!(s.delete_namespace("a").await, Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            s.delete_namespace("a").await,
+            Err(StoreError::NotFound(_))
+        ));
     }
 }

@@ -21,7 +21,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const NAMESPACES: TableDefinition<&str, &[u8]> = TableDefinition::new("namespaces");
-pub(crate) const CONTAINERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("containers");
+pub(crate) const CONTAINERS: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("containers");
 pub(crate) const LEASES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("leases");
 pub(crate) const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 pub(crate) const SHIM_SEQS: TableDefinition<&str, u64> = TableDefinition::new("shim_seqs");
@@ -73,7 +74,8 @@ pub(crate) fn initialise(db: &Database, path: &Path) -> Result<String, StoreErro
             Some(u) => u,
             None => {
                 let u = new_uuid();
-                meta.insert(META_UUID, u.as_bytes()).map_err(|e| open_err(&e))?;
+                meta.insert(META_UUID, u.as_bytes())
+                    .map_err(|e| open_err(&e))?;
                 u
             }
         };
@@ -98,7 +100,14 @@ pub fn new_uuid() -> String {
                 .map(|d| d.as_nanos())
                 .unwrap_or(0);
             let hex = format!("{:032x}", nanos ^ (u128::from(std::process::id()) << 64));
-            format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+            format!(
+                "{}-{}-{}-{}-{}",
+                &hex[0..8],
+                &hex[8..12],
+                &hex[12..16],
+                &hex[16..20],
+                &hex[20..32]
+            )
         })
 }
 
@@ -121,13 +130,17 @@ mod tests {
             let wtx = db.begin_write().expect("write");
             {
                 let mut meta = wtx.open_table(META).expect("meta");
-                meta.insert(META_SCHEMA, 99u32.to_le_bytes().as_slice()).expect("insert");
+                meta.insert(META_SCHEMA, 99u32.to_le_bytes().as_slice())
+                    .expect("insert");
             }
             wtx.commit().expect("commit");
         }
         let db = Database::create(&p).expect("open");
         let e = initialise(&db, &p).expect_err("newer refused");
-        assert!(matches!(e, StoreError::NewerSchema { found: 99, .. }), "{e}");
+        assert!(
+            matches!(e, StoreError::NewerSchema { found: 99, .. }),
+            "{e}"
+        );
         assert!(e.to_string().contains("meta.redb"));
         drop(db);
         let _ = std::fs::remove_dir_all(&dir);

@@ -97,7 +97,9 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     {
-        self.submit(f, |_| {}).await.map_err(|_| StoreError::Closed)?
+        self.submit(f, |_| {})
+            .await
+            .map_err(|_| StoreError::Closed)?
     }
 }
 
