@@ -12,6 +12,32 @@
 //!
 //! Conventions: a missing prerequisite skips a test with a message (the helper returns `false` /
 //! `None`), except under `CI=true`, where it panics so that CI cannot pass by skipping.
+//!
+//! A typical test (declare the guard after what it must outlive: locals drop in reverse order,
+//! so the guard cleans up before the `TestDir` goes):
+//!
+//! ```no_run
+//! use std::process::Command;
+//! use std::time::Duration;
+//! use berth_tests::{bin, bundle::busybox_bundle, require_root, run_timeout, unique_id, Guard, TestDir};
+//!
+//! if !require_root() {
+//!     return;
+//! }
+//! let dir = TestDir::new("runc-hello");
+//! let bundle = busybox_bundle(&dir.join("bundle"), &["sh", "-c", "echo hello"]);
+//! let id = unique_id("runc-hello");
+//! let root = dir.join("runc-root");
+//! let guard = Guard::new();
+//! guard.cgroup(bundle.cgroups_path()).dir(root.join(&id));
+//! let out = run_timeout(
+//!     Command::new(bin("berth-runc")).arg("--root").arg(&root)
+//!         .args(["run", "--bundle"]).arg(&bundle.path).arg(&id),
+//!     Duration::from_secs(30),
+//! );
+//! assert_eq!(out.stdout, b"hello\n");
+//! guard.assert_clean(); // the runtime cleaned up by itself; the guard's drop checks again
+//! ```
 
 pub mod archive;
 pub mod bundle;
