@@ -60,6 +60,9 @@ pub enum TaskError {
     /// The container actor failed (a panic was caught) or is restarting.
     #[error("container actor failed: {0}")]
     ActorFailed(String),
+    /// An actor future panicked (caught; the actor is restarted).
+    #[error("panicked: {0}")]
+    Panicked(String),
     /// The metadata store or the event journal failed.
     #[error("{0}")]
     Upstream(Status),
@@ -92,7 +95,9 @@ impl From<TaskError> for Status {
                 }
                 code => Status::new(code, s.message().to_string()),
             },
-            TaskError::ShimUnavailable(_) | TaskError::ActorFailed(_) => Status::unavailable(msg),
+            TaskError::ShimUnavailable(_) | TaskError::ActorFailed(_) | TaskError::Panicked(_) => {
+                Status::unavailable(msg)
+            }
             TaskError::Io { .. } => Status::internal(msg),
             TaskError::Upstream(s) => s,
         }

@@ -15,7 +15,7 @@ use berth_proto::shim::{AckRequest, Event, EventsRequest};
 use tonic::transport::{Channel, Endpoint};
 
 use super::bundle;
-use super::container::{ContainerActor, ShimEventMsg, ShimGone};
+use super::container::{ContainerActor, PumpFailed, ShimEventMsg, ShimGone};
 use super::error::TaskError;
 use super::state::ExitInfo;
 use crate::events::EventBus;
@@ -303,7 +303,17 @@ impl Actor for ShimActor {
             self.bundle.clone(),
             self.container.clone(),
         );
-        ctx.spawn(pump.into_actor(self).map(|(), _act, ctx| ctx.stop()));
+        // A panic in the pump must not unwind through the arbiter: report it, and the ContainerActor restarts.
+        let pump = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(pump));
+        ctx.spawn(pump.into_actor(self).map(|res, act, ctx| {
+            if let Err(p) = res {
+                let msg = crate::supervision::panic_message(&*p);
+                tracing::error!(namespace = %act.namespace, container_id = %act.id, panic = %msg,
+                    "shim event pump panicked");
+                act.container.do_send(PumpFailed(msg));
+            }
+            ctx.stop()
+        }));
     }
 }
 

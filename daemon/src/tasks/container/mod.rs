@@ -24,7 +24,7 @@ mod ops;
 mod rebuild;
 mod verbs;
 
-pub use ops::{Op, Reply, Request, ShimEventMsg, ShimGone};
+pub use ops::{Op, PumpFailed, Reply, Request, ShimEventMsg, ShimGone};
 use rebuild::{reap_dead_shim, rebuild, Rebuilt};
 
 /// How a ContainerActor gets its state.
@@ -41,6 +41,17 @@ pub enum Init {
 }
 
 type Resp = ResponseActFuture<ContainerActor, Result<Reply, TaskError>>;
+
+/// A future whose panic becomes `Err(TaskError::Panicked)` instead of unwinding through the actix arbiter (which
+/// would take every actor on it down); the actor then stops and its supervisor restarts it.
+pub(crate) fn guarded<T>(
+    fut: impl std::future::Future<Output = Result<T, TaskError>>,
+) -> impl std::future::Future<Output = Result<T, TaskError>> {
+    use futures::FutureExt;
+    std::panic::AssertUnwindSafe(fut).catch_unwind().map(|r| {
+        r.unwrap_or_else(|p| Err(TaskError::Panicked(crate::supervision::panic_message(&*p))))
+    })
+}
 
 fn done(r: Result<Reply, TaskError>) -> Resp {
     Box::pin(actix::fut::ready(r))
@@ -130,6 +141,19 @@ impl ContainerActor {
         TaskError::ActorFailed(format!("{what}: {panic}"))
     }
 
+    /// Stop on a future's caught panic; other results pass through.
+    fn check_panic<T>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        what: &str,
+        res: Result<T, TaskError>,
+    ) -> Result<T, TaskError> {
+        match res {
+            Err(TaskError::Panicked(p)) => Err(self.fail(ctx, what, p)),
+            other => other,
+        }
+    }
+
     /// Run a shim call, then `then` on the actor (under catch) with its result.
     fn call<T: 'static>(
         &self,
@@ -137,8 +161,8 @@ impl ContainerActor {
         fut: impl std::future::Future<Output = Result<T, TaskError>> + 'static,
         then: impl FnOnce(&mut Self, &mut Context<Self>, T) -> Result<Reply, TaskError> + 'static,
     ) -> Resp {
-        Box::pin(fut.into_actor(self).map(move |res, act, ctx| {
-            let value = res?;
+        Box::pin(guarded(fut).into_actor(self).map(move |res, act, ctx| {
+            let value = act.check_panic(ctx, name, res)?;
             match crate::supervision::catch(|| then(act, ctx, value)) {
                 Ok(r) => r,
                 Err(p) => Err(act.fail(ctx, name, p)),
@@ -467,8 +491,8 @@ impl Actor for ContainerActor {
                     self.id.clone(),
                     self.dir.clone(),
                 );
-                ctx.wait(fut.into_actor(self).map(|res, act, ctx| {
-                    match res {
+                ctx.wait(guarded(fut).into_actor(self).map(|res, act, ctx| {
+                    match act.check_panic(ctx, "rebuild", res) {
                         Ok(rebuilt) => {
                             if let Err(p) =
                                 crate::supervision::catch(|| act.apply_rebuilt(ctx, rebuilt))
@@ -546,7 +570,7 @@ impl Handler<ShimGone> for ContainerActor {
             self.record.clone(),
             known,
         );
-        ctx.spawn(fut.into_actor(self).map(|res, act, _| match res {
+        ctx.spawn(guarded(fut).into_actor(self).map(|res, act, ctx| match act.check_panic(ctx, "reap", res) {
             Ok(record) => {
                 act.client = None;
                 act.pump = None;
@@ -564,5 +588,13 @@ impl Handler<ShimGone> for ContainerActor {
                 tracing::error!(namespace = %act.ns, container_id = %act.id, error = %e, "cleaning up a dead shim");
             }
         }));
+    }
+}
+
+impl Handler<PumpFailed> for ContainerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: PumpFailed, ctx: &mut Self::Context) {
+        self.fail(ctx, "shim event pump", msg.0);
     }
 }

@@ -141,3 +141,8 @@ pub struct ShimEventMsg(pub shim::Event);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ShimGone;
+
+/// The ShimActor's pump panicked (caught): the ContainerActor fails and is restarted with a fresh pump.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PumpFailed(pub String);

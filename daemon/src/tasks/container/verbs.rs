@@ -17,7 +17,7 @@ use super::super::error::TaskError;
 use super::super::events::delete_event;
 use super::super::shim as shimio;
 use super::super::state::{ExitInfo, ProcState, StdioPaths};
-use super::{done, ContainerActor, Reply, Resp};
+use super::{done, guarded, ContainerActor, Reply, Resp};
 
 impl ContainerActor {
     pub(super) fn exec(
@@ -58,21 +58,23 @@ impl ContainerActor {
             process_json,
         };
         Box::pin(
-            async move {
+            guarded(async move {
                 let mut c = client;
                 c.exec(req).await.map(|_| ()).map_err(TaskError::Shim)
-            }
+            })
             .into_actor(self)
-            .map(move |res, act, _| match res {
-                Ok(()) => Ok(Reply::Done),
-                Err(e) => {
-                    act.task.execs.remove(&exec_id);
-                    act.record.execs.remove(&exec_id);
-                    let _ = bundle::save_record(&act.dir, &act.record);
-                    act.shared.waiters.remove(&act.ns, &act.id, &exec_id);
-                    Err(e)
-                }
-            }),
+            .map(
+                move |res, act, ctx| match act.check_panic(ctx, "exec", res) {
+                    Ok(()) => Ok(Reply::Done),
+                    Err(e) => {
+                        act.task.execs.remove(&exec_id);
+                        act.record.execs.remove(&exec_id);
+                        let _ = bundle::save_record(&act.dir, &act.record);
+                        act.shared.waiters.remove(&act.ns, &act.id, &exec_id);
+                        Err(e)
+                    }
+                },
+            ),
         )
     }
 
@@ -199,9 +201,10 @@ impl ContainerActor {
         };
         self.deleting = true;
         Box::pin(
-            fut.into_actor(self)
+            guarded(fut)
+                .into_actor(self)
                 .map(|res: Result<ExitInfo, TaskError>, act, ctx| {
-                    let exit = match res {
+                    let exit = match act.check_panic(ctx, "delete", res) {
                         Ok(e) => e,
                         Err(e) => {
                             act.deleting = false;
