@@ -85,24 +85,30 @@ pub(crate) fn debug(msg: &str) {
 
 /// Detects the host's cgroup mode from statfs(/sys/fs/cgroup) and /proc/self/mountinfo.
 pub fn detect_mode() -> Result<Mode, CgroupError> {
+    detect_mode_and_mounts().map(|(mode, _)| mode)
+}
+
+/// detect_mode, also handing back the mount table it read (one read of mountinfo per manager).
+fn detect_mode_and_mounts() -> Result<(Mode, Vec<fs::MountInfo>), CgroupError> {
     let fstype = nix::sys::statfs::statfs(CGROUP_ROOT)
         .map_err(|source| CgroupError::Statfs {
             path: PathBuf::from(CGROUP_ROOT),
             source,
         })?
         .filesystem_type();
-    if fstype == nix::sys::statfs::CGROUP2_SUPER_MAGIC {
-        return Ok(Mode::V2);
-    }
     let mounts = fs::mountinfo()?;
+    if fstype == nix::sys::statfs::CGROUP2_SUPER_MAGIC {
+        return Ok((Mode::V2, mounts));
+    }
     let has_v1 = mounts.iter().any(|m| m.fstype == "cgroup");
     let has_v2 = mounts.iter().any(|m| m.fstype == "cgroup2");
-    match (has_v1, has_v2) {
-        (true, true) => Ok(Mode::Hybrid),
-        (true, false) => Ok(Mode::V1),
-        (false, true) => Ok(Mode::V2),
-        (false, false) => Err(CgroupError::NoHierarchy),
-    }
+    let mode = match (has_v1, has_v2) {
+        (true, true) => Mode::Hybrid,
+        (true, false) => Mode::V1,
+        (false, true) => Mode::V2,
+        (false, false) => return Err(CgroupError::NoHierarchy),
+    };
+    Ok((mode, mounts))
 }
 
 /// One container's cgroup in every hierarchy of the host. Serialisable: berth-runc keeps it in state.json.
@@ -170,8 +176,7 @@ impl CgroupManager {
     /// Builds the manager for `cgroups_path` ("/a/b" or "a/b", both root-relative; None = "/berth/<id>").
     pub fn new(cgroups_path: Option<&str>, id: &str) -> Result<Self, CgroupError> {
         let path = normalise_path(cgroups_path, id)?;
-        let mode = detect_mode()?;
-        let mounts = fs::mountinfo()?;
+        let (mode, mounts) = detect_mode_and_mounts()?;
         let mut v1 = BTreeMap::new();
         let mut unified = None;
         let mut unified_root = None;
