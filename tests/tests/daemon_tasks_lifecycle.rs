@@ -630,3 +630,72 @@ async fn terminal_task_resize_pty() {
     fx.kill_and_delete(&id).await;
     fx.guard.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rootfs_mounts_from_the_request_are_mounted_and_released() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let fx = TaskFixture::new("dt-rootfs", "");
+    let ns = fx.ns.clone();
+    let id = berth_tests::unique_id("dt-mnt");
+    let b = fx.bundle("m", &["sh", "-c", "test -x /bin/busybox && exit 6"]);
+    // Like an image-based `ctr run`: root.path is relative and the rootfs comes as mounts in Tasks.Create.
+    let spec = serde_json::to_vec(&b.spec()).expect("json");
+    fx.create_container_raw(&id, spec).await.expect("container");
+    let task_dir = fx.daemon.state().join("tasks").join(&ns).join(&id);
+    fx.guard.mount(task_dir.join("rootfs"));
+    let mut t = fx.tasks().await;
+    t.create(req(
+        &ns,
+        CreateTaskRequest {
+            container_id: id.clone(),
+            rootfs: vec![berth_proto::containerd_client::types::Mount {
+                r#type: "bind".into(),
+                source: b.rootfs.display().to_string(),
+                target: String::new(),
+                options: vec!["rbind".into(), "rw".into()],
+            }],
+            ..Default::default()
+        },
+    ))
+    .await
+    .expect("create with rootfs mounts");
+    assert!(
+        berth_tests::is_mounted(&task_dir.join("rootfs")),
+        "the shim mounted the rootfs"
+    );
+    let pid = t
+        .start(req(
+            &ns,
+            StartRequest {
+                container_id: id.clone(),
+                exec_id: String::new(),
+            },
+        ))
+        .await
+        .expect("start")
+        .into_inner()
+        .pid;
+    fx.guard.pid(pid as i32);
+    assert_eq!(
+        fx.wait(&id, "").await.expect("wait"),
+        6,
+        "ran from the mounted rootfs"
+    );
+    t.delete(req(
+        &ns,
+        DeleteTaskRequest {
+            container_id: id.clone(),
+        },
+    ))
+    .await
+    .expect("delete");
+    assert!(!task_dir.exists(), "task dir removed");
+    assert!(
+        b.rootfs.join("bin/busybox").exists(),
+        "the mount's source is untouched"
+    );
+    fx.kill_and_delete(&id).await;
+    fx.guard.assert_clean();
+}
