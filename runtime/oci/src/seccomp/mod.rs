@@ -67,6 +67,12 @@ pub enum SeccompError {
         /// The errno.
         source: io::Error,
     },
+    /// SECCOMP_FILTER_FLAG_TSYNC could not apply the filter to another thread.
+    #[error("seccomp: SECCOMP_FILTER_FLAG_TSYNC could not synchronise thread {tid}")]
+    Tsync {
+        /// The thread that kept another filter.
+        tid: libc::c_long,
+    },
     /// This host's architecture has no syscall table here.
     #[error("seccomp: filters are only supported on x86_64 hosts")]
     UnsupportedHost,
@@ -291,12 +297,13 @@ impl SeccompProgram {
                 &prog as *const libc::sock_fprog,
             )
         };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(SeccompError::Install {
+        match rc {
+            0 => Ok(()),
+            // With SECCOMP_FILTER_FLAG_TSYNC a positive result is the thread that could not be synchronised.
+            tid if tid > 0 => Err(SeccompError::Tsync { tid }),
+            _ => Err(SeccompError::Install {
                 source: io::Error::last_os_error(),
-            })
+            }),
         }
     }
 }

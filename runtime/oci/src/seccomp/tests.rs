@@ -251,7 +251,7 @@ fn unsupported_and_invalid_specs_are_refused_unknown_names_skipped() {
     assert!(err.to_string().contains("70000"), "{err}");
     let p = compile(&spec(serde_json::json!({
         "defaultAction": "SCMP_ACT_ALLOW",
-        "flags": ["SECCOMP_FILTER_FLAG_LOG"],
+        "flags": ["SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_SPEC_ALLOW"],
         "syscalls": [{"names": ["no_such_syscall", "getppid"], "action": "SCMP_ACT_ERRNO", "errnoRet": 3}]
     })))
     .expect("unknown names must be skipped");
