@@ -9,12 +9,47 @@ use oci_spec::runtime::{Capabilities, LinuxCapabilities};
 use crate::error::{Error, Result};
 
 const NAMES: [&str; 41] = [
-    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
-    "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
-    "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
-    "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD",
-    "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG",
-    "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
 ];
 
 /// All capability names known to this build (`CAP_` prefixed).
@@ -75,7 +110,8 @@ impl CapMasks {
     /// Add capabilities by name to every set but ambient (exec --cap).
     pub fn add(&mut self, names: &[String]) -> Result<()> {
         for n in names {
-            let b = 1u64 << number(n).ok_or_else(|| Error::Usage(format!("unknown capability {n:?}")))?;
+            let b = 1u64
+                << number(n).ok_or_else(|| Error::Usage(format!("unknown capability {n:?}")))?;
             self.bounding |= b;
             self.effective |= b;
             self.permitted |= b;
@@ -100,7 +136,10 @@ pub fn drop_bounding(keep: u64) -> Result<()> {
             if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, c as libc::c_ulong, 0, 0, 0) } < 0 {
                 let e = Errno::last();
                 if e != Errno::EINVAL {
-                    return Err(Error::sys(format!("drop capability {c} from bounding set"), e));
+                    return Err(Error::sys(
+                        format!("drop capability {c} from bounding set"),
+                        e,
+                    ));
                 }
             }
         }
@@ -141,8 +180,16 @@ pub fn apply(m: &CapMasks) -> Result<()> {
     let split = |v: u64| [(v & 0xffff_ffff) as u32, (v >> 32) as u32];
     let (e, p, i) = (split(m.effective), split(m.permitted), split(m.inheritable));
     let data = [
-        CapData { effective: e[0], permitted: p[0], inheritable: i[0] },
-        CapData { effective: e[1], permitted: p[1], inheritable: i[1] },
+        CapData {
+            effective: e[0],
+            permitted: p[0],
+            inheritable: i[0],
+        },
+        CapData {
+            effective: e[1],
+            permitted: p[1],
+            inheritable: i[1],
+        },
     ];
     // SAFETY: header and two data structs laid out as the kernel's v3 ABI; the kernel
     // reads them only.
@@ -150,15 +197,34 @@ pub fn apply(m: &CapMasks) -> Result<()> {
         return Err(Error::sys("capset", Errno::last()));
     }
     // SAFETY: prctl with integer arguments only.
-    unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) };
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
     for c in 0..64u32 {
         if m.ambient & (1 << c) != 0 {
             // SAFETY: prctl with integer arguments only.
             let r = unsafe {
-                libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, c as libc::c_ulong, 0, 0)
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_RAISE,
+                    c as libc::c_ulong,
+                    0,
+                    0,
+                )
             };
-            if r < 0 {
-                return Err(Error::sys(format!("raise ambient capability {c}"), Errno::last()));
+            // Like runc: an ambient capability missing from the inheritable or permitted
+            // set cannot be raised (EPERM); it is skipped, not fatal.
+            if r < 0 && Errno::last() != Errno::EPERM {
+                return Err(Error::sys(
+                    format!("raise ambient capability {c}"),
+                    Errno::last(),
+                ));
             }
         }
     }

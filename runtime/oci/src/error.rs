@@ -17,7 +17,9 @@ pub enum Error {
     #[error("container {0} already exists")]
     Exists(String),
     /// The id has characters runc refuses.
-    #[error("invalid container id {0:?}: only [A-Za-z0-9_+.-] allowed, must not be empty, '.' or '..'")]
+    #[error(
+        "invalid container id {0:?}: only [A-Za-z0-9_+.-] allowed, must not be empty, '.' or '..'"
+    )]
     InvalidId(String),
     /// The verb is not allowed in the container's current status.
     #[error("cannot {op} container {id} in status {status}")]

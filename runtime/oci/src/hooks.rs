@@ -59,7 +59,10 @@ fn run_one(kind: &'static str, h: &Hook, state: &str) -> Result<()> {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(err(format!("timed out after {}s", h.timeout().unwrap_or(0))));
+            return Err(err(format!(
+                "timed out after {}s",
+                h.timeout().unwrap_or(0)
+            )));
         }
         std::thread::sleep(nap);
         nap = (nap * 2).min(Duration::from_millis(10));

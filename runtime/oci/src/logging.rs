@@ -47,7 +47,11 @@ fn write(level: &str, msg: &str) {
     let l = line(c.format, level, msg);
     match &c.path {
         Some(p) => {
-            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(p) {
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+            {
                 let _ = f.write_all(l.as_bytes());
             }
         }

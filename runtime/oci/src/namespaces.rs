@@ -59,16 +59,24 @@ impl NsPlan {
     pub fn from_spec(spec: &Spec) -> Result<Self> {
         let mut plan = NsPlan::default();
         let linux = spec.linux().as_ref();
-        for ns in linux.and_then(|l| l.namespaces().as_ref()).into_iter().flatten() {
+        for ns in linux
+            .and_then(|l| l.namespaces().as_ref())
+            .into_iter()
+            .flatten()
+        {
             match ns.path() {
                 Some(p) if !p.as_os_str().is_empty() => plan.join.push((ns.typ(), p.clone())),
                 _ if ns.typ() == LinuxNamespaceType::User => plan.new_user = true,
                 _ => plan.new_flags |= flag(ns.typ()),
             }
         }
-        plan.join.sort_by_key(|(t, _)| *t != LinuxNamespaceType::User);
+        plan.join
+            .sort_by_key(|(t, _)| *t != LinuxNamespaceType::User);
         if let Some(offs) = linux.and_then(|l| l.time_offsets().as_ref()) {
-            if !plan.new_flags.contains(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME)) {
+            if !plan
+                .new_flags
+                .contains(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME))
+            {
                 return Err(Error::Spec("timeOffsets need a new time namespace".into()));
             }
             for (clock, o) in offs {
@@ -86,7 +94,11 @@ impl NsPlan {
     pub fn join_all(spec: &Spec, init_pid: i32) -> Self {
         let mut plan = NsPlan::default();
         let linux = spec.linux().as_ref();
-        for ns in linux.and_then(|l| l.namespaces().as_ref()).into_iter().flatten() {
+        for ns in linux
+            .and_then(|l| l.namespaces().as_ref())
+            .into_iter()
+            .flatten()
+        {
             let p = PathBuf::from(format!("/proc/{init_pid}/ns/{}", proc_name(ns.typ())));
             plan.join.push((ns.typ(), p));
         }
@@ -109,7 +121,11 @@ impl NsPlan {
 
     /// Whether the process ends up in a user namespace other than the host's.
     pub fn in_userns(&self) -> bool {
-        self.new_user || self.join.iter().any(|(t, _)| *t == LinuxNamespaceType::User)
+        self.new_user
+            || self
+                .join
+                .iter()
+                .any(|(t, _)| *t == LinuxNamespaceType::User)
     }
 }
 

@@ -81,7 +81,12 @@ fn copy_self() -> Result<OwnedFd> {
     while left > 0 {
         // SAFETY: both fds are valid; a null offset uses the file positions.
         let n = unsafe {
-            libc::sendfile(memfd.as_raw_fd(), exe.as_raw_fd(), std::ptr::null_mut(), left)
+            libc::sendfile(
+                memfd.as_raw_fd(),
+                exe.as_raw_fd(),
+                std::ptr::null_mut(),
+                left,
+            )
         };
         if n < 0 {
             let e = Errno::last();

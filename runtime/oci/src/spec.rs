@@ -48,7 +48,11 @@ fn validate(spec: &Spec, path: &Path) -> Result<()> {
     }
     let linux = spec.linux().as_ref();
     let mut seen = HashSet::new();
-    for ns in linux.and_then(|l| l.namespaces().as_ref()).into_iter().flatten() {
+    for ns in linux
+        .and_then(|l| l.namespaces().as_ref())
+        .into_iter()
+        .flatten()
+    {
         if !seen.insert(ns.typ()) {
             return Err(bad(format!("linux.namespaces: {} given twice", ns.typ())));
         }

@@ -129,7 +129,8 @@ pub fn clear_cloexec(fd: RawFd) -> Result<()> {
     // SAFETY: fd is an fd number of this process given by the caller; fcntl on a bad
     // fd fails with EBADF.
     let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    fcntl(b, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|e| Error::sys(format!("fcntl {fd}"), e))?;
+    fcntl(b, FcntlArg::F_SETFD(FdFlag::empty()))
+        .map_err(|e| Error::sys(format!("fcntl {fd}"), e))?;
     Ok(())
 }
 
@@ -193,14 +194,19 @@ pub fn mkdir_all_in_root(root: &impl AsRawFd, path: &Path, file: bool) -> Result
             Err(e) => return Err(err("open", e)),
         }
         let last = i + 1 == comps.len();
-        let cname = CString::new(name.as_encoded_bytes()).map_err(|_| err("name", Errno::EINVAL))?;
+        let cname =
+            CString::new(name.as_encoded_bytes()).map_err(|_| err("name", Errno::EINVAL))?;
         // SAFETY: parent is a valid dirfd and cname a valid C string.
         let r = unsafe {
             if last && file {
                 let fd = libc::openat(
                     parent.as_raw_fd(),
                     cname.as_ptr(),
-                    libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_WRONLY | libc::O_CLOEXEC,
+                    libc::O_CREAT
+                        | libc::O_EXCL
+                        | libc::O_NOFOLLOW
+                        | libc::O_WRONLY
+                        | libc::O_CLOEXEC,
                     0o644,
                 );
                 if fd >= 0 {
@@ -263,6 +269,9 @@ mod tests {
         let st = proc_stat(std::process::id() as i32).expect("own stat");
         assert!(st.start_time > 0);
         assert!(pid_alive(std::process::id() as i32, Some(st.start_time)));
-        assert!(!pid_alive(std::process::id() as i32, Some(st.start_time + 1)));
+        assert!(!pid_alive(
+            std::process::id() as i32,
+            Some(st.start_time + 1)
+        ));
     }
 }

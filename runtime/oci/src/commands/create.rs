@@ -26,11 +26,15 @@ pub fn run(root: &Path, o: &CreateOpts, id: &str) -> Result<Container> {
     let dir = Container::dir_of(root, id);
     match std::fs::create_dir(&dir) {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(Error::Exists(id.into())),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(Error::Exists(id.into()))
+        }
         Err(e) => return Err(Error::io("create state dir", &dir, e)),
     }
     let linux = spec.linux().as_ref();
-    let cg_path = linux.and_then(|l| l.cgroups_path().as_ref()).map(|p| p.to_string_lossy().into_owned());
+    let cg_path = linux
+        .and_then(|l| l.cgroups_path().as_ref())
+        .map(|p| p.to_string_lossy().into_owned());
     let cgroup = match CgroupManager::new(cg_path.as_deref(), id) {
         Ok(c) => c,
         Err(e) => {
@@ -80,10 +84,14 @@ fn cleanup(c: &Container) {
 
 fn build(c: &mut Container, o: &CreateOpts) -> Result<()> {
     let spec = &c.saved.config;
-    let process = spec.process().as_ref().ok_or_else(|| Error::Spec("process: missing".into()))?;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| Error::Spec("process: missing".into()))?;
     let linux = spec.linux().as_ref();
     let fifo = c.dir.join(EXEC_FIFO);
-    nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o622)).sys(|| format!("mkfifo {}", fifo.display()))?;
+    nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o622))
+        .sys(|| format!("mkfifo {}", fifo.display()))?;
     let fifo_fd = open_path(&fifo)?;
     c.saved.cgroup.create()?;
     if let Some(r) = linux.and_then(|l| l.resources().as_ref()) {
@@ -97,7 +105,11 @@ fn build(c: &mut Container, o: &CreateOpts) -> Result<()> {
     let terminal = process.terminal().unwrap_or(false);
     let console = match (&o.console_socket, terminal) {
         (Some(p), true) => Some(console::connect(p)?),
-        (None, true) => return Err(Error::Usage("process.terminal is set: --console-socket is required".into())),
+        (None, true) => {
+            return Err(Error::Usage(
+                "process.terminal is set: --console-socket is required".into(),
+            ))
+        }
         (_, false) => None,
     };
     let ns = NsPlan::from_spec(spec)?;
@@ -126,7 +138,11 @@ fn build(c: &mut Container, o: &CreateOpts) -> Result<()> {
     let state = c.hook_state(Status::Creating);
     let h = c.saved.config.hooks().as_ref();
     hooks::run("prestart", h.and_then(|h| h.prestart().as_ref()), &state)?;
-    hooks::run("createRuntime", h.and_then(|h| h.create_runtime().as_ref()), &state)?;
+    hooks::run(
+        "createRuntime",
+        h.and_then(|h| h.create_runtime().as_ref()),
+        &state,
+    )?;
     ch.send(&Msg::HooksDone(state))?;
     ch.expect("Ready", |m| matches!(m, Msg::Ready))?;
     c.save()?;
@@ -137,11 +153,15 @@ fn build(c: &mut Container, o: &CreateOpts) -> Result<()> {
 }
 
 fn open_path(p: &Path) -> Result<OwnedFd> {
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| Error::Spec("path".into()))?;
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::Spec("path".into()))?;
     // SAFETY: c is a valid C string; the fd is wrapped at once.
     let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
     if fd < 0 {
-        return Err(Error::sys(format!("open {}", p.display()), nix::errno::Errno::last()));
+        return Err(Error::sys(
+            format!("open {}", p.display()),
+            nix::errno::Errno::last(),
+        ));
     }
     // SAFETY: new fd owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })

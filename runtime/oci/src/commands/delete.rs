@@ -40,7 +40,10 @@ pub fn destroy(c: &Container) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while c.saved.pid > 0 && utils::pid_alive(c.saved.pid, Some(c.saved.init_start_time)) {
             if Instant::now() > deadline {
-                return Err(Error::Init(format!("container {} init {} did not die", c.saved.id, c.saved.pid)));
+                return Err(Error::Init(format!(
+                    "container {} init {} did not die",
+                    c.saved.id, c.saved.pid
+                )));
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -48,7 +51,11 @@ pub fn destroy(c: &Container) -> Result<()> {
     c.saved.cgroup.destroy()?;
     c.remove_dir();
     let h = c.saved.config.hooks().as_ref();
-    if let Err(e) = hooks::run("poststop", h.and_then(|h| h.poststop().as_ref()), &c.hook_state(Status::Stopped)) {
+    if let Err(e) = hooks::run(
+        "poststop",
+        h.and_then(|h| h.poststop().as_ref()),
+        &c.hook_state(Status::Stopped),
+    ) {
         logging::warn(&e.to_string());
     }
     Ok(())

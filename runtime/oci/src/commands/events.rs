@@ -2,6 +2,7 @@
 //! (`{"type":"stats","id":..,"data":..}`), once with --stats, else every interval
 //! until the container stops.
 
+use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,11 +16,18 @@ pub fn run(root: &Path, a: &EventsArgs) -> Result<()> {
     loop {
         let c = Container::load(root, &a.id)?;
         if c.status == Status::Stopped {
-            return Err(Error::BadStatus { op: "get events of", id: a.id.clone(), status: c.status.to_string() });
+            return Err(Error::BadStatus {
+                op: "get events of",
+                id: a.id.clone(),
+                status: c.status.to_string(),
+            });
         }
         let stats = c.saved.cgroup.stats()?;
         let ev = serde_json::json!({"type": "stats", "id": a.id, "data": stats});
-        println!("{ev}");
+        let mut out = std::io::stdout().lock();
+        if writeln!(out, "{ev}").and_then(|_| out.flush()).is_err() {
+            return Ok(());
+        }
         if a.stats {
             return Ok(());
         }

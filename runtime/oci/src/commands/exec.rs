@@ -77,7 +77,9 @@ fn build_process(c: &Container, a: &ExecArgs) -> Result<Process> {
         return Ok(p);
     }
     if a.args.is_empty() {
-        return Err(Error::Usage("exec: no command given (args or --process)".into()));
+        return Err(Error::Usage(
+            "exec: no command given (args or --process)".into(),
+        ));
     }
     let mut p = c
         .saved
@@ -112,7 +114,8 @@ fn build_process(c: &Container, a: &ExecArgs) -> Result<Process> {
         });
     }
     if !a.additional_gids.is_empty() {
-        p.user_mut().set_additional_gids(Some(a.additional_gids.clone()));
+        p.user_mut()
+            .set_additional_gids(Some(a.additional_gids.clone()));
     }
     if a.no_new_privs {
         p.set_no_new_privileges(Some(true));

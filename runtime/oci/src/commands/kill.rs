@@ -29,5 +29,6 @@ pub fn run(root: &Path, a: &KillArgs) -> Result<()> {
         return Ok(());
     }
     c.can_kill()?;
-    kill(Pid::from_raw(c.saved.pid), sig).map_err(|e| Error::sys(format!("kill {}", c.saved.pid), e))
+    kill(Pid::from_raw(c.saved.pid), sig)
+        .map_err(|e| Error::sys(format!("kill {}", c.saved.pid), e))
 }

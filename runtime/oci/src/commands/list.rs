@@ -20,8 +20,9 @@ pub fn run(root: &Path, a: &ListArgs) -> Result<()> {
     }
     cs.sort_by(|a, b| a.saved.id.cmp(&b.saved.id));
     if a.quiet {
+        let mut out = std::io::stdout().lock();
         for c in &cs {
-            println!("{}", c.saved.id);
+            let _ = writeln!(out, "{}", c.saved.id);
         }
         return Ok(());
     }
@@ -30,15 +31,23 @@ pub fn run(root: &Path, a: &ListArgs) -> Result<()> {
         return super::print_json(&v);
     }
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{:<12} {:<8} {:<10} {:<40} {:<32} OWNER", "ID", "PID", "STATUS", "BUNDLE", "CREATED");
+    let _ = writeln!(
+        out,
+        "{:<12} {:<8} {:<10} {:<40} {:<32} OWNER",
+        "ID", "PID", "STATUS", "BUNDLE", "CREATED"
+    );
     for c in &cs {
-        let pid = if c.status == crate::container::Status::Stopped { 0 } else { c.saved.pid };
+        let pid = if c.status == crate::container::Status::Stopped {
+            0
+        } else {
+            c.saved.pid
+        };
         let _ = writeln!(
             out,
             "{:<12} {:<8} {:<10} {:<40} {:<32} root",
             c.saved.id,
             pid,
-            c.status,
+            c.status.to_string(),
             c.saved.bundle.display(),
             c.saved.created
         );

@@ -50,11 +50,16 @@ pub fn default_spec() -> serde_json::Value {
 /// Write `<bundle>/config.json` unless it exists.
 pub fn run(a: &SpecArgs) -> Result<()> {
     if a.rootless {
-        return Err(Error::Usage("spec --rootless: rootless containers are not supported".into()));
+        return Err(Error::Usage(
+            "spec --rootless: rootless containers are not supported".into(),
+        ));
     }
     let path = a.bundle.join("config.json");
     if path.exists() {
-        return Err(Error::Usage(format!("{}: file exists, remove it first", path.display())));
+        return Err(Error::Usage(format!(
+            "{}: file exists, remove it first",
+            path.display()
+        )));
     }
     let s = serde_json::to_string_pretty(&default_spec()).map_err(|e| Error::Json {
         what: "default spec".into(),

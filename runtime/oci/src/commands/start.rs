@@ -35,13 +35,19 @@ pub fn run(root: &Path, id: &str) -> Result<()> {
         }
     }
     let mut b = [0u8; 1];
-    let n = f.read(&mut b).map_err(|e| Error::io("read exec fifo", &fifo, e))?;
+    let n = f
+        .read(&mut b)
+        .map_err(|e| Error::io("read exec fifo", &fifo, e))?;
     if n != 1 {
         return Err(Error::Init("container init exited before start".into()));
     }
     let _ = std::fs::remove_file(&fifo);
     let h = c.saved.config.hooks().as_ref();
-    if let Err(e) = hooks::run("poststart", h.and_then(|h| h.poststart().as_ref()), &c.hook_state(Status::Running)) {
+    if let Err(e) = hooks::run(
+        "poststart",
+        h.and_then(|h| h.poststart().as_ref()),
+        &c.hook_state(Status::Running),
+    ) {
         logging::warn(&e.to_string());
     }
     Ok(())

@@ -24,7 +24,9 @@ fn resources(a: &UpdateArgs) -> Result<LinuxResources> {
     if let Some(p) = &a.resources {
         let mut data = Vec::new();
         if p.as_os_str() == "-" {
-            std::io::stdin().read_to_end(&mut data).map_err(|e| Error::io("read", "stdin", e))?;
+            std::io::stdin()
+                .read_to_end(&mut data)
+                .map_err(|e| Error::io("read", "stdin", e))?;
         } else {
             data = std::fs::read(p).map_err(|e| Error::io("read", p, e))?;
         }

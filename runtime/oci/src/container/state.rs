@@ -158,7 +158,10 @@ impl Container {
     }
     /// delete without --force needs a stopped (or never-started) container.
     pub fn can_delete(&self) -> Result<()> {
-        self.guard("delete", &[Status::Stopped, Status::Created, Status::Creating])
+        self.guard(
+            "delete",
+            &[Status::Stopped, Status::Created, Status::Creating],
+        )
     }
     /// exec needs a running container.
     pub fn can_exec(&self) -> Result<()> {

@@ -79,10 +79,12 @@ impl Channel {
         if n == 0 {
             return Ok(None);
         }
-        serde_json::from_slice(&buf[..n]).map(Some).map_err(|e| Error::Json {
-            what: "channel message".into(),
-            source: e,
-        })
+        serde_json::from_slice(&buf[..n])
+            .map(Some)
+            .map_err(|e| Error::Json {
+                what: "channel message".into(),
+                source: e,
+            })
     }
 
     /// Receive and require a specific message.

@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
-use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal, SigHandler, signal};
+use nix::sys::signal::{signal, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
 
 use super::channel::Channel;
@@ -20,17 +20,23 @@ pub(super) fn exec_process(cs: &ChainSpec, ch: &Channel) -> ! {
     super::child_main(ch, || {
         nix::unistd::setsid().sys(|| "setsid".into())?;
         if cs.process.terminal().unwrap_or(false) {
-            let sock = cs.console.as_ref().ok_or_else(|| Error::Usage("--tty needs --console-socket".into()))?;
-            let size = cs.process.console_size().map(|b| (b.height() as u16, b.width() as u16));
+            let sock = cs
+                .console
+                .as_ref()
+                .ok_or_else(|| Error::Usage("--tty needs --console-socket".into()))?;
+            let size = cs
+                .process
+                .console_size()
+                .map(|b| (b.height() as u16, b.width() as u16));
             crate::console::setup(sock, size)?;
         }
         super::init::set_rlimits(cs.process.rlimits().as_deref().unwrap_or(&[]))?;
-        finalize(cs)
+        finalize(cs, None)
     })
 }
 
 /// Drop privileges as the spec says and exec the process.
-pub fn finalize(cs: &ChainSpec) -> Result<Infallible> {
+pub fn finalize(cs: &ChainSpec, prog: Option<PathBuf>) -> Result<Infallible> {
     let p = cs.process;
     crate::utils::cloexec_from(3 + cs.preserve_fds)?;
     for fd in 3..3 + cs.preserve_fds {
@@ -43,7 +49,12 @@ pub fn finalize(cs: &ChainSpec) -> Result<Infallible> {
     caps::drop_bounding(cs.caps.bounding)?;
     caps::keep_caps(true)?;
     let user = p.user();
-    let gids: Vec<Gid> = user.additional_gids().iter().flatten().map(|g| Gid::from_raw(*g)).collect();
+    let gids: Vec<Gid> = user
+        .additional_gids()
+        .iter()
+        .flatten()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
     match setgroups(&gids) {
         Ok(()) => {}
         // setgroups is denied in some user namespaces: only fatal when groups were asked.
@@ -56,11 +67,16 @@ pub fn finalize(cs: &ChainSpec) -> Result<Infallible> {
     caps::keep_caps(false)?;
     caps::apply(&cs.caps)?;
     let mask = user.umask().unwrap_or(0o022);
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask as libc::mode_t));
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
+        mask as libc::mode_t,
+    ));
     nix::unistd::chdir(p.cwd()).sys(|| format!("chdir {}", p.cwd().display()))?;
     let args = p.args().clone().unwrap_or_default();
     let env = p.env().clone().unwrap_or_default();
-    let prog = lookup(&args[0], &env)?;
+    let prog = match prog {
+        Some(p) => p,
+        None => lookup(&args[0], &env)?,
+    };
     if nnp {
         // SAFETY: prctl with integer arguments only.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
@@ -73,17 +89,21 @@ pub fn finalize(cs: &ChainSpec) -> Result<Infallible> {
     let cstr = |s: &str| CString::new(s).map_err(|_| Error::Spec(format!("NUL byte in {s:?}")));
     let argv: Vec<CString> = args.iter().map(|a| cstr(a)).collect::<Result<_>>()?;
     let envp: Vec<CString> = env.iter().map(|a| cstr(a)).collect::<Result<_>>()?;
-    let prog_c = CString::new(prog.as_os_str().as_encoded_bytes()).map_err(|_| Error::Spec("program path".into()))?;
+    let prog_c = CString::new(prog.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::Spec("program path".into()))?;
     // Rust ignores SIGPIPE; the container must start with default signal state.
     // SAFETY: restoring the default disposition installs no handler code.
     unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }.sys(|| "reset SIGPIPE".into())?;
-    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None).sys(|| "sigprocmask".into())?;
-    let e = nix::unistd::execve(&prog_c, &argv, &envp).unwrap_err();
-    Err(Error::sys(format!("exec {}", prog.display()), e))
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .sys(|| "sigprocmask".into())?;
+    match nix::unistd::execve(&prog_c, &argv, &envp) {
+        Ok(never) => match never {},
+        Err(e) => Err(Error::sys(format!("exec {}", prog.display()), e)),
+    }
 }
 
 /// Find a program like execvp, with the container's PATH.
-fn lookup(arg0: &str, env: &[String]) -> Result<PathBuf> {
+pub fn lookup(arg0: &str, env: &[String]) -> Result<PathBuf> {
     if arg0.contains('/') {
         return Ok(PathBuf::from(arg0));
     }
@@ -100,5 +120,7 @@ fn lookup(arg0: &str, env: &[String]) -> Result<PathBuf> {
             }
         }
     }
-    Err(Error::Spec(format!("executable file {arg0:?} not found in $PATH")))
+    Err(Error::Spec(format!(
+        "executable file {arg0:?} not found in $PATH"
+    )))
 }

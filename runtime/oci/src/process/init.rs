@@ -43,7 +43,11 @@ pub(super) fn run(cs: &ChainSpec, init: &InitOpts, ch: &Channel) -> ! {
             _ => String::new(),
         };
         let h = spec.hooks().as_ref();
-        hooks::run("createContainer", h.and_then(|h| h.create_container().as_ref()), &state)?;
+        hooks::run(
+            "createContainer",
+            h.and_then(|h| h.create_container().as_ref()),
+            &state,
+        )?;
         rootfs::pivot(&init.rootfs, init.no_pivot)?;
         if let Some(name) = spec.hostname() {
             sethostname(name).sys(|| "sethostname".into())?;
@@ -54,18 +58,33 @@ pub(super) fn run(cs: &ChainSpec, init: &InitOpts, ch: &Channel) -> ! {
                 return Err(Error::sys("setdomainname", nix::errno::Errno::last()));
             }
         }
-        for (k, v) in spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()).into_iter().flatten() {
+        for (k, v) in spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.sysctl().as_ref())
+            .into_iter()
+            .flatten()
+        {
             let path = format!("/proc/sys/{}", k.replace('.', "/"));
             std::fs::write(&path, v).map_err(|e| Error::io("write sysctl", path, e))?;
         }
         rootfs::finish(spec)?;
         if cs.process.terminal().unwrap_or(false) {
-            let sock = cs.console.as_ref().ok_or_else(|| Error::Usage("terminal needs --console-socket".into()))?;
-            let size = cs.process.console_size().map(|b| (b.height() as u16, b.width() as u16));
+            let sock = cs
+                .console
+                .as_ref()
+                .ok_or_else(|| Error::Usage("terminal needs --console-socket".into()))?;
+            let size = cs
+                .process
+                .console_size()
+                .map(|b| (b.height() as u16, b.width() as u16));
             console::setup(sock, size)?;
         }
         set_rlimits(cs.process.rlimits().as_deref().unwrap_or(&[]))?;
         set_personality(spec)?;
+        let args = cs.process.args().as_deref().unwrap_or(&[]);
+        let env = cs.process.env().as_deref().unwrap_or(&[]);
+        let prog = super::finalize::lookup(args.first().map(String::as_str).unwrap_or(""), env)?;
         ch.send(&Msg::Ready)?;
         // Block until `start` opens the fifo for reading.
         let path = format!("/proc/self/fd/{}", init.fifo.as_raw_fd());
@@ -73,11 +92,16 @@ pub(super) fn run(cs: &ChainSpec, init: &InitOpts, ch: &Channel) -> ! {
             .write(true)
             .open(&path)
             .map_err(|e| Error::io("open exec fifo", path, e))?;
-        f.write_all(b"0").map_err(|e| Error::io("write exec fifo", "exec.fifo", e))?;
+        f.write_all(b"0")
+            .map_err(|e| Error::io("write exec fifo", "exec.fifo", e))?;
         let mut st: serde_json::Value = serde_json::from_str(&state).unwrap_or_default();
         st["status"] = serde_json::Value::from("created");
-        hooks::run("startContainer", h.and_then(|h| h.start_container().as_ref()), &st.to_string())?;
-        super::finalize::finalize(cs)
+        hooks::run(
+            "startContainer",
+            h.and_then(|h| h.start_container().as_ref()),
+            &st.to_string(),
+        )?;
+        super::finalize::finalize(cs, Some(prog))
     })
 }
 
@@ -113,7 +137,10 @@ pub fn set_rlimits(rl: &[PosixRlimit]) -> Result<()> {
         };
         // SAFETY: setrlimit reads the rlimit we own.
         if unsafe { libc::setrlimit(res, &lim) } < 0 {
-            return Err(Error::sys(format!("setrlimit {name}"), nix::errno::Errno::last()));
+            return Err(Error::sys(
+                format!("setrlimit {name}"),
+                nix::errno::Errno::last(),
+            ));
         }
     }
     Ok(())
@@ -123,7 +150,9 @@ fn set_personality(spec: &oci_spec::runtime::Spec) -> Result<()> {
     let Some(p) = spec.linux().as_ref().and_then(|l| l.personality().as_ref()) else {
         return Ok(());
     };
-    let dom = serde_json::to_value(p.domain()).ok().and_then(|v| v.as_str().map(str::to_string));
+    let dom = serde_json::to_value(p.domain())
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string));
     let persona: libc::c_ulong = match dom.as_deref() {
         Some("LINUX") => 0x0000,
         Some("LINUX32") => 0x0008,

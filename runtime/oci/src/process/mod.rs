@@ -71,13 +71,21 @@ pub struct ChainSpec<'a> {
 pub fn become_subreaper() -> Result<()> {
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
-        return Err(Error::sys("PR_SET_CHILD_SUBREAPER", nix::errno::Errno::last()));
+        return Err(Error::sys(
+            "PR_SET_CHILD_SUBREAPER",
+            nix::errno::Errno::last(),
+        ));
     }
     Ok(())
 }
 
 /// Fork the chain, drive it up to the final pid, return (pid, parent channel end).
-pub fn spawn(cs: &ChainSpec, cgroup: &CgroupManager, uid_map: &str, gid_map: &str) -> Result<(i32, Channel)> {
+pub fn spawn(
+    cs: &ChainSpec,
+    cgroup: &CgroupManager,
+    uid_map: &str,
+    gid_map: &str,
+) -> Result<(i32, Channel)> {
     let (parent, child) = channel::pair()?;
     // SAFETY: berth-runc is single-threaded (no thread is ever started), so the child
     // may run ordinary Rust code until it execs or exits.
@@ -98,7 +106,13 @@ pub fn spawn(cs: &ChainSpec, cgroup: &CgroupManager, uid_map: &str, gid_map: &st
     }
 }
 
-fn drive(ch: &Channel, stage1: Pid, cgroup: &CgroupManager, uid_map: &str, gid_map: &str) -> Result<i32> {
+fn drive(
+    ch: &Channel,
+    stage1: Pid,
+    cgroup: &CgroupManager,
+    uid_map: &str,
+    gid_map: &str,
+) -> Result<i32> {
     cgroup.add_pid(stage1.as_raw())?;
     ch.send(&Msg::Go)?;
     loop {
@@ -140,7 +154,13 @@ pub(crate) fn child_main(ch: &Channel, f: impl FnOnce() -> Result<std::convert::
         Ok(Err(e)) => e.to_string(),
         Err(_) => "panic in container setup".to_string(),
     };
-    let _ = ch.send(&Msg::Error(msg));
+    if ch.send(&Msg::Error(msg.clone())).is_err() {
+        // Nobody listens any more (after Ready): the container's stderr is all we have.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!("berth-runc init: {msg}\n").as_bytes(),
+        );
+    }
     // SAFETY: _exit ends the process without running the parent's atexit handlers.
     unsafe { libc::_exit(1) }
 }

@@ -15,13 +15,16 @@ pub(super) fn run(cs: &ChainSpec, ch: &Channel) -> ! {
             namespaces::join(*t, p)?;
         }
         if cs.ns.new_user {
-            unshare(nix::sched::CloneFlags::CLONE_NEWUSER).sys(|| "unshare user namespace".into())?;
+            unshare(nix::sched::CloneFlags::CLONE_NEWUSER)
+                .sys(|| "unshare user namespace".into())?;
             ch.send(&Msg::UserNs)?;
             ch.expect("MapsWritten", |m| matches!(m, Msg::MapsWritten))?;
         }
         if cs.ns.in_userns() {
-            nix::unistd::setresgid(0.into(), 0.into(), 0.into()).sys(|| "setresgid 0 in user ns".into())?;
-            nix::unistd::setresuid(0.into(), 0.into(), 0.into()).sys(|| "setresuid 0 in user ns".into())?;
+            nix::unistd::setresgid(0.into(), 0.into(), 0.into())
+                .sys(|| "setresgid 0 in user ns".into())?;
+            nix::unistd::setresuid(0.into(), 0.into(), 0.into())
+                .sys(|| "setresuid 0 in user ns".into())?;
         }
         if !cs.ns.new_flags.is_empty() {
             unshare(cs.ns.new_flags).sys(|| format!("unshare {:?}", cs.ns.new_flags))?;

@@ -26,7 +26,9 @@ fn hierarchies() -> Result<Vec<Hierarchy>> {
         .map_err(|e| Error::io("read", "/proc/self/mountinfo", e))?;
     let mut out = Vec::new();
     for line in mi.lines() {
-        let Some((pre, post)) = line.split_once(" - ") else { continue };
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
         let pre: Vec<&str> = pre.split(' ').collect();
         let post: Vec<&str> = post.split(' ').collect();
         if pre.len() < 5 || post.len() < 3 {
@@ -42,7 +44,9 @@ fn hierarchies() -> Result<Vec<Hierarchy>> {
         } else {
             post[2]
                 .split(',')
-                .filter(|o| !matches!(*o, "rw" | "ro") && !o.contains("xattr") && *o != "clone_children")
+                .filter(|o| {
+                    !matches!(*o, "rw" | "ro") && !o.contains("xattr") && *o != "clone_children"
+                })
                 .map(str::to_string)
                 .collect()
         };
@@ -78,19 +82,29 @@ fn own_path(h: &Hierarchy, cg: &str) -> Option<String> {
 
 /// Mount the cgroup view at `dest` below `root`.
 pub fn mount_cgroup(root: &OwnedFd, dest: &Path, opts: &MountOpts, cgroupns: bool) -> Result<()> {
-    let flags = opts.flags & (MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
+    let flags = opts.flags
+        & (MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
     let target = mkdir_all_in_root(root, dest, false)?;
-    mount(Some("tmpfs"), fd_path(&target).as_str(), Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("mode=755"))
-        .sys(|| format!("mount tmpfs on {}", dest.display()))?;
+    mount(
+        Some("tmpfs"),
+        fd_path(&target).as_str(),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=755"),
+    )
+    .sys(|| format!("mount tmpfs on {}", dest.display()))?;
     let dir = open_in_root(root, dest, libc::O_PATH | libc::O_DIRECTORY)
         .sys(|| format!("open {}", dest.display()))?;
     let cg = std::fs::read_to_string("/proc/self/cgroup")
         .map_err(|e| Error::io("read", "/proc/self/cgroup", e))?;
     for h in hierarchies()? {
-        let Some(name) = h.mountpoint.file_name() else { continue };
+        let Some(name) = h.mountpoint.file_name() else {
+            continue;
+        };
         let sub = dest.join(name);
-        let Ok(cname) = CString::new(name.as_encoded_bytes()) else { continue };
+        let Ok(cname) = CString::new(name.as_encoded_bytes()) else {
+            continue;
+        };
         // SAFETY: dir is a valid dirfd, cname a valid C string.
         unsafe { libc::mkdirat(dir.as_raw_fd(), cname.as_ptr(), 0o755) };
         let t = open_in_root(root, &sub, libc::O_PATH).sys(|| format!("open {}", sub.display()))?;
@@ -100,26 +114,63 @@ pub fn mount_cgroup(root: &OwnedFd, dest: &Path, opts: &MountOpts, cgroupns: boo
             } else {
                 ("cgroup", h.controllers.join(","))
             };
-            mount(Some(fstype), fd_path(&t).as_str(), Some(fstype), flags,
-                if data.is_empty() { None } else { Some(data.as_str()) })
-                .sys(|| format!("mount {fstype} on {}", sub.display()))?;
+            mount(
+                Some(fstype),
+                fd_path(&t).as_str(),
+                Some(fstype),
+                flags,
+                if data.is_empty() {
+                    None
+                } else {
+                    Some(data.as_str())
+                },
+            )
+            .sys(|| format!("mount {fstype} on {}", sub.display()))?;
         } else {
-            let Some(own) = own_path(&h, &cg) else { continue };
-            let rel = own.strip_prefix(&h.root).unwrap_or(&own).trim_start_matches('/');
+            let Some(own) = own_path(&h, &cg) else {
+                continue;
+            };
+            let rel = own
+                .strip_prefix(&h.root)
+                .unwrap_or(&own)
+                .trim_start_matches('/');
             let src = h.mountpoint.join(rel);
-            mount(Some(&src), fd_path(&t).as_str(), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-                .sys(|| format!("bind {} on {}", src.display(), sub.display()))?;
-            let again = open_in_root(root, &sub, libc::O_PATH).sys(|| format!("open {}", sub.display()))?;
-            mount(None::<&str>, fd_path(&again).as_str(), None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags | super::mounts::locked_flags(&again), None::<&str>)
-                .sys(|| format!("remount {}", sub.display()))?;
+            mount(
+                Some(&src),
+                fd_path(&t).as_str(),
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .sys(|| format!("bind {} on {}", src.display(), sub.display()))?;
+            let again =
+                open_in_root(root, &sub, libc::O_PATH).sys(|| format!("open {}", sub.display()))?;
+            mount(
+                None::<&str>,
+                fd_path(&again).as_str(),
+                None::<&str>,
+                MsFlags::MS_BIND
+                    | MsFlags::MS_REMOUNT
+                    | flags
+                    | super::mounts::locked_flags(&again),
+                None::<&str>,
+            )
+            .sys(|| format!("remount {}", sub.display()))?;
         }
     }
     if flags.contains(MsFlags::MS_RDONLY) {
-        mount(None::<&str>, fd_path(&dir).as_str(), None::<&str>,
-            MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
-            Some("mode=755"))
-            .sys(|| format!("remount {} ro", dest.display()))?;
+        mount(
+            None::<&str>,
+            fd_path(&dir).as_str(),
+            None::<&str>,
+            MsFlags::MS_REMOUNT
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC
+                | MsFlags::MS_RDONLY,
+            Some("mode=755"),
+        )
+        .sys(|| format!("remount {} ro", dest.display()))?;
     }
     Ok(())
 }

@@ -52,7 +52,10 @@ pub fn create(root: &OwnedFd, spec_devs: &[LinuxDevice], in_userns: bool) -> Res
             LinuxDeviceType::P => libc::S_IFIFO,
             LinuxDeviceType::C | LinuxDeviceType::U => libc::S_IFCHR,
             LinuxDeviceType::A => {
-                return Err(Error::Spec(format!("device {}: type a is not a node", d.path().display())))
+                return Err(Error::Spec(format!(
+                    "device {}: type a is not a node",
+                    d.path().display()
+                )))
             }
         };
         devs.retain(|x| x.path != *d.path());
@@ -74,23 +77,36 @@ pub fn create(root: &OwnedFd, spec_devs: &[LinuxDevice], in_userns: bool) -> Res
 
 fn make(root: &OwnedFd, d: &Dev, in_userns: bool) -> Result<()> {
     let parent = d.path.parent().unwrap_or(Path::new("/"));
-    let name = d.path.file_name().ok_or_else(|| Error::Spec(format!("device path {:?}", d.path)))?;
+    let name = d
+        .path
+        .file_name()
+        .ok_or_else(|| Error::Spec(format!("device path {:?}", d.path)))?;
     let pfd = mkdir_all_in_root(root, parent, false)?;
     let dir = open_in_root(root, parent, libc::O_PATH | libc::O_DIRECTORY)
         .sys(|| format!("open {}", parent.display()))?;
     drop(pfd);
-    let cname = CString::new(name.as_encoded_bytes()).map_err(|_| Error::Spec("device name".into()))?;
+    let cname =
+        CString::new(name.as_encoded_bytes()).map_err(|_| Error::Spec("device name".into()))?;
     if in_userns {
         let t = mkdir_all_in_root(root, &d.path, true)?;
-        mount(Some(&d.path), fd_path(&t).as_str(), None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .sys(|| format!("bind device {}", d.path.display()))?;
+        mount(
+            Some(&d.path),
+            fd_path(&t).as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .sys(|| format!("bind device {}", d.path.display()))?;
         return Ok(());
     }
     let dev = libc::makedev(d.major as u32, d.minor as u32);
     // SAFETY: dir is a valid dirfd and cname a valid C string.
     let r = unsafe { libc::mknodat(dir.as_raw_fd(), cname.as_ptr(), d.kind | d.mode, dev) };
     if r < 0 && Errno::last() != Errno::EEXIST {
-        return Err(Error::sys(format!("mknod {}", d.path.display()), Errno::last()));
+        return Err(Error::sys(
+            format!("mknod {}", d.path.display()),
+            Errno::last(),
+        ));
     }
     // SAFETY: as above; AT_SYMLINK_NOFOLLOW keeps a planted symlink from redirecting.
     unsafe {
@@ -122,7 +138,9 @@ fn symlinks(root: &OwnedFd) -> Result<()> {
         links.push(("/proc/kcore", "core"));
     }
     for (target, name) in links {
-        let (Ok(t), Ok(n)) = (CString::new(target), CString::new(name)) else { continue };
+        let (Ok(t), Ok(n)) = (CString::new(target), CString::new(name)) else {
+            continue;
+        };
         if name == "ptmx" {
             // SAFETY: dev is a valid dirfd and n a valid C string; a missing entry is fine.
             unsafe { libc::unlinkat(dev.as_raw_fd(), n.as_ptr(), 0) };

@@ -19,14 +19,24 @@ use crate::error::{Error, Result, SysContext};
 
 /// Propagation for "/" from rootfsPropagation (default rprivate, like runc).
 fn root_propagation(spec: &Spec) -> Result<MsFlags> {
-    match spec.linux().as_ref().and_then(|l| l.rootfs_propagation().as_deref()) {
+    match spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.rootfs_propagation().as_deref())
+    {
         None | Some("") => Ok(MsFlags::MS_REC | MsFlags::MS_PRIVATE),
         Some(p) => mounts::propagation(p),
     }
 }
 
 /// Before pivot: propagation, rootfs bind, spec mounts, devices.
-pub fn prepare(spec: &Spec, rootfs: &Path, bundle: &Path, in_userns: bool, cgroupns: bool) -> Result<()> {
+pub fn prepare(
+    spec: &Spec,
+    rootfs: &Path,
+    bundle: &Path,
+    in_userns: bool,
+    cgroupns: bool,
+) -> Result<()> {
     let prop = root_propagation(spec)?;
     // A shared "/" would make pivot_root fail; shared is applied after the pivot.
     let first = if prop.contains(MsFlags::MS_SHARED) {
@@ -34,22 +44,36 @@ pub fn prepare(spec: &Spec, rootfs: &Path, bundle: &Path, in_userns: bool, cgrou
     } else {
         prop
     };
-    mount(None::<&str>, "/", None::<&str>, first, None::<&str>).sys(|| "set propagation of /".into())?;
-    mount(Some(rootfs), rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .sys(|| format!("bind rootfs {}", rootfs.display()))?;
+    mount(None::<&str>, "/", None::<&str>, first, None::<&str>)
+        .sys(|| "set propagation of /".into())?;
+    mount(
+        Some(rootfs),
+        rootfs,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .sys(|| format!("bind rootfs {}", rootfs.display()))?;
     let root = open_dir(rootfs)?;
     let mut dev_is_bind = false;
     for m in spec.mounts().iter().flatten() {
         mounts::mount_one(&root, m, bundle, cgroupns)?;
         if m.destination() == Path::new("/dev")
             && (m.typ().as_deref() == Some("bind")
-                || m.options().iter().flatten().any(|o| o == "bind" || o == "rbind"))
+                || m.options()
+                    .iter()
+                    .flatten()
+                    .any(|o| o == "bind" || o == "rbind"))
         {
             dev_is_bind = true;
         }
     }
     if !dev_is_bind {
-        let devs = spec.linux().as_ref().and_then(|l| l.devices().clone()).unwrap_or_default();
+        let devs = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.devices().clone())
+            .unwrap_or_default();
         devices::create(&root, &devs, in_userns)?;
     }
     Ok(())
@@ -59,9 +83,17 @@ fn open_dir(p: &Path) -> Result<OwnedFd> {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
         .map_err(|_| Error::Spec("rootfs path".into()))?;
     // SAFETY: c is a valid C string; the fd is wrapped at once.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
     if fd < 0 {
-        return Err(Error::sys(format!("open {}", p.display()), nix::errno::Errno::last()));
+        return Err(Error::sys(
+            format!("open {}", p.display()),
+            nix::errno::Errno::last(),
+        ));
     }
     // SAFETY: fd is a new fd owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -71,13 +103,20 @@ fn open_dir(p: &Path) -> Result<OwnedFd> {
 pub fn pivot(rootfs: &Path, no_pivot: bool) -> Result<()> {
     chdir(rootfs).sys(|| format!("chdir {}", rootfs.display()))?;
     if no_pivot {
-        mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).sys(|| "move rootfs to /".into())?;
+        mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+            .sys(|| "move rootfs to /".into())?;
         chroot(".").sys(|| "chroot".into())?;
     } else {
         pivot_root(".", ".").sys(|| "pivot_root".into())?;
         // The old root is stacked on "."; keep its unmount from propagating anywhere.
-        mount(None::<&str>, ".", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)
-            .sys(|| "make old root rslave".into())?;
+        mount(
+            None::<&str>,
+            ".",
+            None::<&str>,
+            MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .sys(|| "make old root rslave".into())?;
         umount2(".", MntFlags::MNT_DETACH).sys(|| "detach old root".into())?;
     }
     chdir("/").sys(|| "chdir /".into())
@@ -86,20 +125,35 @@ pub fn pivot(rootfs: &Path, no_pivot: bool) -> Result<()> {
 /// After pivot: masked and read-only paths, read-only root, shared propagation.
 pub fn finish(spec: &Spec) -> Result<()> {
     let linux = spec.linux().as_ref();
-    for p in linux.and_then(|l| l.masked_paths().as_ref()).into_iter().flatten() {
+    for p in linux
+        .and_then(|l| l.masked_paths().as_ref())
+        .into_iter()
+        .flatten()
+    {
         mask(Path::new(p))?;
     }
-    for p in linux.and_then(|l| l.readonly_paths().as_ref()).into_iter().flatten() {
+    for p in linux
+        .and_then(|l| l.readonly_paths().as_ref())
+        .into_iter()
+        .flatten()
+    {
         readonly(Path::new(p))?;
     }
-    if spec.root().as_ref().is_some_and(|r| r.readonly().unwrap_or(false)) {
+    if spec
+        .root()
+        .as_ref()
+        .is_some_and(|r| r.readonly().unwrap_or(false))
+    {
         let fd = open_dir(Path::new("/"))?;
-        let fl = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | mounts::locked_flags(&fd);
-        mount(None::<&str>, "/", None::<&str>, fl, None::<&str>).sys(|| "remount / read-only".into())?;
+        let fl =
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | mounts::locked_flags(&fd);
+        mount(None::<&str>, "/", None::<&str>, fl, None::<&str>)
+            .sys(|| "remount / read-only".into())?;
     }
     let prop = root_propagation(spec)?;
     if prop.contains(MsFlags::MS_SHARED) {
-        mount(None::<&str>, "/", None::<&str>, prop, None::<&str>).sys(|| "set propagation of /".into())?;
+        mount(None::<&str>, "/", None::<&str>, prop, None::<&str>)
+            .sys(|| "set propagation of /".into())?;
     }
     Ok(())
 }
@@ -107,10 +161,22 @@ pub fn finish(spec: &Spec) -> Result<()> {
 fn mask(p: &Path) -> Result<()> {
     match std::fs::metadata(p) {
         Err(_) => Ok(()),
-        Ok(md) if md.is_dir() => mount(Some("tmpfs"), p, Some("tmpfs"), MsFlags::MS_RDONLY, Some("size=0,mode=0"))
-            .sys(|| format!("mask {}", p.display())),
-        Ok(_) => mount(Some("/dev/null"), p, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .sys(|| format!("mask {}", p.display())),
+        Ok(md) if md.is_dir() => mount(
+            Some("tmpfs"),
+            p,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY,
+            Some("size=0,mode=0"),
+        )
+        .sys(|| format!("mask {}", p.display())),
+        Ok(_) => mount(
+            Some("/dev/null"),
+            p,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .sys(|| format!("mask {}", p.display())),
     }
 }
 
@@ -118,9 +184,16 @@ fn readonly(p: &Path) -> Result<()> {
     if std::fs::symlink_metadata(p).is_err() {
         return Ok(());
     }
-    mount(Some(p), p, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .sys(|| format!("bind {} read-only", p.display()))?;
+    mount(
+        Some(p),
+        p,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .sys(|| format!("bind {} read-only", p.display()))?;
     let f = std::fs::File::open(p).map_err(|e| Error::io("open", p, e))?;
     let fl = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | mounts::locked_flags(&f);
-    mount(None::<&str>, p, None::<&str>, fl, None::<&str>).sys(|| format!("remount {} read-only", p.display()))
+    mount(None::<&str>, p, None::<&str>, fl, None::<&str>)
+        .sys(|| format!("remount {} read-only", p.display()))
 }

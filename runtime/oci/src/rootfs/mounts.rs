@@ -102,7 +102,9 @@ pub fn parse_options(opts: &[String]) -> Result<MountOpts> {
                 continue;
             }
             "idmap" | "ridmap" => {
-                return Err(Error::Spec(format!("mount option {opt:?} is not supported")))
+                return Err(Error::Spec(format!(
+                    "mount option {opt:?} is not supported"
+                )))
             }
             _ => {
                 o.data.push(opt.clone());
@@ -171,7 +173,13 @@ pub fn mount_one(root: &OwnedFd, m: &Mount, bundle: &Path, cgroupns: bool) -> Re
             s.clone()
         }
     });
-    let ctx = || format!("mount {} on {}", source.as_deref().unwrap_or(Path::new("")).display(), dest.display());
+    let ctx = || {
+        format!(
+            "mount {} on {}",
+            source.as_deref().unwrap_or(Path::new("")).display(),
+            dest.display()
+        )
+    };
     let target_is_file = is_bind
         && source
             .as_ref()
@@ -183,17 +191,30 @@ pub fn mount_one(root: &OwnedFd, m: &Mount, bundle: &Path, cgroupns: bool) -> Re
     }
     let target = mkdir_all_in_root(root, dest, target_is_file)?;
     let data = opts.data.join(",");
-    let prop_mask = MsFlags::MS_SHARED | MsFlags::MS_PRIVATE | MsFlags::MS_SLAVE | MsFlags::MS_UNBINDABLE;
+    let prop_mask =
+        MsFlags::MS_SHARED | MsFlags::MS_PRIVATE | MsFlags::MS_SLAVE | MsFlags::MS_UNBINDABLE;
     if is_bind {
         let bflags = MsFlags::MS_BIND | (opts.flags & MsFlags::MS_REC);
-        mount(source.as_deref(), fd_path(&target).as_str(), None::<&str>, bflags, None::<&str>)
-            .sys(ctx)?;
+        mount(
+            source.as_deref(),
+            fd_path(&target).as_str(),
+            None::<&str>,
+            bflags,
+            None::<&str>,
+        )
+        .sys(ctx)?;
         let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
         if !extra.is_empty() {
             let again = open_in_root(root, dest, libc::O_PATH).sys(ctx)?;
             let rflags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra | locked_flags(&again);
-            mount(None::<&str>, fd_path(&again).as_str(), None::<&str>, rflags, None::<&str>)
-                .sys(|| format!("remount {} with {extra:?}", dest.display()))?;
+            mount(
+                None::<&str>,
+                fd_path(&again).as_str(),
+                None::<&str>,
+                rflags,
+                None::<&str>,
+            )
+            .sys(|| format!("remount {} with {extra:?}", dest.display()))?;
         }
     } else {
         let fl = opts.flags & !prop_mask;
@@ -206,18 +227,32 @@ pub fn mount_one(root: &OwnedFd, m: &Mount, bundle: &Path, cgroupns: bool) -> Re
             fd_path(&target).as_str(),
             Some(typ),
             fl,
-            if data.is_empty() { None } else { Some(data.as_str()) },
+            if data.is_empty() {
+                None
+            } else {
+                Some(data.as_str())
+            },
         );
         match r {
             // sysfs cannot be mounted without a new net namespace: bind the host's.
             Err(nix::errno::Errno::EPERM) if typ == "sysfs" => {
-                mount(Some("/sys"), fd_path(&target).as_str(), None::<&str>,
-                    MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-                    .sys(ctx)?;
+                mount(
+                    Some("/sys"),
+                    fd_path(&target).as_str(),
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None::<&str>,
+                )
+                .sys(ctx)?;
                 let again = open_in_root(root, dest, libc::O_PATH).sys(ctx)?;
-                mount(None::<&str>, fd_path(&again).as_str(), None::<&str>,
-                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | fl, None::<&str>)
-                    .sys(ctx)?;
+                mount(
+                    None::<&str>,
+                    fd_path(&again).as_str(),
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | fl,
+                    None::<&str>,
+                )
+                .sys(ctx)?;
             }
             r => r.sys(ctx)?,
         }
@@ -225,8 +260,14 @@ pub fn mount_one(root: &OwnedFd, m: &Mount, bundle: &Path, cgroupns: bool) -> Re
     if !opts.propagation.is_empty() || opts.attr_set != 0 || opts.attr_clr != 0 {
         let again = open_in_root(root, dest, libc::O_PATH).sys(ctx)?;
         for p in &opts.propagation {
-            mount(None::<&str>, fd_path(&again).as_str(), None::<&str>, *p, None::<&str>)
-                .sys(|| format!("set propagation of {}", dest.display()))?;
+            mount(
+                None::<&str>,
+                fd_path(&again).as_str(),
+                None::<&str>,
+                *p,
+                None::<&str>,
+            )
+            .sys(|| format!("set propagation of {}", dest.display()))?;
         }
         if opts.attr_set != 0 || opts.attr_clr != 0 {
             setattr(&again, opts.attr_set, opts.attr_clr)?;
@@ -268,13 +309,28 @@ mod tests {
     #[test]
     fn options() {
         let o = parse_options(&[
-            "nosuid".into(), "noexec".into(), "ro".into(), "rbind".into(), "rslave".into(),
-            "size=65536k".into(), "mode=755".into(), "rro".into(),
+            "nosuid".into(),
+            "noexec".into(),
+            "ro".into(),
+            "rbind".into(),
+            "rslave".into(),
+            "size=65536k".into(),
+            "mode=755".into(),
+            "rro".into(),
         ])
         .expect("parse");
-        assert!(o.flags.contains(MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY | MsFlags::MS_BIND | MsFlags::MS_REC));
+        assert!(o.flags.contains(
+            MsFlags::MS_NOSUID
+                | MsFlags::MS_NOEXEC
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_BIND
+                | MsFlags::MS_REC
+        ));
         assert_eq!(o.propagation, vec![MsFlags::MS_SLAVE | MsFlags::MS_REC]);
-        assert_eq!(o.data, vec!["size=65536k".to_string(), "mode=755".to_string()]);
+        assert_eq!(
+            o.data,
+            vec!["size=65536k".to_string(), "mode=755".to_string()]
+        );
         assert_eq!(o.attr_set, libc::MOUNT_ATTR_RDONLY);
         let o = parse_options(&["ro".into(), "rw".into()]).expect("parse");
         assert!(!o.flags.contains(MsFlags::MS_RDONLY));
