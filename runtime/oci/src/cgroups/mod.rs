@@ -181,8 +181,9 @@ impl CgroupManager {
         let mut unified = None;
         let mut unified_root = None;
         let mut bases: Vec<PathBuf> = Vec::new();
+        // Later mounts hide earlier ones on the same path: walk the table from the end.
         if mode != Mode::V2 {
-            for m in mounts.iter().filter(|m| m.fstype == "cgroup") {
+            for m in mounts.iter().rev().filter(|m| m.fstype == "cgroup") {
                 for opt in m.super_opts.split(',') {
                     if V1_CONTROLLERS.contains(&opt) && !v1.contains_key(opt) {
                         v1.insert(
@@ -194,11 +195,13 @@ impl CgroupManager {
                 }
             }
         }
-        // The unified hierarchy: /sys/fs/cgroup itself on V2, otherwise the first cgroup2 mount under it.
-        let v2_mount = mounts
-            .iter()
-            .filter(|m| m.fstype == "cgroup2")
-            .find(|m| m.mount_point.starts_with(CGROUP_ROOT));
+        // The unified hierarchy: /sys/fs/cgroup itself on V2, otherwise the last cgroup2 mount under it.
+        let v2_mounts = || mounts.iter().rev().filter(|m| m.fstype == "cgroup2");
+        let v2_mount = match mode {
+            Mode::V2 => v2_mounts().find(|m| m.mount_point == Path::new(CGROUP_ROOT)),
+            _ => None,
+        }
+        .or_else(|| v2_mounts().find(|m| m.mount_point.starts_with(CGROUP_ROOT)));
         if let Some(m) = v2_mount {
             unified = Some(dir_in_mount(&m.mount_point, &m.root, &path));
             unified_root = Some(m.mount_point.clone());

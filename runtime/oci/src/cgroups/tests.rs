@@ -386,3 +386,87 @@ fn ebpf_device_program_enforces_rules_in_the_unified_hierarchy() -> Result<(), C
     fx.children.clear();
     Ok(())
 }
+
+/// Runs `v2_mode_inner` in a private mount namespace where /sys/fs/cgroup is a cgroup2 mount (the host's
+/// unified hierarchy, mounted again), so the V2 code paths run on this hybrid host. The host's mounts are not
+/// touched: the namespace is private and dies with the process.
+#[test]
+fn v2_mode_in_a_private_mount_namespace() {
+    if !is_root() {
+        return;
+    }
+    if detect_mode().ok() != Some(Mode::Hybrid) || !Path::new("/usr/bin/unshare").exists() {
+        eprintln!("skipping: needs a hybrid host and unshare(1)");
+        return;
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    let out = Command::new("/usr/bin/unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec \"$0\" --exact cgroups::tests::v2_mode_inner --nocapture --test-threads 1")
+        .arg(&exe)
+        .env("BERTH_CGROUP_V2_INNER", "1")
+        .output()
+        .expect("run unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "inner V2 test failed: {stdout}\n{stderr}"
+    );
+}
+
+/// The V2 checks; only does something inside `v2_mode_in_a_private_mount_namespace`.
+#[test]
+fn v2_mode_inner() -> Result<(), CgroupError> {
+    if std::env::var_os("BERTH_CGROUP_V2_INNER").is_none() {
+        return Ok(());
+    }
+    assert_eq!(detect_mode()?, Mode::V2);
+    let mut fx = Fixture::new("v2");
+    let m = fx.mgr.clone();
+    assert_eq!(m.mode(), Mode::V2);
+    assert!(m.v1.is_empty());
+    let dir = m.unified_dir().expect("v2 dir").to_path_buf();
+    assert!(dir.starts_with(CGROUP_ROOT) && !dir.starts_with("/sys/fs/cgroup/unified"));
+    m.create()?;
+    assert!(dir.is_dir());
+    // Only hugetlb is a v2 controller here: asking for pids names the controller.
+    let err = m
+        .apply(&resources(serde_json::json!({"pids": {"limit": 5}})))
+        .expect_err("pids limit without a pids controller");
+    assert!(err.to_string().contains("pids"), "{err}");
+    // create enabled the available controllers above the container.
+    m.apply(&resources(serde_json::json!({
+        "hugepageLimits": [{"pageSize": "2MB", "limit": 2097152}]
+    })))?;
+    assert_eq!(read(&dir, "hugetlb.2MB.max"), "2097152");
+    // No device rules given on a new cgroup: deny-all + the default set, as an eBPF program.
+    m.apply(&resources(serde_json::json!({})))?;
+    assert_eq!(bpf_devices::attached(&dir)?.len(), 1);
+    let pid = fx.spawn_sleeper();
+    m.add_pid(pid)?;
+    assert_eq!(m.pids()?, vec![pid]);
+    m.freeze()?;
+    assert!(m.is_frozen()?);
+    m.thaw()?;
+    let script = format!(
+        "echo $$ > {}/cgroup.procs || exit 9; \
+         (exec 3</dev/null) 2>/dev/null && echo null-ok; \
+         (exec 3</dev/kmsg) 2>/dev/null && echo kmsg-ok; echo end",
+        dir.display()
+    );
+    let out = Command::new("/bin/sh")
+        .args(["-c", &script])
+        .output()
+        .expect("run sh");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "null-ok\nend\n");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while m.stats()?.cpu.usage.total == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no cpu usage in v2 stats"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(())
+}
