@@ -470,3 +470,65 @@ fn v2_mode_inner() -> Result<(), CgroupError> {
     }
     Ok(())
 }
+
+/// Runs `v1_mode_inner` in a private mount namespace without the unified mount, so the pure V1 paths run here.
+#[test]
+fn v1_mode_in_a_private_mount_namespace() {
+    if !is_root() {
+        return;
+    }
+    if detect_mode().ok() != Some(Mode::Hybrid)
+        || !Path::new("/usr/bin/unshare").exists()
+        || !Path::new("/sys/fs/cgroup/unified").is_dir()
+    {
+        eprintln!("skipping: needs a hybrid host with /sys/fs/cgroup/unified and unshare(1)");
+        return;
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    let out = Command::new("/usr/bin/unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("umount /sys/fs/cgroup/unified && exec \"$0\" --exact cgroups::tests::v1_mode_inner --nocapture --test-threads 1")
+        .arg(&exe)
+        .env("BERTH_CGROUP_V1_INNER", "1")
+        .output()
+        .expect("run unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "inner V1 test failed: {stdout}\n{stderr}"
+    );
+}
+
+/// The V1 checks; only does something inside `v1_mode_in_a_private_mount_namespace`.
+#[test]
+fn v1_mode_inner() -> Result<(), CgroupError> {
+    if std::env::var_os("BERTH_CGROUP_V1_INNER").is_none() {
+        return Ok(());
+    }
+    assert_eq!(detect_mode()?, Mode::V1);
+    let mut fx = Fixture::new("v1");
+    let m = fx.mgr.clone();
+    assert_eq!(m.mode(), Mode::V1);
+    assert!(m.unified_dir().is_none());
+    m.create()?;
+    m.apply(&resources(
+        serde_json::json!({"memory": {"limit": 33554432}, "pids": {"limit": 4}}),
+    ))?;
+    let err = m
+        .apply(&resources(serde_json::json!({
+            "hugepageLimits": [{"pageSize": "2MB", "limit": 2097152}]
+        })))
+        .expect_err("hugetlb limit without any hugetlb controller");
+    assert!(err.to_string().contains("hugetlb"), "{err}");
+    let pid = fx.spawn_sleeper();
+    m.add_pid(pid)?;
+    assert_eq!(m.pids()?, vec![pid]);
+    m.freeze()?;
+    assert!(m.is_frozen()?);
+    m.thaw()?;
+    let st = m.stats()?;
+    assert_eq!((st.pids.current, st.pids.limit), (1, 4));
+    assert_eq!(st.memory.usage.limit, 33_554_432);
+    Ok(())
+}
