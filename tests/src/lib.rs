@@ -3,8 +3,9 @@
 //! What it gives a test: a unique temp dir ([`TestDir`]), unique ids ([`unique_id`]), the path of
 //! a workspace binary checked to be fresh ([`bin`]), the path of a host tool ([`tool`]), root
 //! checks ([`require_root`]), process inspection ([`proc`]), OCI bundles and image layouts
-//! ([`bundle`], [`oci_layout`]), a loopback registry ([`registry`]) and cleanup guards plus a
-//! berthd launcher ([`guard`]).
+//! ([`bundle`], [`oci_layout`]), tar/gzip writers and hostile layers ([`archive`],
+//! [`hostile`]), a loopback registry ([`registry`]), cleanup guards ([`guard`]) and a berthd
+//! launcher ([`daemon`]).
 //!
 //! Tests run as root, in parallel threads, beside other tests on a shared host. This crate must
 //! never touch anything it was not told to own: no global cleanup by name, no host-wide
