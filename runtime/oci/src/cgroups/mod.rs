@@ -264,7 +264,9 @@ impl CgroupManager {
         dirs
     }
 
-    /// Creates the container's cgroup in every hierarchy (cpuset levels get their parent's cpus and mems).
+    /// Creates the container's cgroup in every hierarchy (cpuset levels get their parent's cpus and mems), and
+    /// gives a new cgroup the default device policy (deny-all + the default set), so a container is restricted
+    /// even when its spec has no resources; `apply` with device rules replaces that policy.
     pub fn create(&self) -> Result<(), CgroupError> {
         let cpuset_dir = self.v1.get("cpuset");
         for leaf in self.leaf_dirs() {
@@ -274,6 +276,11 @@ impl CgroupManager {
                 _ => None,
             };
             create_one(leaf, is_cpuset, v2_root)?;
+        }
+        if let Some(d) = self.v1.get("devices") {
+            devices::apply_v1(Some(d), None)?;
+        } else if let (Mode::V2, Some(u)) = (self.mode, &self.unified) {
+            devices::apply_v2(u, None)?;
         }
         Ok(())
     }

@@ -151,6 +151,17 @@ fn lifecycle_create_apply_pids_freeze_stats_destroy() -> Result<(), CgroupError>
     for d in m.leaf_dirs() {
         assert!(d.is_dir(), "{} not created", d.display());
     }
+    if let Some(dev) = m.v1_dir("devices") {
+        let list = read(dev, "devices.list");
+        assert!(
+            !list.contains("a *:* rwm"),
+            "create left devices open: {list}"
+        );
+        assert!(
+            list.contains("c 1:3 rwm"),
+            "default devices missing: {list}"
+        );
+    }
     if let Some(cs) = m.v1_dir("cpuset") {
         assert!(
             !read(cs, "cpuset.cpus").is_empty(),
@@ -440,7 +451,8 @@ fn v2_mode_inner() -> Result<(), CgroupError> {
         "hugepageLimits": [{"pageSize": "2MB", "limit": 2097152}]
     })))?;
     assert_eq!(read(&dir, "hugetlb.2MB.max"), "2097152");
-    // No device rules given on a new cgroup: deny-all + the default set, as an eBPF program.
+    // A new cgroup gets deny-all + the default set as an eBPF program; an update without devices keeps it.
+    assert_eq!(bpf_devices::attached(&dir)?.len(), 1);
     m.apply(&resources(serde_json::json!({})))?;
     assert_eq!(bpf_devices::attached(&dir)?.len(), 1);
     let pid = fx.spawn_sleeper();
