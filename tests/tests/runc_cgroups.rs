@@ -220,3 +220,53 @@ fn cgroups_are_removed_after_run() {
     assert!(left.is_empty(), "cgroups left after run: {left:?}");
     rt.finish();
 }
+
+/// /dev/fuse (c 10:229, which any process may open) is not in the default device set: a spec device node for it
+/// is created but cannot be opened unless a resources.devices rule allows it, also when the spec has no
+/// resources at all.
+#[test]
+fn device_rules_restrict_spec_devices() {
+    if !std::path::Path::new("/dev/fuse").exists() {
+        berth_tests::skip("no /dev/fuse on this host");
+        return;
+    }
+    for (name, rules, want) in [
+        ("cg-dev-none", None, "denied"),
+        (
+            "cg-dev-allow",
+            Some(json!([
+                {"allow": false, "access": "rwm"},
+                {"allow": true, "type": "c", "major": 10, "minor": 229, "access": "rw"}
+            ])),
+            "open-ok",
+        ),
+    ] {
+        let Some(rt) = Rt::new(
+            name,
+            &[
+                "sh",
+                "-c",
+                "(exec 3<>/dev/fuse) 2>/dev/null && echo open-ok || echo denied",
+            ],
+        ) else {
+            return;
+        };
+        rt.edit(|s| {
+            s["linux"]["devices"] = json!([
+                {"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 438, "uid": 0, "gid": 0}
+            ]);
+            match &rules {
+                None => {
+                    if let Some(l) = s["linux"].as_object_mut() {
+                        l.remove("resources");
+                    }
+                }
+                Some(r) => s["linux"]["resources"]["devices"] = r.clone(),
+            }
+        });
+        let (code, out, err) = rt.run_container();
+        assert_eq!(code, 0, "{name}: stdout {out:?} stderr {err:?}");
+        assert_eq!(out.trim(), want, "{name}: stderr {err:?}");
+        rt.finish();
+    }
+}
