@@ -270,3 +270,69 @@ fn device_rules_restrict_spec_devices() {
         rt.finish();
     }
 }
+
+/// major:minor of a real block device (not loop/zram/ram), from /sys/block.
+fn block_device() -> Option<(u64, u64)> {
+    let mut names: Vec<String> = std::fs::read_dir("/sys/block")
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("loop") && !n.starts_with("zram") && !n.starts_with("ram"))
+        .collect();
+    names.sort();
+    let dev = std::fs::read_to_string(format!("/sys/block/{}/dev", names.first()?)).ok()?;
+    let (maj, min) = dev.trim().split_once(':')?;
+    Some((maj.parse().ok()?, min.parse().ok()?))
+}
+
+#[test]
+fn cpuset_blkio_and_hugetlb_limits_are_written() {
+    if !berth_tests::require_root() || !v1_host() {
+        return;
+    }
+    let Some(rt) = Rt::new("cg-more", &["sleep", "1000"]) else {
+        return;
+    };
+    let dev = block_device();
+    let hugetlb = std::path::Path::new("/sys/kernel/mm/hugepages/hugepages-2048kB").exists();
+    rt.edit(|s| {
+        let r = &mut s["linux"]["resources"];
+        r["cpu"] = json!({"cpus": "0", "mems": "0"});
+        if let Some((major, minor)) = dev {
+            r["blockIO"] = json!({
+                "throttleReadBpsDevice": [{"major": major, "minor": minor, "rate": 1048576}],
+                "throttleWriteIOPSDevice": [{"major": major, "minor": minor, "rate": 100}]
+            });
+        }
+        if hugetlb {
+            r["hugepageLimits"] = json!([{"pageSize": "2MB", "limit": 4194304}]);
+        }
+    });
+    rt.create();
+    rt.ok(&["start", &rt.id]);
+    let cg = rt.bundle.cgroups_path();
+    let cpuset = v1_dir("cpuset", &cg).expect("cpuset controller");
+    assert_eq!(read(cpuset.join("cpuset.cpus")), "0");
+    assert_eq!(read(cpuset.join("cpuset.mems")), "0");
+    if let (Some((major, minor)), Some(blkio)) = (dev, v1_dir("blkio", &cg)) {
+        assert_eq!(
+            read(blkio.join("blkio.throttle.read_bps_device")),
+            format!("{major}:{minor} 1048576")
+        );
+        assert_eq!(
+            read(blkio.join("blkio.throttle.write_iops_device")),
+            format!("{major}:{minor} 100")
+        );
+    }
+    if hugetlb {
+        // v1 hugetlb when mounted, else the unified hierarchy (this hybrid host).
+        let file = match v1_dir("hugetlb", &cg) {
+            Some(d) => d.join("hugetlb.2MB.limit_in_bytes"),
+            None => PathBuf::from("/sys/fs/cgroup/unified")
+                .join(cg.trim_start_matches('/'))
+                .join("hugetlb.2MB.max"),
+        };
+        assert_eq!(read(file), "4194304");
+    }
+    rt.finish();
+}
