@@ -128,3 +128,42 @@ fn kill_process_action_kills_with_sigsys() {
     assert!(!rt.bundle.rootfs.join("made").exists(), "mkdir ran");
     rt.finish();
 }
+
+#[test]
+fn notify_is_refused_clearly_and_unknown_names_are_skipped() {
+    let Some(rt) = Rt::new("sc-notify", &["true"]) else {
+        return;
+    };
+    set_seccomp(
+        &rt,
+        json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["getppid"], "action": "SCMP_ACT_NOTIFY"}]
+        }),
+    );
+    let (code, out, err) = rt.run_container();
+    assert_ne!(code, 0, "stdout {out:?}");
+    assert!(
+        err.contains("SCMP_ACT_NOTIFY") && err.contains("getppid"),
+        "stderr {err:?}"
+    );
+    assert!(
+        !rt.root.join(&rt.id).exists(),
+        "a refused spec left state behind"
+    );
+    rt.finish();
+
+    let Some(rt) = Rt::new("sc-unknown", &["sh", "-c", "echo ok"]) else {
+        return;
+    };
+    set_seccomp(
+        &rt,
+        json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["no_such_syscall_at_all", "getppid"], "action": "SCMP_ACT_ERRNO"}]
+        }),
+    );
+    let (code, out, err) = rt.run_container();
+    assert_eq!((code, out.as_str()), (0, "ok\n"), "stderr {err:?}");
+    rt.finish();
+}
