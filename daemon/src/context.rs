@@ -21,6 +21,9 @@ pub struct Context {
     /// An arbiter of the actix System (running on its own thread); spawn actors with
     /// `ctx.actors.spawn_fn(move || { ... })`.
     pub actors: actix::ArbiterHandle,
+    /// The root of the supervision tree (on `actors`): add long-lived children with
+    /// `supervision::AddChild`; a child exceeding its restart limit stops berthd with an error exit.
+    pub root: actix::Addr<crate::supervision::RootSupervisor>,
 }
 
 impl std::fmt::Debug for Context {

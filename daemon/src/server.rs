@@ -3,8 +3,9 @@
 //! [`prepare`] runs before any runtime exists: it creates the root (0700) and state (0711) dirs, takes the
 //! single-instance lock (`<root>/lock`, flock) BEFORE touching the socket, opens the store (a corrupt or newer
 //! database refuses to start), removes a stale socket, binds the new one (0660), raises RLIMIT_NOFILE and sets
-//! oom_score_adj. [`run`] then starts the actix System on its own thread, a 2-worker tokio runtime for tonic, the
-//! task subsystem, and serves until SIGTERM/SIGINT; on a signal it stops serving, ends event subscriptions, calls
+//! oom_score_adj. [`run`] then starts the actix System on its own thread (with the RootSupervisor on it), a
+//! 2-worker tokio runtime for tonic, the task subsystem, and serves until SIGTERM/SIGINT (exit 0) or until a
+//! supervised child exceeds its restart limit (escalation: berthd stops with an error, systemd restarts it); on a signal it stops serving, ends event subscriptions, calls
 //! `tasks.shutdown()` (containers keep running) and returns.
 //!
 //! This module must never remove a socket before it holds the lock, and never kill containers on shutdown.
@@ -66,6 +67,9 @@ pub enum ServerError {
     /// The runtimes failed.
     #[error("runtime: {0}")]
     Runtime(String),
+    /// A supervised child exceeded its restart limit.
+    #[error("{0} kept failing (restart limit exceeded); berthd stopped")]
+    Escalated(String),
     /// Serving failed.
     #[error("serving gRPC: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -294,11 +298,21 @@ async fn serve(
         config.event_retention,
         config.subscriber_queue,
     )?;
+    let (esc_tx, mut esc_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let root = {
+        use actix::Actor;
+        crate::supervision::RootSupervisor::start_in_arbiter(&actors, move |_| {
+            crate::supervision::RootSupervisor::new(Box::new(move |child: &str| {
+                let _ = esc_tx.send(child.to_string());
+            }))
+        })
+    };
     let ctx = Context {
         config: config.clone(),
         store,
         events: events.clone(),
         actors,
+        root,
     };
     let tasks = crate::tasks::start(ctx.clone())
         .await
@@ -348,8 +362,17 @@ async fn serve(
         "berthd serving"
     );
 
-    let signal = stop_signal().await?;
-    tracing::info!(signal, "stopping: no new requests; containers keep running");
+    let mut outcome = Ok(());
+    tokio::select! {
+        signal = stop_signal() => {
+            let signal = signal?;
+            tracing::info!(signal, "stopping: no new requests; containers keep running");
+        }
+        Some(child) = esc_rx.recv() => {
+            tracing::error!(child = %child, "a supervised actor exceeded its restart limit; stopping berthd");
+            outcome = Err(ServerError::Escalated(child));
+        }
+    }
     events.close();
     let _ = stop_tx.send(());
     match tokio::time::timeout(Duration::from_secs(3), server).await {
@@ -359,5 +382,5 @@ async fn serve(
         Err(_) => tracing::warn!("requests still running after 3 s; closing them"),
     }
     tasks.shutdown().await;
-    Ok(())
+    outcome
 }

@@ -153,3 +153,35 @@ async fn replay_then_live_and_out_of_range() {
     let only: Arc<_> = f.next().await.expect("item").expect("ok");
     assert_eq!(only.seq, 9);
 }
+
+/// Rough group-commit throughput (run with `--ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_publish_throughput() {
+    let t = TempStore::new("bus-bench");
+    let bus = EventBus::new(t.store().clone(), 100_000, 16).expect("bus");
+    for conc in [1usize, 8, 64] {
+        let n = 1024;
+        let t0 = std::time::Instant::now();
+        let mut handles = Vec::new();
+        for w in 0..conc {
+            let b = bus.clone();
+            handles.push(tokio::spawn(async move {
+                for i in 0..n / conc {
+                    b.publish("n", "/tasks/start", any((w * 10_000 + i) as u32))
+                        .await
+                        .expect("publish");
+                }
+            }));
+        }
+        for h in handles {
+            h.await.expect("join");
+        }
+        let took = t0.elapsed();
+        eprintln!(
+            "concurrency {conc}: {n} events in {took:?} = {:.0}/s, {:.2} ms each",
+            n as f64 / took.as_secs_f64(),
+            took.as_secs_f64() * 1000.0 / (n / conc) as f64
+        );
+    }
+}
