@@ -283,3 +283,50 @@ async fn journal_replay_from_cursor_and_out_of_range() {
     let ev = s.next().await.expect("item").expect("ok");
     assert_eq!(ev.seq, 81);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_to_subscriber_latency() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let dir = TestDir::new("daemon_core_latency");
+    let d = Daemon::start(dir.path());
+    let ns = berth_tests::unique_id("core-lat");
+    let mut sub = EventsClient::new(d.channel().await)
+        .subscribe(req(
+            &ns,
+            SubscribeRequest {
+                filters: vec![format!("namespace=={ns}")],
+            },
+        ))
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let mut ec = EventsClient::new(d.channel().await);
+    let mut lat = Vec::new();
+    for i in 0..100 {
+        let t0 = Instant::now();
+        ec.publish(req(
+            &ns,
+            PublishRequest {
+                topic: "/test/lat".into(),
+                event: Some(event(0, i)),
+            },
+        ))
+        .await
+        .expect("publish");
+        let env = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("event within 10 s")
+            .expect("open")
+            .expect("ok");
+        lat.push(t0.elapsed());
+        let ev = TaskStart::decode(env.event.expect("event").value.as_slice()).expect("decode");
+        assert_eq!(ev.pid, i);
+    }
+    lat.sort();
+    let (p50, p90, max) = (lat[50], lat[90], lat[99]);
+    eprintln!("durable publish -> subscriber latency: median {p50:?}, p90 {p90:?}, max {max:?}");
+    // Disk-bound (one fsync per commit); a sanity bound, not the target.
+    assert!(p50 < Duration::from_millis(500), "median {p50:?}");
+}
