@@ -3,7 +3,7 @@
 //!
 //! Publishes `/namespaces/create|update` (envelope namespace: the caller's header, else the namespace itself)
 //! and `/namespaces/delete` (envelope namespace: the deleted one). This module must never create a namespace
-//! implicitly.
+//! on a read; an Update is a write and, as in containerd, creates a missing namespace (`ctr ns label`).
 
 use berth_proto::containerd::namespaces::namespaces_server::Namespaces;
 use berth_proto::to_any;

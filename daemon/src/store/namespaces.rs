@@ -113,7 +113,8 @@ impl Store {
             .await
     }
 
-    /// Update a namespace's labels with a field mask (see [`apply_label_mask`]); NotFound if it does not exist.
+    /// Update a namespace's labels with a field mask (see [`apply_label_mask`]). Like containerd (whose SetLabel
+    /// creates the namespace's bucket), an update is a write: a namespace that does not exist is created.
     pub async fn update_namespace(
         &self,
         name: &str,
@@ -126,7 +127,7 @@ impl Store {
                 let mut t = wtx.open_table(NAMESPACES)?;
                 let mut rec = match t.get(name.as_str())? {
                     Some(v) => decode(&name, v.value())?,
-                    None => return Err(StoreError::NotFound(format!("namespace {name}"))),
+                    None => NamespaceRecord::default(),
                 };
                 apply_label_mask(
                     &mut rec.labels,
@@ -221,11 +222,14 @@ mod tests {
                 .await,
             Err(StoreError::InvalidArgument(_))
         ));
-        assert!(matches!(
-            s.update_namespace("zz", HashMap::new(), vec![]).await,
-            Err(StoreError::NotFound(_))
-        ));
-        assert_eq!(s.namespaces().expect("list"), vec!["a".to_string()]);
+        // An update creates a missing namespace (it is a write).
+        s.update_namespace("zz", labels(&[("k", "v")]), vec!["labels.k".into()])
+            .await
+            .expect("update creates");
+        assert_eq!(
+            s.namespaces().expect("list"),
+            vec!["a".to_string(), "zz".to_string()]
+        );
         s.delete_namespace("a").await.expect("delete");
         assert!(matches!(
             s.delete_namespace("a").await,
