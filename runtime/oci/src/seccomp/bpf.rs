@@ -74,6 +74,9 @@ pub(crate) type Table = BTreeMap<u32, Vec<Rule>>;
 pub(crate) struct FilterSpec {
     pub default_action: u32,
     pub bad_arch_action: u32,
+    /// Action for syscall numbers above the largest one the spec names in an ABI (runc's -ENOSYS stub, so
+    /// that syscalls newer than the profile fail like on an older kernel); `None` = the default action.
+    pub newer_action: Option<u32>,
     /// x86_64 ABI (always present: the native architecture).
     pub x86_64: Table,
     /// x32 ABI, when the spec lists it.
@@ -246,15 +249,15 @@ pub(crate) fn generate(spec: &FilterSpec) -> Result<Vec<libc::sock_filter>, Secc
         None => a.ret(spec.bad_arch_action),
     }
     a.bind(not_x32);
-    dispatch(&mut a, &spec.x86_64, spec.default_action);
+    dispatch(&mut a, &spec.x86_64, spec.default_action, spec.newer_action);
     if let (Some(l), Some(t)) = (lx32, &spec.x32) {
         a.bind(l);
-        dispatch(&mut a, t, spec.default_action);
+        dispatch(&mut a, t, spec.default_action, spec.newer_action);
     }
     if let (Some(l), Some(t)) = (l32, &spec.i386) {
         a.bind(l);
         a.ld(OFF_NR);
-        dispatch(&mut a, t, spec.default_action);
+        dispatch(&mut a, t, spec.default_action, spec.newer_action);
     }
     a.finish()
 }
@@ -264,7 +267,7 @@ pub(crate) fn generate(spec: &FilterSpec) -> Result<Vec<libc::sock_filter>, Secc
 /// Syscall numbers become ranges that cover all of u32 (gaps get the default action, neighbours with the same
 /// unconditional action merge), so the binary search needs no equality test at its leaves: an allow-list of a
 /// few hundred syscalls compiles to a few dozen ranges.
-fn dispatch(a: &mut Asm, table: &Table, default: u32) {
+fn dispatch(a: &mut Asm, table: &Table, default: u32, newer: Option<u32>) {
     let mut bodies = Vec::new();
     let mut ranges: Vec<(u32, Leaf)> = Vec::new();
     let push = |ranges: &mut Vec<(u32, Leaf)>, start: u32, leaf: Leaf| {
@@ -294,7 +297,12 @@ fn dispatch(a: &mut Asm, table: &Table, default: u32) {
         next = nr.checked_add(1);
     }
     if let Some(n) = next {
-        push(&mut ranges, n, Leaf::Ret(default));
+        let tail = if table.is_empty() {
+            default
+        } else {
+            newer.unwrap_or(default)
+        };
+        push(&mut ranges, n, Leaf::Ret(tail));
     }
     tree(a, &ranges);
     for (l, rules) in bodies {
@@ -437,6 +445,7 @@ mod tests {
         FilterSpec {
             default_action: 0x7fff_0000,
             bad_arch_action: 0x8000_0000,
+            newer_action: None,
             x86_64: t,
             x32: None,
             i386: None,
@@ -534,6 +543,32 @@ mod tests {
         assert_eq!(
             run(&prog, AUDIT_ARCH_X86_64, 0x3fff_ffff, [0; 6]),
             0x7fff_0000
+        );
+        let mut spec = spec_with(vec![
+            (
+                3,
+                Rule {
+                    action: 0x7fff_0000,
+                    args: vec![],
+                },
+            ),
+            (
+                9,
+                Rule {
+                    action: 0x7fff_0000,
+                    args: vec![],
+                },
+            ),
+        ]);
+        spec.default_action = 0x0005_0001;
+        spec.newer_action = Some(0x0005_0026);
+        let newer = generate(&spec)?;
+        assert_eq!(run(&newer, AUDIT_ARCH_X86_64, 9, [0; 6]), 0x7fff_0000);
+        assert_eq!(run(&newer, AUDIT_ARCH_X86_64, 5, [0; 6]), 0x0005_0001);
+        assert_eq!(run(&newer, AUDIT_ARCH_X86_64, 10, [0; 6]), 0x0005_0026);
+        assert_eq!(
+            run(&newer, AUDIT_ARCH_X86_64, 0x3fff_ffff, [0; 6]),
+            0x0005_0026
         );
         assert_eq!(run(&prog, AUDIT_ARCH_I386, 1, [0; 6]), 0x8000_0000);
         assert_eq!(

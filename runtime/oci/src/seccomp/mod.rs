@@ -6,7 +6,8 @@
 //! argument conditions (several in one rule = AND, several rules for one syscall = OR, checked in spec order
 //! before an unconditional rule for the same syscall), architectures (x86_64 is always included; x86 and x32
 //! when listed; any other ABI is killed), `defaultErrnoRet`, and the filter flags. Unknown syscall names are
-//! skipped with a debug message, like runc.
+//! skipped with a debug message, like runc; as in runc, when the default action refuses, syscall numbers above
+//! the largest one the spec names (per ABI) get ENOSYS.
 //!
 //! [`SeccompProgram::install`] runs in the forked container init: it must never allocate, lock or log, and
 //! makes exactly one syscall. The kernel requires no_new_privs or CAP_SYS_ADMIN at that point.
@@ -183,9 +184,19 @@ pub fn compile(s: &LinuxSeccomp) -> Result<SeccompProgram, SeccompError> {
     let default_action = action_code(s.default_action(), s.default_errno_ret(), &|| {
         "the default action".to_string()
     })?;
+    // Like runc: when the default action refuses, syscalls newer than every syscall the spec names get ENOSYS
+    // (what an older kernel answers), so libcs fall back instead of failing with the default errno.
+    let permissive = matches!(
+        s.default_action(),
+        LinuxSeccompAction::ScmpActAllow
+            | LinuxSeccompAction::ScmpActLog
+            | LinuxSeccompAction::ScmpActTrace
+    );
+    let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
     let mut spec = bpf::FilterSpec {
         default_action,
         bad_arch_action: libc::SECCOMP_RET_KILL_PROCESS,
+        newer_action: (!permissive && default_action != enosys).then_some(enosys),
         ..Default::default()
     };
     for a in s.architectures().iter().flatten() {
