@@ -230,17 +230,31 @@ fn start_actix() -> Result<
     Ok((system, arbiter, thread))
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn stop_signal() -> Result<&'static str, ServerError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term =
-        signal(SignalKind::terminate()).map_err(|e| ServerError::Runtime(e.to_string()))?;
-    let mut int =
-        signal(SignalKind::interrupt()).map_err(|e| ServerError::Runtime(e.to_string()))?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+/// SIGTERM and SIGINT handlers, installed before the slow parts of startup so that a stop request during
+/// recovery is not fatal.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> Result<StopSignals, ServerError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let err =
+            |e: std::io::Error| ServerError::Runtime(format!("installing signal handlers: {e}"));
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).map_err(err)?,
+            int: signal(SignalKind::interrupt()).map_err(err)?,
+        })
+    }
+
+    /// Resolves on SIGTERM or SIGINT.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }
 
 /// Serve until SIGTERM/SIGINT, then shut down gracefully (containers keep running).
@@ -293,6 +307,7 @@ async fn serve(
     use berth_proto::containerd::snapshots::snapshots_server::SnapshotsServer;
     use berth_proto::containerd::version::version_server::VersionServer;
 
+    let mut signals = StopSignals::install()?;
     let events = EventBus::new(
         store.clone(),
         config.event_retention,
@@ -364,8 +379,7 @@ async fn serve(
 
     let mut outcome = Ok(());
     tokio::select! {
-        signal = stop_signal() => {
-            let signal = signal?;
+        signal = signals.recv() => {
             tracing::info!(signal, "stopping: no new requests; containers keep running");
         }
         Some(child) = esc_rx.recv() => {
