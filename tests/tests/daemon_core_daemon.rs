@@ -12,6 +12,7 @@ use berth_proto::berth::journal_client::JournalClient;
 use berth_proto::berth::JournalSubscribeRequest;
 use berth_proto::containerd_client::services::v1::container::Runtime;
 use berth_proto::containerd_client::services::v1::containers_client::ContainersClient;
+use berth_proto::containerd_client::services::v1::events_client::EventsClient;
 use berth_proto::containerd_client::services::v1::*;
 use berth_tests::{run_timeout, Daemon, DaemonConfig, TestDir};
 use tokio_stream::StreamExt;
@@ -377,4 +378,82 @@ fn config_default_parses_back_and_something_else_in_the_socket_path_is_kept() {
     let (code, err) = berthd_fails(&["--config".as_ref(), path.as_os_str()]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("config.toml"), "{err}");
+}
+
+/// Events in the journal after a crash injected just before / just after the commit of the first write.
+async fn crash_on_first_commit(failpoint: &str) -> (Vec<String>, tonic::Code) {
+    let dir = TestDir::new(&format!("daemon_core_fp_{}", failpoint.replace('.', "_")));
+    let mut cfg = DaemonConfig::new(dir.path());
+    cfg.env.push((
+        "BERTH_FAILPOINTS".into(),
+        format!("{failpoint}=exit").into(),
+    ));
+    let mut d = cfg.start();
+    let pid = d.pid().expect("running");
+    let ns = berth_tests::unique_id("core-fp");
+    let mut ec = EventsClient::new(d.channel().await);
+    let r = ec
+        .publish(req(
+            &ns,
+            PublishRequest {
+                topic: "/test/crash".into(),
+                event: Some(prost_types::Any {
+                    type_url: "x.Y".into(),
+                    value: vec![1],
+                }),
+            },
+        ))
+        .await;
+    let code = r.expect_err("berthd died before replying").code();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while berth_tests::proc::alive(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        !berth_tests::proc::alive(pid),
+        "failpoint {failpoint} killed berthd"
+    );
+    let _ = d.stop();
+    drop(d);
+    // Start again without the failpoint, same root.
+    let d = Daemon::start(dir.path());
+    let mut jc = JournalClient::new(d.channel().await);
+    let mut s = jc
+        .subscribe(JournalSubscribeRequest {
+            filters: vec![],
+            after_seq: 0,
+            from_oldest: true,
+        })
+        .await
+        .expect("journal")
+        .into_inner();
+    let mut topics = Vec::new();
+    while let Ok(Some(item)) = tokio::time::timeout(Duration::from_millis(500), s.next()).await {
+        topics.push(item.expect("event").topic);
+    }
+    (topics, code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_before_commit_loses_the_unacked_event_crash_after_keeps_it() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let (before, code) = crash_on_first_commit("store.before_commit").await;
+    assert!(before.is_empty(), "uncommitted event survived: {before:?}");
+    // The connection drops mid-call: tonic reports Unknown or Unavailable; never OK.
+    assert!(
+        matches!(code, tonic::Code::Unknown | tonic::Code::Unavailable),
+        "{code:?}"
+    );
+    let (after, code) = crash_on_first_commit("store.after_commit").await;
+    assert_eq!(
+        after,
+        vec!["/test/crash".to_string()],
+        "committed event lost"
+    );
+    assert!(
+        matches!(code, tonic::Code::Unknown | tonic::Code::Unavailable),
+        "{code:?}"
+    );
 }
