@@ -312,6 +312,15 @@ fn stale_socket_removed_and_modes_set() {
     assert_eq!(mode(d.state()), 0o711);
     assert_eq!(mode(d.address()), 0o660);
     assert!(d.root().join("meta.redb").is_file());
+    // RLIMIT_NOFILE raised to the hard limit.
+    let limits =
+        std::fs::read_to_string(format!("/proc/{}/limits", d.pid().expect("pid"))).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("open files line");
+    let f: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(f[3], f[4], "soft limit raised to the hard limit: {line}");
 }
 
 #[test]
