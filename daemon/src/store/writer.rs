@@ -169,6 +169,11 @@ fn run_batch(db: &Database, jobs: Vec<Job>) {
         }
     };
     for finish in finishes {
-        finish(commit_err.clone());
+        let err = commit_err.clone();
+        // A panicking hook must not take the writer thread (and every later write) down with it.
+        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || finish(err)))
+        {
+            tracing::error!(panic = %crate::supervision::panic_message(&*p), "a store write completion panicked");
+        }
     }
 }
