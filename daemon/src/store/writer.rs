@@ -63,26 +63,7 @@ impl Writer {
         F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
         H: FnOnce(&T) + Send + 'static,
     {
-        let (reply, rx) = oneshot::channel();
-        let job: Job = Box::new(move |wtx| {
-            let r = match wtx {
-                Ok(w) => f(w),
-                Err(m) => Err(StoreError::Batch(m)),
-            };
-            let fatal = matches!(&r, Err(e) if e.is_fatal());
-            let finish: Finish = Box::new(move |commit_err| {
-                let out = match (r, commit_err) {
-                    (Err(e), _) => Err(e),
-                    (Ok(_), Some(m)) => Err(StoreError::Batch(m)),
-                    (Ok(v), None) => {
-                        hook(&v);
-                        Ok(v)
-                    }
-                };
-                let _ = reply.send(out);
-            });
-            (finish, fatal)
-        });
+        let (job, rx) = make_job(f, hook);
         let guard = self.tx.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = guard.as_ref() {
             // A send error drops the job and with it the reply sender: the caller sees Closed.
@@ -101,6 +82,36 @@ impl Writer {
             .await
             .map_err(|_| StoreError::Closed)?
     }
+}
+
+/// Wrap a write and its hook into a [`Job`] and the receiver of its result.
+fn make_job<T, F, H>(f: F, hook: H) -> (Job, oneshot::Receiver<Result<T, StoreError>>)
+where
+    T: Send + 'static,
+    F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    H: FnOnce(&T) + Send + 'static,
+{
+    let (reply, rx) = oneshot::channel();
+    let job: Job = Box::new(move |wtx| {
+        let r = match wtx {
+            Ok(w) => f(w),
+            Err(m) => Err(StoreError::Batch(m)),
+        };
+        let fatal = matches!(&r, Err(e) if e.is_fatal());
+        let finish: Finish = Box::new(move |commit_err| {
+            let out = match (r, commit_err) {
+                (Err(e), _) => Err(e),
+                (Ok(_), Some(m)) => Err(StoreError::Batch(m)),
+                (Ok(v), None) => {
+                    hook(&v);
+                    Ok(v)
+                }
+            };
+            let _ = reply.send(out);
+        });
+        (finish, fatal)
+    });
+    (job, rx)
 }
 
 fn run(db: Arc<Database>, rx: mpsc::Receiver<Job>, max_batch: usize) {
@@ -175,5 +186,102 @@ fn run_batch(db: &Database, jobs: Vec<Job>) {
         {
             tracing::error!(panic = %crate::supervision::panic_message(&*p), "a store write completion panicked");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::{ReadableDatabase, TableDefinition};
+
+    const T: TableDefinition<&str, u64> = TableDefinition::new("writer_test");
+
+    fn insert(
+        key: &'static str,
+    ) -> impl FnOnce(&WriteTransaction) -> Result<(), StoreError> + Send {
+        move |w| {
+            w.open_table(T)?.insert(key, 1)?;
+            Ok(())
+        }
+    }
+
+    fn keys(db: &Database) -> Vec<String> {
+        let r = db.begin_read().expect("read");
+        let Ok(t) = r.open_table(T) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for item in redb::ReadableTable::iter(&t).expect("iter") {
+            out.push(item.expect("item").0.value().to_string());
+        }
+        out
+    }
+
+    #[test]
+    fn batch_commits_together_and_a_panic_or_fatal_error_aborts_it() {
+        let dir = std::env::temp_dir().join(format!("berthd-unit-writer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let db = Database::create(dir.join("w.redb")).expect("db");
+
+        // A logical error leaves the others to commit.
+        let (a, ra) = make_job(insert("a"), |_| {});
+        let (b, rb) = make_job(
+            |_: &WriteTransaction| -> Result<(), StoreError> {
+                Err(StoreError::NotFound("x".into()))
+            },
+            |_| {},
+        );
+        let hooked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let h = hooked.clone();
+        let (c, rc) = make_job(insert("c"), move |_| {
+            h.store(true, std::sync::atomic::Ordering::SeqCst)
+        });
+        run_batch(&db, vec![a, b, c]);
+        assert!(ra.blocking_recv().expect("reply").is_ok());
+        assert!(matches!(
+            rb.blocking_recv().expect("reply"),
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(rc.blocking_recv().expect("reply").is_ok());
+        assert!(
+            hooked.load(std::sync::atomic::Ordering::SeqCst),
+            "hook ran after commit"
+        );
+        assert_eq!(keys(&db), vec!["a", "c"]);
+
+        // A panicking job aborts its whole batch; the writer goes on.
+        let (d, rd) = make_job(insert("d"), |_| {});
+        let (p, rp) = make_job(
+            |_: &WriteTransaction| -> Result<(), StoreError> { panic!("job bug") },
+            |_| {},
+        );
+        run_batch(&db, vec![d, p]);
+        assert!(matches!(
+            rd.blocking_recv().expect("reply"),
+            Err(StoreError::Batch(_))
+        ));
+        assert!(rp.blocking_recv().is_err(), "panicked job's reply dropped");
+        assert_eq!(keys(&db), vec!["a", "c"]);
+
+        // A fatal (storage) error aborts the batch too.
+        let (e, re) = make_job(insert("e"), |_| {});
+        let (f, rf) = make_job(
+            |_: &WriteTransaction| -> Result<(), StoreError> {
+                Err(StoreError::Corrupt("bad record".into()))
+            },
+            |_| {},
+        );
+        run_batch(&db, vec![e, f]);
+        assert!(matches!(
+            re.blocking_recv().expect("reply"),
+            Err(StoreError::Batch(_))
+        ));
+        assert!(matches!(
+            rf.blocking_recv().expect("reply"),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert_eq!(keys(&db), vec!["a", "c"]);
+        drop(db);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
