@@ -7,8 +7,6 @@
 //! the 8-bit limit of conditional jumps. This file must never emit a program the kernel would have to reject
 //! silently: every jump is resolved forwards and checked.
 
-use std::collections::BTreeMap;
-
 use super::SeccompError;
 
 /// `struct seccomp_data` offsets.
@@ -67,7 +65,8 @@ pub(crate) struct Rule {
 }
 
 /// Rules per syscall number of one ABI.
-pub(crate) type Table = BTreeMap<u32, Vec<Rule>>;
+/// `(syscall number, index in FilterSpec::rules)` in spec order; `dispatch` sorts it (stably) by number.
+pub(crate) type Table = Vec<(u32, u32)>;
 
 /// Everything the generator needs.
 #[derive(Debug, Default)]
@@ -77,6 +76,8 @@ pub(crate) struct FilterSpec {
     /// Action for syscall numbers above the largest one the spec names in an ABI (runc's -ENOSYS stub, so
     /// that syscalls newer than the profile fail like on an older kernel); `None` = the default action.
     pub newer_action: Option<u32>,
+    /// Every rule once; the tables refer to them by index.
+    pub rules: Vec<Rule>,
     /// x86_64 ABI (always present: the native architecture).
     pub x86_64: Table,
     /// x32 ABI, when the spec lists it.
@@ -249,15 +250,15 @@ pub(crate) fn generate(spec: &FilterSpec) -> Result<Vec<libc::sock_filter>, Secc
         None => a.ret(spec.bad_arch_action),
     }
     a.bind(not_x32);
-    dispatch(&mut a, &spec.x86_64, spec.default_action, spec.newer_action);
+    dispatch(&mut a, &spec.x86_64, spec);
     if let (Some(l), Some(t)) = (lx32, &spec.x32) {
         a.bind(l);
-        dispatch(&mut a, t, spec.default_action, spec.newer_action);
+        dispatch(&mut a, t, spec);
     }
     if let (Some(l), Some(t)) = (l32, &spec.i386) {
         a.bind(l);
         a.ld(OFF_NR);
-        dispatch(&mut a, t, spec.default_action, spec.newer_action);
+        dispatch(&mut a, t, spec);
     }
     a.finish()
 }
@@ -267,8 +268,11 @@ pub(crate) fn generate(spec: &FilterSpec) -> Result<Vec<libc::sock_filter>, Secc
 /// Syscall numbers become ranges that cover all of u32 (gaps get the default action, neighbours with the same
 /// unconditional action merge), so the binary search needs no equality test at its leaves: an allow-list of a
 /// few hundred syscalls compiles to a few dozen ranges.
-fn dispatch(a: &mut Asm, table: &Table, default: u32, newer: Option<u32>) {
-    let mut bodies = Vec::new();
+fn dispatch(a: &mut Asm, table: &Table, spec: &FilterSpec) {
+    let (default, newer) = (spec.default_action, spec.newer_action);
+    let mut sorted = table.clone();
+    sorted.sort_by_key(|(nr, _)| *nr);
+    let mut bodies: Vec<(Label, Vec<&Rule>)> = Vec::new();
     let mut ranges: Vec<(u32, Leaf)> = Vec::new();
     let push = |ranges: &mut Vec<(u32, Leaf)>, start: u32, leaf: Leaf| {
         let same = match (ranges.last(), &leaf) {
@@ -280,9 +284,14 @@ fn dispatch(a: &mut Asm, table: &Table, default: u32, newer: Option<u32>) {
         }
     };
     let mut next: Option<u32> = Some(0);
-    for (nr, rules) in table {
+    for group in sorted.chunk_by(|x, y| x.0 == y.0) {
+        let nr = group[0].0;
+        let rules: Vec<&Rule> = group
+            .iter()
+            .filter_map(|(_, i)| spec.rules.get(*i as usize))
+            .collect();
         if let Some(n) = next {
-            if *nr > n {
+            if nr > n {
                 push(&mut ranges, n, Leaf::Ret(default));
             }
         }
@@ -293,7 +302,7 @@ fn dispatch(a: &mut Asm, table: &Table, default: u32, newer: Option<u32>) {
             bodies.push((l, rules));
             Leaf::Body(l)
         };
-        push(&mut ranges, *nr, leaf);
+        push(&mut ranges, nr, leaf);
         next = nr.checked_add(1);
     }
     if let Some(n) = next {
@@ -438,18 +447,16 @@ mod tests {
     }
 
     fn spec_with(rules: Vec<(u32, Rule)>) -> FilterSpec {
-        let mut t = Table::new();
-        for (nr, r) in rules {
-            t.entry(nr).or_default().push(r);
-        }
-        FilterSpec {
+        let mut spec = FilterSpec {
             default_action: 0x7fff_0000,
             bad_arch_action: 0x8000_0000,
-            newer_action: None,
-            x86_64: t,
-            x32: None,
-            i386: None,
+            ..Default::default()
+        };
+        for (i, (nr, r)) in rules.into_iter().enumerate() {
+            spec.rules.push(r);
+            spec.x86_64.push((nr, i as u32));
         }
+        spec
     }
 
     #[test]

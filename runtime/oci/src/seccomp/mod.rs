@@ -235,7 +235,10 @@ pub fn compile(s: &LinuxSeccomp) -> Result<SeccompProgram, SeccompError> {
                 value_two: a.value_two().unwrap_or(0),
             });
         }
-        let r = bpf::Rule { action, args };
+        let idx = u32::try_from(spec.rules.len()).map_err(|_| SeccompError::TooLong {
+            len: spec.rules.len(),
+        })?;
+        spec.rules.push(bpf::Rule { action, args });
         for name in rule.names() {
             let mut found = false;
             let nrs = syscall_nrs(name).unwrap_or([syscalls::NONE; 3]);
@@ -249,7 +252,7 @@ pub fn compile(s: &LinuxSeccomp) -> Result<SeccompProgram, SeccompError> {
                     continue;
                 };
                 found = true;
-                table.entry(nr).or_default().push(r.clone());
+                table.push((nr, idx));
             }
             if !found {
                 debug(&format!(
