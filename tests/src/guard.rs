@@ -30,6 +30,8 @@ struct Inner {
     netns: Vec<PathBuf>,
     dirs: Vec<PathBuf>,
     done: bool,
+    /// How long to retry removing a busy cgroup dir (default 5 s).
+    cgroup_timeout: Option<Duration>,
 }
 
 /// Collects what a test created; cleans it up and checks it on drop. Methods take `&self`
@@ -124,11 +126,17 @@ fn remove_cgroup_dir(dir: &Path, timeout: Duration) {
     }
 }
 
-/// Remove the cgroup `rel` (and everything below it) from every hierarchy.
+/// Remove the cgroup `rel` (and everything below it) from every hierarchy, retrying each busy
+/// dir for up to 5 s.
 pub fn remove_cgroup(rel: &str) {
+    remove_cgroup_within(rel, Duration::from_secs(5));
+}
+
+/// [`remove_cgroup`] with a chosen retry time per dir.
+pub fn remove_cgroup_within(rel: &str, timeout: Duration) {
     for dir in cgroup_dirs(rel) {
         for d in subtree_deepest_first(&dir) {
-            remove_cgroup_dir(&d, Duration::from_secs(5));
+            remove_cgroup_dir(&d, timeout);
         }
     }
 }
@@ -146,6 +154,12 @@ impl Guard {
     /// Run `f` first at cleanup (e.g. `runc delete --force ID`); `what` names it in messages.
     pub fn on_cleanup(&self, what: &str, f: impl FnOnce() + Send + 'static) -> &Self {
         self.lock().hooks.push((what.to_string(), Box::new(f)));
+        self
+    }
+
+    /// How long cleanup retries removing a busy cgroup dir (default 5 s).
+    pub fn cgroup_timeout(&self, timeout: Duration) -> &Self {
+        self.lock().cgroup_timeout = Some(timeout);
         self
     }
 
@@ -269,7 +283,7 @@ impl Guard {
             let _ = std::fs::remove_file(ns);
         }
         for cg in i.cgroups.iter().rev() {
-            remove_cgroup(cg);
+            remove_cgroup_within(cg, i.cgroup_timeout.unwrap_or(Duration::from_secs(5)));
         }
         for d in &i.dirs {
             crate::unmount_below(d);

@@ -74,7 +74,9 @@ fn guard_panics_on_drop_when_a_cgroup_cannot_be_removed() {
     }
 
     let guard = Guard::new();
-    guard.cgroup(format!("/{parent_rel}/inner"));
+    guard
+        .cgroup(format!("/{parent_rel}/inner"))
+        .cgroup_timeout(Duration::from_millis(500));
     let result = std::panic::catch_unwind(move || drop(guard));
 
     // Clean up by hand before asserting, so a failure here leaves nothing behind either.
