@@ -285,3 +285,57 @@ fn devices_default_and_spec() {
     );
     rt.finish();
 }
+
+#[test]
+fn time_namespace_offsets() {
+    let Some(rt) = Rt::new(
+        "runc-timens",
+        &[
+            "sh",
+            "-c",
+            "cut -d. -f1 /proc/uptime; readlink /proc/self/ns/time",
+        ],
+    ) else {
+        return;
+    };
+    rt.edit(|s| {
+        s["linux"]["namespaces"]
+            .as_array_mut()
+            .expect("ns")
+            .push(json!({"type": "time"}));
+        s["linux"]["timeOffsets"] = json!({"boottime": {"secs": 31_536_000, "nanosecs": 0}});
+    });
+    let out = rt.output();
+    let up: u64 = out
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("uptime");
+    assert!(up >= 31_536_000, "boottime offset applied: {out}");
+    assert_ne!(out.lines().nth(1).unwrap_or_default(), host_ns("time"));
+    rt.finish();
+}
+
+#[test]
+fn no_pivot_and_private_root() {
+    let Some(rt) = Rt::new(
+        "runc-nopivot",
+        &[
+            "sh",
+            "-c",
+            "hostname; awk '$5 == \"/\"' /proc/self/mountinfo",
+        ],
+    ) else {
+        return;
+    };
+    let b = rt.bundle.path.to_string_lossy().into_owned();
+    let o = rt.run(&["run", "--no-pivot", "--bundle", &b, &rt.id]);
+    let out = util::text(&o.stdout);
+    assert!(o.status.success(), "{}", util::text(&o.stderr));
+    assert!(out.starts_with("berth\n"), "{out}");
+    assert!(
+        !out.contains("shared:"),
+        "rootfs propagation defaults to private: {out}"
+    );
+    rt.finish();
+}

@@ -4,7 +4,7 @@
 //! must never loop (an environment marker stops it) and must never leave the
 //! marker in a container's environment.
 
-use std::ffi::{CString, OsString};
+use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
@@ -32,7 +32,7 @@ pub fn ensure_sealed() -> Result<()> {
         .collect::<Result<_>>()?;
     let mut envp: Vec<CString> = std::env::vars_os()
         .filter_map(|(k, v)| {
-            let mut kv = OsString::from(k);
+            let mut kv = k;
             kv.push("=");
             kv.push(v);
             CString::new(kv.as_bytes()).ok()

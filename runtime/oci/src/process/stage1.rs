@@ -1,6 +1,6 @@
 //! stage1 of the chain: namespaces, then fork the final process.
 
-use nix::sched::unshare;
+use nix::sched::{unshare, CloneFlags};
 use nix::unistd::{fork, ForkResult};
 
 use super::channel::{Channel, Msg};
@@ -10,7 +10,9 @@ use crate::namespaces;
 
 pub(super) fn run(cs: &ChainSpec, ch: &Channel) -> ! {
     super::child_main(ch, || {
-        ch.expect("Go", |m| matches!(m, Msg::Go))?;
+        // The parent moves us into the cgroup meanwhile (slow on v1: one migration per
+        // controller) and says Go; everything up to the cgroup namespace overlaps it.
+        let mut go = false;
         for (t, p) in &cs.ns.join {
             namespaces::join(*t, p)?;
         }
@@ -18,7 +20,12 @@ pub(super) fn run(cs: &ChainSpec, ch: &Channel) -> ! {
             unshare(nix::sched::CloneFlags::CLONE_NEWUSER)
                 .sys(|| "unshare user namespace".into())?;
             ch.send(&Msg::UserNs)?;
-            ch.expect("MapsWritten", |m| matches!(m, Msg::MapsWritten))?;
+            loop {
+                match ch.expect("MapsWritten", |m| matches!(m, Msg::MapsWritten | Msg::Go))? {
+                    Msg::Go => go = true,
+                    _ => break,
+                }
+            }
         }
         if cs.ns.in_userns() {
             nix::unistd::setresgid(0.into(), 0.into(), 0.into())
@@ -26,8 +33,16 @@ pub(super) fn run(cs: &ChainSpec, ch: &Channel) -> ! {
             nix::unistd::setresuid(0.into(), 0.into(), 0.into())
                 .sys(|| "setresuid 0 in user ns".into())?;
         }
-        if !cs.ns.new_flags.is_empty() {
-            unshare(cs.ns.new_flags).sys(|| format!("unshare {:?}", cs.ns.new_flags))?;
+        let cgroupns = CloneFlags::CLONE_NEWCGROUP;
+        let early = cs.ns.new_flags - cgroupns;
+        if !early.is_empty() {
+            unshare(early).sys(|| format!("unshare {early:?}"))?;
+        }
+        if !go {
+            ch.expect("Go", |m| matches!(m, Msg::Go))?;
+        }
+        if cs.ns.new_flags.contains(cgroupns) {
+            unshare(cgroupns).sys(|| "unshare cgroup namespace".into())?;
         }
         if !cs.ns.time_offsets.is_empty() {
             std::fs::write("/proc/self/timens_offsets", cs.ns.time_offsets.join("\n"))

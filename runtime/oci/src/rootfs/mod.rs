@@ -108,15 +108,10 @@ pub fn pivot(rootfs: &Path, no_pivot: bool) -> Result<()> {
         chroot(".").sys(|| "chroot".into())?;
     } else {
         pivot_root(".", ".").sys(|| "pivot_root".into())?;
-        // The old root is stacked on "."; keep its unmount from propagating anywhere.
-        mount(
-            None::<&str>,
-            ".",
-            None::<&str>,
-            MsFlags::MS_SLAVE | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .sys(|| "make old root rslave".into())?;
+        // The old root is stacked on "." and is never shared here ("/" was made rprivate
+        // or rslave in `prepare`), so detaching it cannot propagate to the host. A
+        // MS_SLAVE|MS_REC on "." would hit the new root instead (mount(2) does not
+        // follow to the top mount) and undo the spec's shared mounts.
         umount2(".", MntFlags::MNT_DETACH).sys(|| "detach old root".into())?;
     }
     chdir("/").sys(|| "chdir /".into())
