@@ -20,11 +20,10 @@ pub(super) fn run(cs: &ChainSpec, ch: &Channel) -> ! {
             unshare(nix::sched::CloneFlags::CLONE_NEWUSER)
                 .sys(|| "unshare user namespace".into())?;
             ch.send(&Msg::UserNs)?;
-            loop {
-                match ch.expect("MapsWritten", |m| matches!(m, Msg::MapsWritten | Msg::Go))? {
-                    Msg::Go => go = true,
-                    _ => break,
-                }
+            while let Msg::Go =
+                ch.expect("MapsWritten", |m| matches!(m, Msg::MapsWritten | Msg::Go))?
+            {
+                go = true;
             }
         }
         if cs.ns.in_userns() {
