@@ -86,6 +86,7 @@ impl Leases for LeasesService {
         req: Request<CreateRequest>,
     ) -> Result<Response<CreateResponse>, Status> {
         let ns = namespace_from(req.metadata())?;
+        tracing::Span::current().record("namespace", ns.as_str());
         let r = req.into_inner();
         let id = if r.id.is_empty() {
             generate_lease_id()
@@ -101,8 +102,10 @@ impl Leases for LeasesService {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(namespace))]
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<()>, Status> {
         let ns = namespace_from(req.metadata())?;
+        tracing::Span::current().record("namespace", ns.as_str());
         let id = req.into_inner().id;
         check_lease_id(&id)?;
         self.ctx.store.delete_lease(&ns, &id).await?;
@@ -111,6 +114,7 @@ impl Leases for LeasesService {
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         let ns = namespace_from(req.metadata())?;
+        tracing::Span::current().record("namespace", ns.as_str());
         let filter = parse_filters(&req.get_ref().filters)?;
         let store = self.ctx.store.clone();
         let all = blocking(move || store.list_leases(&ns)).await?;
@@ -122,8 +126,10 @@ impl Leases for LeasesService {
         Ok(Response::new(ListResponse { leases }))
     }
 
+    #[tracing::instrument(skip_all, fields(namespace))]
     async fn add_resource(&self, req: Request<AddResourceRequest>) -> Result<Response<()>, Status> {
         let ns = namespace_from(req.metadata())?;
+        tracing::Span::current().record("namespace", ns.as_str());
         let r = req.into_inner();
         check_lease_id(&r.id)?;
         let res = resource(r.resource)?;
@@ -136,6 +142,7 @@ impl Leases for LeasesService {
         req: Request<DeleteResourceRequest>,
     ) -> Result<Response<()>, Status> {
         let ns = namespace_from(req.metadata())?;
+        tracing::Span::current().record("namespace", ns.as_str());
         let r = req.into_inner();
         check_lease_id(&r.id)?;
         let res = resource(r.resource)?;
@@ -151,6 +158,7 @@ impl Leases for LeasesService {
         req: Request<ListResourcesRequest>,
     ) -> Result<Response<ListResourcesResponse>, Status> {
         let ns = namespace_from(req.metadata())?;
+        tracing::Span::current().record("namespace", ns.as_str());
         let id = req.into_inner().id;
         check_lease_id(&id)?;
         let store = self.ctx.store.clone();
