@@ -111,7 +111,7 @@ fn nnp_off_and_root_caps() {
         &[
             "grep",
             "-E",
-            "^(CapBnd|CapEff|NoNewPrivs)",
+            "^(CapBnd|CapEff|NoNewPrivs|SigIgn|SigBlk)",
             "/proc/self/status",
         ],
     ) else {
@@ -123,6 +123,9 @@ fn nnp_off_and_root_caps() {
     // CAP_AUDIT_WRITE(29) CAP_KILL(5) CAP_NET_BIND_SERVICE(10)
     assert!(out.contains("CapBnd:\t0000000020000420"), "{out}");
     assert!(out.contains("CapEff:\t0000000020000420"), "{out}");
+    // Rust ignores SIGPIPE (and a caller may ignore more): init starts with defaults.
+    assert!(out.contains("SigIgn:\t0000000000000000"), "{out}");
+    assert!(out.contains("SigBlk:\t0000000000000000"), "{out}");
     rt.finish();
 }
 
@@ -176,6 +179,7 @@ fn mounts_options_propagation_readonly_root() {
         let m = s["mounts"].as_array_mut().expect("mounts");
         m.push(json!({"destination": "/data", "type": "bind", "source": data, "options": ["rbind", "ro", "nosuid", "nodev", "rshared"]}));
         m.push(json!({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["size=1m", "mode=700", "noexec"]}));
+        m.push(json!({"destination": "/data2", "type": "bind", "source": data, "options": ["rbind", "rro"]}));
     });
     let out = rt.output();
     let line = |dest: &str| {
@@ -196,6 +200,11 @@ fn mounts_options_propagation_readonly_root() {
         "{d}"
     );
     assert!(d.contains(" shared:"), "rshared shows as shared:N: {d}");
+    let d2 = line("/data2");
+    assert!(
+        d2.split(' ').nth(5).is_some_and(|o| o.starts_with("ro")),
+        "rro: {d2}"
+    );
     let s = line("/scratch");
     assert!(
         s.contains("size=1024k") && s.contains("mode=700") && s.contains("noexec"),

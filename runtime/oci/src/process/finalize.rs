@@ -91,14 +91,50 @@ pub fn finalize(cs: &ChainSpec, prog: Option<PathBuf>) -> Result<Infallible> {
     let envp: Vec<CString> = env.iter().map(|a| cstr(a)).collect::<Result<_>>()?;
     let prog_c = CString::new(prog.as_os_str().as_encoded_bytes())
         .map_err(|_| Error::Spec("program path".into()))?;
-    // Rust ignores SIGPIPE; the container must start with default signal state.
+    // Rust ignores SIGPIPE and our caller may ignore others: the container starts with
+    // every signal at its default disposition and nothing blocked.
     // SAFETY: restoring the default disposition installs no handler code.
     unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }.sys(|| "reset SIGPIPE".into())?;
+    reset_all_signals();
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .sys(|| "sigprocmask".into())?;
     match nix::unistd::execve(&prog_c, &argv, &envp) {
         Ok(never) => match never {},
         Err(e) => Err(Error::sys(format!("exec {}", prog.display()), e)),
+    }
+}
+
+/// Set every signal (1..=64, glibc's internal ones included) to SIG_DFL with the
+/// raw syscall, which unlike glibc's sigaction accepts signals 32 and 33.
+fn reset_all_signals() {
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: libc::c_ulong,
+        restorer: usize,
+        mask: u64,
+    }
+    let dfl = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: installs the default disposition (no handler code); the struct matches
+        // the kernel's x86_64/aarch64 layout and the size passed is that of the mask.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &dfl as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            )
+        };
     }
 }
 
