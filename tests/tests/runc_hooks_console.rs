@@ -87,6 +87,16 @@ fn failing_and_slow_hooks_fail_create_and_clean_up() {
     assert!(err.contains("timed out"), "{err}");
     assert!(!rt.root.join(&rt.id).exists());
     rt.guard.assert_clean();
+    // A failing poststart hook fails start and stops the container.
+    rt.edit(|s| {
+        s["process"]["args"] = json!(["sleep", "1000"]);
+        s["hooks"] = json!({"poststart": [hook("exit 4")]});
+    });
+    let pid = rt.create();
+    let err = rt.fails(&["start", &rt.id]);
+    assert!(err.contains("poststart hook"), "{err}");
+    assert!(berth_tests::proc::wait_dead(pid, Duration::from_secs(10)));
+    assert_eq!(rt.status(), "stopped");
     rt.finish();
 }
 

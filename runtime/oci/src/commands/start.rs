@@ -10,7 +10,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::container::{Container, Status};
 use crate::error::{Error, Result};
-use crate::{hooks, logging, utils};
+use crate::{hooks, utils};
 
 /// Start container `id`.
 pub fn run(root: &Path, id: &str) -> Result<()> {
@@ -43,12 +43,14 @@ pub fn run(root: &Path, id: &str) -> Result<()> {
     }
     let _ = std::fs::remove_file(&fifo);
     let h = c.saved.config.hooks().as_ref();
-    if let Err(e) = hooks::run(
-        "poststart",
-        h.and_then(|h| h.poststart().as_ref()),
-        &c.hook_state(Status::Running),
-    ) {
-        logging::warn(&e.to_string());
+    let state = c.hook_state(Status::Running);
+    if let Err(e) = hooks::run("poststart", h.and_then(|h| h.poststart().as_ref()), &state) {
+        // Like runc: a failing poststart hook fails start and stops the container.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.saved.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        return Err(e);
     }
     Ok(())
 }
