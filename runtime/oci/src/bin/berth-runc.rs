@@ -20,8 +20,12 @@ fn main() {
             std::process::exit(1);
         }
     }
+    logging::debug("start");
     match commands::dispatch(&cli) {
-        Ok(code) => std::process::exit(code),
+        Ok(code) => {
+            logging::debug("done");
+            std::process::exit(code)
+        }
         Err(e) => {
             logging::error(&e.to_string());
             std::process::exit(1);

@@ -93,11 +93,13 @@ fn build(c: &mut Container, o: &CreateOpts) -> Result<()> {
     nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o622))
         .sys(|| format!("mkfifo {}", fifo.display()))?;
     let fifo_fd = open_path(&fifo)?;
+    logging::debug("create: spec loaded, fifo made");
     c.saved.cgroup.create()?;
     if let Some(r) = linux.and_then(|l| l.resources().as_ref()) {
         c.saved.cgroup.apply(r)?;
     }
     c.save()?;
+    logging::debug("create: cgroup created and limits applied");
     let seccomp = match linux.and_then(|l| l.seccomp().as_ref()) {
         Some(s) => Some(seccomp::compile(s)?),
         None => None,
@@ -133,6 +135,7 @@ fn build(c: &mut Container, o: &CreateOpts) -> Result<()> {
     let (pid, ch) = process::spawn(&cs, &c.saved.cgroup, &uid_map, &gid_map)?;
     drop(cs);
     c.saved.pid = pid;
+    logging::debug(&format!("create: init pid {pid}"));
     c.saved.init_start_time = utils::proc_stat(pid).map(|s| s.start_time).unwrap_or(0);
     ch.expect("CreateHooks", |m| matches!(m, Msg::CreateHooks))?;
     let state = c.hook_state(Status::Creating);
@@ -144,7 +147,9 @@ fn build(c: &mut Container, o: &CreateOpts) -> Result<()> {
         &state,
     )?;
     ch.send(&Msg::HooksDone(state))?;
+    logging::debug("create: rootfs ready, hooks run");
     ch.expect("Ready", |m| matches!(m, Msg::Ready))?;
+    logging::debug("create: init ready");
     c.save()?;
     if let Some(p) = &o.pid_file {
         utils::write_atomic(p, pid.to_string().as_bytes())?;

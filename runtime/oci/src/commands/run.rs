@@ -16,10 +16,12 @@ pub fn run(root: &Path, a: &RunArgs) -> Result<i32> {
         let _ = super::delete::destroy(&c);
         return Err(e);
     }
+    crate::logging::debug("run: started");
     if a.detach {
         return Ok(0);
     }
     let code = wait_exit(c.saved.pid)?;
+    crate::logging::debug("run: init exited");
     if !a.keep {
         if let Ok(mut c) = crate::container::Container::load(root, &a.id) {
             c.refresh();
