@@ -348,3 +348,33 @@ fn no_pivot_and_private_root() {
     );
     rt.finish();
 }
+
+#[test]
+fn exec_joins_user_namespace() {
+    let Some(rt) = Rt::new("runc-userns-exec", &["sleep", "1000"]) else {
+        return;
+    };
+    rt.edit(|s| {
+        s["linux"]["namespaces"].as_array_mut().expect("ns").push(json!({"type": "user"}));
+        s["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 0, "size": 1}, {"containerID": 1, "hostID": 300000, "size": 100}]);
+        s["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 0, "size": 1}, {"containerID": 1, "hostID": 300000, "size": 100}]);
+        s["mounts"].as_array_mut().expect("m").retain(|m| m["type"] != "sysfs" && m["type"] != "cgroup");
+    });
+    let pid = rt.create();
+    rt.ok(&["start", &rt.id]);
+    let init_ns = std::fs::read_link(format!("/proc/{pid}/ns/user")).expect("init user ns");
+    let out = rt.ok(&[
+        "exec",
+        "--user",
+        "5:5",
+        &rt.id,
+        "sh",
+        "-c",
+        "readlink /proc/self/ns/user; id -u; cat /proc/self/uid_map",
+    ]);
+    let l: Vec<&str> = out.lines().collect();
+    assert_eq!(l[0], init_ns.to_string_lossy(), "{out}");
+    assert_eq!(l[1], "5");
+    assert!(out.contains("300000"), "{out}");
+    rt.finish();
+}

@@ -251,3 +251,39 @@ fn json_log_lines() {
     assert!(text(&o.stderr).contains("does not exist"));
     rt.finish();
 }
+
+#[test]
+fn run_forwards_signals_to_the_container() {
+    let Some(rt) = Rt::new(
+        "runc-sigfwd",
+        &[
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 7' TERM; touch /tmp/ready; while :; do sleep 0.1; done",
+        ],
+    ) else {
+        return;
+    };
+    let b = rt.bundle.path.to_string_lossy().into_owned();
+    let child = rt
+        .cmd()
+        .args(["run", "--bundle", &b, &rt.id])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn run");
+    rt.guard.pid(child.id() as i32);
+    let ready = rt.bundle.rootfs.join("tmp/ready");
+    wait_for(20, "container ready", || ready.exists());
+    assert!(proc::kill(
+        child.id() as i32,
+        nix::sys::signal::Signal::SIGTERM
+    ));
+    let out = child.wait_with_output().expect("wait run");
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "SIGTERM reached the container's trap"
+    );
+    assert_eq!(text(&out.stdout), "got-term\n");
+    rt.finish();
+}

@@ -32,14 +32,43 @@ pub fn run(root: &Path, a: &RunArgs) -> Result<i32> {
 }
 
 /// Wait for `pid` (our child, directly or as subreaper) and map its status to an
-/// exit code (128+signal when killed). Other reaped orphans are ignored.
+/// exit code (128+signal when killed). Meanwhile the usual termination and user
+/// signals sent to berth-runc are forwarded to it, as runc does.
 pub fn wait_exit(pid: i32) -> Result<i32> {
-    loop {
-        match waitpid(Pid::from_raw(pid), None) {
-            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
-            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
-            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(Error::sys(format!("wait for {pid}"), e)),
-        }
+    use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
+    use nix::sys::wait::WaitPidFlag;
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+        Signal::SIGCHLD,
+    ] {
+        set.add(s);
     }
+    let mut old = SigSet::empty();
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old))
+        .map_err(|e| Error::sys("sigprocmask", e))?;
+    let target = Pid::from_raw(pid);
+    let r = loop {
+        match waitpid(target, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => break Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => break Ok(128 + sig as i32),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => break Err(Error::sys(format!("wait for {pid}"), e)),
+        }
+        // SIGCHLD is blocked: one that arrived since waitpid is still pending here.
+        match set.wait() {
+            Ok(Signal::SIGCHLD) | Err(_) => {}
+            Ok(sig) => {
+                let _ = kill(target, sig);
+            }
+        }
+    };
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    r
 }
