@@ -170,5 +170,11 @@ fn main() -> Result<()> {
     }
     println!("(ratio = median of per-pair berth/runc wall time; rss = max ru_maxrss of the invocation and what it reaped)");
     let _ = std::fs::remove_dir_all(&tmp);
+    // runc leaves the parent level of the cgroups path behind: remove the empty dirs.
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+        for e in rd.flatten() {
+            let _ = std::fs::remove_dir(e.path().join("berth-bench"));
+        }
+    }
     Ok(())
 }
