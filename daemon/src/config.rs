@@ -158,9 +158,15 @@ impl Config {
         Ok(())
     }
 
-    /// The metadata database file.
+    /// The metadata database file (on the root dir's disk: survives reboots).
     pub fn meta_db_path(&self) -> PathBuf {
         self.root.join("meta.redb")
+    }
+
+    /// The event journal database (in the state dir, tmpfs on a normal host: survives berthd restarts, not
+    /// reboots, like the containers and shims whose events it keeps).
+    pub fn journal_db_path(&self) -> PathBuf {
+        self.state.join("events.redb")
     }
 
     /// The single-instance lock file.

@@ -1,8 +1,9 @@
 //! berthd startup, serving and shutdown.
 //!
 //! [`prepare`] runs before any runtime exists: it creates the root (0700) and state (0711) dirs, takes the
-//! single-instance lock (`<root>/lock`, flock) BEFORE touching the socket, opens the store (a corrupt or newer
-//! database refuses to start), removes a stale socket, binds the new one (0660), raises RLIMIT_NOFILE and sets
+//! single-instance lock (`<root>/lock`, flock) BEFORE touching the socket, opens the store (`<root>/meta.redb`)
+//! and the event journal (`<state>/events.redb`; a corrupt or newer database refuses to start), removes a stale
+//! socket, binds the new one (0660), raises RLIMIT_NOFILE and sets
 //! oom_score_adj. [`run`] then starts the actix System on its own thread (with the RootSupervisor on it), a
 //! 2-worker tokio runtime for tonic, the task subsystem, and serves until SIGTERM/SIGINT (exit 0) or until a
 //! supervised child exceeds its restart limit (escalation: berthd stops with an error, systemd restarts it); on a signal it stops serving, ends event subscriptions, calls
@@ -22,7 +23,7 @@ use tonic::transport::Server;
 
 use crate::config::Config;
 use crate::context::Context;
-use crate::events::{EventBus, EventError};
+use crate::events::{EventBus, EventError, JournalDb};
 use crate::services;
 use crate::store::{Store, StoreError};
 
@@ -91,6 +92,7 @@ pub struct Prepared {
     config: Arc<Config>,
     _lock: Flock<File>,
     store: Store,
+    journal: JournalDb,
     listener: std::os::unix::net::UnixListener,
 }
 
@@ -193,6 +195,7 @@ pub fn prepare(config: Config) -> Result<Prepared, ServerError> {
     make_dir(&config.state, 0o711)?;
     let lock = take_lock(&config)?;
     let store = Store::open(&config.meta_db_path(), config.max_batch)?;
+    let journal = JournalDb::open(&config.journal_db_path(), store.clone(), config.max_batch)?;
     let listener = bind_socket(&config.address)?;
     raise_nofile();
     set_oom_score_adj(config.oom_score_adj);
@@ -200,6 +203,7 @@ pub fn prepare(config: Config) -> Result<Prepared, ServerError> {
         config: Arc::new(config),
         _lock: lock,
         store,
+        journal,
         listener,
     })
 }
@@ -263,6 +267,7 @@ pub fn run(prepared: Prepared) -> Result<(), ServerError> {
         config,
         _lock,
         store,
+        journal,
         listener,
     } = prepared;
     let (system, arbiter, actix_thread) = start_actix()?;
@@ -272,10 +277,18 @@ pub fn run(prepared: Prepared) -> Result<(), ServerError> {
         .enable_all()
         .build()
         .map_err(|e| ServerError::Runtime(format!("building the tokio runtime: {e}")))?;
-    let result = rt.block_on(serve(config.clone(), store.clone(), listener, arbiter));
+    let result = rt.block_on(serve(
+        config.clone(),
+        store.clone(),
+        journal.clone(),
+        listener,
+        arbiter,
+    ));
     system.stop();
     let _ = actix_thread.join();
     rt.shutdown_timeout(Duration::from_secs(1));
+    // The journal first: its writer may still reserve seqs through the store's.
+    journal.close();
     store.close();
     let _ = std::fs::remove_file(&config.address);
     tracing::info!("berthd stopped");
@@ -292,6 +305,7 @@ macro_rules! limits {
 async fn serve(
     config: Arc<Config>,
     store: Store,
+    journal: JournalDb,
     listener: std::os::unix::net::UnixListener,
     actors: actix::ArbiterHandle,
 ) -> Result<(), ServerError> {
@@ -308,11 +322,7 @@ async fn serve(
     use berth_proto::containerd::version::version_server::VersionServer;
 
     let mut signals = StopSignals::install()?;
-    let events = EventBus::new(
-        store.clone(),
-        config.event_retention,
-        config.subscriber_queue,
-    )?;
+    let events = EventBus::new(journal, config.event_retention, config.subscriber_queue)?;
     let (esc_tx, mut esc_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let root = {
         use actix::Actor;

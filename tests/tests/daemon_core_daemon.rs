@@ -231,6 +231,88 @@ async fn restart_keeps_metadata_and_journal_seqs() {
     assert_eq!(journal_last(&d).await, before + 1);
 }
 
+/// Publish one event; returns nothing (its seq is read back from the journal).
+async fn publish_one(d: &Daemon, ns: &str, topic: &str) {
+    EventsClient::new(d.channel().await)
+        .publish(req(
+            ns,
+            PublishRequest {
+                topic: topic.into(),
+                event: Some(prost_types::Any {
+                    type_url: "x.Y".into(),
+                    value: vec![1],
+                }),
+            },
+        ))
+        .await
+        .expect("publish");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reboot_empties_the_journal_but_seqs_go_on_and_old_cursors_are_out_of_range() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let dir = TestDir::new("daemon_core_reboot");
+    let mut d = Daemon::start(dir.path());
+    let ns = berth_tests::unique_id("core-reboot");
+    assert!(
+        d.state().join("events.redb").is_file(),
+        "the journal lives in the state dir"
+    );
+    for _ in 0..3 {
+        publish_one(&d, &ns, "/test/before").await;
+    }
+    let before = journal_last(&d).await;
+    assert_eq!(before, 3);
+
+    // Restart with the state dir kept: seqs continue right after the last one, the old cursor replays.
+    let status = d.stop().expect("was running");
+    assert!(status.success(), "{status:?}");
+    d.start_again();
+    publish_one(&d, &ns, "/test/restart").await;
+    assert_eq!(journal_last(&d).await, before + 1);
+    let last_before_reboot = before + 1;
+
+    // "Reboot": berthd stops, the state dir (a tmpfs on a real host) is emptied, the root dir stays.
+    let status = d.stop().expect("was running");
+    assert!(status.success(), "{status:?}");
+    std::fs::remove_dir_all(d.state()).expect("wipe the state dir");
+    d.start_again();
+    assert!(d.state().join("events.redb").is_file(), "journal recreated");
+    let mut jc = JournalClient::new(d.channel().await);
+    for cursor in [0, 2, last_before_reboot] {
+        let r = jc
+            .subscribe(JournalSubscribeRequest {
+                filters: vec![],
+                after_seq: cursor,
+                from_oldest: false,
+            })
+            .await;
+        let code = match r {
+            Err(status) => status.code(),
+            Ok(resp) => match resp.into_inner().next().await {
+                Some(Err(status)) => status.code(),
+                other => panic!("cursor {cursor} from before the reboot was accepted: {other:?}"),
+            },
+        };
+        assert_eq!(code, tonic::Code::OutOfRange, "cursor {cursor}");
+    }
+    publish_one(&d, &ns, "/test/after").await;
+    let after = journal_last(&d).await;
+    assert!(
+        after > last_before_reboot,
+        "seqs never go backwards across a reboot: {after} after {last_before_reboot}"
+    );
+    // The journal after the reboot holds only the new event, and a crash keeps it.
+    let killed = d.kill().expect("was running");
+    assert_eq!(killed.signal(), Some(9));
+    d.start_again();
+    assert_eq!(journal_last(&d).await, after);
+    publish_one(&d, &ns, "/test/after-crash").await;
+    assert_eq!(journal_last(&d).await, after + 1);
+}
+
 #[test]
 fn second_instance_on_same_root_is_refused() {
     if !berth_tests::require_root() {
@@ -448,14 +530,15 @@ async fn crash_before_commit_loses_the_unacked_event_crash_after_keeps_it() {
     if !berth_tests::require_root() {
         return;
     }
-    let (before, code) = crash_on_first_commit("store.before_commit").await;
+    // The event journal's own writer (`<state>/events.redb`) names its commit failpoints `events.*`.
+    let (before, code) = crash_on_first_commit("events.before_commit").await;
     assert!(before.is_empty(), "uncommitted event survived: {before:?}");
     // The connection drops mid-call: tonic reports Unknown or Unavailable; never OK.
     assert!(
         matches!(code, tonic::Code::Unknown | tonic::Code::Unavailable),
         "{code:?}"
     );
-    let (after, code) = crash_on_first_commit("store.after_commit").await;
+    let (after, code) = crash_on_first_commit("events.after_commit").await;
     assert_eq!(
         after,
         vec!["/test/crash".to_string()],

@@ -1,19 +1,22 @@
-//! The durable event journal inside the metadata store: seq → `berth.v1.JournalEvent`, bounded by retention,
-//! plus the shims' last journaled seqs (exactly-once delivery of shim events).
+//! The durable event journal inside `<state>/events.redb` (see [`super::db`]): seq → `berth.v1.JournalEvent`,
+//! bounded by retention, plus the shims' last journaled seqs (exactly-once delivery of shim events).
 //!
-//! Write helpers run inside the store writer's transaction (see `store::writer`); read helpers are blocking.
-//! This module must never renumber events: a seq, once given, stays with its event until the event is trimmed.
+//! Write helpers run inside the journal writer's transaction (see `store::writer`); read helpers are blocking.
+//! This module must never renumber events (a seq, once given, stays with its event until the event is trimmed)
+//! and never hand out a seq the reservation in meta.redb does not cover.
 
 use berth_proto::berth::JournalEvent;
 use prost::Message;
 use redb::{ReadableTable, WriteTransaction};
 
-use crate::store::tables::{u64_le, JOURNAL, META, META_JOURNAL_FLOOR, SHIM_SEQS};
-use crate::store::{Store, StoreError};
+use super::db::{decode, JournalDb, SeqReservation, JOURNAL, META, META_JOURNAL_FLOOR, SHIM_SEQS};
+use crate::store::tables::u64_le;
+use crate::store::StoreError;
 
-/// Append one event (seq assigned here) and trim the journal to `retention` events.
+/// Append one event (seq assigned here, covered by `seqs`) and trim the journal to `retention` events.
 pub(crate) fn append(
     wtx: &WriteTransaction,
+    seqs: &std::sync::Arc<SeqReservation>,
     retention: u64,
     mut ev: JournalEvent,
 ) -> Result<JournalEvent, StoreError> {
@@ -23,6 +26,8 @@ pub(crate) fn append(
         Some(l) => l + 1,
         None => floor_in(wtx)? + 1,
     };
+    // Before writing anything: a failed reservation must leave the transaction untouched.
+    seqs.ensure(seq)?;
     ev.seq = seq;
     j.insert(seq, ev.encode_to_vec().as_slice())?;
     let cutoff = seq.saturating_sub(retention.max(1));
@@ -74,16 +79,17 @@ pub(crate) fn remove_shim_seq(wtx: &WriteTransaction, key: &str) -> Result<(), S
     Ok(())
 }
 
-impl Store {
-    /// Highest seq trimmed from the journal (0 if none): cursors below it are out of range.
+impl JournalDb {
+    /// Highest seq trimmed from the journal, or the reserved mark a fresh journal started above (0 if none):
+    /// cursors below it are out of range.
     pub fn journal_floor(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .meta_get(META_JOURNAL_FLOOR)?
-            .and_then(|v| u64_le(&v))
-            .unwrap_or(0))
+        let rtx = self.read()?;
+        let t = rtx.open_table(META)?;
+        let v = t.get(META_JOURNAL_FLOOR)?.and_then(|v| u64_le(v.value()));
+        Ok(v.unwrap_or(0))
     }
 
-    /// Seq of the newest journaled event (0 if none).
+    /// Seq of the newest journaled event (the floor if none).
     pub fn journal_last_seq(&self) -> Result<u64, StoreError> {
         let rtx = self.read()?;
         let t = rtx.open_table(JOURNAL)?;
@@ -109,9 +115,7 @@ impl Store {
         }
         for item in t.range((after + 1)..=upto)? {
             let (k, v) = item?;
-            let ev = JournalEvent::decode(v.value())
-                .map_err(|e| StoreError::Corrupt(format!("journal event {}: {e}", k.value())))?;
-            out.push(ev);
+            out.push(decode(k.value(), v.value())?);
             if out.len() >= limit {
                 break;
             }
@@ -125,5 +129,10 @@ impl Store {
         let t = rtx.open_table(SHIM_SEQS)?;
         let v = t.get(key)?.map(|v| v.value());
         Ok(v.unwrap_or(0))
+    }
+
+    /// The reserved seq mark as this process knows it (durable in meta.redb).
+    pub fn reserved_seq(&self) -> u64 {
+        self.seqs().reserved()
     }
 }

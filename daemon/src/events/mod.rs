@@ -1,11 +1,14 @@
 //! The EventBus: a durable journal with group commit, and fan-out to subscribers.
 //!
-//! Publishing hands the event to the store's writer thread, which commits it with whatever else is queued (one
-//! transaction, one fsync per batch), and only after the commit fans it out, in seq order, to every subscriber
-//! whose filter matches. Each subscriber has a bounded tokio queue fed with `try_send`: a subscriber whose queue
+//! The journal lives in its own database, `<state>/events.redb` ([`db`]; tmpfs on a normal host, because it only
+//! has to survive berthd restarts, not reboots), with its own writer thread: metadata writes to `<root>/meta.redb`
+//! never queue in front of an event. Publishing hands the event to that writer, which commits it with whatever
+//! else is queued (one transaction, `Durability::Immediate`, per batch), and only after the commit fans it out, in
+//! seq order, to every subscriber whose filter matches. Each subscriber has a bounded tokio queue fed with `try_send`: a subscriber whose queue
 //! is full is cut off (its stream ends with RESOURCE_EXHAUSTED naming the seq where events were dropped), so a
-//! slow subscriber never delays the publisher or anyone else. Seqs survive restarts; the journal keeps the
-//! newest `event_retention` events, and a replay cursor older than that gets OUT_OF_RANGE.
+//! slow subscriber never delays the publisher or anyone else. Seqs survive restarts and never go backwards, also
+//! across reboots (a reserved mark in meta.redb, see [`db`]); the journal keeps the newest `event_retention`
+//! events, and a replay cursor older than that (or from before a reboot emptied the journal) gets OUT_OF_RANGE.
 //!
 //! Shim events are exactly-once: [`EventBus::publish_from_shim`] appends the event and records the shim's seq in
 //! the same transaction and drops replays of a seq already recorded.
@@ -13,6 +16,7 @@
 //! This module must never block the writer thread (fan-out is `try_send` only) and never show a subscriber an
 //! event before it is durable.
 
+pub mod db;
 pub mod fields;
 pub mod filter;
 pub mod journal;
@@ -23,7 +27,8 @@ use std::sync::{Arc, Mutex};
 use berth_proto::berth::JournalEvent;
 use tonic::Status;
 
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
+pub use db::JournalDb;
 pub use filter::{Fields, Filter, FilterError};
 pub use subscription::{ReplayStream, Subscription};
 
@@ -63,7 +68,7 @@ pub struct EventBus {
 }
 
 pub(crate) struct BusInner {
-    store: Store,
+    journal: JournalDb,
     retention: u64,
     queue: usize,
     pub(crate) subs: Mutex<Subscribers>,
@@ -89,12 +94,12 @@ fn now() -> prost_types::Timestamp {
 }
 
 impl EventBus {
-    /// A bus journaling into `store`, keeping `retention` events, with `queue` slots per subscriber.
-    pub fn new(store: Store, retention: u64, queue: usize) -> Result<EventBus, EventError> {
-        let last_seq = store.journal_last_seq()?;
+    /// A bus journaling into `journal`, keeping `retention` events, with `queue` slots per subscriber.
+    pub fn new(journal: JournalDb, retention: u64, queue: usize) -> Result<EventBus, EventError> {
+        let last_seq = journal.journal_last_seq()?;
         Ok(EventBus {
             inner: Arc::new(BusInner {
-                store,
+                journal,
                 retention: retention.max(1),
                 queue: queue.max(1),
                 subs: Mutex::new(Subscribers {
@@ -107,9 +112,9 @@ impl EventBus {
         })
     }
 
-    /// The store the journal lives in.
-    pub fn store(&self) -> &Store {
-        &self.inner.store
+    /// The journal database.
+    pub fn journal(&self) -> &JournalDb {
+        &self.inner.journal
     }
 
     /// Journal one event (durable before it returns) and fan it out; returns its journal seq.
@@ -139,8 +144,9 @@ impl EventBus {
         };
         let retention = self.inner.retention;
         let bus = self.inner.clone();
-        let rx = self.inner.store.writer().submit(
-            move |wtx| journal::append(wtx, retention, ev).map(Arc::new),
+        let seqs = self.inner.journal.seqs().clone();
+        let rx = self.inner.journal.writer().submit(
+            move |wtx| journal::append(wtx, &seqs, retention, ev).map(Arc::new),
             move |ev: &Arc<JournalEvent>| bus.fan_out(ev),
         );
         let ev = rx.await.map_err(|_| StoreError::Closed)??;
@@ -167,12 +173,13 @@ impl EventBus {
         let key = shim_key.to_string();
         let retention = self.inner.retention;
         let bus = self.inner.clone();
-        let rx = self.inner.store.writer().submit(
+        let seqs = self.inner.journal.seqs().clone();
+        let rx = self.inner.journal.writer().submit(
             move |wtx| {
                 if shim_seq <= journal::shim_seq_in(wtx, &key)? {
                     return Ok(None);
                 }
-                let ev = journal::append(wtx, retention, ev)?;
+                let ev = journal::append(wtx, &seqs, retention, ev)?;
                 journal::set_shim_seq(wtx, &key, shim_seq)?;
                 Ok(Some(Arc::new(ev)))
             },
@@ -188,16 +195,16 @@ impl EventBus {
 
     /// Last shim seq recorded for `shim_key` (0 if none): where to resume the shim's `Events(after_seq)`.
     pub async fn last_shim_seq(&self, shim_key: &str) -> Result<u64, EventError> {
-        let store = self.inner.store.clone();
+        let journal = self.inner.journal.clone();
         let key = shim_key.to_string();
-        Ok(crate::store::blocking(move || store.shim_seq(&key)).await?)
+        Ok(crate::store::blocking(move || journal.shim_seq(&key)).await?)
     }
 
     /// Forget a shim's recorded seq (after its task is deleted).
     pub async fn forget_shim(&self, shim_key: &str) -> Result<(), EventError> {
         let key = shim_key.to_string();
         self.inner
-            .store
+            .journal
             .writer()
             .write(move |wtx| journal::remove_shim_seq(wtx, &key))
             .await?;
@@ -230,8 +237,8 @@ impl EventBus {
         if self.inner.lock_subs().closed {
             return Err(EventError::Closed);
         }
-        let store = self.inner.store.clone();
-        let floor = crate::store::blocking(move || store.journal_floor()).await?;
+        let journal = self.inner.journal.clone();
+        let floor = crate::store::blocking(move || journal.journal_floor()).await?;
         let cursor = if from_oldest { floor } else { after_seq };
         if cursor < floor {
             return Err(EventError::OutOfRange { cursor, floor });
@@ -277,7 +284,7 @@ impl BusInner {
         self.lock_subs().list.retain(|s| s.id != id);
     }
 
-    /// Deliver a committed event to every matching subscriber (runs on the store writer thread; never blocks).
+    /// Deliver a committed event to every matching subscriber (runs on the journal writer thread; never blocks).
     fn fan_out(&self, ev: &Arc<JournalEvent>) {
         let mut subs = self.lock_subs();
         if ev.seq > subs.last_seq {

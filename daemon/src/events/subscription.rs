@@ -139,10 +139,10 @@ pub(crate) fn replay(bus: Arc<BusInner>, filter: Filter, mut cursor: u64) -> Rep
         let live = loop {
             let target = bus.lock_subs().last_seq;
             while cursor < target {
-                let store = bus.store.clone();
+                let journal = bus.journal.clone();
                 let from = cursor;
                 let chunk = match crate::store::blocking(move || {
-                    store.read_journal(from, target, REPLAY_CHUNK)
+                    journal.read_journal(from, target, REPLAY_CHUNK)
                 })
                 .await
                 {

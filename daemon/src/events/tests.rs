@@ -1,4 +1,5 @@
-//! EventBus unit tests: seqs across reopen, exactly-once shim events, slow subscribers, replay and OutOfRange.
+//! EventBus unit tests: seqs across restarts and reboots, exactly-once shim events, slow subscribers, replay and
+//! OutOfRange.
 
 use std::sync::Arc;
 
@@ -6,6 +7,61 @@ use futures::StreamExt;
 
 use super::*;
 use crate::store::test_util::TempStore;
+
+/// A metadata store and an event journal in one temp dir (the journal as `events.redb` beside `meta.redb`).
+struct TempBus {
+    journal: Option<JournalDb>,
+    store: TempStore,
+}
+
+impl TempBus {
+    fn new(name: &str) -> TempBus {
+        let store = TempStore::new(name);
+        let mut t = TempBus {
+            journal: None,
+            store,
+        };
+        t.open_journal();
+        t
+    }
+
+    fn open_journal(&mut self) {
+        let path = self.store.dir.join("events.redb");
+        self.journal =
+            Some(JournalDb::open(&path, self.store.store().clone(), 64).expect("open journal"));
+    }
+
+    fn bus(&self, retention: u64, queue: usize) -> EventBus {
+        EventBus::new(self.journal.clone().expect("open"), retention, queue).expect("bus")
+    }
+
+    fn close_journal(&mut self) {
+        if let Some(j) = self.journal.take() {
+            j.close();
+        }
+    }
+
+    /// berthd restarts: both databases closed and opened again (drop every bus first).
+    fn restart(&mut self) {
+        self.close_journal();
+        self.store.reopen();
+        self.open_journal();
+    }
+
+    /// The host reboots: the state dir (events.redb) is emptied, meta.redb stays.
+    fn reboot(&mut self) {
+        self.close_journal();
+        std::fs::remove_file(self.store.dir.join("events.redb")).expect("wipe events.redb");
+        self.store.reopen();
+        self.open_journal();
+    }
+}
+
+impl Drop for TempBus {
+    fn drop(&mut self) {
+        self.close_journal();
+    }
+}
 
 fn any(n: u32) -> prost_types::Any {
     berth_proto::to_any(&containerd_client::events::TaskStart {
@@ -15,9 +71,9 @@ fn any(n: u32) -> prost_types::Any {
 }
 
 #[tokio::test]
-async fn seqs_continue_after_reopen() {
-    let mut t = TempStore::new("bus-seq");
-    let bus = EventBus::new(t.store().clone(), 100, 16).expect("bus");
+async fn seqs_continue_after_restart() {
+    let mut t = TempBus::new("bus-seq");
+    let bus = t.bus(100, 16);
     assert_eq!(
         bus.publish("n", "/tasks/start", any(1)).await.expect("pub"),
         1
@@ -27,19 +83,80 @@ async fn seqs_continue_after_reopen() {
         2
     );
     drop(bus);
-    t.reopen();
-    let bus = EventBus::new(t.store().clone(), 100, 16).expect("bus");
+    t.restart();
+    let bus = t.bus(100, 16);
     assert_eq!(bus.last_seq(), 2);
     assert_eq!(
         bus.publish("n", "/tasks/start", any(3)).await.expect("pub"),
         3
     );
+    // Every seq handed out is covered by the durable mark in meta.redb.
+    assert!(t.store.store().journal_reserved().expect("mark") >= 3);
+    let mut s = bus
+        .subscribe_from(Filter::default(), 1, false)
+        .await
+        .expect("replay across the restart");
+    for want in 2..=3 {
+        assert_eq!(s.next().await.expect("item").expect("ok").seq, want);
+    }
+}
+
+#[tokio::test]
+async fn seqs_continue_above_the_old_ones_after_a_reboot() {
+    let mut t = TempBus::new("bus-reboot");
+    let bus = t.bus(100, 16);
+    for i in 1..=3u32 {
+        bus.publish("n", "/tasks/start", any(i)).await.expect("pub");
+    }
+    assert_eq!(
+        bus.publish_from_shim("n/c", 1, "n", "/tasks/exit", any(4))
+            .await
+            .expect("pub"),
+        Some(4)
+    );
+    drop(bus);
+    t.reboot();
+    let bus = t.bus(100, 16);
+    let floor = bus.last_seq();
+    assert!(floor >= 4, "seqs never go backwards: {floor}");
+    assert_eq!(
+        t.journal
+            .as_ref()
+            .expect("open")
+            .journal_floor()
+            .expect("floor"),
+        floor
+    );
+    let next = bus.publish("n", "/tasks/start", any(5)).await.expect("pub");
+    assert_eq!(next, floor + 1);
+    // A cursor from before the reboot is out of range, even the last event's.
+    for cursor in [0, 3, 4] {
+        let e = bus
+            .subscribe_from(Filter::default(), cursor, false)
+            .await
+            .expect_err("old cursor");
+        assert!(matches!(e, EventError::OutOfRange { .. }), "{e}");
+    }
+    // The shims are gone with the reboot: their seqs start afresh.
+    assert_eq!(bus.last_shim_seq("n/c").await.expect("seq"), 0);
+    let mut s = bus
+        .subscribe_from(Filter::default(), 0, true)
+        .await
+        .expect("from oldest");
+    assert_eq!(s.next().await.expect("item").expect("ok").seq, next);
+    drop(s);
+    drop(bus);
+    // A second reboot right away still goes above everything handed out.
+    t.reboot();
+    let bus = t.bus(100, 16);
+    assert!(bus.last_seq() >= next);
+    assert!(bus.publish("n", "/tasks/start", any(6)).await.expect("pub") > next);
 }
 
 #[tokio::test]
 async fn shim_events_are_exactly_once() {
-    let t = TempStore::new("bus-shim");
-    let bus = EventBus::new(t.store().clone(), 100, 16).expect("bus");
+    let t = TempBus::new("bus-shim");
+    let bus = t.bus(100, 16);
     let a = bus
         .publish_from_shim("n/c", 1, "n", "/tasks/exit", any(1))
         .await
@@ -57,8 +174,8 @@ async fn shim_events_are_exactly_once() {
 
 #[tokio::test]
 async fn concurrent_publishes_arrive_in_seq_order() {
-    let t = TempStore::new("bus-order");
-    let bus = EventBus::new(t.store().clone(), 10_000, 4096).expect("bus");
+    let t = TempBus::new("bus-order");
+    let bus = t.bus(10_000, 4096);
     let mut sub = bus.subscribe(Filter::default()).expect("sub");
     let mut handles = Vec::new();
     for i in 0..200u32 {
@@ -80,8 +197,8 @@ async fn concurrent_publishes_arrive_in_seq_order() {
 
 #[tokio::test]
 async fn slow_subscriber_is_cut_off_and_fast_one_is_not() {
-    let t = TempStore::new("bus-slow");
-    let bus = EventBus::new(t.store().clone(), 10_000, 8).expect("bus");
+    let t = TempBus::new("bus-slow");
+    let bus = t.bus(10_000, 8);
     let mut slow = bus.subscribe(Filter::default()).expect("sub");
     let mut fast = bus.subscribe(Filter::default()).expect("sub");
     for i in 0..20u32 {
@@ -107,8 +224,8 @@ async fn slow_subscriber_is_cut_off_and_fast_one_is_not() {
 
 #[tokio::test]
 async fn replay_then_live_and_out_of_range() {
-    let t = TempStore::new("bus-replay");
-    let bus = EventBus::new(t.store().clone(), 5, 16).expect("bus");
+    let t = TempBus::new("bus-replay");
+    let bus = t.bus(5, 16);
     for i in 0..8u32 {
         bus.publish("n", "/tasks/start", any(i))
             .await
@@ -158,8 +275,8 @@ async fn replay_then_live_and_out_of_range() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn bench_publish_throughput() {
-    let t = TempStore::new("bus-bench");
-    let bus = EventBus::new(t.store().clone(), 100_000, 16).expect("bus");
+    let t = TempBus::new("bus-bench");
+    let bus = t.bus(100_000, 16);
     for conc in [1usize, 8, 64] {
         let n = 1024;
         let t0 = std::time::Instant::now();

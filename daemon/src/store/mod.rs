@@ -1,5 +1,6 @@
-//! berthd's metadata store: one redb file (`<root>/meta.redb`) holding namespaces, containers, leases, the event
-//! journal and the shims' last acknowledged sequence numbers.
+//! berthd's metadata store: one redb file (`<root>/meta.redb`, on the root dir's disk) holding namespaces,
+//! containers, leases, and the event journal's reserved seq mark. The event journal itself and the shims' seqs
+//! live in `<state>/events.redb` (see `events::db`): they only need to survive berthd restarts, not reboots.
 //!
 //! Reads run on the caller's thread (blocking: call them from `spawn_blocking` or a blocking thread, never hold
 //! them across `.await`). Every write runs on the single writer thread (redb has one writer), batched with others
@@ -10,6 +11,7 @@
 //! instead), and never block the writer thread on anything but redb.
 
 pub mod containers;
+pub mod journal_marks;
 pub mod leases;
 pub mod namespaces;
 pub mod tables;
@@ -57,6 +59,14 @@ pub enum StoreError {
     /// The database file cannot be opened (corrupt, not a redb file, unreadable).
     #[error("cannot open the metadata database {path}: {reason}; refusing to start (the file was left untouched)")]
     Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The event journal database cannot be opened.
+    #[error("cannot open the event journal {path}: {reason}; refusing to start (the file was left untouched)")]
+    JournalOpen {
         /// The file.
         path: PathBuf,
         /// Why.
@@ -151,11 +161,12 @@ impl Store {
         })?;
         let server_uuid = tables::initialise(&db, path)?;
         let db = Arc::new(db);
-        let writer =
-            writer::Writer::start(db.clone(), max_batch).map_err(|e| StoreError::Open {
+        let writer = writer::Writer::start(db.clone(), max_batch, "store").map_err(|e| {
+            StoreError::Open {
                 path: path.to_path_buf(),
                 reason: format!("cannot start the writer thread: {e}"),
-            })?;
+            }
+        })?;
         Ok(Store {
             inner: Arc::new(Inner {
                 db,

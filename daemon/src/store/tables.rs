@@ -1,12 +1,15 @@
 //! The redb tables and the schema version check done at open.
 //!
 //! Layout (schema version 1):
-//! - `meta`: `schema_version` (u32 LE), `server_uuid` (text), `journal_floor` (u64 LE: highest trimmed seq).
+//! - `meta`: `schema_version` (u32 LE), `server_uuid` (text), `journal_reserved` (u64 LE: the event journal may
+//!   have handed out seqs up to this one, never beyond; see `events::db`).
 //! - `namespaces`: name → JSON [`NamespaceRecord`](super::namespaces::NamespaceRecord).
 //! - `containers`: (namespace, id) → prost-encoded containerd `Container`.
 //! - `leases`: (namespace, id) → JSON [`LeaseRecord`](super::leases::LeaseRecord).
-//! - `journal`: seq → prost-encoded `berth.v1.JournalEvent`.
-//! - `shim_seqs`: "<ns>/<id>" → last shim event seq journaled.
+//!
+//! The event journal and the shims' seqs live in `<state>/events.redb` (`events::db`). Older berthds kept them
+//! here (tables `journal`, `shim_seqs`, meta key `journal_floor`): the event journal takes their seqs over once,
+//! when it is created, and then deletes them from this file.
 //!
 //! This module must never rewrite or drop data written by a newer schema.
 
@@ -24,12 +27,17 @@ pub(crate) const NAMESPACES: TableDefinition<&str, &[u8]> = TableDefinition::new
 pub(crate) const CONTAINERS: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("containers");
 pub(crate) const LEASES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("leases");
-pub(crate) const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
-pub(crate) const SHIM_SEQS: TableDefinition<&str, u64> = TableDefinition::new("shim_seqs");
+/// Journal of older berthds (now in `<state>/events.redb`): read once to migrate, then deleted.
+pub(crate) const LEGACY_JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
+/// Shim seqs of older berthds (now in `<state>/events.redb`): read once to migrate, then deleted.
+pub(crate) const LEGACY_SHIM_SEQS: TableDefinition<&str, u64> = TableDefinition::new("shim_seqs");
 
 pub(crate) const META_SCHEMA: &str = "schema_version";
 pub(crate) const META_UUID: &str = "server_uuid";
-pub(crate) const META_JOURNAL_FLOOR: &str = "journal_floor";
+/// Highest journal seq that may have been handed out (reserved in blocks, written before use).
+pub(crate) const META_JOURNAL_RESERVED: &str = "journal_reserved";
+/// Journal floor of older berthds (legacy, see [`LEGACY_JOURNAL`]).
+pub(crate) const LEGACY_JOURNAL_FLOOR: &str = "journal_floor";
 
 /// Create missing tables, check (or set) the schema version, and return the server uuid (created on first use).
 pub(crate) fn initialise(db: &Database, path: &Path) -> Result<String, StoreError> {
@@ -83,8 +91,6 @@ pub(crate) fn initialise(db: &Database, path: &Path) -> Result<String, StoreErro
     wtx.open_table(NAMESPACES).map_err(|e| open_err(&e))?;
     wtx.open_table(CONTAINERS).map_err(|e| open_err(&e))?;
     wtx.open_table(LEASES).map_err(|e| open_err(&e))?;
-    wtx.open_table(JOURNAL).map_err(|e| open_err(&e))?;
-    wtx.open_table(SHIM_SEQS).map_err(|e| open_err(&e))?;
     wtx.commit().map_err(|e| open_err(&e))?;
     Ok(uuid)
 }

@@ -1,4 +1,5 @@
-//! The store's single writer thread, with group commit.
+//! A redb database's single writer thread, with group commit (used by the metadata store, `<root>/meta.redb`,
+//! and by the event journal, `<state>/events.redb`, each with its own thread).
 //!
 //! Jobs (closures over a `WriteTransaction`) queue on an unbounded channel; the thread takes every queued job (up
 //! to `max_batch`), runs them in one transaction, commits once (one fsync for the batch), then runs each job's
@@ -8,7 +9,11 @@
 //!
 //! A job returning a fatal error (redb failure) aborts the whole batch; a logical error (NotFound...) must have
 //! written nothing. A panicking job is caught and aborts the batch. This thread must never block on anything
-//! but redb.
+//! but redb (an event-journal job may wait for a metadata write once per reserved block of seqs; the metadata
+//! writer never waits for the journal's, so the two cannot deadlock). There is no sleep or poll interval: the
+//! thread blocks on the channel and commits as soon as a job is queued.
+//!
+//! Failpoints `<name>.before_commit` and `<name>.after_commit` (`store` or `events`) surround each commit.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -33,12 +38,16 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Start the writer thread.
-    pub(crate) fn start(db: Arc<Database>, max_batch: usize) -> std::io::Result<Writer> {
+    /// Start the writer thread of `db`; `name` (`store`, `events`) names the thread and the failpoints.
+    pub(crate) fn start(
+        db: Arc<Database>,
+        max_batch: usize,
+        name: &'static str,
+    ) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
-            .name("berthd-store-writer".into())
-            .spawn(move || run(db, rx, max_batch.max(1)))?;
+            .name(format!("berthd-{name}-writer"))
+            .spawn(move || run(db, rx, max_batch.max(1), name))?;
         Ok(Writer {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
@@ -63,13 +72,40 @@ impl Writer {
         F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
         H: FnOnce(&T) + Send + 'static,
     {
-        let (job, rx) = make_job(f, hook);
+        let (reply, rx) = oneshot::channel();
+        let job = make_job(f, hook, move |out| {
+            let _ = reply.send(out);
+        });
         let guard = self.tx.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = guard.as_ref() {
             // A send error drops the job and with it the reply sender: the caller sees Closed.
             let _ = tx.send(job);
         }
         rx
+    }
+
+    /// Submit and wait on a plain thread (usable inside or outside a tokio runtime, but blocking). Never call it
+    /// from this writer's own thread.
+    pub(crate) fn write_blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, rx) = mpsc::sync_channel(1);
+        let job = make_job(
+            f,
+            |_| {},
+            move |out| {
+                let _ = reply.send(out);
+            },
+        );
+        {
+            let guard = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(tx) = guard.as_ref() {
+                let _ = tx.send(job);
+            }
+        }
+        rx.recv().map_err(|_| StoreError::Closed)?
     }
 
     /// Submit and wait (async).
@@ -84,15 +120,15 @@ impl Writer {
     }
 }
 
-/// Wrap a write and its hook into a [`Job`] and the receiver of its result.
-fn make_job<T, F, H>(f: F, hook: H) -> (Job, oneshot::Receiver<Result<T, StoreError>>)
+/// Wrap a write, its hook and where its result goes into a [`Job`].
+fn make_job<T, F, H, R>(f: F, hook: H, reply: R) -> Job
 where
     T: Send + 'static,
     F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     H: FnOnce(&T) + Send + 'static,
+    R: FnOnce(Result<T, StoreError>) + Send + 'static,
 {
-    let (reply, rx) = oneshot::channel();
-    let job: Job = Box::new(move |wtx| {
+    Box::new(move |wtx| {
         let r = match wtx {
             Ok(w) => f(w),
             Err(m) => Err(StoreError::Batch(m)),
@@ -107,14 +143,23 @@ where
                     Ok(v)
                 }
             };
-            let _ = reply.send(out);
+            reply(out);
         });
         (finish, fatal)
-    });
-    (job, rx)
+    })
 }
 
-fn run(db: Arc<Database>, rx: mpsc::Receiver<Job>, max_batch: usize) {
+/// The failpoints around one writer's commits.
+struct CommitPoints {
+    before: String,
+    after: String,
+}
+
+fn run(db: Arc<Database>, rx: mpsc::Receiver<Job>, max_batch: usize, name: &'static str) {
+    let points = CommitPoints {
+        before: format!("{name}.before_commit"),
+        after: format!("{name}.after_commit"),
+    };
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < max_batch {
@@ -123,17 +168,17 @@ fn run(db: Arc<Database>, rx: mpsc::Receiver<Job>, max_batch: usize) {
                 Err(_) => break,
             }
         }
-        run_batch(&db, jobs);
+        run_batch(&db, jobs, &points);
     }
-    tracing::debug!("store writer stopped");
+    tracing::debug!(writer = name, "redb writer stopped");
 }
 
-fn run_batch(db: &Database, jobs: Vec<Job>) {
+fn run_batch(db: &Database, jobs: Vec<Job>, points: &CommitPoints) {
     let mut wtx = match db.begin_write() {
         Ok(w) => w,
         Err(e) => {
             let msg = e.to_string();
-            tracing::error!(error = %msg, "cannot begin a metadata transaction");
+            tracing::error!(error = %msg, "cannot begin a redb write transaction");
             for job in jobs {
                 let (finish, _) = job(Err(msg.clone()));
                 finish(Some(msg.clone()));
@@ -166,14 +211,14 @@ fn run_batch(db: &Database, jobs: Vec<Job>) {
             Some(m)
         }
         None => {
-            failpoint::hit("store.before_commit");
+            failpoint::hit(&points.before);
             match wtx.commit() {
                 Ok(()) => {
-                    failpoint::hit("store.after_commit");
+                    failpoint::hit(&points.after);
                     None
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "metadata commit failed");
+                    tracing::error!(error = %e, "redb commit failed");
                     Some(e.to_string())
                 }
             }
@@ -217,6 +262,27 @@ mod tests {
         out
     }
 
+    fn points() -> CommitPoints {
+        CommitPoints {
+            before: "test.before_commit".into(),
+            after: "test.after_commit".into(),
+        }
+    }
+
+    /// A job and the receiver of its result.
+    fn job<T, F, H>(f: F, hook: H) -> (Job, oneshot::Receiver<Result<T, StoreError>>)
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+        H: FnOnce(&T) + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let j = make_job(f, hook, move |out| {
+            let _ = reply.send(out);
+        });
+        (j, rx)
+    }
+
     #[test]
     fn batch_commits_together_and_a_panic_or_fatal_error_aborts_it() {
         let dir = std::env::temp_dir().join(format!("berthd-unit-writer-{}", std::process::id()));
@@ -224,8 +290,8 @@ mod tests {
         let db = Database::create(dir.join("w.redb")).expect("db");
 
         // A logical error leaves the others to commit.
-        let (a, ra) = make_job(insert("a"), |_| {});
-        let (b, rb) = make_job(
+        let (a, ra) = job(insert("a"), |_| {});
+        let (b, rb) = job(
             |_: &WriteTransaction| -> Result<(), StoreError> {
                 Err(StoreError::NotFound("x".into()))
             },
@@ -233,10 +299,10 @@ mod tests {
         );
         let hooked = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let h = hooked.clone();
-        let (c, rc) = make_job(insert("c"), move |_| {
+        let (c, rc) = job(insert("c"), move |_| {
             h.store(true, std::sync::atomic::Ordering::SeqCst)
         });
-        run_batch(&db, vec![a, b, c]);
+        run_batch(&db, vec![a, b, c], &points());
         assert!(ra.blocking_recv().expect("reply").is_ok());
         assert!(matches!(
             rb.blocking_recv().expect("reply"),
@@ -250,12 +316,12 @@ mod tests {
         assert_eq!(keys(&db), vec!["a", "c"]);
 
         // A panicking job aborts its whole batch; the writer goes on.
-        let (d, rd) = make_job(insert("d"), |_| {});
-        let (p, rp) = make_job(
+        let (d, rd) = job(insert("d"), |_| {});
+        let (p, rp) = job(
             |_: &WriteTransaction| -> Result<(), StoreError> { panic!("job bug") },
             |_| {},
         );
-        run_batch(&db, vec![d, p]);
+        run_batch(&db, vec![d, p], &points());
         assert!(matches!(
             rd.blocking_recv().expect("reply"),
             Err(StoreError::Batch(_))
@@ -264,14 +330,14 @@ mod tests {
         assert_eq!(keys(&db), vec!["a", "c"]);
 
         // A fatal (storage) error aborts the batch too.
-        let (e, re) = make_job(insert("e"), |_| {});
-        let (f, rf) = make_job(
+        let (e, re) = job(insert("e"), |_| {});
+        let (f, rf) = job(
             |_: &WriteTransaction| -> Result<(), StoreError> {
                 Err(StoreError::Corrupt("bad record".into()))
             },
             |_| {},
         );
-        run_batch(&db, vec![e, f]);
+        run_batch(&db, vec![e, f], &points());
         assert!(matches!(
             re.blocking_recv().expect("reply"),
             Err(StoreError::Batch(_))
