@@ -4,7 +4,7 @@
 //!
 //! This module must never lower the reserved mark.
 
-use redb::{ReadableTable, TableHandle, WriteTransaction};
+use redb::{ReadableTable, WriteTransaction};
 
 use super::tables::{
     u64_le, LEGACY_JOURNAL, LEGACY_JOURNAL_FLOOR, LEGACY_SHIM_SEQS, META, META_JOURNAL_RESERVED,
@@ -53,10 +53,17 @@ impl Store {
     /// The journal an older berthd kept in this file, if any (blocking).
     pub fn legacy_journal(&self) -> Result<Option<LegacyJournal>, StoreError> {
         let rtx = self.read()?;
-        let has = |name: &str| -> Result<bool, StoreError> {
-            Ok(rtx.list_tables()?.any(|t| t.name() == name))
+        let journal = match rtx.open_table(LEGACY_JOURNAL) {
+            Ok(t) => Some(t),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
         };
-        if !has(LEGACY_JOURNAL.name())? && !has(LEGACY_SHIM_SEQS.name())? {
+        let shims = match rtx.open_table(LEGACY_SHIM_SEQS) {
+            Ok(t) => Some(t),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        if journal.is_none() && shims.is_none() {
             return Ok(None);
         }
         let floor = self
@@ -67,13 +74,11 @@ impl Store {
             last_seq: floor,
             shim_seqs: Vec::new(),
         };
-        if has(LEGACY_JOURNAL.name())? {
-            let t = rtx.open_table(LEGACY_JOURNAL)?;
+        if let Some(t) = journal {
             let last = t.last()?.map(|(k, _)| k.value());
             out.last_seq = out.last_seq.max(last.unwrap_or(0));
         }
-        if has(LEGACY_SHIM_SEQS.name())? {
-            let t = rtx.open_table(LEGACY_SHIM_SEQS)?;
+        if let Some(t) = shims {
             for item in t.iter()? {
                 let (k, v) = item?;
                 out.shim_seqs.push((k.value().to_string(), v.value()));
