@@ -111,14 +111,15 @@ fn kill_signal_names_and_numbers() {
         &[
             "sh",
             "-c",
-            "trap 'echo got-usr1 > /tmp/sig' USR1; while :; do sleep 0.1; done",
+            "trap 'echo got-usr1 > /tmp/sig' USR1; touch /tmp/ready; while :; do sleep 0.1; done",
         ],
     ) else {
         return;
     };
     rt.create();
     rt.ok(&["start", &rt.id]);
-    std::thread::sleep(Duration::from_millis(300));
+    let ready = rt.bundle.rootfs.join("tmp/ready");
+    wait_for(20, "trap installed", || ready.exists());
     rt.ok(&["kill", &rt.id, "USR1"]);
     let sig = rt.bundle.rootfs.join("tmp/sig");
     wait_for(10, "USR1 handled", || sig.exists());
@@ -265,10 +266,14 @@ fn run_forwards_signals_to_the_container() {
         return;
     };
     let b = rt.bundle.path.to_string_lossy().into_owned();
-    let child = rt
+    // stdout to a file: a pipe would hang the test if the container outlived berth-runc.
+    let out_path = rt.dir.join("stdout");
+    let out_file = std::fs::File::create(&out_path).expect("stdout file");
+    let mut child = rt
         .cmd()
         .args(["run", "--bundle", &b, &rt.id])
-        .stdout(std::process::Stdio::piped())
+        .stdout(out_file)
+        .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn run");
     rt.guard.pid(child.id() as i32);
@@ -278,12 +283,19 @@ fn run_forwards_signals_to_the_container() {
         child.id() as i32,
         nix::sys::signal::Signal::SIGTERM
     ));
-    let out = child.wait_with_output().expect("wait run");
+    let mut status = None;
+    wait_for(20, "berth-runc run exits", || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
     assert_eq!(
-        out.status.code(),
+        status.and_then(|s| s.code()),
         Some(7),
         "SIGTERM reached the container's trap"
     );
-    assert_eq!(text(&out.stdout), "got-term\n");
+    assert_eq!(
+        std::fs::read_to_string(&out_path).expect("stdout"),
+        "got-term\n"
+    );
     rt.finish();
 }

@@ -19,6 +19,9 @@ use crate::{console, seccomp, utils};
 pub fn run(root: &Path, a: &ExecArgs) -> Result<i32> {
     let c = Container::load(root, &a.id)?;
     c.can_exec()?;
+    if !a.detach {
+        super::run::block_forwarded()?;
+    }
     let spec = &c.saved.config;
     let process = build_process(&c, a)?;
     let mut caps = CapMasks::from_spec(process.capabilities().as_ref());

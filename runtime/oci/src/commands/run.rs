@@ -11,6 +11,12 @@ use crate::error::{Error, Result};
 
 /// Run; returns the exit code.
 pub fn run(root: &Path, a: &RunArgs) -> Result<i32> {
+    // Block the forwarded signals now: one arriving before we wait stays pending for
+    // `wait_exit` instead of killing us and orphaning the container. The container's
+    // processes start with an empty mask (finalize), hooks too (std resets it).
+    if !a.detach {
+        block_forwarded()?;
+    }
     let c = super::create::run(root, &a.opts, &a.id)?;
     if let Err(e) = super::start::run(root, &a.id) {
         let _ = super::delete::destroy(&c);
@@ -35,24 +41,10 @@ pub fn run(root: &Path, a: &RunArgs) -> Result<i32> {
 /// exit code (128+signal when killed). Meanwhile the usual termination and user
 /// signals sent to berth-runc are forwarded to it, as runc does.
 pub fn wait_exit(pid: i32) -> Result<i32> {
-    use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
+    use nix::sys::signal::{kill, sigprocmask, SigmaskHow, Signal};
     use nix::sys::wait::WaitPidFlag;
-    let mut set = SigSet::empty();
-    for s in [
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-        Signal::SIGWINCH,
-        Signal::SIGCHLD,
-    ] {
-        set.add(s);
-    }
-    let mut old = SigSet::empty();
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old))
-        .map_err(|e| Error::sys("sigprocmask", e))?;
+    let set = forwarded();
+    let old = block_forwarded()?;
     let target = Pid::from_raw(pid);
     let r = loop {
         match waitpid(target, Some(WaitPidFlag::WNOHANG)) {
@@ -71,4 +63,31 @@ pub fn wait_exit(pid: i32) -> Result<i32> {
     };
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
     r
+}
+
+fn forwarded() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+        Signal::SIGCHLD,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+/// Block the signals `wait_exit` forwards; returns the previous mask.
+pub fn block_forwarded() -> Result<nix::sys::signal::SigSet> {
+    use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+    let mut old = SigSet::empty();
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&forwarded()), Some(&mut old))
+        .map_err(|e| Error::sys("sigprocmask", e))?;
+    Ok(old)
 }
