@@ -46,7 +46,8 @@ struct Args {
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Keep the state dir on the work dir's file system instead of a private tmpfs (/run is a tmpfs on a normal
-    /// host, so the shims' event journals do not hit the disk there).
+    /// host, so neither the shims' event journals nor berthd's, `<state>/events.redb`, hit the disk there; the
+    /// root dir, with meta.redb, stays on the work dir's disk either way).
     #[arg(long)]
     state_on_disk: bool,
 }
