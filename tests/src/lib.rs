@@ -156,6 +156,32 @@ fn source_dirs_of(name: &str) -> Option<Vec<PathBuf>> {
     Some(dirs)
 }
 
+/// Workspace source files named in a cargo dep-info file (`target: src1 src2 ...`, spaces in
+/// paths backslash-escaped), or `None` when there is no such file.
+fn dep_info_sources(dep_info: &Path) -> Option<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(dep_info).ok()?;
+    let root = workspace_root();
+    let (_, deps) = text.lines().next()?.split_once(": ")?;
+    let mut files = Vec::new();
+    let mut current = String::new();
+    let mut chars = deps.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => current.extend(chars.next()),
+            ' ' => files.push(std::mem::take(&mut current)),
+            _ => current.push(c),
+        }
+    }
+    files.push(current);
+    let sources: Vec<PathBuf> = files
+        .into_iter()
+        .filter(|f| !f.is_empty())
+        .map(PathBuf::from)
+        .filter(|f| f.starts_with(&root))
+        .collect();
+    (!sources.is_empty()).then_some(sources)
+}
+
 /// Newest modification time among the `.rs` and `.proto` files below `path` (or `path` itself).
 fn newest_source(path: &Path) -> Option<(SystemTime, PathBuf)> {
     let meta = std::fs::symlink_metadata(path).ok()?;
@@ -190,7 +216,12 @@ pub fn bin(name: &str) -> PathBuf {
     let sources = if std::env::var_os("BERTH_TEST_ALLOW_STALE").is_some() {
         Vec::new()
     } else {
-        source_dirs_of(name).unwrap_or_default()
+        // Cargo's dep-info file lists exactly the sources this binary was built from; walking
+        // the crate instead would also count its other binaries (berthd-bench.rs for berthd),
+        // which cargo rightly does not relink it for.
+        dep_info_sources(&path.with_extension("d"))
+            .or_else(|| source_dirs_of(name))
+            .unwrap_or_default()
     };
     if let Err(problem) = check_binary(&path, &sources) {
         panic!(
@@ -400,6 +431,27 @@ mod tests {
             a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
             "{a}"
         );
+    }
+
+    #[test]
+    fn dep_info_lists_only_workspace_sources() {
+        let d = TestDir::new("lib-dep-info");
+        let root = workspace_root();
+        let a = root.join("daemon/src/lib.rs");
+        let spaced = root.join("x y/z.rs");
+        let dep = d.join("berthd.d");
+        std::fs::write(
+            &dep,
+            format!(
+                "{}/target/debug/berthd: {} {} /root/.cargo/registry/dep.rs\n",
+                root.display(),
+                a.display(),
+                spaced.display().to_string().replace(' ', "\\ ")
+            ),
+        )
+        .expect("write dep-info");
+        assert_eq!(dep_info_sources(&dep), Some(vec![a, spaced]));
+        assert_eq!(dep_info_sources(&d.join("missing.d")), None);
     }
 
     #[test]
