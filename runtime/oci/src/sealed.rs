@@ -26,7 +26,7 @@ pub fn ensure_sealed() -> Result<()> {
         std::env::remove_var(MARKER);
         return Ok(());
     }
-    let memfd = copy_self()?;
+    let memfd = copy_self_pinned()?;
     let argv: Vec<CString> = std::env::args_os()
         .map(|a| CString::new(a.as_bytes()).map_err(|_| Error::Usage("NUL in argument".into())))
         .collect::<Result<_>>()?;
@@ -56,6 +56,44 @@ pub fn ensure_sealed() -> Result<()> {
         )
     };
     Err(Error::sys("execveat sealed copy", Errno::last()))
+}
+
+/// [`copy_self`] while this process stays on one CPU.
+///
+/// Sealing with F_SEAL_WRITE fails with EBUSY while any page of the memfd holds an extra
+/// reference, and freshly written pages sit in the per-CPU LRU batch of the CPU that wrote
+/// them until it is drained; the kernel drains only the sealing CPU's batch. If the
+/// scheduler moved us mid-copy (seen under load), sealing failed. Pinning keeps writer and
+/// sealer on one CPU; a couple of retries cover whatever else holds a page briefly.
+fn copy_self_pinned() -> Result<OwnedFd> {
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    let previous = sched_getaffinity(Pid::from_raw(0)).ok();
+    // SAFETY: sched_getcpu has no arguments and no side effects.
+    let cpu = unsafe { libc::sched_getcpu() };
+    if let (Some(_), Ok(cpu)) = (&previous, usize::try_from(cpu)) {
+        let mut one = CpuSet::new();
+        if one.set(cpu).is_ok() {
+            let _ = sched_setaffinity(Pid::from_raw(0), &one);
+        }
+    }
+    let mut result = copy_self();
+    for _ in 0..3 {
+        match &result {
+            Err(Error::Sys {
+                errno: Errno::EBUSY,
+                ..
+            }) => {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                result = copy_self();
+            }
+            _ => break,
+        }
+    }
+    if let Some(previous) = previous {
+        let _ = sched_setaffinity(Pid::from_raw(0), &previous);
+    }
+    result
 }
 
 fn copy_self() -> Result<OwnedFd> {
