@@ -50,6 +50,18 @@ impl Fixture {
             .expect("spawn sleep");
         let pid = i32::try_from(child.id()).expect("pid");
         self.children.push(child);
+        // Return only once the shell has forked its `sleep 0.3`: that child stays where it
+        // was born, so a cgroup the shell is moved into afterwards holds exactly one task
+        // (moved earlier, the fork would land in the cgroup too and pids.current reads 2).
+        let children = format!("/proc/{pid}/task/{pid}/children");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while std::fs::read_to_string(&children)
+            .map(|c| c.trim().is_empty())
+            .unwrap_or(false)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         pid
     }
 }
