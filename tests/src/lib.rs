@@ -43,6 +43,7 @@
 pub mod archive;
 pub mod bundle;
 pub mod daemon;
+pub mod grpc;
 pub mod guard;
 pub mod hostile;
 pub mod mounts;

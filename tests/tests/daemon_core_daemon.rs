@@ -14,16 +14,9 @@ use berth_proto::containerd_client::services::v1::container::Runtime;
 use berth_proto::containerd_client::services::v1::containers_client::ContainersClient;
 use berth_proto::containerd_client::services::v1::events_client::EventsClient;
 use berth_proto::containerd_client::services::v1::*;
+use berth_tests::grpc::req;
 use berth_tests::{run_timeout, Daemon, DaemonConfig, TestDir};
 use tokio_stream::StreamExt;
-
-fn req<T>(ns: &str, msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("containerd-namespace", ns.parse().expect("ascii namespace"));
-    r.set_timeout(Duration::from_secs(30));
-    r
-}
 
 fn container(id: &str) -> Container {
     Container {

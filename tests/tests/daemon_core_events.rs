@@ -21,11 +21,9 @@ const PUBLISHERS: u32 = 40;
 /// and the slow subscriber's queue really fills.
 const PAD: usize = 1024;
 
+/// No deadline: these requests include subscriptions that stay open.
 fn req<T>(ns: &str, msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("containerd-namespace", ns.parse().expect("ascii namespace"));
-    r
+    berth_tests::grpc::req_with(ns, msg, None)
 }
 
 fn event(publisher: u32, i: u32) -> prost_types::Any {

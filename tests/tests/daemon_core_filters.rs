@@ -3,64 +3,15 @@
 
 use std::time::Duration;
 
-use berth_proto::containerd_client::services::v1::container::Runtime;
 use berth_proto::containerd_client::services::v1::containers_client::ContainersClient;
 use berth_proto::containerd_client::services::v1::events_client::EventsClient;
 use berth_proto::containerd_client::services::v1::*;
 use berth_proto::containerd_client::types::Envelope;
+use berth_tests::grpc::{code, container, create, req};
 use berth_tests::{Daemon, TestDir};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
-fn req<T>(ns: &str, msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("containerd-namespace", ns.parse().expect("ascii namespace"));
-    r.set_timeout(Duration::from_secs(30));
-    r
-}
-fn container(id: &str, image: &str, labels: &[(&str, &str)]) -> Container {
-    Container {
-        id: id.into(),
-        image: image.into(),
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        runtime: Some(Runtime {
-            name: "io.containerd.runc.v2".into(),
-            options: None,
-        }),
-        spec: Some(prost_types::Any {
-            type_url: berth_proto::SPEC_TYPE_URL.into(),
-            value: br#"{"ociVersion":"1.0.2"}"#.to_vec(),
-        }),
-        ..Default::default()
-    }
-}
-fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> Code {
-    match r {
-        Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(s) => s.code(),
-    }
-}
-async fn create(
-    c: &mut ContainersClient<tonic::transport::Channel>,
-    ns: &str,
-    ctr: Container,
-) -> Container {
-    c.create(req(
-        ns,
-        CreateContainerRequest {
-            container: Some(ctr),
-        },
-    ))
-    .await
-    .expect("create container")
-    .into_inner()
-    .container
-    .expect("container echoed")
-}
 async fn next_event(s: &mut tonic::Streaming<Envelope>) -> Envelope {
     tokio::time::timeout(Duration::from_secs(10), s.next())
         .await

@@ -2,27 +2,14 @@
 //! uuid that persists across restarts) through gRPC. Root only.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use berth_proto::containerd_client::services::v1::introspection_client::IntrospectionClient;
 use berth_proto::containerd_client::services::v1::leases_client::LeasesClient;
 use berth_proto::containerd_client::services::v1::*;
+use berth_tests::grpc::{code, req};
 use berth_tests::{Daemon, TestDir};
 use tonic::Code;
 
-fn req<T>(ns: &str, msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("containerd-namespace", ns.parse().expect("ascii namespace"));
-    r.set_timeout(Duration::from_secs(30));
-    r
-}
-fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> Code {
-    match r {
-        Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(s) => s.code(),
-    }
-}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_and_resources() {
     if !berth_tests::require_root() {

@@ -31,13 +31,7 @@ pub fn runtime() -> String {
 
 /// A request with the namespace header.
 pub fn req<T>(ns: &str, msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert(
-        "containerd-namespace",
-        ns.parse().expect("valid namespace header"),
-    );
-    r.set_timeout(Duration::from_secs(60));
-    r
+    berth_tests::grpc::req_with(ns, msg, Some(Duration::from_secs(60)))
 }
 
 /// One test's berthd, its namespace and the cleanup of everything it starts.
