@@ -293,6 +293,51 @@ impl CgroupManager {
         }
     }
 
+    /// Moves the calling thread into the container's cgroup in every v1 hierarchy; the
+    /// caller must be single-threaded, so that this moves the whole process.
+    ///
+    /// Why not the parent writing the pid to cgroup.procs: migrating a whole thread group
+    /// takes the kernel's global threadgroup rwsem for writing, whose first writer waits
+    /// for an RCU grace period (about 2 ms on this VM, 7 ms and more while another
+    /// runtime's teardown keeps the CPUs busy). A thread moving itself through `tasks`
+    /// ("0" = the writer) skips that lock.
+    pub fn join_v1_self(&self) -> Result<(), CgroupError> {
+        let mut dirs: Vec<&Path> = self.v1.values().map(PathBuf::as_path).collect();
+        dirs.sort();
+        dirs.dedup();
+        for dir in dirs {
+            fs::write(dir, "tasks", "0")?;
+        }
+        Ok(())
+    }
+
+    /// The container's unified cgroup directory, opened for clone3(CLONE_INTO_CGROUP),
+    /// which places a new child there without any migration (and so without the
+    /// grace-period wait `join_v1_self` explains).
+    pub fn unified_fd(&self) -> Result<Option<std::os::fd::OwnedFd>, CgroupError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let Some(dir) = &self.unified else {
+            return Ok(None);
+        };
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(dir)
+            .map_err(|source| CgroupError::Read {
+                path: dir.clone(),
+                source,
+            })?;
+        Ok(Some(f.into()))
+    }
+
+    /// Moves `pid` into the container's unified cgroup only (when clone3 could not).
+    pub fn add_pid_unified(&self, pid: i32) -> Result<(), CgroupError> {
+        match &self.unified {
+            Some(dir) => fs::write(dir, "cgroup.procs", &pid.to_string()),
+            None => Ok(()),
+        }
+    }
+
     /// Moves `pid` into the container's cgroup in every hierarchy.
     pub fn add_pid(&self, pid: i32) -> Result<(), CgroupError> {
         let value = pid.to_string();

@@ -6,9 +6,10 @@
 //!               → unshare(other new namespaces) → write time offsets → fork
 //!                 └─ init (pid 1 of a new pid ns) or the exec'd process
 //! ```
-//! Parent and chain talk over one SOCK_SEQPACKET pair (`channel`). The parent puts
-//! stage1 into the container's cgroup before saying `Go`, so every namespace and
-//! process is created inside it. stage1 reports the final pid and exits; as the
+//! Parent and chain talk over one SOCK_SEQPACKET pair (`channel`). stage1 is born in
+//! the container's unified cgroup (clone3 CLONE_INTO_CGROUP) and moves itself into
+//! each v1 hierarchy before creating any namespace, so every namespace and process is
+//! created inside the cgroup; neither way waits for an RCU grace period. stage1 reports the final pid and exits; as the
 //! parent is a child subreaper, the final process then becomes its child (`run`
 //! and `exec` wait for it). Nothing here may start a thread: between fork and exec
 //! the children rely on the process being single-threaded.
@@ -18,7 +19,7 @@ pub mod finalize;
 pub mod init;
 mod stage1;
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
@@ -87,16 +88,17 @@ pub fn spawn(
     gid_map: &str,
 ) -> Result<(i32, Channel)> {
     let (parent, child) = channel::pair()?;
-    // SAFETY: berth-runc is single-threaded (no thread is ever started), so the child
-    // may run ordinary Rust code until it execs or exits.
-    match unsafe { fork() }.sys(|| "fork".into())? {
+    let unified = cgroup.unified_fd()?;
+    let (forked, placed) = fork_into(unified.as_ref())?;
+    drop(unified);
+    match forked {
         ForkResult::Child => {
             drop(parent);
-            stage1::run(cs, &child)
+            stage1::run(cs, cgroup, &child)
         }
         ForkResult::Parent { child: stage1 } => {
             drop(child);
-            let r = drive(&parent, stage1, cgroup, uid_map, gid_map);
+            let r = drive(&parent, stage1, cgroup, placed, uid_map, gid_map);
             if r.is_err() {
                 let _ = nix::sys::signal::kill(stage1, nix::sys::signal::Signal::SIGKILL);
             }
@@ -106,14 +108,86 @@ pub fn spawn(
     }
 }
 
+/// clone_args of clone3(2), up to the cgroup field (CLONE_ARGS_SIZE_VER2).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// fork(2), born straight into the unified cgroup `cgroup` when given (clone3 with
+/// CLONE_INTO_CGROUP, Linux 5.7). Returns whether the child was placed there; when the
+/// kernel refuses the flag this falls back to a plain fork and the caller migrates it.
+fn fork_into(cgroup: Option<&OwnedFd>) -> Result<(ForkResult, bool)> {
+    if let Some(fd) = cgroup {
+        let args = CloneArgs {
+            flags: CLONE_INTO_CGROUP,
+            exit_signal: libc::SIGCHLD as u64,
+            cgroup: fd.as_raw_fd() as u64,
+            ..CloneArgs::default()
+        };
+        // SAFETY: berth-runc is single-threaded, so a clone3 child without CLONE_VM is a
+        // fork: a private copy of this one thread's memory that holds no lock. glibc's
+        // cached tid in the child stays the parent's, which nothing here reads (glibc's
+        // raise asks the kernel for the tid; the chain's next fork is glibc's own).
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        match r {
+            0 => return Ok((ForkResult::Child, true)),
+            pid if pid > 0 => {
+                let child = Pid::from_raw(pid as i32);
+                return Ok((ForkResult::Parent { child }, true));
+            }
+            _ => {
+                let e = nix::errno::Errno::last();
+                if !matches!(
+                    e,
+                    nix::errno::Errno::ENOSYS
+                        | nix::errno::Errno::E2BIG
+                        | nix::errno::Errno::EINVAL
+                        | nix::errno::Errno::EOPNOTSUPP
+                ) {
+                    return Err(Error::sys("clone3 into the container's cgroup", e));
+                }
+                crate::logging::debug(&format!("clone3 CLONE_INTO_CGROUP: {e}; forking"));
+            }
+        }
+    }
+    // SAFETY: berth-runc is single-threaded (no thread is ever started), so the child
+    // may run ordinary Rust code until it execs or exits.
+    let forked = unsafe { fork() }.sys(|| "fork".into())?;
+    Ok((forked, cgroup.is_none()))
+}
+
 fn drive(
     ch: &Channel,
     stage1: Pid,
     cgroup: &CgroupManager,
+    placed: bool,
     uid_map: &str,
     gid_map: &str,
 ) -> Result<i32> {
-    cgroup.add_pid(stage1.as_raw())?;
+    // stage1 joins the v1 hierarchies itself; see CgroupManager::join_v1_self.
+    if !placed {
+        cgroup.add_pid_unified(stage1.as_raw())?;
+    }
     ch.send(&Msg::Go)?;
     loop {
         match ch.expect("UserNs or Pid", |m| matches!(m, Msg::UserNs | Msg::Pid(_)))? {

@@ -5,13 +5,15 @@ use nix::unistd::{fork, ForkResult};
 
 use super::channel::{Channel, Msg};
 use super::ChainSpec;
+use crate::cgroups::CgroupManager;
 use crate::error::{Error, SysContext};
 use crate::namespaces;
 
-pub(super) fn run(cs: &ChainSpec, ch: &Channel) -> ! {
+pub(super) fn run(cs: &ChainSpec, cgroup: &CgroupManager, ch: &Channel) -> ! {
     super::child_main(ch, || {
-        // The parent moves us into the cgroup meanwhile (slow on v1: one migration per
-        // controller) and says Go; everything up to the cgroup namespace overlaps it.
+        // Into the v1 cgroups first, while still in the host's user namespace (whose
+        // root owns the cgroup files) and single-threaded.
+        cgroup.join_v1_self()?;
         let mut go = false;
         for (t, p) in &cs.ns.join {
             namespaces::join(*t, p)?;
