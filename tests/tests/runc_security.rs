@@ -86,19 +86,32 @@ fn sha(p: &std::path::Path) -> String {
 
 #[test]
 fn cve_2019_5736_runtime_binary_cannot_be_overwritten() {
+    cve_2019_5736_attack("runc-cve", None, "/berth-runc");
+}
+
+/// The fallback for kernels without overlayfs "lowerdir+" or the new mount API.
+#[test]
+fn cve_2019_5736_memfd_fallback_is_sealed() {
+    cve_2019_5736_attack("runc-cve-memfd", Some("memfd"), "/memfd:berth-runc");
+}
+
+fn cve_2019_5736_attack(name: &str, seal: Option<&str>, exe_link: &str) {
     // The container writes to every /proc/N/exe it can see, over and over; the runtime's
     // pre-exec process of `exec` is visible in the container's pid namespace.
     let attack =
         "while :; do for e in /proc/[0-9]*/exe; do echo pwned 2>/dev/null >> $e; done; done";
-    let Some(rt) = Rt::new("runc-cve", &["sh", "-c", attack]) else {
+    let Some(mut rt) = Rt::new(name, &["sh", "-c", attack]) else {
         return;
     };
+    if let Some(seal) = seal {
+        rt.env.push(("BERTH_RUNC_SEAL".into(), seal.into()));
+    }
     let before = sha(&rt.bin);
     rt.create();
     rt.ok(&["start", &rt.id]);
     // An exec that lingers: its /proc/PID/exe (seen from the host) is the sealed copy,
-    // either the binary on a detached read-only overlayfs (shown as "/berth-runc") or a
-    // sealed memfd, never the file on disk.
+    // the binary on a detached read-only overlayfs (shown as "/berth-runc") or a sealed
+    // memfd, never the file on disk.
     let mut child = rt
         .cmd()
         .args(["exec", &rt.id, "sleep", "2"])
@@ -107,10 +120,7 @@ fn cve_2019_5736_runtime_binary_cannot_be_overwritten() {
         .expect("exec");
     let exe = format!("/proc/{}/exe", child.id());
     wait_for(10, "exec sealed", || {
-        std::fs::read_link(&exe).is_ok_and(|l| {
-            let l = l.to_string_lossy();
-            l == "/berth-runc" || l.starts_with("/memfd:berth-runc")
-        })
+        std::fs::read_link(&exe).is_ok_and(|l| l.to_string_lossy().starts_with(exe_link))
     });
     // Writing through the runtime's exe link fails: EROFS or a sealed memfd.
     if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&exe) {

@@ -19,6 +19,8 @@ pub struct Rt {
     pub id: String,
     pub guard: Guard,
     pub bin: PathBuf,
+    /// Extra environment for every berth-runc invocation.
+    pub env: Vec<(String, String)>,
 }
 
 impl Rt {
@@ -55,6 +57,7 @@ impl Rt {
             id,
             guard,
             bin,
+            env: Vec::new(),
         })
     }
 
@@ -62,6 +65,7 @@ impl Rt {
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(&self.bin);
         c.arg("--root").arg(&self.root);
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 

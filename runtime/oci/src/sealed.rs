@@ -33,7 +33,15 @@ pub fn ensure_sealed() -> Result<()> {
         std::env::remove_var(MARKER);
         return Ok(());
     }
-    let exe = match overlay_self() {
+    // BERTH_RUNC_SEAL=memfd forces the fallback (tests, and kernels whose overlayfs
+    // misbehaves).
+    let memfd_only = std::env::var_os("BERTH_RUNC_SEAL").is_some_and(|v| v == "memfd");
+    let overlay = if memfd_only {
+        Err(Error::Usage("BERTH_RUNC_SEAL=memfd".into()))
+    } else {
+        overlay_self()
+    };
+    let exe = match overlay {
         Ok(fd) => fd,
         Err(e) => {
             crate::logging::debug(&format!("overlay seal unavailable ({e}); copying to memfd"));
