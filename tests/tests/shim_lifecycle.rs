@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use berth_proto::cgroups::Metrics;
 use berth_proto::shim::{
-    DeleteRequest, Empty, ExecRequest, KillRequest, PidsRequest, ShutdownRequest, StartRequest,
-    StateRequest, StatsRequest, Status, Stdio, UpdateRequest, WaitRequest,
+    Empty, KillRequest, PidsRequest, ShutdownRequest, StartRequest, StateRequest, StatsRequest,
+    Status, Stdio, UpdateRequest,
 };
 use prost::Message;
 use support::*;
@@ -25,14 +25,8 @@ async fn shim_create_start_wait_exit_code() {
     let sock = fx.start_shim();
     let shim_pid = fx.shim_pid().expect("shim pid");
     // A second start on the same bundle finds the live shim and prints its address.
-    let again = std::process::Command::new(berth_tests::bin("berth-shim"))
-        .arg("start")
-        .args(fx.shim_args())
-        .args(["--address", "/nonexistent/berthd.sock"])
-        .output()
-        .expect("second berth-shim start");
-    assert!(again.status.success());
-    assert_eq!(socket_of(&String::from_utf8_lossy(&again.stdout)), sock);
+    let again = fx.run_shim("start", &["--address", "/nonexistent/berthd.sock"]);
+    assert_eq!(socket_of(&again), sock);
     assert_eq!(fx.shim_pid(), Some(shim_pid), "a second shim was started");
     // It is its own session leader's child: not in our session, stdio not ours.
     let (sid, pgid) = berth_tests::proc::sid_pgid(shim_pid).expect("shim stat");
@@ -41,49 +35,23 @@ async fn shim_create_start_wait_exit_code() {
     let mut c = connect(&sock).await;
     let mut ev = events(&sock, 0).await;
     let out = fx.out_file("out.txt");
-    let pid = c
-        .create(fx.create_req(&out))
-        .await
-        .expect("create")
-        .into_inner()
-        .pid;
+    let pid = fx.create(&mut c, fx.create_req(&out)).await;
     assert!(pid > 0);
-    let st = c
-        .state(StateRequest::default())
-        .await
-        .expect("state")
-        .into_inner();
+    let st = state(&mut c, "").await;
     assert_eq!(st.status, Status::Created as i32);
     assert_eq!(st.pid, pid);
-    let started = c
-        .start(StartRequest::default())
-        .await
-        .expect("start")
-        .into_inner();
-    assert_eq!(started.pid, pid);
-    let w = c
-        .wait(WaitRequest::default())
-        .await
-        .expect("wait")
-        .into_inner();
+    assert_eq!(start(&mut c, "").await, pid);
+    let w = wait(&mut c, "").await;
     assert_eq!(w.exit_status, 7);
     assert!(w.exited_at.is_some());
     assert_eq!(std::fs::read_to_string(&out).expect("output"), "hello\n");
-    let st = c
-        .state(StateRequest::default())
-        .await
-        .expect("state")
-        .into_inner();
+    let st = state(&mut c, "").await;
     assert_eq!(st.status, Status::Stopped as i32);
     assert_eq!(st.exit_status, 7);
     // A second Start is refused; the shim keeps serving.
     let err = c.start(StartRequest::default()).await.expect_err("restart");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
-    let del = c
-        .delete(DeleteRequest::default())
-        .await
-        .expect("delete")
-        .into_inner();
+    let del = delete(&mut c, "").await;
     assert_eq!((del.pid, del.exit_status), (pid, 7));
     let evs = collect_until(&mut ev, "deleted", Duration::from_secs(10)).await;
     assert_eq!(kinds(&evs), ["created", "started", "exited", "deleted"]);
@@ -92,9 +60,7 @@ async fn shim_create_start_wait_exit_code() {
     // The exit is recorded on disk for a berthd that comes back after the shim is gone.
     let rec = std::fs::read_to_string(fx.bundle.path.join("init.exit")).expect("init.exit");
     assert!(rec.contains("\"exit_status\":7"), "{rec}");
-    c.shutdown(ShutdownRequest { now: false })
-        .await
-        .expect("shutdown");
+    shutdown(&mut c).await;
     assert!(
         berth_tests::proc::wait_dead(shim_pid, Duration::from_secs(5)),
         "shim did not exit after Delete + Shutdown"
@@ -109,90 +75,38 @@ async fn shim_exec_has_its_own_exit_code() {
         return;
     }
     let fx = ShimFixture::new("shim-exec", &["sleep", "1000"]);
-    let sock = fx.start_shim();
-    let mut c = connect(&sock).await;
-    let out = fx.out_file("out.txt");
-    let pid = c
-        .create(fx.create_req(&out))
-        .await
-        .expect("create")
-        .into_inner()
-        .pid;
-    fx.guard.pid(pid);
-    c.start(StartRequest::default()).await.expect("start");
+    let (sock, mut c) = fx.start_and_connect().await;
+    let pid = fx
+        .create_start(&mut c, fx.create_req(&fx.out_file("out.txt")))
+        .await;
     let exec_out = fx.out_file("exec.txt");
     let stdio = Stdio {
         stdout: exec_out.display().to_string(),
         stderr: exec_out.display().to_string(),
         ..Default::default()
     };
-    c.exec(ExecRequest {
-        exec_id: "e1".into(),
-        stdio: Some(stdio.clone()),
-        process_json: process_json(
-            &[
-                "sh",
-                "-c",
-                "echo from-exec; grep -E '^Sig(Blk|Ign)' /proc/self/status; exit 3",
-            ],
-            false,
-        ),
-    })
-    .await
-    .expect("exec");
+    let script = "echo from-exec; grep -E '^Sig(Blk|Ign)' /proc/self/status; exit 3";
+    c.exec(exec_req("e1", stdio.clone(), &["sh", "-c", script]))
+        .await
+        .expect("exec");
     let err = c
-        .exec(ExecRequest {
-            exec_id: "e1".into(),
-            stdio: Some(stdio),
-            process_json: process_json(&["true"], false),
-        })
+        .exec(exec_req("e1", stdio, &["true"]))
         .await
         .expect_err("duplicate exec");
     assert_eq!(err.code(), Code::AlreadyExists, "{err}");
-    let epid = c
-        .start(StartRequest {
-            exec_id: "e1".into(),
-        })
-        .await
-        .expect("start exec")
-        .into_inner()
-        .pid;
+    let epid = start(&mut c, "e1").await;
     assert!(epid > 0 && epid != pid);
-    let w = c
-        .wait(WaitRequest {
-            exec_id: "e1".into(),
-        })
-        .await
-        .expect("wait exec")
-        .into_inner();
-    assert_eq!(w.exit_status, 3);
+    assert_eq!(wait(&mut c, "e1").await.exit_status, 3);
     assert_eq!(
         std::fs::read_to_string(&exec_out).expect("exec output"),
         // No ignored (SIGPIPE) or blocked signals leak from the shim into the container.
         "from-exec\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
     );
-    let st = c
-        .state(StateRequest {
-            exec_id: "e1".into(),
-        })
-        .await
-        .expect("exec state")
-        .into_inner();
+    let st = state(&mut c, "e1").await;
     assert_eq!((st.status, st.exit_status), (Status::Stopped as i32, 3));
     // Init is still running.
-    let st = c
-        .state(StateRequest::default())
-        .await
-        .expect("state")
-        .into_inner();
-    assert_eq!(st.status, Status::Running as i32);
-    let d = c
-        .delete(DeleteRequest {
-            exec_id: "e1".into(),
-        })
-        .await
-        .expect("delete exec")
-        .into_inner();
+    assert_eq!(state(&mut c, "").await.status, Status::Running as i32);
+    let d = delete(&mut c, "e1").await;
     assert_eq!((d.pid, d.exit_status), (epid, 3));
     let err = c
         .state(StateRequest {
@@ -202,33 +116,10 @@ async fn shim_exec_has_its_own_exit_code() {
         .expect_err("deleted exec");
     assert_eq!(err.code(), Code::NotFound);
     // An exec still running when init dies: its exit is journaled before TaskDeleted.
-    c.exec(ExecRequest {
-        exec_id: "e2".into(),
-        stdio: Some(Stdio::default()),
-        process_json: process_json(&["sleep", "999"], false),
-    })
-    .await
-    .expect("exec e2");
-    c.start(StartRequest {
-        exec_id: "e2".into(),
-    })
-    .await
-    .expect("start e2");
+    exec_start(&mut c, exec_req("e2", Stdio::default(), &["sleep", "999"])).await;
     let mut ev = events(&sock, 0).await;
-    c.kill(KillRequest {
-        exec_id: String::new(),
-        signal: 9,
-        all: false,
-    })
-    .await
-    .expect("kill");
-    let w = c
-        .wait(WaitRequest::default())
-        .await
-        .expect("wait")
-        .into_inner();
-    assert_eq!(w.exit_status, 137);
-    c.delete(DeleteRequest::default()).await.expect("delete");
+    assert_eq!(kill_wait(&mut c, "", 9).await, 137);
+    delete(&mut c, "").await;
     let evs = collect_until(&mut ev, "deleted", Duration::from_secs(10)).await;
     let exits: Vec<String> = evs
         .iter()
@@ -241,9 +132,7 @@ async fn shim_exec_has_its_own_exit_code() {
     let mut sorted = exits.clone();
     sorted.sort();
     assert_eq!(sorted, ["", "e1", "e2"], "exits before delete: {exits:?}");
-    c.shutdown(ShutdownRequest { now: false })
-        .await
-        .expect("shutdown");
+    shutdown(&mut c).await;
     fx.finish();
 }
 
@@ -260,69 +149,22 @@ async fn shim_kill_with_signals() {
             "trap 'exit 42' TERM; while true; do sleep 0.1; done",
         ],
     );
-    let sock = fx.start_shim();
-    let mut c = connect(&sock).await;
-    let out = fx.out_file("out.txt");
-    let pid = c
-        .create(fx.create_req(&out))
-        .await
-        .expect("create")
-        .into_inner()
-        .pid;
-    fx.guard.pid(pid);
-    c.start(StartRequest::default()).await.expect("start");
+    let (_, mut c) = fx.start_and_connect().await;
+    fx.create_start(&mut c, fx.create_req(&fx.out_file("out.txt")))
+        .await;
     // An exec that we kill with SIGKILL: 128 + 9.
-    c.exec(ExecRequest {
-        exec_id: "sleeper".into(),
-        stdio: Some(Stdio::default()),
-        process_json: process_json(&["sleep", "1000"], false),
-    })
-    .await
-    .expect("exec");
-    c.start(StartRequest {
-        exec_id: "sleeper".into(),
-    })
-    .await
-    .expect("start exec");
-    c.kill(KillRequest {
-        exec_id: "sleeper".into(),
-        signal: 9,
-        all: false,
-    })
-    .await
-    .expect("kill exec");
-    let w = c
-        .wait(WaitRequest {
-            exec_id: "sleeper".into(),
-        })
-        .await
-        .expect("wait exec");
-    assert_eq!(w.into_inner().exit_status, 137);
+    let sleeper = exec_req("sleeper", Stdio::default(), &["sleep", "1000"]);
+    exec_start(&mut c, sleeper).await;
+    assert_eq!(kill_wait(&mut c, "sleeper", 9).await, 137);
     // SIGTERM reaches init's trap.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    c.kill(KillRequest {
-        exec_id: String::new(),
-        signal: 15,
-        all: false,
-    })
-    .await
-    .expect("kill init");
-    let w = c
-        .wait(WaitRequest::default())
-        .await
-        .expect("wait")
-        .into_inner();
-    assert_eq!(w.exit_status, 42);
+    assert_eq!(kill_wait(&mut c, "", 15).await, 42);
     let err = c
-        .kill(KillRequest {
-            exec_id: String::new(),
-            signal: 9,
-            all: false,
-        })
+        .kill(kill_req("", 9))
         .await
         .expect_err("kill of an exited init");
     assert_eq!(err.code(), Code::NotFound, "{err}");
-    c.delete(DeleteRequest::default()).await.expect("delete");
+    delete(&mut c, "").await;
     c.shutdown(ShutdownRequest { now: true })
         .await
         .expect("shutdown");
@@ -335,33 +177,12 @@ async fn shim_pause_resume_pids_stats() {
         return;
     }
     let fx = ShimFixture::new("shim-pause", &["sh", "-c", "sleep 1000 & exec sleep 1001"]);
-    let sock = fx.start_shim();
-    let mut c = connect(&sock).await;
+    let (sock, mut c) = fx.start_and_connect().await;
     let mut ev = events(&sock, 0).await;
-    let out = fx.out_file("out.txt");
-    let pid = c
-        .create(fx.create_req(&out))
-        .await
-        .expect("create")
-        .into_inner()
-        .pid;
-    fx.guard.pid(pid);
-    c.start(StartRequest::default()).await.expect("start");
-    c.exec(ExecRequest {
-        exec_id: "x1".into(),
-        stdio: Some(Stdio::default()),
-        process_json: process_json(&["sleep", "999"], false),
-    })
-    .await
-    .expect("exec");
-    let epid = c
-        .start(StartRequest {
-            exec_id: "x1".into(),
-        })
-        .await
-        .expect("start exec")
-        .into_inner()
-        .pid;
+    let pid = fx
+        .create_start(&mut c, fx.create_req(&fx.out_file("out.txt")))
+        .await;
+    let epid = exec_start(&mut c, exec_req("x1", Stdio::default(), &["sleep", "999"])).await;
     let pids = c
         .pids(PidsRequest {})
         .await
@@ -412,12 +233,7 @@ async fn shim_pause_resume_pids_stats() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
 
     c.pause(Empty {}).await.expect("pause");
-    let st = c
-        .state(StateRequest::default())
-        .await
-        .expect("state")
-        .into_inner();
-    assert_eq!(st.status, Status::Paused as i32);
+    assert_eq!(state(&mut c, "").await.status, Status::Paused as i32);
     let freezer = format!(
         "/sys/fs/cgroup/freezer{}/freezer.state",
         fx.bundle.cgroups_path()
@@ -427,12 +243,7 @@ async fn shim_pause_resume_pids_stats() {
         "FROZEN"
     );
     c.resume(Empty {}).await.expect("resume");
-    let st = c
-        .state(StateRequest::default())
-        .await
-        .expect("state")
-        .into_inner();
-    assert_eq!(st.status, Status::Running as i32);
+    assert_eq!(state(&mut c, "").await.status, Status::Running as i32);
     assert_eq!(
         std::fs::read_to_string(&freezer).expect("freezer").trim(),
         "THAWED"
@@ -445,21 +256,9 @@ async fn shim_pause_resume_pids_stats() {
     })
     .await
     .expect("kill all");
-    let w = c
-        .wait(WaitRequest::default())
-        .await
-        .expect("wait")
-        .into_inner();
-    assert_eq!(w.exit_status, 137);
-    let w = c
-        .wait(WaitRequest {
-            exec_id: "x1".into(),
-        })
-        .await
-        .expect("wait exec")
-        .into_inner();
-    assert_eq!(w.exit_status, 137);
-    c.delete(DeleteRequest::default()).await.expect("delete");
+    assert_eq!(wait(&mut c, "").await.exit_status, 137);
+    assert_eq!(wait(&mut c, "x1").await.exit_status, 137);
+    delete(&mut c, "").await;
     let evs = collect_until(&mut ev, "deleted", Duration::from_secs(10)).await;
     let k = kinds(&evs);
     for want in [
@@ -474,8 +273,6 @@ async fn shim_pause_resume_pids_stats() {
         assert!(k.contains(&want), "{want} missing in {k:?}");
     }
     assert_eq!(k.iter().filter(|k| **k == "exited").count(), 2, "{k:?}");
-    c.shutdown(ShutdownRequest { now: false })
-        .await
-        .expect("shutdown");
+    shutdown(&mut c).await;
     fx.finish();
 }

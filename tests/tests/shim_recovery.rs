@@ -7,10 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use berth_proto::shim::{
-    event::Kind, AckRequest, CloseIoRequest, DeleteRequest, KillRequest, ShutdownRequest,
-    StartRequest, StateRequest, Status, WaitRequest,
-};
+use berth_proto::shim::{event::Kind, AckRequest, Status};
 use berth_tests::proc;
 use nix::sys::signal::Signal;
 use support::*;
@@ -22,17 +19,13 @@ async fn shim_events_replay_after_reconnect() {
         return;
     }
     let fx = ShimFixture::new("shim-replay", &["sh", "-c", "read x; exit 5"]);
-    let sock = fx.start_shim();
-    let mut c = connect(&sock).await;
+    let (sock, mut c) = fx.start_and_connect().await;
     let stdin = fx.dir.join("stdin.fifo");
-    nix::unistd::mkfifo(&stdin, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
-    let mut req = fx.create_req(&fx.out_file("out.txt"));
-    if let Some(s) = req.stdio.as_mut() {
+    mkfifo(&stdin);
+    let req = fx.create_req_with(&fx.out_file("out.txt"), |s| {
         s.stdin = stdin.display().to_string();
-    }
-    let pid = c.create(req).await.expect("create").into_inner().pid;
-    fx.guard.pid(pid);
-    c.start(StartRequest::default()).await.expect("start");
+    });
+    let pid = fx.create_start(&mut c, req).await;
     {
         let mut ev = events(&sock, 0).await;
         let evs = collect_until(&mut ev, "started", Duration::from_secs(5)).await;
@@ -40,18 +33,8 @@ async fn shim_events_replay_after_reconnect() {
         // The client goes away (berthd dies) ...
     }
     // ... and the container exits while nobody listens: CloseIO gives `read` its EOF.
-    c.close_io(CloseIoRequest {
-        exec_id: String::new(),
-        stdin: true,
-    })
-    .await
-    .expect("close io");
-    let w = c
-        .wait(WaitRequest::default())
-        .await
-        .expect("wait")
-        .into_inner();
-    assert_eq!(w.exit_status, 5);
+    close_stdin(&mut c, "").await;
+    assert_eq!(wait(&mut c, "").await.exit_status, 5);
 
     // Nothing acked: the whole history, in order.
     let mut ev = events(&sock, 0).await;
@@ -63,9 +46,7 @@ async fn shim_events_replay_after_reconnect() {
     // Acked up to "started": a reconnect gets the exit exactly once, then nothing.
     c.ack(AckRequest { seq: 2 }).await.expect("ack");
     let mut ev = events(&sock, 2).await;
-    let first = next_event(&mut ev, Duration::from_secs(5))
-        .await
-        .expect("exit event");
+    let first = expect_event(&mut ev, "exit").await;
     assert_eq!(first.seq, 3);
     match first.kind {
         Some(Kind::Exited(e)) => assert_eq!((e.pid, e.exit_status), (pid, 5)),
@@ -79,9 +60,7 @@ async fn shim_events_replay_after_reconnect() {
     );
     // Acked events are gone from the journal: Events(0) starts after the ack.
     let mut ev0 = events(&sock, 0).await;
-    let e = next_event(&mut ev0, Duration::from_secs(5))
-        .await
-        .expect("event");
+    let e = expect_event(&mut ev0, "first unacked").await;
     assert_eq!(e.seq, 3);
     // Ack is cumulative and checked.
     let err = c
@@ -92,18 +71,14 @@ async fn shim_events_replay_after_reconnect() {
     c.ack(AckRequest { seq: 3 }).await.expect("ack all");
 
     // Live events keep flowing on an open stream, numbered on.
-    c.delete(DeleteRequest::default()).await.expect("delete");
-    let d = next_event(&mut ev, Duration::from_secs(5))
-        .await
-        .expect("delete event");
+    delete(&mut c, "").await;
+    let d = expect_event(&mut ev, "delete").await;
     assert_eq!(
         (kinds(std::slice::from_ref(&d)), d.seq),
         (vec!["deleted"], 4)
     );
     let old_pid = fx.shim_pid().expect("shim pid");
-    c.shutdown(ShutdownRequest { now: false })
-        .await
-        .expect("shutdown");
+    shutdown(&mut c).await;
     drop((c, ev, ev0));
     assert!(
         proc::wait_dead(old_pid, Duration::from_secs(5)),
@@ -112,32 +87,16 @@ async fn shim_events_replay_after_reconnect() {
 
     // A new shim on the same bundle continues the journal: the unacked delete is still there,
     // and new events are numbered on.
-    let sock = fx.start_shim();
+    let (sock, mut c) = fx.start_and_connect().await;
     assert_ne!(fx.shim_pid(), Some(old_pid));
-    let mut c = connect(&sock).await;
     let mut ev = events(&sock, 0).await;
-    let e = next_event(&mut ev, Duration::from_secs(5))
-        .await
-        .expect("replayed");
+    let e = expect_event(&mut ev, "replayed delete").await;
     assert_eq!((kind_name(&e), e.seq), ("deleted", 4));
-    let out = fx.out_file("out2.txt");
-    let pid = c
-        .create(fx.create_req(&out))
-        .await
-        .expect("create again")
-        .into_inner()
-        .pid;
-    fx.guard.pid(pid);
-    let e = next_event(&mut ev, Duration::from_secs(5))
-        .await
-        .expect("created");
+    fx.create(&mut c, fx.create_req(&fx.out_file("out2.txt")))
+        .await;
+    let e = expect_event(&mut ev, "created").await;
     assert_eq!((kind_name(&e), e.seq), ("created", 5));
-    c.delete(DeleteRequest::default())
-        .await
-        .expect("delete created");
-    c.shutdown(ShutdownRequest { now: false })
-        .await
-        .expect("shutdown");
+    delete_shutdown(&mut c).await;
     fx.finish();
 }
 
@@ -147,59 +106,30 @@ async fn shim_restarted_takes_over_its_container() {
         return;
     }
     let fx = ShimFixture::new("shim-restart", &["sleep", "1000"]);
-    let sock = fx.start_shim();
+    let (_, mut c) = fx.start_and_connect().await;
     let old_pid = fx.shim_pid().expect("shim pid");
-    let mut c = connect(&sock).await;
-    let pid = c
-        .create(fx.create_req(&fx.out_file("out.txt")))
-        .await
-        .expect("create")
-        .into_inner()
-        .pid;
-    fx.guard.pid(pid);
-    c.start(StartRequest::default()).await.expect("start");
+    let pid = fx
+        .create_start(&mut c, fx.create_req(&fx.out_file("out.txt")))
+        .await;
     drop(c);
     assert!(proc::kill(old_pid, Signal::SIGKILL));
     assert!(proc::wait_dead(old_pid, Duration::from_secs(5)));
     assert!(proc::alive(pid), "the container died with its shim");
 
     // `berth-shim start` again on the same bundle: the new shim takes the container over.
-    let sock = fx.start_shim();
+    let (sock, mut c) = fx.start_and_connect().await;
     assert_ne!(fx.shim_pid(), Some(old_pid));
-    let mut c = connect(&sock).await;
-    let st = c
-        .state(StateRequest::default())
-        .await
-        .expect("state")
-        .into_inner();
+    let st = state(&mut c, "").await;
     assert_eq!((st.pid, st.status), (pid, Status::Running as i32));
     let mut ev = events(&sock, 0).await;
     let evs = collect_until(&mut ev, "started", Duration::from_secs(5)).await;
     assert_eq!(kinds(&evs), ["created", "started"]);
-    c.kill(KillRequest {
-        exec_id: String::new(),
-        signal: 9,
-        all: false,
-    })
-    .await
-    .expect("kill");
-    let w = c
-        .wait(WaitRequest::default())
-        .await
-        .expect("wait")
-        .into_inner();
-    assert_eq!(w.exit_status, 137);
-    let e = next_event(&mut ev, Duration::from_secs(5))
-        .await
-        .expect("exit");
+    assert_eq!(kill_wait(&mut c, "", 9).await, 137);
+    let e = expect_event(&mut ev, "exit").await;
     assert_eq!((kind_name(&e), e.seq), ("exited", 3));
-    c.delete(DeleteRequest::default()).await.expect("delete");
-    let e = next_event(&mut ev, Duration::from_secs(5))
-        .await
-        .expect("delete");
+    delete(&mut c, "").await;
+    let e = expect_event(&mut ev, "delete").await;
     assert_eq!((kind_name(&e), e.seq), ("deleted", 4));
-    c.shutdown(ShutdownRequest { now: false })
-        .await
-        .expect("shutdown");
+    shutdown(&mut c).await;
     fx.finish();
 }

@@ -9,8 +9,7 @@ use std::process::{Command, Stdio as PStdio};
 use std::time::Duration;
 
 use berth_proto::shim::{
-    CreateRequest, DeleteRequest, ExecRequest, KillRequest, Mount, ShutdownRequest, StartRequest,
-    StateRequest, Status, Stdio, WaitRequest,
+    CreateRequest, DeleteRequest, ExecRequest, Mount, StartRequest, Status, Stdio, WaitRequest,
 };
 use berth_tests::proc;
 use nix::sys::signal::Signal;
@@ -49,14 +48,9 @@ async fn shim_survives_its_starters_session_being_killed() {
     fx.guard.pid(shim_pid);
     let mut c = connect(&sock).await;
     let mut ev = events(&sock, 0).await;
-    let pid = c
-        .create(fx.create_req(&fx.out_file("out.txt")))
-        .await
-        .expect("create")
-        .into_inner()
-        .pid;
-    fx.guard.pid(pid);
-    c.start(StartRequest::default()).await.expect("start");
+    let pid = fx
+        .create_start(&mut c, fx.create_req(&fx.out_file("out.txt")))
+        .await;
     let evs = collect_until(&mut ev, "started", Duration::from_secs(5)).await;
     assert_eq!(kinds(&evs), ["created", "started"]);
 
@@ -78,35 +72,11 @@ async fn shim_survives_its_starters_session_being_killed() {
 
     // A new client drives them; the old stream sees nothing odd.
     let mut c = connect(&sock).await;
-    let st = c
-        .state(StateRequest::default())
-        .await
-        .expect("state")
-        .into_inner();
-    assert_eq!(st.status, Status::Running as i32);
-    c.kill(KillRequest {
-        exec_id: String::new(),
-        signal: 9,
-        all: false,
-    })
-    .await
-    .expect("kill");
-    assert_eq!(
-        c.wait(WaitRequest::default())
-            .await
-            .expect("wait")
-            .into_inner()
-            .exit_status,
-        137
-    );
-    let e = next_event(&mut ev, Duration::from_secs(5))
-        .await
-        .expect("exit on the old stream");
+    assert_eq!(state(&mut c, "").await.status, Status::Running as i32);
+    assert_eq!(kill_wait(&mut c, "", 9).await, 137);
+    let e = expect_event(&mut ev, "exit on the old stream").await;
     assert_eq!(kind_name(&e), "exited");
-    c.delete(DeleteRequest::default()).await.expect("delete");
-    c.shutdown(ShutdownRequest { now: false })
-        .await
-        .expect("shutdown");
+    delete_shutdown(&mut c).await;
     assert!(
         proc::wait_dead(shim_pid, Duration::from_secs(5)),
         "shim still running"
@@ -124,9 +94,8 @@ async fn shim_sigkilled_then_delete_cleans_up() {
     let src = fx.dir.join("rootfs-src");
     std::fs::rename(&fx.bundle.rootfs, &src).expect("moving the rootfs");
     std::fs::create_dir(&fx.bundle.rootfs).expect("empty rootfs dir");
-    let sock = fx.start_shim();
+    let (sock, mut c) = fx.start_and_connect().await;
     let shim_pid = fx.shim_pid().expect("shim pid");
-    let mut c = connect(&sock).await;
     let mut req = fx.create_req(&fx.out_file("out.txt"));
     req.rootfs = vec![Mount {
         r#type: "bind".into(),
@@ -134,9 +103,7 @@ async fn shim_sigkilled_then_delete_cleans_up() {
         target: String::new(),
         options: vec!["rbind".into(), "rw".into()],
     }];
-    let pid = c.create(req).await.expect("create").into_inner().pid;
-    fx.guard.pid(pid);
-    c.start(StartRequest::default()).await.expect("start");
+    let pid = fx.create_start(&mut c, req).await;
     assert!(
         berth_tests::is_mounted(&fx.bundle.rootfs),
         "rootfs not mounted"
@@ -145,17 +112,8 @@ async fn shim_sigkilled_then_delete_cleans_up() {
     assert!(proc::wait_dead(shim_pid, Duration::from_secs(5)));
     drop(c);
 
-    let out = Command::new(berth_tests::bin("berth-shim"))
-        .arg("delete")
-        .args(fx.shim_args())
-        .output()
-        .expect("berth-shim delete");
-    assert!(
-        out.status.success(),
-        "berth-shim delete failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("delete prints JSON");
+    let out = fx.run_shim("delete", &[]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("delete prints JSON");
     assert_eq!(v["exit_status"], 137, "{v}");
     assert_eq!(v["pid"], pid, "{v}");
     assert!(
@@ -185,8 +143,7 @@ async fn shim_hostile_requests_get_clear_errors() {
     let config = fx.bundle.config_path();
     let saved = std::fs::read(&config).expect("config");
     std::fs::remove_file(&config).expect("removing config.json");
-    let sock = fx.start_shim();
-    let mut c = connect(&sock).await;
+    let (_, mut c) = fx.start_and_connect().await;
     let out = fx.out_file("out.txt");
 
     let err = c
@@ -198,10 +155,7 @@ async fn shim_hostile_requests_get_clear_errors() {
     std::fs::write(&config, saved).expect("restoring config.json");
 
     let missing = fx.dir.join("no-such-fifo");
-    let mut req = fx.create_req(&out);
-    if let Some(s) = req.stdio.as_mut() {
-        s.stdout = missing.display().to_string();
-    }
+    let req = fx.create_req_with(&out, |s| s.stdout = missing.display().to_string());
     let err = c.create(req).await.expect_err("missing stdout");
     assert_eq!(err.code(), Code::NotFound, "{err}");
     assert!(err.message().contains("no-such-fifo"), "{err}");
@@ -221,19 +175,13 @@ async fn shim_hostile_requests_get_clear_errors() {
     assert_eq!(err.code(), Code::NotFound, "{err}");
 
     // The shim still serves: the real container works.
-    let pid = c
-        .create(fx.create_req(&out))
-        .await
-        .expect("create")
-        .into_inner()
-        .pid;
-    fx.guard.pid(pid);
+    fx.create(&mut c, fx.create_req(&out)).await;
     let err = c
         .create(fx.create_req(&out))
         .await
         .expect_err("second create");
     assert_eq!(err.code(), Code::AlreadyExists, "{err}");
-    c.start(StartRequest::default()).await.expect("start");
+    start(&mut c, "").await;
     for exec_id in ["nope", "../../etc"] {
         let err = c
             .start(StartRequest {
@@ -243,11 +191,7 @@ async fn shim_hostile_requests_get_clear_errors() {
             .expect_err("unknown exec");
         assert_eq!(err.code(), Code::NotFound, "{err}");
         let err = c
-            .kill(KillRequest {
-                exec_id: exec_id.into(),
-                signal: 9,
-                all: false,
-            })
+            .kill(kill_req(exec_id, 9))
             .await
             .expect_err("kill unknown exec");
         assert_eq!(err.code(), Code::NotFound, "{err}");
@@ -260,32 +204,24 @@ async fn shim_hostile_requests_get_clear_errors() {
         assert_eq!(err.code(), Code::NotFound, "{err}");
     }
     let err = c
-        .exec(ExecRequest {
-            exec_id: "../evil".into(),
-            stdio: Some(Stdio::default()),
-            process_json: process_json(&["true"], false),
-        })
+        .exec(exec_req("../evil", Stdio::default(), &["true"]))
         .await
         .expect_err("bad exec id");
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
     let err = c
         .exec(ExecRequest {
-            exec_id: "badjson".into(),
-            stdio: Some(Stdio::default()),
             process_json: b"{not json".to_vec(),
+            ..exec_req("badjson", Stdio::default(), &[])
         })
         .await
         .expect_err("bad process JSON");
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    let stdio = Stdio {
+        stdin: missing.display().to_string(),
+        ..Default::default()
+    };
     let err = c
-        .exec(ExecRequest {
-            exec_id: "nostdio".into(),
-            stdio: Some(Stdio {
-                stdin: missing.display().to_string(),
-                ..Default::default()
-            }),
-            process_json: process_json(&["true"], false),
-        })
+        .exec(exec_req("nostdio", stdio, &["true"]))
         .await
         .expect_err("missing stdin");
     assert_eq!(err.code(), Code::NotFound, "{err}");
@@ -295,23 +231,9 @@ async fn shim_hostile_requests_get_clear_errors() {
         .await
         .expect_err("delete running");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
-    let st = c
-        .state(StateRequest::default())
-        .await
-        .expect("still serving")
-        .into_inner();
-    assert_eq!(st.status, Status::Running as i32);
-    c.kill(KillRequest {
-        exec_id: String::new(),
-        signal: 9,
-        all: false,
-    })
-    .await
-    .expect("kill");
-    c.wait(WaitRequest::default()).await.expect("wait");
-    c.delete(DeleteRequest::default()).await.expect("delete");
-    c.shutdown(ShutdownRequest { now: false })
-        .await
-        .expect("shutdown");
+    // ... and the shim still serves it.
+    assert_eq!(state(&mut c, "").await.status, Status::Running as i32);
+    assert_eq!(kill_wait(&mut c, "", 9).await, 137);
+    delete_shutdown(&mut c).await;
     fx.finish();
 }

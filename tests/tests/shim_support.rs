@@ -4,12 +4,18 @@
 //! test started, even when the test panics.
 #![allow(dead_code)]
 
+use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use berth_proto::shim::shim_client::ShimClient;
-use berth_proto::shim::{event::Kind, CreateRequest, Event, EventsRequest, Stdio};
+use berth_proto::shim::{
+    event::Kind, CloseIoRequest, CreateRequest, DeleteRequest, DeleteResponse, Event,
+    EventsRequest, ExecRequest, KillRequest, ShutdownRequest, StartRequest, StateRequest,
+    StateResponse, Stdio, WaitRequest, WaitResponse,
+};
 use berth_tests::bundle::{busybox_bundle, Bundle};
 use berth_tests::{Guard, TestDir};
 use hyper_util::rt::TokioIo;
@@ -27,6 +33,11 @@ pub fn runtime() -> String {
 }
 /// Per-call timeout of the test client.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long [`expect_event`] waits for the next event.
+pub const EVENT_WAIT: Duration = Duration::from_secs(5);
+
+/// A connected shim client.
+pub type Client = ShimClient<Channel>;
 
 /// One container's test setup. Field order matters: the guard cleans up before the dir goes.
 pub struct ShimFixture {
@@ -90,23 +101,41 @@ impl ShimFixture {
         ]
     }
 
-    /// `berth-shim start`: returns the socket path; the shim's pid is registered with the guard.
-    pub fn start_shim(&self) -> PathBuf {
-        let out = Command::new(berth_tests::bin("berth-shim"))
-            .arg("start")
+    /// `berth-shim SUB <shim_args> EXTRA...` checked to succeed, stdout returned: start, delete.
+    #[track_caller]
+    pub fn run_shim(&self, sub: &str, extra: &[&str]) -> String {
+        // A match, not a closure, so that the panic points at the caller (#[track_caller]).
+        let out = match Command::new(berth_tests::bin("berth-shim"))
+            .arg(sub)
             .args(self.shim_args())
-            .args(["--address", "/nonexistent/berthd.sock"])
+            .args(extra)
             .output()
-            .expect("running berth-shim start");
+        {
+            Ok(out) => out,
+            Err(e) => panic!("running berth-shim {sub}: {e}"),
+        };
         assert!(
             out.status.success(),
-            "berth-shim start failed: {}",
+            "berth-shim {sub} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let addr = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `berth-shim start`: returns the socket path; the shim's pid is registered with the guard.
+    #[track_caller]
+    pub fn start_shim(&self) -> PathBuf {
+        let addr = self.run_shim("start", &["--address", "/nonexistent/berthd.sock"]);
         let pid = self.shim_pid().expect("shim.pid written");
         self.guard.pid(pid);
         socket_of(&addr)
+    }
+
+    /// [`ShimFixture::start_shim`] and a client on its socket: how nearly every test begins.
+    pub async fn start_and_connect(&self) -> (PathBuf, Client) {
+        let sock = self.start_shim();
+        let c = connect(&sock).await;
+        (sock, c)
     }
 
     /// The pid in `<bundle>/shim.pid`.
@@ -141,6 +170,32 @@ impl ShimFixture {
         }
     }
 
+    /// [`ShimFixture::create_req`] with its stdio changed by `edit` (stdin, terminal, ...).
+    pub fn create_req_with(&self, stdout: &Path, edit: impl FnOnce(&mut Stdio)) -> CreateRequest {
+        let mut req = self.create_req(stdout);
+        edit(req.stdio.get_or_insert_with(Stdio::default));
+        req
+    }
+
+    /// Create init from `req`; its pid goes to the guard so a failing test leaves nothing running.
+    pub async fn create(&self, c: &mut Client, req: CreateRequest) -> u32 {
+        let pid = c
+            .create(req)
+            .await
+            .unwrap_or_else(|e| panic!("Create: {e}"))
+            .into_inner()
+            .pid;
+        self.guard.pid(pid);
+        pid
+    }
+
+    /// [`ShimFixture::create`] then Start of init: most tests want a running container.
+    pub async fn create_start(&self, c: &mut Client, req: CreateRequest) -> u32 {
+        let pid = self.create(c, req).await;
+        start(c, "").await;
+        pid
+    }
+
     /// Remove the runc state and check nothing the test registered is left.
     pub fn finish(self) {
         let left = self.guard.cleanup();
@@ -154,25 +209,23 @@ pub fn socket_of(addr: &str) -> PathBuf {
 }
 
 /// A shim client over the unix socket.
-pub async fn connect(socket: &Path) -> ShimClient<Channel> {
-    let path = socket.to_path_buf();
-    let channel = Endpoint::try_from("http://[::]")
-        .expect("endpoint")
-        .timeout(RPC_TIMEOUT)
-        .connect_with_connector(tower::service_fn(move |_| {
-            let p = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(p).await?)) }
-        }))
-        .await
-        .expect("connecting to the shim");
-    ShimClient::new(channel)
+pub async fn connect(socket: &Path) -> Client {
+    connect_with(socket, Some(RPC_TIMEOUT)).await
 }
 
 /// A shim client with no per-call timeout (for event streams and long waits).
-pub async fn connect_stream(socket: &Path) -> ShimClient<Channel> {
+pub async fn connect_stream(socket: &Path) -> Client {
+    connect_with(socket, None).await
+}
+
+/// A shim client over the unix socket with an optional per-call timeout.
+async fn connect_with(socket: &Path, timeout: Option<Duration>) -> Client {
     let path = socket.to_path_buf();
-    let channel = Endpoint::try_from("http://[::]")
-        .expect("endpoint")
+    let mut endpoint = Endpoint::try_from("http://[::]").expect("endpoint");
+    if let Some(t) = timeout {
+        endpoint = endpoint.timeout(t);
+    }
+    let channel = endpoint
         .connect_with_connector(tower::service_fn(move |_| {
             let p = path.clone();
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(p).await?)) }
@@ -200,6 +253,13 @@ pub async fn next_event(s: &mut Streaming<Event>, wait: Duration) -> Option<Even
         Ok(Err(e)) => panic!("event stream error: {e}"),
         Err(_) => None,
     }
+}
+
+/// The next event within [`EVENT_WAIT`]; panics naming the `what` that did not come.
+pub async fn expect_event(s: &mut Streaming<Event>, what: &str) -> Event {
+    next_event(s, EVENT_WAIT)
+        .await
+        .unwrap_or_else(|| panic!("no {what} event within {EVENT_WAIT:?}"))
 }
 
 /// A short name of an event's kind.
@@ -247,6 +307,148 @@ pub fn process_json(args: &[&str], terminal: bool) -> Vec<u8> {
     })
     .to_string()
     .into_bytes()
+}
+
+/// "init" or "exec ID": names the process in the panic messages of the helpers below.
+fn who(exec_id: &str) -> String {
+    if exec_id.is_empty() {
+        "init".to_string()
+    } else {
+        format!("exec {exec_id}")
+    }
+}
+
+/// An Exec request running `args`, a terminal exactly when `stdio` asks for one.
+pub fn exec_req(exec_id: &str, stdio: Stdio, args: &[&str]) -> ExecRequest {
+    ExecRequest {
+        exec_id: exec_id.into(),
+        process_json: process_json(args, stdio.terminal),
+        stdio: Some(stdio),
+    }
+}
+
+/// Exec then Start of `req`'s exec id: the usual way to a running exec. Returns its pid.
+pub async fn exec_start(c: &mut Client, req: ExecRequest) -> u32 {
+    let exec_id = req.exec_id.clone();
+    c.exec(req)
+        .await
+        .unwrap_or_else(|e| panic!("Exec of {exec_id}: {e}"));
+    start(c, &exec_id).await
+}
+
+/// Start of init (`exec_id` "") or an exec; returns its pid.
+pub async fn start(c: &mut Client, exec_id: &str) -> u32 {
+    c.start(StartRequest {
+        exec_id: exec_id.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("Start of {}: {e}", who(exec_id)))
+    .into_inner()
+    .pid
+}
+
+/// A Kill request for one process (not `all`), for the calls expected to fail.
+pub fn kill_req(exec_id: &str, signal: u32) -> KillRequest {
+    KillRequest {
+        exec_id: exec_id.into(),
+        signal,
+        all: false,
+    }
+}
+
+/// Kill of init (`exec_id` "") or an exec with `signal`.
+pub async fn kill(c: &mut Client, exec_id: &str, signal: u32) {
+    c.kill(kill_req(exec_id, signal))
+        .await
+        .unwrap_or_else(|e| panic!("Kill of {} with {signal}: {e}", who(exec_id)));
+}
+
+/// Wait for init (`exec_id` "") or an exec to exit.
+pub async fn wait(c: &mut Client, exec_id: &str) -> WaitResponse {
+    c.wait(WaitRequest {
+        exec_id: exec_id.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("Wait for {}: {e}", who(exec_id)))
+    .into_inner()
+}
+
+/// [`kill`] then [`wait`]: returns the exit status the signal led to.
+pub async fn kill_wait(c: &mut Client, exec_id: &str, signal: u32) -> u32 {
+    kill(c, exec_id, signal).await;
+    wait(c, exec_id).await.exit_status
+}
+
+/// State of init (`exec_id` "") or an exec.
+pub async fn state(c: &mut Client, exec_id: &str) -> StateResponse {
+    c.state(StateRequest {
+        exec_id: exec_id.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("State of {}: {e}", who(exec_id)))
+    .into_inner()
+}
+
+/// CloseIO of the stdin of init (`exec_id` "") or an exec: gives the process its EOF.
+pub async fn close_stdin(c: &mut Client, exec_id: &str) {
+    c.close_io(CloseIoRequest {
+        exec_id: exec_id.into(),
+        stdin: true,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("CloseIO of {}: {e}", who(exec_id)));
+}
+
+/// Delete of init (`exec_id` "") or an exec.
+pub async fn delete(c: &mut Client, exec_id: &str) -> DeleteResponse {
+    c.delete(DeleteRequest {
+        exec_id: exec_id.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("Delete of {}: {e}", who(exec_id)))
+    .into_inner()
+}
+
+/// Graceful Shutdown (`now: false`): the shim exits once its container is deleted.
+pub async fn shutdown(c: &mut Client) {
+    c.shutdown(ShutdownRequest { now: false })
+        .await
+        .unwrap_or_else(|e| panic!("Shutdown: {e}"));
+}
+
+/// Delete of init then [`shutdown`]: how a test hands its shim back.
+pub async fn delete_shutdown(c: &mut Client) {
+    delete(c, "").await;
+    shutdown(c).await;
+}
+
+/// A FIFO at `path` (mode 0600) for a process's stdio.
+#[track_caller]
+pub fn mkfifo(path: &Path) {
+    if let Err(e) = nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)) {
+        panic!("mkfifo {}: {e}", path.display());
+    }
+}
+
+/// The read end of the FIFO at `path`, opened non-blocking (before Create, like ctr does).
+#[track_caller]
+pub fn open_fifo_reader(path: &Path) -> File {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) => panic!("opening the fifo {}: {e}", path.display()),
+    }
+}
+
+/// Append what can be read from `reader` right now to `text` (for polling a non-blocking FIFO).
+pub fn read_available(reader: &mut File, text: &mut String) {
+    let mut buf = [0u8; 256];
+    if let Ok(n) = std::io::Read::read(reader, &mut buf) {
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
 }
 
 /// Wait until `f` is true or the timeout passes.

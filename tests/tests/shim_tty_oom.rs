@@ -4,13 +4,9 @@
 #[path = "shim_support.rs"]
 mod support;
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
-use berth_proto::shim::{
-    DeleteRequest, ExecRequest, KillRequest, ResizePtyRequest, ShutdownRequest, StartRequest,
-    Stdio, WaitRequest,
-};
+use berth_proto::shim::{ResizePtyRequest, Status, Stdio};
 use support::*;
 use tonic::Code;
 
@@ -22,24 +18,16 @@ async fn shim_terminal_with_resize() {
     let fx = ShimFixture::new("shim-tty", &["sh", "-c", "sleep 1; stty size; sleep 1000"]);
     fx.bundle
         .edit_spec(|s| s["process"]["terminal"] = true.into());
-    let sock = fx.start_shim();
-    let mut c = connect(&sock).await;
+    let (_, mut c) = fx.start_and_connect().await;
     let out = fx.dir.join("tty.fifo");
-    nix::unistd::mkfifo(&out, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    mkfifo(&out);
     // Read the FIFO like ctr does: opened before Create, non-blocking.
-    let mut reader = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&out)
-        .expect("opening the output fifo");
-    let mut req = fx.create_req(&out);
-    if let Some(s) = req.stdio.as_mut() {
+    let mut reader = open_fifo_reader(&out);
+    let req = fx.create_req_with(&out, |s| {
         s.terminal = true;
         s.stderr = String::new();
-    }
-    let pid = c.create(req).await.expect("create").into_inner().pid;
-    fx.guard.pid(pid);
-    c.start(StartRequest::default()).await.expect("start");
+    });
+    fx.create_start(&mut c, req).await;
     c.resize_pty(ResizePtyRequest {
         exec_id: String::new(),
         width: 101,
@@ -49,32 +37,20 @@ async fn shim_terminal_with_resize() {
     .expect("resize");
     let mut text = String::new();
     eventually("stty size output of init", Duration::from_secs(10), || {
-        let mut buf = [0u8; 256];
-        if let Ok(n) = std::io::Read::read(&mut reader, &mut buf) {
-            text.push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
+        read_available(&mut reader, &mut text);
         text.contains("33 101")
     })
     .await;
 
     // An exec with its own terminal and size.
     let exec_out = fx.out_file("exec-tty.txt");
-    c.exec(ExecRequest {
-        exec_id: "tty1".into(),
-        stdio: Some(Stdio {
-            stdout: exec_out.display().to_string(),
-            terminal: true,
-            ..Default::default()
-        }),
-        process_json: process_json(&["sh", "-c", "sleep 0.5; stty size; exit 6"], true),
-    })
-    .await
-    .expect("exec");
-    c.start(StartRequest {
-        exec_id: "tty1".into(),
-    })
-    .await
-    .expect("start exec");
+    let stdio = Stdio {
+        stdout: exec_out.display().to_string(),
+        terminal: true,
+        ..Default::default()
+    };
+    let args = ["sh", "-c", "sleep 0.5; stty size; exit 6"];
+    exec_start(&mut c, exec_req("tty1", stdio, &args)).await;
     c.resize_pty(ResizePtyRequest {
         exec_id: "tty1".into(),
         width: 77,
@@ -82,14 +58,7 @@ async fn shim_terminal_with_resize() {
     })
     .await
     .expect("resize exec");
-    let w = c
-        .wait(WaitRequest {
-            exec_id: "tty1".into(),
-        })
-        .await
-        .expect("wait exec")
-        .into_inner();
-    assert_eq!(w.exit_status, 6);
+    assert_eq!(wait(&mut c, "tty1").await.exit_status, 6);
     let t = std::fs::read_to_string(&exec_out).expect("exec output");
     assert!(t.contains("22 77"), "exec stty size printed {t:?}");
     let err = c
@@ -101,25 +70,8 @@ async fn shim_terminal_with_resize() {
         .await
         .expect_err("resize unknown exec");
     assert_eq!(err.code(), Code::NotFound);
-    c.kill(KillRequest {
-        exec_id: String::new(),
-        signal: 9,
-        all: false,
-    })
-    .await
-    .expect("kill");
-    assert_eq!(
-        c.wait(WaitRequest::default())
-            .await
-            .expect("wait")
-            .into_inner()
-            .exit_status,
-        137
-    );
-    c.delete(DeleteRequest::default()).await.expect("delete");
-    c.shutdown(ShutdownRequest { now: false })
-        .await
-        .expect("shutdown");
+    assert_eq!(kill_wait(&mut c, "", 9).await, 137);
+    delete_shutdown(&mut c).await;
     fx.finish();
 }
 
@@ -139,23 +91,15 @@ async fn shim_reports_oom() {
     fx.bundle.edit_spec(|s| {
         s["linux"]["resources"]["memory"] = serde_json::json!({"limit": 16 * 1024 * 1024});
     });
-    let sock = fx.start_shim();
-    let mut c = connect(&sock).await;
+    let (sock, mut c) = fx.start_and_connect().await;
     let mut ev = events(&sock, 0).await;
-    let pid = c
-        .create(fx.create_req(&fx.out_file("out.txt")))
-        .await
-        .expect("create")
-        .into_inner()
-        .pid;
-    fx.guard.pid(pid);
-    c.start(StartRequest::default()).await.expect("start");
-    let w = c
-        .wait(WaitRequest::default())
-        .await
-        .expect("wait")
-        .into_inner();
-    assert_eq!(w.exit_status, 137, "the memory hog was not OOM-killed");
+    fx.create_start(&mut c, fx.create_req(&fx.out_file("out.txt")))
+        .await;
+    assert_eq!(
+        wait(&mut c, "").await.exit_status,
+        137,
+        "the memory hog was not OOM-killed"
+    );
     let evs = collect_until(&mut ev, "exited", Duration::from_secs(10)).await;
     let mut k = kinds(&evs);
     // The OOM event may trail the exit by a moment.
@@ -165,10 +109,7 @@ async fn shim_reports_oom() {
         }
     }
     assert!(k.contains(&"oom"), "no oom event in {k:?}");
-    c.delete(DeleteRequest::default()).await.expect("delete");
-    c.shutdown(ShutdownRequest { now: false })
-        .await
-        .expect("shutdown");
+    delete_shutdown(&mut c).await;
     fx.finish();
 }
 
@@ -183,27 +124,18 @@ async fn shim_terminal_stdin_reaches_the_process() {
     );
     fx.bundle
         .edit_spec(|s| s["process"]["terminal"] = true.into());
-    let sock = fx.start_shim();
-    let mut c = connect(&sock).await;
-    let mode = nix::sys::stat::Mode::from_bits_truncate(0o600);
+    let (_, mut c) = fx.start_and_connect().await;
     let stdin = fx.dir.join("in.fifo");
     let out = fx.dir.join("out.fifo");
-    nix::unistd::mkfifo(&stdin, mode).expect("mkfifo in");
-    nix::unistd::mkfifo(&out, mode).expect("mkfifo out");
-    let mut reader = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&out)
-        .expect("opening the output fifo");
-    let mut req = fx.create_req(&out);
-    if let Some(s) = req.stdio.as_mut() {
+    mkfifo(&stdin);
+    mkfifo(&out);
+    let mut reader = open_fifo_reader(&out);
+    let req = fx.create_req_with(&out, |s| {
         s.terminal = true;
         s.stdin = stdin.display().to_string();
         s.stderr = String::new();
-    }
-    let pid = c.create(req).await.expect("create").into_inner().pid;
-    fx.guard.pid(pid);
-    c.start(StartRequest::default()).await.expect("start");
+    });
+    fx.create_start(&mut c, req).await;
     // Like ctr: open stdin for writing after Start, write a line, close it.
     {
         let mut w = std::fs::OpenOptions::new()
@@ -213,46 +145,22 @@ async fn shim_terminal_stdin_reaches_the_process() {
         std::io::Write::write_all(&mut w, b"abc\n").expect("write stdin");
     }
     let mut text = String::new();
-    let mut read_more = |text: &mut String| {
-        let mut buf = [0u8; 256];
-        if let Ok(n) = std::io::Read::read(&mut reader, &mut buf) {
-            text.push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    };
     eventually("the echo of stdin", Duration::from_secs(10), || {
-        read_more(&mut text);
+        read_available(&mut reader, &mut text);
         text.contains("got-abc")
     })
     .await;
     // The client closed its end, yet the process still waits: EOF only comes with CloseIO
     // (on a terminal it arrives as ^D from the line discipline).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let st = c
-        .state(berth_proto::shim::StateRequest::default())
-        .await
-        .expect("state")
-        .into_inner();
-    assert_eq!(st.status, berth_proto::shim::Status::Running as i32);
-    c.close_io(berth_proto::shim::CloseIoRequest {
-        exec_id: String::new(),
-        stdin: true,
-    })
-    .await
-    .expect("close io");
-    let w = c
-        .wait(WaitRequest::default())
-        .await
-        .expect("wait")
-        .into_inner();
-    assert_eq!(w.exit_status, 0);
+    assert_eq!(state(&mut c, "").await.status, Status::Running as i32);
+    close_stdin(&mut c, "").await;
+    assert_eq!(wait(&mut c, "").await.exit_status, 0);
     eventually("the eof line", Duration::from_secs(5), || {
-        read_more(&mut text);
+        read_available(&mut reader, &mut text);
         text.contains("eof-1")
     })
     .await;
-    c.delete(DeleteRequest::default()).await.expect("delete");
-    c.shutdown(ShutdownRequest { now: false })
-        .await
-        .expect("shutdown");
+    delete_shutdown(&mut c).await;
     fx.finish();
 }
