@@ -24,6 +24,14 @@ pub struct Cli {
     /// Use systemd for cgroups (unsupported: refused).
     #[arg(long = "systemd-cgroup", global = true)]
     pub systemd_cgroup: bool,
+    /// runc's rootless mode (true|false|auto). Accepted for compatibility: berth-runc
+    /// runs as root and never ignores cgroup errors. Before the verb only, as in runc
+    /// (`spec --rootless` is a different flag).
+    #[arg(long, value_parser = ["true", "false", "auto"])]
+    pub rootless: Option<String>,
+    /// Path of criu. Accepted for compatibility: checkpoint/restore is not supported.
+    #[arg(long, global = true)]
+    pub criu: Option<PathBuf>,
     /// The verb.
     #[command(subcommand)]
     pub command: Command,
@@ -146,6 +154,10 @@ pub struct RunArgs {
     /// Keep the container's state after it exits.
     #[arg(long)]
     pub keep: bool,
+    /// Accepted for runc compatibility; berth-runc stays the subreaper of the container's
+    /// init, which it must wait for.
+    #[arg(long = "no-subreaper")]
+    pub no_subreaper: bool,
     /// Container id.
     pub id: String,
 }
@@ -212,12 +224,18 @@ pub struct ExecArgs {
     /// Pass fds 3..3+N to the process.
     #[arg(long = "preserve-fds", default_value_t = 0)]
     pub preserve_fds: u32,
-    /// Accepted and ignored (no AppArmor/SELinux support).
-    #[arg(long, hide = true)]
+    /// AppArmor profile for the process (refused when AppArmor is not enabled).
+    #[arg(long)]
     pub apparmor: Option<String>,
-    /// Accepted and ignored.
-    #[arg(long = "process-label", hide = true)]
+    /// SELinux label for the process (ignored when SELinux is not enabled, as runc does).
+    #[arg(long = "process-label")]
     pub process_label: Option<String>,
+    /// Allow exec into a paused container (the process stays frozen until resume).
+    #[arg(long = "ignore-paused")]
+    pub ignore_paused: bool,
+    /// Run the process in an existing sub-cgroup: `[controller[,controller]:]path`.
+    #[arg(long)]
+    pub cgroup: Vec<String>,
     /// Container id.
     pub id: String,
     /// Command and arguments.
@@ -249,8 +267,9 @@ pub struct ListArgs {
     pub quiet: bool,
 }
 
-/// `update`.
+/// `update`. Negative values (`--memory-swap -1`, `--cpu-quota -1`) are values.
 #[derive(Debug, clap::Args)]
+#[command(allow_negative_numbers = true)]
 pub struct UpdateArgs {
     /// LinuxResources JSON file, or `-` for stdin.
     #[arg(short, long)]
@@ -264,9 +283,21 @@ pub struct UpdateArgs {
     /// Memory + swap limit (-1 = unlimited).
     #[arg(long = "memory-swap")]
     pub memory_swap: Option<String>,
-    /// CPU shares.
-    #[arg(long = "cpu-shares")]
+    /// CPU shares (relative weight).
+    #[arg(long = "cpu-share", alias = "cpu-shares")]
     pub cpu_shares: Option<u64>,
+    /// CPU realtime period (us).
+    #[arg(long = "cpu-rt-period")]
+    pub cpu_rt_period: Option<u64>,
+    /// CPU realtime runtime (us).
+    #[arg(long = "cpu-rt-runtime")]
+    pub cpu_rt_runtime: Option<i64>,
+    /// Intel RDT L3 cache schema (refused: RDT is not supported).
+    #[arg(long = "l3-cache-schema")]
+    pub l3_cache_schema: Option<String>,
+    /// Intel RDT memory bandwidth schema (refused: RDT is not supported).
+    #[arg(long = "mem-bw-schema")]
+    pub mem_bw_schema: Option<String>,
     /// CPU CFS quota.
     #[arg(long = "cpu-quota")]
     pub cpu_quota: Option<i64>,
@@ -300,4 +331,69 @@ pub struct EventsArgs {
     pub interval: String,
     /// Container id.
     pub id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definitions_are_consistent() {
+        // Catches clashes such as a global flag and a verb flag of one name.
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn runc_spellings_parse() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map_err(|e| e.to_string());
+        let cli = parse(&[
+            "r",
+            "--rootless",
+            "auto",
+            "--criu",
+            "/x",
+            "spec",
+            "--rootless",
+        ])
+        .expect("global --rootless and spec --rootless");
+        assert_eq!(cli.rootless.as_deref(), Some("auto"));
+        assert!(matches!(
+            cli.command,
+            Command::Spec(SpecArgs { rootless: true, .. })
+        ));
+        let cli = parse(&[
+            "r",
+            "update",
+            "--cpu-share",
+            "5",
+            "--cpu-rt-runtime",
+            "-1",
+            "c",
+        ])
+        .expect("update flags");
+        let Command::Update(u) = cli.command else {
+            panic!("not update")
+        };
+        assert_eq!((u.cpu_shares, u.cpu_rt_runtime), (Some(5), Some(-1)));
+        let cli = parse(&[
+            "r",
+            "exec",
+            "--ignore-paused",
+            "--cgroup",
+            "pids:a",
+            "c",
+            "ls",
+            "-l",
+        ])
+        .expect("exec flags");
+        let Command::Exec(e) = cli.command else {
+            panic!("not exec")
+        };
+        assert!(e.ignore_paused);
+        assert_eq!(
+            (e.cgroup, e.args),
+            (vec!["pids:a".to_string()], vec!["ls".into(), "-l".into()])
+        );
+    }
 }

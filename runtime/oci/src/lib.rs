@@ -13,6 +13,7 @@ pub mod container;
 pub mod error;
 pub mod hooks;
 pub mod logging;
+pub mod lsm;
 pub mod namespaces;
 pub mod process;
 pub mod rootfs;

@@ -40,6 +40,8 @@ fn validate(spec: &Spec, path: &Path) -> Result<()> {
     if process.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err(bad("process.args: must not be empty".into()));
     }
+    crate::lsm::check_apparmor(process.apparmor_profile().as_deref())
+        .map_err(|m| bad(format!("process.apparmorProfile: {m}")))?;
     if !process.cwd().is_absolute() {
         return Err(bad(format!(
             "process.cwd {:?} must be an absolute path",

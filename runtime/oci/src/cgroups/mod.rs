@@ -338,6 +338,68 @@ impl CgroupManager {
         }
     }
 
+    /// This cgroup with `exec --cgroup` sub-cgroups swapped in, in runc's syntax: `path`
+    /// for every hierarchy, `ctrl[,ctrl]:path` for those v1 controllers only. A sub-cgroup
+    /// must already exist below the container's and may not climb out of it.
+    pub fn with_sub_cgroups(&self, specs: &[String]) -> Result<Self, CgroupError> {
+        let mut out = self.clone();
+        for spec in specs {
+            let bad = |reason: String| CgroupError::InvalidValue {
+                what: format!("exec --cgroup {spec:?}"),
+                reason,
+            };
+            let (controllers, sub) = match spec.split_once(':') {
+                Some((c, p)) => (Some(c), p),
+                None => (None, spec.as_str()),
+            };
+            let rel = Path::new(sub.trim_start_matches('/'));
+            if rel.as_os_str().is_empty()
+                || rel.components().any(|c| !matches!(c, Component::Normal(_)))
+            {
+                return Err(bad(
+                    "want a relative path below the container's cgroup".into()
+                ));
+            }
+            // None stands for the unified hierarchy.
+            let targets: Vec<Option<String>> = match controllers {
+                None => out
+                    .v1
+                    .keys()
+                    .cloned()
+                    .map(Some)
+                    .chain(out.unified.is_some().then_some(None))
+                    .collect(),
+                // Controllers co-mounted with a named one share its hierarchy: they move too.
+                Some(list) => {
+                    let mut names = Vec::new();
+                    for name in list.split(',') {
+                        let Some(dir) = out.v1.get(name) else {
+                            return Err(bad(format!("no v1 controller {name:?} on this host")));
+                        };
+                        let shared = out.v1.iter().filter(|(_, d)| *d == dir);
+                        names.extend(shared.map(|(n, _)| Some(n.clone())));
+                    }
+                    names.sort();
+                    names.dedup();
+                    names
+                }
+            };
+            for target in targets {
+                let dir = match &target {
+                    Some(name) => out.v1.get_mut(name),
+                    None => out.unified.as_mut(),
+                };
+                let Some(dir) = dir else { continue };
+                let sub_dir = dir.join(rel);
+                if !sub_dir.is_dir() {
+                    return Err(bad(format!("{} does not exist", sub_dir.display())));
+                }
+                *dir = sub_dir;
+            }
+        }
+        Ok(out)
+    }
+
     /// Moves `pid` into the container's cgroup in every hierarchy.
     pub fn add_pid(&self, pid: i32) -> Result<(), CgroupError> {
         let value = pid.to_string();

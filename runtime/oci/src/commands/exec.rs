@@ -18,12 +18,17 @@ use crate::{console, seccomp, utils};
 /// Exec; returns the exit code (0 when detached).
 pub fn run(root: &Path, a: &ExecArgs) -> Result<i32> {
     let c = Container::load(root, &a.id)?;
-    c.can_exec()?;
+    c.can_exec(a.ignore_paused)?;
     if !a.detach {
         super::run::block_forwarded()?;
     }
     let spec = &c.saved.config;
     let process = build_process(&c, a)?;
+    crate::lsm::check_apparmor(process.apparmor_profile().as_deref()).map_err(Error::Usage)?;
+    let cgroup = match a.cgroup.as_slice() {
+        [] => c.saved.cgroup.clone(),
+        subs => c.saved.cgroup.with_sub_cgroups(subs)?,
+    };
     let mut caps = CapMasks::from_spec(process.capabilities().as_ref());
     caps.add(&a.cap)?;
     let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
@@ -46,7 +51,7 @@ pub fn run(root: &Path, a: &ExecArgs) -> Result<i32> {
         preserve_fds: a.preserve_fds,
         init: None,
     };
-    let (pid, ch) = process::spawn(&cs, &c.saved.cgroup, "", "")?;
+    let (pid, ch) = process::spawn(&cs, &cgroup, "", "")?;
     drop(cs);
     // EOF means the process exec'd (the channel is close-on-exec).
     match ch.recv() {
@@ -122,6 +127,12 @@ fn build_process(c: &Container, a: &ExecArgs) -> Result<Process> {
     }
     if a.no_new_privs {
         p.set_no_new_privileges(Some(true));
+    }
+    if let Some(profile) = &a.apparmor {
+        p.set_apparmor_profile(Some(profile.clone()));
+    }
+    if let Some(label) = &a.process_label {
+        p.set_selinux_label(Some(label.clone()));
     }
     p.set_rlimits(None);
     Ok(p)

@@ -73,7 +73,7 @@ pub fn run() -> Result<()> {
                     "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"],
                 "archs": ["SCMP_ARCH_X86", "SCMP_ARCH_X86_64", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64"]
             },
-            "apparmor": {"enabled": false},
+            "apparmor": {"enabled": crate::lsm::apparmor_enabled()},
             "selinux": {"enabled": false},
             "intelRdt": {"enabled": false},
             "mountExtensions": {"idmap": {"enabled": false}}

@@ -21,6 +21,11 @@ pub fn run(root: &Path, a: &UpdateArgs) -> Result<()> {
 }
 
 fn resources(a: &UpdateArgs) -> Result<LinuxResources> {
+    if a.l3_cache_schema.is_some() || a.mem_bw_schema.is_some() {
+        return Err(Error::Usage(
+            "Intel RDT (--l3-cache-schema, --mem-bw-schema) is not supported".into(),
+        ));
+    }
     if let Some(p) = &a.resources {
         let mut data = Vec::new();
         if p.as_os_str() == "-" {
@@ -54,6 +59,12 @@ fn resources(a: &UpdateArgs) -> Result<LinuxResources> {
     }
     if let Some(v) = a.cpu_period {
         cpu.insert("period".into(), json!(v));
+    }
+    if let Some(v) = a.cpu_rt_period {
+        cpu.insert("realtimePeriod".into(), json!(v));
+    }
+    if let Some(v) = a.cpu_rt_runtime {
+        cpu.insert("realtimeRuntime".into(), json!(v));
     }
     if let Some(v) = &a.cpuset_cpus {
         cpu.insert("cpus".into(), json!(v));

@@ -163,9 +163,13 @@ impl Container {
             &[Status::Stopped, Status::Created, Status::Creating],
         )
     }
-    /// exec needs a running container.
-    pub fn can_exec(&self) -> Result<()> {
-        self.guard("exec", &[Status::Running])
+    /// exec needs a running container (or a paused one with `--ignore-paused`).
+    pub fn can_exec(&self, ignore_paused: bool) -> Result<()> {
+        if ignore_paused {
+            self.guard("exec", &[Status::Running, Status::Paused])
+        } else {
+            self.guard("exec", &[Status::Running])
+        }
     }
     /// pause needs a running (or created) container.
     pub fn can_pause(&self) -> Result<()> {

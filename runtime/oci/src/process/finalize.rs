@@ -42,6 +42,9 @@ pub fn finalize(cs: &ChainSpec, prog: Option<PathBuf>) -> Result<Infallible> {
     for fd in 3..3 + cs.preserve_fds {
         crate::utils::clear_cloexec(fd as i32)?;
     }
+    if let Some(profile) = p.apparmor_profile().as_deref().filter(|p| !p.is_empty()) {
+        crate::lsm::apply_apparmor(profile)?;
+    }
     let nnp = p.no_new_privileges().unwrap_or(false);
     if let (Some(s), false) = (&cs.seccomp, nnp) {
         s.install()?;
