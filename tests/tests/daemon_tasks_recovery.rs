@@ -263,3 +263,112 @@ async fn exit_journaled_but_not_acked_is_delivered_once() {
     fx.kill_and_delete(&id).await;
     fx.guard.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_exit_journaled_by_a_shim_that_then_died_is_not_lost() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let mut fx = TaskFixture::new("dt-deadjournal", "");
+    let ns = fx.ns.clone();
+    let id = berth_tests::unique_id("dt-dj");
+    let b = fx.bundle("a", &["sleep", "1000"]);
+    let init = fx.run(&id, &b).await;
+    let mut t = fx.tasks().await;
+    t.exec(req(
+        &ns,
+        ExecProcessRequest {
+            container_id: id.clone(),
+            exec_id: "e1".into(),
+            spec: Some(exec_spec(&[
+                "sh",
+                "-c",
+                "while [ ! -e /go ]; do sleep 0.1; done; exit 5",
+            ])),
+            ..Default::default()
+        },
+    ))
+    .await
+    .expect("exec");
+    let exec_pid = t
+        .start(req(
+            &ns,
+            StartRequest {
+                container_id: id.clone(),
+                exec_id: "e1".into(),
+            },
+        ))
+        .await
+        .expect("start exec")
+        .into_inner()
+        .pid;
+    fx.guard.pid(exec_pid as i32);
+    let cursor = last_cursor(&fx).await;
+    let task_dir = fx.daemon.config().state.join("tasks").join(&ns).join(&id);
+    let shim: i32 = std::fs::read_to_string(task_dir.join("shim.pid"))
+        .expect("shim.pid")
+        .trim()
+        .parse()
+        .expect("shim pid");
+
+    // berthd is down while the exec exits: the shim journals the exit on disk, nobody acks it,
+    // and then the shim dies too.
+    fx.daemon.kill();
+    let journal = task_dir.join("events.log");
+    let before = std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0);
+    std::fs::write(b.rootfs.join("go"), b"").expect("touch go");
+    assert!(berth_tests::proc::wait_dead(
+        exec_pid as i32,
+        Duration::from_secs(10)
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the shim never journaled the exit"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    berth_tests::proc::kill(shim, nix::sys::signal::Signal::SIGKILL);
+    assert!(berth_tests::proc::wait_dead(shim, Duration::from_secs(10)));
+
+    // Recovery finds the shim dead, replays its journal, then reaps the container.
+    fx.daemon.start_again();
+    assert_eq!(fx.wait(&id, "e1").await.expect("wait exec"), 5);
+    fx.wait(&id, "").await.expect("wait init");
+    assert!(berth_tests::proc::wait_dead(
+        init as i32,
+        Duration::from_secs(10)
+    ));
+    let events = journal_after(&fx, cursor, Duration::from_millis(1500)).await;
+    let exits = exits_by_container(&events)
+        .remove(id.as_str())
+        .unwrap_or_default();
+    assert_eq!(
+        exits
+            .iter()
+            .filter(|e| e.contains("/e1 "))
+            .collect::<Vec<_>>(),
+        vec![&format!("{id}/e1 status=5")],
+        "the exec's exit, once, with its status: {events:?}"
+    );
+    assert_eq!(
+        exits
+            .iter()
+            .filter(|e| e.starts_with(&format!("{id}/{id} ")))
+            .count(),
+        1,
+        "one init exit: {exits:?}"
+    );
+    t = fx.tasks().await;
+    t.delete(req(
+        &ns,
+        DeleteTaskRequest {
+            container_id: id.clone(),
+        },
+    ))
+    .await
+    .expect("delete");
+    fx.kill_and_delete(&id).await;
+    fx.guard.assert_clean();
+}

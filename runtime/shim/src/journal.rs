@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
+use berth_proto::shim::journal::{decode_frames, encode_frame, ACK_FILE, LOG_FILE};
 use berth_proto::shim::{event::Kind, Event};
 use prost::Message;
 use tokio::sync::watch;
@@ -39,30 +40,6 @@ pub struct Journal {
     ack_path: PathBuf,
 }
 
-/// Decode frames; stops at the first torn or undecodable frame.
-fn decode_frames(buf: &[u8]) -> Vec<Event> {
-    let mut out = Vec::new();
-    let mut rest = buf;
-    while rest.len() >= 4 {
-        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        if rest.len() < 4 + len {
-            break;
-        }
-        match Event::decode(&rest[4..4 + len]) {
-            Ok(ev) => out.push(ev),
-            Err(_) => break,
-        }
-        rest = &rest[4 + len..];
-    }
-    out
-}
-
-fn encode_frame(ev: &Event, buf: &mut Vec<u8>) {
-    let len = ev.encoded_len() as u32;
-    buf.extend_from_slice(&len.to_le_bytes());
-    ev.encode(buf).unwrap_or_default();
-}
-
 /// Write `data` to `path` atomically (temp file, fsync, rename).
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
@@ -78,8 +55,8 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 impl Journal {
     /// Open (or create) the journal of a bundle, continuing its seqs.
     pub fn open(bundle: &Path) -> Result<Self> {
-        let log_path = bundle.join("events.log");
-        let ack_path = bundle.join("events.ack");
+        let log_path = bundle.join(LOG_FILE);
+        let ack_path = bundle.join(ACK_FILE);
         let acked = std::fs::read_to_string(&ack_path)
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())

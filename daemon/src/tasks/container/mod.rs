@@ -217,12 +217,15 @@ impl ContainerActor {
                 self.task = *task;
                 self.start_pump(ctx);
             }
-            Rebuilt::Dead(record) => {
+            Rebuilt::Dead(record, journaled) => {
                 self.task = TaskState::new(record.stdio.clone());
                 for (exec_id, stdio) in &record.execs {
                     self.task
                         .execs
                         .insert(exec_id.clone(), ProcState::new(stdio.clone()));
+                }
+                for ev in journaled {
+                    self.on_event(ev);
                 }
                 if let Some(d) = record.dead {
                     self.task.init.set_exited(d.exit);
@@ -571,10 +574,13 @@ impl Handler<ShimGone> for ContainerActor {
             known,
         );
         ctx.spawn(guarded(fut).into_actor(self).map(|res, act, ctx| match act.check_panic(ctx, "reap", res) {
-            Ok(record) => {
+            Ok((record, journaled)) => {
                 act.client = None;
                 act.pump = None;
                 act.dead = true;
+                for ev in journaled {
+                    act.on_event(ev);
+                }
                 if let Some(d) = record.dead {
                     act.task.init.set_exited(d.exit);
                     for p in act.task.execs.values_mut() {

@@ -27,8 +27,9 @@ pub enum Rebuilt {
         /// State from the shim.
         task: Box<TaskState>,
     },
-    /// The shim is gone: the task is stopped with the recorded exit.
-    Dead(Box<TaskRecord>),
+    /// The shim is gone: the task is stopped with the recorded exit; the events are what the shim had
+    /// journaled (the actor applies them before falling back to 137 for execs without an exit).
+    Dead(Box<TaskRecord>, Vec<shim::Event>),
 }
 
 fn apply_state(p: &mut ProcState, st: &shim::StateResponse) {
@@ -62,9 +63,8 @@ pub(super) async fn rebuild(
             TaskError::TaskNotFound(format!("{id}: no task record in {}", dir.display()))
         })?;
     if record.dead.is_some() {
-        return Ok(Rebuilt::Dead(Box::new(
-            reap_dead_shim(shared, ns, id, dir, record, None).await?,
-        )));
+        let (record, journaled) = reap_dead_shim(shared, ns, id, dir, record, None).await?;
+        return Ok(Rebuilt::Dead(Box::new(record), journaled));
     }
     let mut client = None;
     if let Some(address) = bundle::read_address(&dir) {
@@ -85,9 +85,8 @@ pub(super) async fn rebuild(
         }
     }
     let Some(mut c) = client else {
-        return Ok(Rebuilt::Dead(Box::new(
-            reap_dead_shim(shared, ns, id, dir, record, None).await?,
-        )));
+        let (record, journaled) = reap_dead_shim(shared, ns, id, dir, record, None).await?;
+        return Ok(Rebuilt::Dead(Box::new(record), journaled));
     };
     let st = c
         .state(shim::StateRequest {
@@ -121,8 +120,19 @@ pub(super) async fn rebuild(
     })
 }
 
-/// A task whose shim is gone: run `berth-shim delete`, record the exit, journal TaskExit (unless the exit is
-/// already known) then TaskDelete exactly once (the seqs are chosen once and kept in the record).
+/// What the shim journaled on disk and never saw acked: berthd may have missed it when the shim died.
+async fn read_shim_journal(dir: &std::path::Path) -> Vec<shim::Event> {
+    let path = dir.join(shim::journal::LOG_FILE);
+    match tokio::fs::read(&path).await {
+        Ok(buf) => shim::journal::decode_frames(&buf),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// A task whose shim is gone: journal what the shim recorded but never delivered (each event once, under its
+/// own shim seq), run `berth-shim delete`, record the exit, journal TaskExit (unless the exit is already known
+/// or was among the replayed events) then TaskDelete exactly once (the seqs are chosen once and kept in the
+/// record). Returns the record and the shim's journaled events, for the actor's state.
 pub(super) async fn reap_dead_shim(
     shared: Arc<Shared>,
     ns: String,
@@ -130,9 +140,31 @@ pub(super) async fn reap_dead_shim(
     dir: PathBuf,
     mut record: TaskRecord,
     known_exit: Option<ExitInfo>,
-) -> Result<TaskRecord, TaskError> {
+) -> Result<(TaskRecord, Vec<shim::Event>), TaskError> {
     let key = shimio::shim_key(&ns, &id);
     let events = shared.ctx.events.clone();
+    let journaled = read_shim_journal(&dir).await;
+    for ev in &journaled {
+        let Some((topic, any)) = ev
+            .kind
+            .as_ref()
+            .and_then(|k| super::super::events::to_containerd(&id, k))
+        else {
+            continue;
+        };
+        // publish_from_shim skips seqs berthd already journaled.
+        events
+            .publish_from_shim(&key, ev.seq, &ns, topic, any)
+            .await
+            .map_err(|e| TaskError::Upstream(e.into()))?;
+    }
+    let replayed_exit = journaled.iter().find_map(|ev| match &ev.kind {
+        Some(shim::event::Kind::Exited(e)) if e.exec_id.is_empty() => {
+            Some(ExitInfo::new(e.pid, e.exit_status, e.exited_at.as_ref()))
+        }
+        _ => None,
+    });
+    let known_exit = known_exit.or(replayed_exit);
     if record.dead.is_none() {
         let args = shared.start_args(&ns, &id, &record);
         let reported = tokio::task::spawn_blocking(move || shimio::delete_shim(&args))
@@ -184,5 +216,5 @@ pub(super) async fn reap_dead_shim(
             .await
             .map_err(|e| TaskError::Upstream(e.into()))?;
     }
-    Ok(record)
+    Ok((record, journaled))
 }
