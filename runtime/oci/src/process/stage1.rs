@@ -49,14 +49,27 @@ pub(super) fn run(cs: &ChainSpec, cgroup: &CgroupManager, ch: &Channel) -> ! {
             std::fs::write("/proc/self/timens_offsets", cs.ns.time_offsets.join("\n"))
                 .map_err(|e| Error::io("write", "/proc/self/timens_offsets", e))?;
         }
+        // The parent reads our Pid before any message of the final process: the child
+        // must not touch the channel until Pid is in it. It waits for EOF on this pipe,
+        // which comes when we have sent Pid (or died).
+        let (gate_r, gate_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .sys(|| "pipe2".into())?;
         // SAFETY: single-threaded process (see the module comment of `process`).
         match unsafe { fork() }.sys(|| "fork".into())? {
-            ForkResult::Child => match &cs.init {
-                Some(init) => super::init::run(cs, init, ch),
-                None => super::finalize::exec_process(cs, ch),
-            },
+            ForkResult::Child => {
+                drop(gate_w);
+                let mut b = [0u8; 1];
+                while let Err(nix::errno::Errno::EINTR) = nix::unistd::read(&gate_r, &mut b) {}
+                drop(gate_r);
+                match &cs.init {
+                    Some(init) => super::init::run(cs, init, ch),
+                    None => super::finalize::exec_process(cs, ch),
+                }
+            }
             ForkResult::Parent { child } => {
+                drop(gate_r);
                 ch.send(&Msg::Pid(child.as_raw()))?;
+                drop(gate_w);
                 // SAFETY: _exit ends stage1 without running atexit handlers.
                 unsafe { libc::_exit(0) }
             }
