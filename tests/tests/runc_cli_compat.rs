@@ -303,3 +303,36 @@ fn berth_oci_apparmor_enabled() -> bool {
     std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
         .is_ok_and(|s| s.trim_start().starts_with('Y'))
 }
+
+#[test]
+fn foreground_run_and_exec_relay_the_terminal_without_a_console_socket() {
+    // `berth-runc spec` writes terminal: true; runc then relays the pty itself.
+    let Some(rt) = Rt::new("runc-ttyrelay", &["sh", "-c", "tty; echo hi; exit 4"]) else {
+        return;
+    };
+    rt.edit(|s| s["process"]["terminal"] = json!(true));
+    let (code, out, err) = rt.run_container();
+    assert_eq!(code, 4, "stdout {out:?} stderr {err:?}");
+    assert!(
+        out.contains("/dev/pts/0") && out.contains("hi\r\n"),
+        "{out:?}"
+    );
+    rt.finish();
+
+    let Some(rt) = Rt::new("runc-ttyexec", &["sleep", "1000"]) else {
+        return;
+    };
+    rt.create();
+    rt.ok(&["start", &rt.id]);
+    let o = rt.run(&["exec", "-t", &rt.id, "sh", "-c", "tty; echo there; exit 2"]);
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(2), "{out:?} {}", text(&o.stderr));
+    assert!(
+        out.contains("/dev/pts/") && out.contains("there\r\n"),
+        "{out:?}"
+    );
+    // Detached, nobody would hold the terminal: refused as runc refuses it.
+    let err = rt.fails(&["exec", "-t", "-d", &rt.id, "true"]);
+    assert!(err.contains("console-socket"), "{err}");
+    rt.finish();
+}

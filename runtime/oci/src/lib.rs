@@ -20,6 +20,7 @@ pub mod rootfs;
 pub mod sealed;
 pub mod seccomp;
 pub mod spec;
+pub mod ttyproxy;
 pub mod utils;
 
 pub use error::{Error, Result};

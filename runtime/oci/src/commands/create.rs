@@ -19,8 +19,15 @@ use crate::process::channel::Msg;
 use crate::process::{self, ChainSpec, InitOpts};
 use crate::{console, hooks, logging, seccomp, spec, utils};
 
-/// Create container `id`; returns it (status created).
-pub fn run(root: &Path, o: &CreateOpts, id: &str) -> Result<Container> {
+/// Create container `id`; returns it (status created). `relay` is the chain's end of a
+/// console socket pair that berth-runc itself holds (foreground `run` without
+/// `--console-socket`); it is used only when the process has a terminal.
+pub fn run(
+    root: &Path,
+    o: &CreateOpts,
+    id: &str,
+    relay: Option<std::os::unix::net::UnixStream>,
+) -> Result<Container> {
     utils::validate_id(id)?;
     let bundle = std::fs::canonicalize(&o.bundle).map_err(|e| Error::io("bundle", &o.bundle, e))?;
     let spec = spec::load(&bundle)?;
@@ -60,7 +67,7 @@ pub fn run(root: &Path, o: &CreateOpts, id: &str) -> Result<Container> {
         },
         status: Status::Creating,
     };
-    match build(&mut c, o) {
+    match build(&mut c, o, relay) {
         Ok(()) => {
             c.status = Status::Created;
             Ok(c)
@@ -85,7 +92,11 @@ fn cleanup(c: &Container) {
     c.remove_dir();
 }
 
-fn build(c: &mut Container, o: &CreateOpts) -> Result<()> {
+fn build(
+    c: &mut Container,
+    o: &CreateOpts,
+    relay: Option<std::os::unix::net::UnixStream>,
+) -> Result<()> {
     let spec = &c.saved.config;
     let process = spec
         .process()
@@ -110,6 +121,7 @@ fn build(c: &mut Container, o: &CreateOpts) -> Result<()> {
     let terminal = process.terminal().unwrap_or(false);
     let console = match (&o.console_socket, terminal) {
         (Some(p), true) => Some(console::connect(p)?),
+        (None, true) if relay.is_some() => relay,
         (None, true) => {
             return Err(Error::Usage(
                 "process.terminal is set: --console-socket is required".into(),

@@ -36,9 +36,20 @@ pub fn run(root: &Path, a: &ExecArgs) -> Result<i32> {
         None => None,
     };
     let terminal = process.terminal().unwrap_or(false);
+    // In the foreground without --console-socket we relay the terminal ourselves.
+    let mut relay_end = None;
     let console = match (&a.console_socket, terminal) {
         (Some(p), true) => Some(console::connect(p)?),
-        (None, true) => return Err(Error::Usage("--tty requires --console-socket".into())),
+        (None, true) if !a.detach => {
+            let (ours, theirs) = crate::ttyproxy::pair()?;
+            relay_end = Some(ours);
+            Some(theirs)
+        }
+        (None, true) => {
+            return Err(Error::Usage(
+                "--tty with --detach requires --console-socket".into(),
+            ))
+        }
         (_, false) => None,
     };
     let cs = ChainSpec {
@@ -69,7 +80,10 @@ pub fn run(root: &Path, a: &ExecArgs) -> Result<i32> {
     if a.detach {
         return Ok(0);
     }
-    super::run::wait_exit(pid)
+    match relay_end {
+        Some(ours) => crate::ttyproxy::Relay::receive(&ours)?.run(pid),
+        None => super::run::wait_exit(pid),
+    }
 }
 
 fn build_process(c: &Container, a: &ExecArgs) -> Result<Process> {

@@ -37,7 +37,7 @@ pub fn dispatch(cli: &Cli) -> Result<i32> {
     let root = cli.root.as_path();
     match &cli.command {
         Command::Spec(a) => spec::run(a).map(|_| 0),
-        Command::Create(a) => create::run(root, &a.opts, &a.id).map(|_| 0),
+        Command::Create(a) => create::run(root, &a.opts, &a.id, None).map(|_| 0),
         Command::Start(a) => start::run(root, &a.id).map(|_| 0),
         Command::Run(a) => run::run(root, a),
         Command::State(a) => state::run(root, &a.id).map(|_| 0),

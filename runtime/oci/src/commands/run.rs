@@ -17,7 +17,32 @@ pub fn run(root: &Path, a: &RunArgs) -> Result<i32> {
     if !a.detach {
         block_forwarded()?;
     }
-    let c = super::create::run(root, &a.opts, &a.id)?;
+    // In the foreground without --console-socket a terminal is relayed by us (ttyproxy).
+    let (ours, theirs) = match (a.detach, &a.opts.console_socket) {
+        (false, None) => {
+            let (ours, theirs) = crate::ttyproxy::pair()?;
+            (Some(ours), Some(theirs))
+        }
+        _ => (None, None),
+    };
+    let c = super::create::run(root, &a.opts, &a.id, theirs)?;
+    let terminal = c
+        .saved
+        .config
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    let relay = match (ours, terminal) {
+        (Some(ours), true) => match crate::ttyproxy::Relay::receive(&ours) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                let _ = super::delete::destroy(&c);
+                return Err(e);
+            }
+        },
+        _ => None,
+    };
     if let Err(e) = super::start::run(root, &a.id) {
         let _ = super::delete::destroy(&c);
         return Err(e);
@@ -26,7 +51,10 @@ pub fn run(root: &Path, a: &RunArgs) -> Result<i32> {
     if a.detach {
         return Ok(0);
     }
-    let code = wait_exit(c.saved.pid)?;
+    let code = match relay {
+        Some(r) => r.run(c.saved.pid)?,
+        None => wait_exit(c.saved.pid)?,
+    };
     crate::logging::debug("run: init exited");
     if !a.keep {
         if let Ok(mut c) = crate::container::Container::load(root, &a.id) {
@@ -65,7 +93,8 @@ pub fn wait_exit(pid: i32) -> Result<i32> {
     r
 }
 
-fn forwarded() -> nix::sys::signal::SigSet {
+/// The signals `run` and a foreground `exec` forward to the container's process.
+pub(crate) fn forwarded() -> nix::sys::signal::SigSet {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     for s in [

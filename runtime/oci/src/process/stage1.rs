@@ -52,8 +52,8 @@ pub(super) fn run(cs: &ChainSpec, cgroup: &CgroupManager, ch: &Channel) -> ! {
         // The parent reads our Pid before any message of the final process: the child
         // must not touch the channel until Pid is in it. It waits for EOF on this pipe,
         // which comes when we have sent Pid (or died).
-        let (gate_r, gate_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .sys(|| "pipe2".into())?;
+        let (gate_r, gate_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).sys(|| "pipe2".into())?;
         // SAFETY: single-threaded process (see the module comment of `process`).
         match unsafe { fork() }.sys(|| "fork".into())? {
             ForkResult::Child => {
