@@ -19,7 +19,7 @@
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -81,19 +81,11 @@ impl Containerd {
         std::fs::write(&config, config_text(&base, &address, &ttrpc))
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", config.display()));
         let log = base.join("containerd.log");
-        let out = std::fs::File::create(&log)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
-        let err = out
-            .try_clone()
-            .unwrap_or_else(|e| panic!("cannot dup log fd: {e}"));
-        let child = Command::new(&bin)
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let child = proc::spawn_logged(
+            Command::new(&bin).arg("--config").arg(&config),
+            &log,
+            &bin.display().to_string(),
+        );
         let mut cd = Containerd {
             dir: base,
             address,
@@ -236,23 +228,12 @@ impl Containerd {
     /// containerd by design); drop kills those. `None` if it was not running.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
-        let pid = child.id();
-        proc::kill(pid, Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => return Some(status),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                Ok(None) => {
-                    eprintln!("containerd {pid} ignored SIGTERM for 10 s; sending SIGKILL");
-                    proc::kill(pid, Signal::SIGKILL);
-                    return child.wait().ok();
-                }
-                Err(_) => return None,
-            }
-        }
+        proc::stop_child(
+            &mut child,
+            Signal::SIGTERM,
+            Duration::from_secs(10),
+            "containerd",
+        )
     }
 
     /// Stop containerd, kill its shims and the runtime commands of its namespaces (SIGKILL, by

@@ -223,23 +223,7 @@ impl Daemon {
 
     fn stop_with(&mut self, sig: Signal, grace: Duration) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
-        let pid = child.id();
-        proc::kill(pid, sig);
-        let deadline = Instant::now() + grace;
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => return Some(status),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                Ok(None) => {
-                    eprintln!("berthd {pid} ignored {sig} for {grace:?}; sending SIGKILL");
-                    proc::kill(pid, Signal::SIGKILL);
-                    return child.wait().ok();
-                }
-                Err(_) => return None,
-            }
-        }
+        proc::stop_child(&mut child, sig, grace, "berthd")
     }
 
     /// Stop it (SIGTERM) and start it again with the same configuration.

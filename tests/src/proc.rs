@@ -145,6 +145,53 @@ pub fn private_kib(pid: impl AsPid) -> Option<u64> {
     Some(total)
 }
 
+/// Spawn `cmd` with stdin from /dev/null and stdout+stderr appended to `log` (so a failing
+/// test can print what a daemon said). Panics naming `what` when it cannot start.
+pub fn spawn_logged(
+    cmd: &mut std::process::Command,
+    log: &std::path::Path,
+    what: &str,
+) -> std::process::Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", log.display()));
+    let err = out
+        .try_clone()
+        .unwrap_or_else(|e| panic!("cannot dup the log fd: {e}"));
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"))
+}
+
+/// Send `sig` to our child, wait up to `grace` for it to exit, then SIGKILL it; its status
+/// (None if waiting failed). `what` names it in the message about a SIGKILL.
+pub fn stop_child(
+    child: &mut std::process::Child,
+    sig: Signal,
+    grace: Duration,
+    what: &str,
+) -> Option<std::process::ExitStatus> {
+    let pid = child.id();
+    kill(pid, sig);
+    let deadline = Instant::now() + grace;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Ok(None) => {
+                eprintln!("{what} {pid} ignored {sig} for {grace:?}; sending SIGKILL");
+                kill(pid, Signal::SIGKILL);
+                return child.wait().ok();
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

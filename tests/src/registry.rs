@@ -8,7 +8,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -179,20 +179,11 @@ impl Registry {
                 storage.display()
             );
             std::fs::write(&config, yml).unwrap_or_else(|e| panic!("write config: {e}"));
-            let out = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log)
-                .unwrap_or_else(|e| panic!("open {}: {e}", log.display()));
-            let err = out.try_clone().unwrap_or_else(|e| panic!("dup: {e}"));
-            let child = Command::new(&bin)
-                .arg("serve")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            let child = crate::proc::spawn_logged(
+                Command::new(&bin).arg("serve").arg(&config),
+                &log,
+                &bin.display().to_string(),
+            );
             let mut reg = Registry {
                 child: Some(child),
                 addr,

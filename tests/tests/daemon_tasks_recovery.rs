@@ -212,7 +212,6 @@ async fn exit_journaled_but_not_acked_is_delivered_once() {
         return;
     }
     let mut fx = TaskFixture::new("dt-ackfp", "");
-    let ns = fx.ns.clone();
     let id = berth_tests::unique_id("dt-ack");
     let b = fx.bundle(
         "a",
@@ -251,17 +250,7 @@ async fn exit_journaled_but_not_acked_is_delivered_once() {
         vec![format!("{id}/{id} status=5")],
         "the exit is journaled once, not twice: {events:?}"
     );
-    let mut t = fx.tasks().await;
-    t.delete(req(
-        &ns,
-        DeleteTaskRequest {
-            container_id: id.clone(),
-        },
-    ))
-    .await
-    .expect("delete");
-    fx.kill_and_delete(&id).await;
-    fx.guard.assert_clean();
+    fx.delete_stopped_and_finish(&id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,15 +349,5 @@ async fn exec_exit_journaled_by_a_shim_that_then_died_is_not_lost() {
         1,
         "one init exit: {exits:?}"
     );
-    t = fx.tasks().await;
-    t.delete(req(
-        &ns,
-        DeleteTaskRequest {
-            container_id: id.clone(),
-        },
-    ))
-    .await
-    .expect("delete");
-    fx.kill_and_delete(&id).await;
-    fx.guard.assert_clean();
+    fx.delete_stopped_and_finish(&id).await;
 }

@@ -253,6 +253,22 @@ impl TaskFixture {
             .await;
     }
 
+    /// Delete a stopped task (which must succeed), then the container; then check that
+    /// nothing the test registered is left.
+    pub async fn delete_stopped_and_finish(&self, id: &str) {
+        let mut t = self.tasks().await;
+        t.delete(req(
+            &self.ns,
+            DeleteTaskRequest {
+                container_id: id.into(),
+            },
+        ))
+        .await
+        .expect("delete the stopped task");
+        self.kill_and_delete(id).await;
+        self.guard.assert_clean();
+    }
+
     /// Poll Get until the status is reached.
     pub async fn wait_status(&self, id: &str, status: Status, timeout: Duration) {
         let deadline = Instant::now() + timeout;

@@ -209,38 +209,30 @@ fn exec_cgroup_puts_the_process_in_a_sub_cgroup() {
     mk_sub("pids", pids_dir, "only");
     let base = rt.bundle.cgroups_path();
 
-    let (pf, read_pid) = pid_file(&rt, "all.pid");
-    rt.ok(&[
-        "exec",
-        "-d",
-        "--pid-file",
-        &pf,
-        "--cgroup",
-        "all",
-        &rt.id,
-        "sleep",
-        "100",
-    ]);
-    let pid = read_pid();
-    rt.guard.pid(pid);
+    // A detached `sleep` exec'd with `--cgroup spec`; its pid.
+    let exec_in = |spec: &str, pid_name: &str| {
+        let (pf, read_pid) = pid_file(&rt, pid_name);
+        let args = [
+            "exec",
+            "-d",
+            "--pid-file",
+            &pf,
+            "--cgroup",
+            spec,
+            &rt.id,
+            "sleep",
+            "100",
+        ];
+        rt.ok(&args);
+        let pid = read_pid();
+        rt.guard.pid(pid);
+        pid
+    };
+    let pid = exec_in("all", "all.pid");
     for (c, _) in &dirs {
         assert_eq!(cgroup_of(pid, c), format!("{base}/all"), "hierarchy {c:?}");
     }
-
-    let (pf, read_pid) = pid_file(&rt, "only.pid");
-    rt.ok(&[
-        "exec",
-        "-d",
-        "--pid-file",
-        &pf,
-        "--cgroup",
-        "pids:/only",
-        &rt.id,
-        "sleep",
-        "100",
-    ]);
-    let pid = read_pid();
-    rt.guard.pid(pid);
+    let pid = exec_in("pids:/only", "only.pid");
     assert_eq!(cgroup_of(pid, "pids"), format!("{base}/only"));
     assert_eq!(cgroup_of(pid, "memory"), base);
 
