@@ -24,9 +24,13 @@ use berth_tests::bundle::{busybox_bundle, Bundle};
 use berth_tests::{Daemon, DaemonConfig, Guard, TestDir};
 use tonic::transport::Channel;
 
-/// The OCI runtime the tests drive (Debian's runc until berth-runc is ready); `BERTH_TEST_RUNTIME` overrides.
+/// The OCI runtime the tests drive: berth-runc; `BERTH_TEST_RUNTIME=/usr/sbin/runc` runs them against runc.
 pub fn runtime() -> String {
-    std::env::var("BERTH_TEST_RUNTIME").unwrap_or_else(|_| "/usr/sbin/runc".to_string())
+    std::env::var("BERTH_TEST_RUNTIME").unwrap_or_else(|_| {
+        berth_tests::bin("berth-runc")
+            .to_string_lossy()
+            .into_owned()
+    })
 }
 
 /// A request with the namespace header.
