@@ -1,13 +1,10 @@
 //! `create`: set up the container and leave init waiting on the exec fifo.
 //! A failed create leaves no state dir, cgroup, mount or process behind.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 
-use nix::errno::Errno;
 use nix::sys::stat::Mode;
-use nix::unistd::AccessFlags;
-use oci_spec::runtime::Process;
 
 use crate::caps::CapMasks;
 use crate::cgroups::CgroupManager;
@@ -165,49 +162,11 @@ fn build(
     logging::debug("create: rootfs ready, hooks run");
     ch.expect("Ready", |m| matches!(m, Msg::Ready))?;
     logging::debug("create: init ready");
-    check_program(pid, c.saved.config.process().as_ref())?;
     c.save()?;
     if let Some(p) = &o.pid_file {
         utils::write_atomic(p, pid.to_string().as_bytes())?;
     }
     Ok(())
-}
-
-/// Refuse at create a program that is given as a path but is missing or not executable,
-/// as runc does (its init checks before waiting for `start`): containerd's runc shim
-/// reports a failed create with the runtime's logged error, while a failure at exec time
-/// only shows as exit status 1. Bare names were already looked up in PATH by init before
-/// Ready; a path is resolved here in init's root (the container's mounts, symlinks kept
-/// inside it), relative to the process's cwd.
-fn check_program(pid: i32, process: Option<&Process>) -> Result<()> {
-    let Some(p) = process else { return Ok(()) };
-    let Some(arg0) = p.args().as_ref().and_then(|a| a.first()) else {
-        return Ok(());
-    };
-    if !arg0.contains('/') {
-        return Ok(());
-    }
-    let path = p.cwd().join(arg0);
-    if path.starts_with("/proc") {
-        // /proc/self/... would name this process, not init: leave it to init's execve.
-        return Ok(());
-    }
-    let fail = |e| Error::sys(format!("exec {arg0}"), e);
-    let root = open_path(Path::new(&format!("/proc/{pid}/root")))?;
-    let fd = match utils::open_in_root(&root, &path, libc::O_PATH) {
-        Ok(fd) => fd,
-        // No openat2 (Linux < 5.6), or a rename/mount raced the lookup: leave it to
-        // init's execve.
-        Err(Errno::ENOSYS | Errno::EAGAIN) => return Ok(()),
-        Err(e) => return Err(fail(e)),
-    };
-    let st = nix::sys::stat::fstat(&fd).map_err(fail)?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_mode & 0o111 == 0 {
-        return Err(fail(Errno::EACCES));
-    }
-    // X_OK through the fd also catches a noexec mount.
-    let via_fd = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    nix::unistd::access(via_fd.as_str(), AccessFlags::X_OK).map_err(fail)
 }
 
 fn open_path(p: &Path) -> Result<OwnedFd> {

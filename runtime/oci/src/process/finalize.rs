@@ -78,7 +78,7 @@ pub fn finalize(cs: &ChainSpec, prog: Option<PathBuf>) -> Result<Infallible> {
     let env = p.env().clone().unwrap_or_default();
     let prog = match prog {
         Some(p) => p,
-        None => lookup(&args[0], &env)?,
+        None => lookup(&args[0], &env, p.cwd())?,
     };
     if nnp {
         // SAFETY: prctl with integer arguments only.
@@ -142,8 +142,12 @@ fn reset_all_signals() {
 }
 
 /// Find a program like execvp, with the container's PATH.
-pub fn lookup(arg0: &str, env: &[String]) -> Result<PathBuf> {
+pub fn lookup(arg0: &str, env: &[String], cwd: &Path) -> Result<PathBuf> {
     if arg0.contains('/') {
+        // Checked here, before init says Ready, so that `create` fails with the reason, as
+        // runc's does (containerd's runc shim shows the runtime's error for a failed create;
+        // a failed execve after `start` is only an exit status).
+        executable(&cwd.join(arg0)).map_err(|e| Error::sys(format!("exec {arg0}"), e))?;
         return Ok(PathBuf::from(arg0));
     }
     let path = env
@@ -152,14 +156,20 @@ pub fn lookup(arg0: &str, env: &[String]) -> Result<PathBuf> {
         .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     for dir in path.split(':') {
         let cand = Path::new(if dir.is_empty() { "." } else { dir }).join(arg0);
-        if let Ok(md) = std::fs::metadata(&cand) {
-            use std::os::unix::fs::PermissionsExt;
-            if md.is_file() && md.permissions().mode() & 0o111 != 0 {
-                return Ok(cand);
-            }
+        if executable(&cand).is_ok() {
+            return Ok(cand);
         }
     }
     Err(Error::Spec(format!(
         "executable file {arg0:?} not found in $PATH"
     )))
+}
+
+/// A regular file with an execute bit that we may execute (X_OK also refuses a noexec mount).
+fn executable(path: &Path) -> nix::Result<()> {
+    let st = nix::sys::stat::stat(path)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_mode & 0o111 == 0 {
+        return Err(nix::errno::Errno::EACCES);
+    }
+    nix::unistd::access(path, nix::unistd::AccessFlags::X_OK)
 }

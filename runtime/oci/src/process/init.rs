@@ -84,7 +84,8 @@ pub(super) fn run(cs: &ChainSpec, init: &InitOpts, ch: &Channel) -> ! {
         set_personality(spec)?;
         let args = cs.process.args().as_deref().unwrap_or(&[]);
         let env = cs.process.env().as_deref().unwrap_or(&[]);
-        let prog = super::finalize::lookup(args.first().map(String::as_str).unwrap_or(""), env)?;
+        let arg0 = args.first().map(String::as_str).unwrap_or("");
+        let prog = super::finalize::lookup(arg0, env, cs.process.cwd())?;
         ch.send(&Msg::Ready)?;
         // Block until `start` opens the fifo for reading.
         let path = format!("/proc/self/fd/{}", init.fifo.as_raw_fd());
