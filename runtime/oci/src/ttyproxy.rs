@@ -66,8 +66,8 @@ impl Relay {
             if code.is_none() {
                 code = reap(target)?;
             }
-            if code.is_some() && !master_open {
-                break;
+            if let (Some(c), false) = (code, master_open) {
+                return Ok(c);
             }
             let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
             let master_at = master_open.then(|| {
@@ -86,7 +86,8 @@ impl Relay {
                 PollTimeout::NONE
             };
             match poll(&mut fds, timeout) {
-                Ok(0) => break,
+                // Only the drain after the exit has a timeout.
+                Ok(0) => return code.ok_or_else(|| Error::Init("poll timed out".into())),
                 Ok(_) => {}
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(Error::sys("poll", e)),
@@ -116,11 +117,6 @@ impl Relay {
             if stdin_ready && !copy(stdin.as_fd(), self.master.as_fd(), &mut buf) {
                 stdin_open = false;
             }
-        }
-        match code {
-            Some(c) => Ok(c),
-            // The terminal closed first: the process is still to be reaped.
-            None => super::commands::run::wait_exit(pid),
         }
     }
 }

@@ -253,14 +253,18 @@ impl CgroupManager {
         self.unified.as_deref()
     }
 
-    /// Every distinct leaf directory (co-mounted v1 controllers share one).
-    fn leaf_dirs(&self) -> Vec<&Path> {
+    /// Every distinct v1 leaf directory (co-mounted controllers share one).
+    fn v1_leaf_dirs(&self) -> Vec<&Path> {
         let mut dirs: Vec<&Path> = self.v1.values().map(PathBuf::as_path).collect();
-        if let Some(u) = &self.unified {
-            dirs.push(u);
-        }
         dirs.sort();
         dirs.dedup();
+        dirs
+    }
+
+    /// Every distinct leaf directory: the v1 ones and the unified one.
+    fn leaf_dirs(&self) -> Vec<&Path> {
+        let mut dirs = self.v1_leaf_dirs();
+        dirs.extend(self.unified.as_deref());
         dirs
     }
 
@@ -302,10 +306,7 @@ impl CgroupManager {
     /// runtime's teardown keeps the CPUs busy). A thread moving itself through `tasks`
     /// ("0" = the writer) skips that lock.
     pub fn join_v1_self(&self) -> Result<(), CgroupError> {
-        let mut dirs: Vec<&Path> = self.v1.values().map(PathBuf::as_path).collect();
-        dirs.sort();
-        dirs.dedup();
-        for dir in dirs {
+        for dir in self.v1_leaf_dirs() {
             fs::write(dir, "tasks", "0")?;
         }
         Ok(())
