@@ -1,0 +1,1 @@
+//! Content store, snapshot storage, safe layer unpacking and diffs (sync library).

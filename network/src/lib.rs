@@ -1,0 +1,1 @@
+//! CNI driver: network configs, network namespaces, plugin ADD/DEL/CHECK, port mappings.

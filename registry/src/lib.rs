@@ -1,0 +1,1 @@
+//! OCI distribution client: references, hosts config, auth, TLS, manifests, blob fetches.
