@@ -2,6 +2,18 @@
 //!
 //! berthd keeps all metadata (namespaces, labels, snapshot keys, leases, GC) in its own database; this crate
 //! owns the bytes on disk and the dangerous file-system work. It must never write outside the directory it
-//! was given.
+//! was given. Everything here blocks: callers run it on blocking threads.
 
+pub mod content;
+pub mod digest;
+pub mod error;
+pub mod mount;
 pub mod oci;
+mod sys;
+pub mod unpack;
+
+pub use content::{BlobInfo, ContentStore, IngestStatus, IngestWriter};
+pub use digest::{Digest, Hasher, HashingReader, HashingWriter};
+pub use error::{Error, Result};
+pub use mount::Mount;
+pub use unpack::{apply, apply_to_mounts, sync_dir, Applied, ApplyOptions, Compression, WhiteoutMode};
