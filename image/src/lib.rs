@@ -7,8 +7,10 @@
 pub mod content;
 pub mod digest;
 pub mod error;
+mod fsutil;
 pub mod mount;
 pub mod oci;
+pub mod snapshot;
 mod sys;
 pub mod unpack;
 
@@ -17,3 +19,4 @@ pub use digest::{Digest, Hasher, HashingReader, HashingWriter};
 pub use error::{Error, Result};
 pub use mount::Mount;
 pub use unpack::{apply, apply_to_mounts, sync_dir, Applied, ApplyOptions, Compression, WhiteoutMode};
+pub use snapshot::{Kind, Native, Overlay, Snapshotter, Usage};
