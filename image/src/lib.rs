@@ -4,7 +4,9 @@
 //! owns the bytes on disk and the dangerous file-system work. It must never write outside the directory it
 //! was given. Everything here blocks: callers run it on blocking threads.
 
+pub mod archive;
 pub mod content;
+pub mod diff;
 pub mod digest;
 pub mod error;
 mod fsutil;
@@ -12,6 +14,7 @@ pub mod mount;
 pub mod oci;
 pub mod snapshot;
 mod sys;
+pub mod tarw;
 pub mod unpack;
 
 pub use content::{BlobInfo, ContentStore, IngestStatus, IngestWriter};
@@ -20,3 +23,4 @@ pub use error::{Error, Result};
 pub use mount::Mount;
 pub use unpack::{apply, apply_to_mounts, sync_dir, Applied, ApplyOptions, Compression, WhiteoutMode};
 pub use snapshot::{Kind, Native, Overlay, Snapshotter, Usage};
+pub use diff::{diff, DiffOutput, DiffSource};
