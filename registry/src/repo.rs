@@ -651,7 +651,7 @@ async fn http_error(ep: &Endpoint, req: &Req, resp: http::Response<Incoming>) ->
     };
     RegistryError::Http {
         method: req.method.to_string(),
-        url: format!("{}{}", ep.origin(), req.path),
+        url: format!("{}{}", ep.host, req.path),
         status,
         body,
     }
