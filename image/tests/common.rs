@@ -34,7 +34,8 @@ pub fn listing(dir: &Path, skip: Option<&Path>) -> BTreeMap<PathBuf, String> {
                 m.gid(),
                 if m.is_dir() { 0 } else { m.size() },
                 m.mtime(),
-                m.nlink(),
+                // overlayfs reports nlink 1 for merged directories.
+                if m.is_dir() { 0 } else { m.nlink() },
                 m.rdev()
             ),
         );
