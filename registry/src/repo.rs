@@ -153,6 +153,9 @@ impl Repository {
                 what,
             });
         }
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(http_error(ep, &head, resp).await);
+        }
         if status.is_success() {
             let h = resp.headers();
             let digest = header_str(h, "docker-content-digest");
