@@ -18,12 +18,9 @@ pub struct Context {
     pub store: Store,
     /// The event bus (durable journal + fan-out).
     pub events: EventBus,
-    /// An arbiter of the actix System (running on its own thread); spawn actors with
-    /// `ctx.actors.spawn_fn(move || { ... })`.
+    /// The arbiter of the actix System (running on its own thread) that the supervision tree (`tree.rs`)
+    /// starts its actors on.
     pub actors: actix::ArbiterHandle,
-    /// The root of the supervision tree (on `actors`): add long-lived children with
-    /// `supervision::AddChild`; a child exceeding its restart limit stops berthd with an error exit.
-    pub root: actix::Addr<crate::supervision::RootSupervisor>,
 }
 
 impl std::fmt::Debug for Context {

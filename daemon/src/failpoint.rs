@@ -1,7 +1,8 @@
 //! Failpoints: named places in berthd where a test can inject a fault (panic, instant death, delay).
 //!
 //! Compiled in and off by default; switched on by `BERTH_FAILPOINTS="name=action;..."` or the `failpoints`
-//! config key. Actions: `panic`, `exit` (SIGKILL itself: no cleanup, no flush), `sleep(ms)`, `off`.
+//! config key. Actions: `panic`, `exit` (SIGKILL itself: no cleanup, no flush), `sleep(ms)`, `off`; `N*action`
+//! fires N times, then the failpoint switches itself off (a supervisor test needs one panic, not a crash loop).
 //! [`hit`] costs one relaxed atomic load when no failpoint is configured. This module must never be used to
 //! change behaviour other than injecting the configured fault.
 
@@ -29,14 +30,28 @@ pub enum Action {
 pub struct FailpointError(String);
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
-static POINTS: OnceLock<RwLock<HashMap<String, Action>>> = OnceLock::new();
+/// A configured failpoint: what it does and how many more times (None: every time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Point {
+    action: Action,
+    remaining: Option<u64>,
+}
 
-fn points() -> &'static RwLock<HashMap<String, Action>> {
+static POINTS: OnceLock<RwLock<HashMap<String, Point>>> = OnceLock::new();
+
+fn points() -> &'static RwLock<HashMap<String, Point>> {
     POINTS.get_or_init(|| RwLock::new(HashMap::new()))
 }
 
-/// Parse `name=action;name=action` (empty items are ignored).
+/// Parse `name=action;name=N*action` (empty items are ignored).
 pub fn parse(spec: &str) -> Result<Vec<(String, Action)>, FailpointError> {
+    Ok(parse_counted(spec)?
+        .into_iter()
+        .map(|(name, p)| (name, p.action))
+        .collect())
+}
+
+fn parse_counted(spec: &str) -> Result<Vec<(String, Point)>, FailpointError> {
     let mut out = Vec::new();
     for item in spec.split(';').map(str::trim).filter(|s| !s.is_empty()) {
         let (name, action) = item
@@ -47,6 +62,19 @@ pub fn parse(spec: &str) -> Result<Vec<(String, Action)>, FailpointError> {
         if name.is_empty() {
             return Err(FailpointError(item.to_string()));
         }
+        let (remaining, action) = match action.split_once('*') {
+            Some((n, a)) => (
+                Some(
+                    n.trim()
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| FailpointError(item.to_string()))?,
+                ),
+                a.trim(),
+            ),
+            None => (None, action),
+        };
         let action = match action {
             "panic" => Action::Panic,
             "exit" => Action::Exit,
@@ -59,20 +87,20 @@ pub fn parse(spec: &str) -> Result<Vec<(String, Action)>, FailpointError> {
             }
             _ => return Err(FailpointError(item.to_string())),
         };
-        out.push((name.to_string(), action));
+        out.push((name.to_string(), Point { action, remaining }));
     }
     Ok(out)
 }
 
 /// Configure failpoints from a spec (adds to / overrides what is set).
 pub fn configure(spec: &str) -> Result<(), FailpointError> {
-    let parsed = parse(spec)?;
+    let parsed = parse_counted(spec)?;
     let mut map = points().write().unwrap_or_else(|e| e.into_inner());
-    for (name, action) in parsed {
-        if action == Action::Off {
+    for (name, point) in parsed {
+        if point.action == Action::Off {
             map.remove(&name);
         } else {
-            map.insert(name, action);
+            map.insert(name, point);
         }
     }
     ENABLED.store(!map.is_empty(), Ordering::Release);
@@ -88,13 +116,32 @@ pub fn init(config_spec: &str) -> Result<(), FailpointError> {
     Ok(())
 }
 
-/// The action configured for `name`, if any.
+/// The action configured for `name`, if any (counting down a `N*action`, which is removed after its last use).
 pub fn action(name: &str) -> Option<Action> {
     if !ENABLED.load(Ordering::Acquire) {
         return None;
     }
-    let map = points().read().unwrap_or_else(|e| e.into_inner());
-    map.get(name).copied()
+    let point = {
+        let map = points().read().unwrap_or_else(|e| e.into_inner());
+        *map.get(name)?
+    };
+    if point.remaining.is_none() {
+        return Some(point.action);
+    }
+    let mut map = points().write().unwrap_or_else(|e| e.into_inner());
+    let p = map.get_mut(name)?;
+    match p.remaining {
+        Some(n) if n <= 1 => {
+            let action = p.action;
+            map.remove(name);
+            Some(action)
+        }
+        Some(n) => {
+            p.remaining = Some(n - 1);
+            Some(p.action)
+        }
+        None => Some(p.action),
+    }
 }
 
 /// Perform the action configured for `name`, if any.
@@ -135,6 +182,20 @@ mod tests {
         assert!(parse("x").is_err());
         assert!(parse("x=boom").is_err());
         assert!(parse("x=sleep(a)").is_err());
+        assert_eq!(
+            parse("x=2*panic").expect("parses"),
+            vec![("x".into(), Action::Panic)]
+        );
+        assert!(parse("x=0*panic").is_err());
+        assert!(parse("x=a*panic").is_err());
+    }
+
+    #[test]
+    fn counted_failpoint_switches_itself_off() {
+        configure("unit.test.counted=2*sleep(0)").expect("configure");
+        assert_eq!(action("unit.test.counted"), Some(Action::Sleep(0)));
+        assert_eq!(action("unit.test.counted"), Some(Action::Sleep(0)));
+        assert_eq!(action("unit.test.counted"), None);
     }
 
     #[test]

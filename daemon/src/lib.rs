@@ -5,8 +5,10 @@
 //! - [`store`]: metadata in redb (one writer thread, group commit).
 //! - [`events`]: the EventBus (durable journal, fan-out, filters).
 //! - [`services`]: the gRPC services (thin: validate, convert, call the store/bus/actors, map errors).
+//! - [`tree`]: the supervision tree, in one function.
 //! - [`tasks`]: tasks, shims and recovery (TaskSupervisor, ContainerActor, ShimActor).
-//! - [`supervision`], [`failpoint`], [`namespace`]: supervision vocabulary, fault injection, request helpers.
+//! - [`supervision`], [`failpoint`], [`namespace`], [`util`]: supervision vocabulary, fault injection,
+//!   request helpers, time formats.
 //! - [`server`]: startup (dirs, single-instance lock, socket), the runtimes, serving and shutdown.
 #![forbid(unsafe_code)]
 
@@ -20,3 +22,5 @@ pub mod services;
 pub mod store;
 pub mod supervision;
 pub mod tasks;
+pub mod tree;
+pub mod util;

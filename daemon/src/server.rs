@@ -4,8 +4,8 @@
 //! single-instance lock (`<root>/lock`, flock) BEFORE touching the socket, opens the store (`<root>/meta.redb`)
 //! and the event journal (`<state>/events.redb`; a corrupt or newer database refuses to start), removes a stale
 //! socket, binds the new one (0660), raises RLIMIT_NOFILE and sets
-//! oom_score_adj. [`run`] then starts the actix System on its own thread (with the RootSupervisor on it), a
-//! 2-worker tokio runtime for tonic, the task subsystem, and serves until SIGTERM/SIGINT (exit 0) or until a
+//! oom_score_adj. [`run`] then starts the actix System on its own thread, a 2-worker tokio runtime for tonic,
+//! the supervision tree (`tree.rs`), and serves until SIGTERM/SIGINT (exit 0) or until a
 //! supervised child exceeds its restart limit (escalation: berthd stops with an error, systemd restarts it); on a signal it stops serving, ends event subscriptions, calls
 //! `tasks.shutdown()` (containers keep running) and returns.
 //!
@@ -62,9 +62,6 @@ pub enum ServerError {
     /// The event bus failed to start.
     #[error(transparent)]
     Events(#[from] EventError),
-    /// The task subsystem failed to start.
-    #[error("starting the task subsystem: {0}")]
-    Tasks(String),
     /// The runtimes failed.
     #[error("runtime: {0}")]
     Runtime(String),
@@ -324,24 +321,20 @@ async fn serve(
     let mut signals = StopSignals::install()?;
     let events = EventBus::new(journal, config.event_retention, config.subscriber_queue)?;
     let (esc_tx, mut esc_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let root = {
-        use actix::Actor;
-        crate::supervision::RootSupervisor::start_in_arbiter(&actors, move |_| {
-            crate::supervision::RootSupervisor::new(Box::new(move |child: &str| {
-                let _ = esc_tx.send(child.to_string());
-            }))
-        })
-    };
     let ctx = Context {
         config: config.clone(),
         store,
         events: events.clone(),
         actors,
-        root,
     };
-    let tasks = crate::tasks::start(ctx.clone())
-        .await
-        .map_err(|e| ServerError::Tasks(e.to_string()))?;
+    let tree = crate::tree::start(
+        &ctx,
+        Box::new(move |child: &str| {
+            let _ = esc_tx.send(child.to_string());
+        }),
+    )
+    .await;
+    let tasks = tree.tasks.clone();
     let listener = tokio::net::UnixListener::from_std(listener)
         .map_err(io_err("listening on", &config.address))?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);

@@ -75,6 +75,9 @@ pub mod shim {
         pub const LOG_FILE: &str = "events.log";
         /// The file holding the highest seq berthd acked.
         pub const ACK_FILE: &str = "events.ack";
+        /// Written by the shim right after it journaled TaskDeleted: the container is deleted, the shim's
+        /// work is done. berthd finishes a delete it was interrupted in when it finds this file.
+        pub const DELETED_MARKER: &str = "init.deleted";
 
         /// Decode frames; stops at the first torn or undecodable frame (a crash mid-append).
         pub fn decode_frames(buf: &[u8]) -> Vec<Event> {

@@ -15,7 +15,8 @@
 //!
 //! Layout: `meta` (`schema_version` u32 LE, `journal_floor` u64 LE: highest trimmed seq, or the reserved mark
 //! a fresh journal started from), `journal` (seq → prost `berth.v1.JournalEvent`), `shim_seqs` ("<ns>/<id>" →
-//! last shim seq journaled).
+//! last shim seq journaled), `shim_once` (("<ns>/<id>", "init-exit" | "delete") → (): the task's init exit or
+//! delete is journaled, so a second one — from a shim, or synthesised for a dead shim — is dropped).
 //!
 //! This module must never hand out a seq above the durable reserved mark, never open the database twice, and
 //! never drop a journal it cannot read (berthd refuses to start instead).
@@ -40,6 +41,8 @@ pub const JOURNAL_SCHEMA_VERSION: u32 = 1;
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 pub(crate) const SHIM_SEQS: TableDefinition<&str, u64> = TableDefinition::new("shim_seqs");
+/// (shim key, [`super::Once`] name) → (): which once-per-task events a shim key has journaled.
+pub(crate) const SHIM_ONCE: TableDefinition<(&str, &str), ()> = TableDefinition::new("shim_once");
 const META_SCHEMA: &str = "schema_version";
 pub(crate) const META_JOURNAL_FLOOR: &str = "journal_floor";
 
@@ -51,7 +54,7 @@ pub struct JournalDb {
 
 struct DbInner {
     db: Arc<Database>,
-    writer: Writer,
+    writer: Arc<Writer>,
     path: PathBuf,
     seqs: Arc<SeqReservation>,
 }
@@ -146,8 +149,10 @@ impl JournalDb {
             meta.drop_legacy_journal(l.last_seq)?;
         }
         let db = Arc::new(db);
-        let writer = Writer::start(db.clone(), max_batch, "events")
-            .map_err(|e| open_err(format!("cannot start the writer thread: {e}")))?;
+        let writer = Arc::new(
+            Writer::start(db.clone(), max_batch, "events")
+                .map_err(|e| open_err(format!("cannot start the writer thread: {e}")))?,
+        );
         let reserved = meta.journal_reserved()?;
         let seqs = Arc::new(SeqReservation {
             reserved: AtomicU64::new(reserved),
@@ -179,6 +184,11 @@ impl JournalDb {
 
     pub(crate) fn writer(&self) -> &Writer {
         &self.inner.writer
+    }
+
+    /// The writer, for its watcher in the supervision tree.
+    pub(crate) fn writer_handle(&self) -> Arc<Writer> {
+        self.inner.writer.clone()
     }
 
     pub(crate) fn seqs(&self) -> &Arc<SeqReservation> {
@@ -232,6 +242,7 @@ fn initialise(
         }
     }
     wtx.open_table(JOURNAL).map_err(|x| e(&x))?;
+    wtx.open_table(SHIM_ONCE).map_err(|x| e(&x))?;
     {
         let mut shims = wtx.open_table(SHIM_SEQS).map_err(|x| e(&x))?;
         if fresh {

@@ -1,172 +1,201 @@
-//! Filter fields of an event envelope: `topic`, `namespace`, and `event.<field>` for containerd's event messages
-//! (decoded by type URL, as containerd's event filter adaptor does). Unknown event types expose no `event.*`.
+//! Filter fields of everything berthd filters: event envelopes (`topic`, `namespace`, `event.<field>` of
+//! containerd's event messages, decoded by type URL as containerd's event adaptor does), containers, leases,
+//! plugins, tasks, images, content and snapshots.
 //!
-//! This module must never fail on an undecodable event: it just exposes fewer fields.
+//! No matcher is written by hand per type: [`fields!`](crate::fields) generates a [`Fields`] impl from a list
+//! of field names, each field answering through [`FieldValue`] (strings and numbers by value, label maps by
+//! key, nested messages by recursion, `Option`s when set). As in containerd, an empty string is an absent
+//! field. This module must never fail on an undecodable event: it just exposes fewer fields.
+
+use std::collections::{BTreeMap, HashMap};
 
 use berth_proto::berth::JournalEvent;
 use containerd_client::events as ev;
 use containerd_client::services::v1 as svc;
-use prost::Message;
+use prost::{Message, Name};
 
 use super::filter::Fields;
 
-impl Fields for JournalEvent {
-    fn field(&self, path: &[String]) -> Option<String> {
-        match path.first().map(String::as_str) {
-            Some("topic") if path.len() == 1 => Some(self.topic.clone()),
-            Some("namespace") if path.len() == 1 => Some(self.namespace.clone()),
-            Some("event") if path.len() >= 2 => {
-                let any = self.event.as_ref()?;
-                event_field(&any.type_url, &any.value, &path[1..])
-            }
-            _ => None,
-        }
+/// A value a filter can look into: the rest of the field path selects inside it.
+pub trait FieldValue {
+    /// The value at `rest` (empty: this value itself).
+    fn value_at(&self, rest: &[String]) -> Option<String>;
+}
+
+impl FieldValue for String {
+    fn value_at(&self, rest: &[String]) -> Option<String> {
+        (rest.is_empty() && !self.is_empty()).then(|| self.clone())
     }
 }
 
-fn nonempty(s: &str) -> Option<String> {
-    (!s.is_empty()).then(|| s.to_string())
+macro_rules! scalar_field_value {
+    ($($t:ty),*) => {$(
+        impl FieldValue for $t {
+            fn value_at(&self, rest: &[String]) -> Option<String> {
+                rest.is_empty().then(|| self.to_string())
+            }
+        }
+    )*};
+}
+scalar_field_value!(u32, i32, u64, i64, bool);
+
+/// Labels: `labels.a.b` is the label `a.b` (containerd joins the rest of the path).
+impl FieldValue for HashMap<String, String> {
+    fn value_at(&self, rest: &[String]) -> Option<String> {
+        (!rest.is_empty())
+            .then(|| self.get(&rest.join(".")).cloned())
+            .flatten()
+    }
 }
 
-fn event_field(type_url: &str, value: &[u8], path: &[String]) -> Option<String> {
-    let name = path[0].as_str();
-    let labels = |m: &std::collections::HashMap<String, String>| {
-        if path.len() == 2 && name == "labels" {
-            m.get(&path[1]).cloned()
-        } else {
-            None
+impl FieldValue for BTreeMap<String, String> {
+    fn value_at(&self, rest: &[String]) -> Option<String> {
+        (!rest.is_empty())
+            .then(|| self.get(&rest.join(".")).cloned())
+            .flatten()
+    }
+}
+
+impl<T: FieldValue> FieldValue for Option<T> {
+    fn value_at(&self, rest: &[String]) -> Option<String> {
+        self.as_ref()?.value_at(rest)
+    }
+}
+
+/// Implement [`Fields`] (and [`FieldValue`], so the type nests) for a type from the names of its filterable
+/// fields: `fields!(Container { id, image, labels, runtime });`, or `fields!(Wrapper(0) { ... })` for a
+/// newtype around a reference.
+#[macro_export]
+macro_rules! fields {
+    ($ty:ty { $($name:ident),* $(,)? }) => {
+        impl $crate::events::Fields for $ty {
+            fn field(&self, path: &[String]) -> Option<String> {
+                let (first, rest) = path.split_first()?;
+                // `r#type` is the field `type`.
+                $(if first == stringify!($name).trim_start_matches("r#") {
+                    return $crate::events::FieldValue::value_at(&self.$name, rest);
+                })*
+                None
+            }
+        }
+        impl $crate::events::FieldValue for $ty {
+            fn value_at(&self, rest: &[String]) -> Option<String> {
+                $crate::events::Fields::field(self, rest)
+            }
         }
     };
-    macro_rules! decode {
-        ($t:ty) => {
-            <$t>::decode(value).ok()?
+}
+
+// Event payloads.
+fields!(ev::TaskCreate {
+    container_id,
+    bundle,
+    pid,
+    checkpoint
+});
+fields!(ev::TaskStart { container_id, pid });
+fields!(ev::TaskExit {
+    container_id,
+    id,
+    pid,
+    exit_status
+});
+fields!(ev::TaskDelete {
+    container_id,
+    id,
+    pid,
+    exit_status
+});
+fields!(ev::TaskOom { container_id });
+fields!(ev::TaskPaused { container_id });
+fields!(ev::TaskResumed { container_id });
+fields!(ev::TaskExecAdded {
+    container_id,
+    exec_id
+});
+fields!(ev::TaskExecStarted {
+    container_id,
+    exec_id,
+    pid
+});
+fields!(ev::TaskCheckpointed {
+    container_id,
+    checkpoint
+});
+fields!(ev::container_create::Runtime { name });
+fields!(ev::ContainerCreate { id, image, runtime });
+fields!(ev::ContainerUpdate {
+    id,
+    image,
+    labels,
+    snapshot_key
+});
+fields!(ev::ContainerDelete { id });
+fields!(ev::NamespaceCreate { name, labels });
+fields!(ev::NamespaceUpdate { name, labels });
+fields!(ev::NamespaceDelete { name });
+fields!(ev::SnapshotPrepare {
+    key,
+    parent,
+    snapshotter
+});
+fields!(ev::SnapshotCommit {
+    key,
+    name,
+    snapshotter
+});
+fields!(ev::SnapshotRemove { key, snapshotter });
+fields!(ev::ContentDelete { digest });
+fields!(svc::ImageCreate { name, labels });
+fields!(svc::ImageUpdate { name, labels });
+fields!(svc::ImageDelete { name });
+
+/// `event.<path>` of a payload, decoded by its type URL.
+fn event_field(any: &prost_types::Any, path: &[String]) -> Option<String> {
+    macro_rules! by_type_url {
+        ($($t:ty),* $(,)?) => {
+            $(if any.type_url == <$t>::full_name() {
+                return <$t>::decode(any.value.as_slice()).ok()?.field(path);
+            })*
         };
     }
-    match type_url {
-        "containerd.events.TaskCreate" => {
-            let e = decode!(ev::TaskCreate);
-            match name {
-                "container_id" => nonempty(&e.container_id),
-                "bundle" => nonempty(&e.bundle),
-                "pid" => Some(e.pid.to_string()),
-                _ => None,
-            }
-        }
-        "containerd.events.TaskStart" => {
-            let e = decode!(ev::TaskStart);
-            match name {
-                "container_id" => nonempty(&e.container_id),
-                "pid" => Some(e.pid.to_string()),
-                _ => None,
-            }
-        }
-        "containerd.events.TaskExit" => {
-            let e = decode!(ev::TaskExit);
-            match name {
-                "container_id" => nonempty(&e.container_id),
-                "id" => nonempty(&e.id),
-                "pid" => Some(e.pid.to_string()),
-                "exit_status" => Some(e.exit_status.to_string()),
-                _ => None,
-            }
-        }
-        "containerd.events.TaskDelete" => {
-            let e = decode!(ev::TaskDelete);
-            match name {
-                "container_id" => nonempty(&e.container_id),
-                "id" => nonempty(&e.id),
-                "pid" => Some(e.pid.to_string()),
-                "exit_status" => Some(e.exit_status.to_string()),
-                _ => None,
-            }
-        }
-        "containerd.events.TaskOOM" => match name {
-            "container_id" => nonempty(&decode!(ev::TaskOom).container_id),
+    by_type_url!(
+        ev::TaskCreate,
+        ev::TaskStart,
+        ev::TaskExit,
+        ev::TaskDelete,
+        ev::TaskOom,
+        ev::TaskPaused,
+        ev::TaskResumed,
+        ev::TaskExecAdded,
+        ev::TaskExecStarted,
+        ev::TaskCheckpointed,
+        ev::ContainerCreate,
+        ev::ContainerUpdate,
+        ev::ContainerDelete,
+        ev::NamespaceCreate,
+        ev::NamespaceUpdate,
+        ev::NamespaceDelete,
+        ev::SnapshotPrepare,
+        ev::SnapshotCommit,
+        ev::SnapshotRemove,
+        ev::ContentDelete,
+        svc::ImageCreate,
+        svc::ImageUpdate,
+        svc::ImageDelete,
+    );
+    None
+}
+
+impl Fields for JournalEvent {
+    fn field(&self, path: &[String]) -> Option<String> {
+        let (first, rest) = path.split_first()?;
+        match first.as_str() {
+            "topic" => self.topic.value_at(rest),
+            "namespace" => self.namespace.value_at(rest),
+            "event" if !rest.is_empty() => event_field(self.event.as_ref()?, rest),
             _ => None,
-        },
-        "containerd.events.TaskPaused" => match name {
-            "container_id" => nonempty(&decode!(ev::TaskPaused).container_id),
-            _ => None,
-        },
-        "containerd.events.TaskResumed" => match name {
-            "container_id" => nonempty(&decode!(ev::TaskResumed).container_id),
-            _ => None,
-        },
-        "containerd.events.TaskExecAdded" => {
-            let e = decode!(ev::TaskExecAdded);
-            match name {
-                "container_id" => nonempty(&e.container_id),
-                "exec_id" => nonempty(&e.exec_id),
-                _ => None,
-            }
         }
-        "containerd.events.TaskExecStarted" => {
-            let e = decode!(ev::TaskExecStarted);
-            match name {
-                "container_id" => nonempty(&e.container_id),
-                "exec_id" => nonempty(&e.exec_id),
-                "pid" => Some(e.pid.to_string()),
-                _ => None,
-            }
-        }
-        "containerd.events.ContainerCreate" => {
-            let e = decode!(ev::ContainerCreate);
-            match name {
-                "id" => nonempty(&e.id),
-                "image" => nonempty(&e.image),
-                "runtime" if path.len() == 2 && path[1] == "name" => {
-                    e.runtime.as_ref().and_then(|r| nonempty(&r.name))
-                }
-                _ => None,
-            }
-        }
-        "containerd.events.ContainerUpdate" => {
-            let e = decode!(ev::ContainerUpdate);
-            match name {
-                "id" => nonempty(&e.id),
-                "image" => nonempty(&e.image),
-                "snapshot_key" => nonempty(&e.snapshot_key),
-                "labels" => labels(&e.labels),
-                _ => None,
-            }
-        }
-        "containerd.events.ContainerDelete" => match name {
-            "id" => nonempty(&decode!(ev::ContainerDelete).id),
-            _ => None,
-        },
-        "containerd.events.NamespaceCreate" => {
-            let e = decode!(ev::NamespaceCreate);
-            match name {
-                "name" => nonempty(&e.name),
-                "labels" => labels(&e.labels),
-                _ => None,
-            }
-        }
-        "containerd.events.NamespaceUpdate" => {
-            let e = decode!(ev::NamespaceUpdate);
-            match name {
-                "name" => nonempty(&e.name),
-                "labels" => labels(&e.labels),
-                _ => None,
-            }
-        }
-        "containerd.events.NamespaceDelete" => match name {
-            "name" => nonempty(&decode!(ev::NamespaceDelete).name),
-            _ => None,
-        },
-        "containerd.services.images.v1.ImageCreate" => {
-            let e = decode!(svc::ImageCreate);
-            match name {
-                "name" => nonempty(&e.name),
-                "labels" => labels(&e.labels),
-                _ => None,
-            }
-        }
-        "containerd.services.images.v1.ImageDelete" => match name {
-            "name" => nonempty(&decode!(svc::ImageDelete).name),
-            _ => None,
-        },
-        _ => None,
     }
 }
 
@@ -174,6 +203,22 @@ fn event_field(type_url: &str, value: &[u8], path: &[String]) -> Option<String> 
 mod tests {
     use super::*;
     use crate::events::filter::Filter;
+
+    fn journal(topic: &str, event: prost_types::Any) -> JournalEvent {
+        JournalEvent {
+            seq: 1,
+            timestamp: None,
+            namespace: "n".into(),
+            topic: topic.into(),
+            event: Some(event),
+        }
+    }
+
+    fn matches(filter: &str, j: &JournalEvent) -> bool {
+        Filter::parse(&[filter.to_string()])
+            .expect("filter")
+            .matches(j)
+    }
 
     #[test]
     fn exit_fields() {
@@ -184,17 +229,33 @@ mod tests {
             exit_status: 3,
             exited_at: None,
         };
-        let j = JournalEvent {
-            seq: 1,
-            timestamp: None,
-            namespace: "n".into(),
-            topic: "/tasks/exit".into(),
-            event: Some(berth_proto::to_any(&exit)),
+        let j = journal("/tasks/exit", berth_proto::to_any(&exit));
+        assert!(matches("event.container_id==c1,event.exit_status==3", &j));
+        assert!(!matches("event.container_id==c2", &j));
+        assert!(matches("namespace==n,topic~=^/tasks/", &j));
+        assert!(!matches("event.nope", &j));
+    }
+
+    #[test]
+    fn nested_labels_and_empty_strings() {
+        let c = ev::ContainerCreate {
+            id: "x".into(),
+            image: String::new(),
+            runtime: Some(ev::container_create::Runtime {
+                name: "io.containerd.runc.v2".into(),
+                options: None,
+            }),
         };
-        let f =
-            Filter::parse(&["event.container_id==c1,event.exit_status==3".into()]).expect("filter");
-        assert!(f.matches(&j));
-        let f = Filter::parse(&["event.container_id==c2".into()]).expect("filter");
-        assert!(!f.matches(&j));
+        let j = journal("/containers/create", berth_proto::to_any(&c));
+        assert!(matches("event.runtime.name==io.containerd.runc.v2", &j));
+        assert!(!matches("event.image", &j), "an empty string is absent");
+        let u = ev::ContainerUpdate {
+            id: "x".into(),
+            labels: [("a.b".to_string(), "v".to_string())].into(),
+            ..Default::default()
+        };
+        let j = journal("/containers/update", berth_proto::to_any(&u));
+        assert!(matches("event.labels.\"a.b\"==v", &j));
+        assert!(matches("event.labels.a.b==v", &j));
     }
 }

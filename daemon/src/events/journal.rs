@@ -9,7 +9,10 @@ use berth_proto::berth::JournalEvent;
 use prost::Message;
 use redb::{ReadableTable, WriteTransaction};
 
-use super::db::{decode, JournalDb, SeqReservation, JOURNAL, META, META_JOURNAL_FLOOR, SHIM_SEQS};
+use super::db::{
+    decode, JournalDb, SeqReservation, JOURNAL, META, META_JOURNAL_FLOOR, SHIM_ONCE, SHIM_SEQS,
+};
+use super::Once;
 use crate::store::tables::u64_le;
 use crate::store::StoreError;
 
@@ -72,10 +75,31 @@ pub(crate) fn set_shim_seq(wtx: &WriteTransaction, key: &str, seq: u64) -> Resul
     Ok(())
 }
 
-/// Forget a shim's seq inside a write.
+/// Whether the shim key has journaled its `once` event, inside a write.
+pub(crate) fn once_done_in(
+    wtx: &WriteTransaction,
+    key: &str,
+    once: Once,
+) -> Result<bool, StoreError> {
+    let t = wtx.open_table(SHIM_ONCE)?;
+    let done = t.get((key, once.name()))?.is_some();
+    Ok(done)
+}
+
+/// Record that the shim key journaled its `once` event, inside a write.
+pub(crate) fn set_once_in(wtx: &WriteTransaction, key: &str, once: Once) -> Result<(), StoreError> {
+    wtx.open_table(SHIM_ONCE)?.insert((key, once.name()), ())?;
+    Ok(())
+}
+
+/// Forget a shim's seq and once-markers inside a write.
 pub(crate) fn remove_shim_seq(wtx: &WriteTransaction, key: &str) -> Result<(), StoreError> {
     let mut t = wtx.open_table(SHIM_SEQS)?;
     t.remove(key)?;
+    let mut once = wtx.open_table(SHIM_ONCE)?;
+    for o in Once::ALL {
+        once.remove((key, o.name()))?;
+    }
     Ok(())
 }
 

@@ -11,7 +11,9 @@
 //! events, and a replay cursor older than that (or from before a reboot emptied the journal) gets OUT_OF_RANGE.
 //!
 //! Shim events are exactly-once: [`EventBus::publish_from_shim`] appends the event and records the shim's seq in
-//! the same transaction and drops replays of a seq already recorded.
+//! the same transaction and drops replays of a seq already recorded. A task's init exit and its delete are
+//! also at-most-once per shim key ([`Once`]): whichever path journals one first (the shim's own event, or the
+//! one berthd synthesises for a shim that died), a later one is dropped in the same transaction.
 //!
 //! This module must never block the writer thread (fan-out is `try_send` only) and never show a subscriber an
 //! event before it is durable.
@@ -29,6 +31,7 @@ use tonic::Status;
 
 use crate::store::StoreError;
 pub use db::JournalDb;
+pub use fields::FieldValue;
 pub use filter::{Fields, Filter, FilterError};
 pub use subscription::{ReplayStream, Subscription};
 
@@ -59,6 +62,53 @@ impl From<EventError> for Status {
             e @ EventError::Closed => Status::unavailable(e.to_string()),
         }
     }
+}
+
+/// Events a task has at most one of (per task, until [`EventBus::forget_task`]), whichever source sends them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Once {
+    /// `/tasks/exit` of the init process.
+    InitExit,
+    /// `/tasks/delete`.
+    Delete,
+}
+
+impl Once {
+    /// Every kind.
+    pub const ALL: [Once; 2] = [Once::InitExit, Once::Delete];
+
+    /// Its key in the journal database.
+    pub fn name(self) -> &'static str {
+        match self {
+            Once::InitExit => "init-exit",
+            Once::Delete => "delete",
+        }
+    }
+}
+
+/// An event from a shim (or synthesised by berthd for a dead or silent one), deduplicated by its source's seq.
+#[derive(Debug, Clone)]
+pub struct ShimEvent {
+    /// Where the seq comes from: the shim (`<ns>/<id>`) or berthd synthesising (`<ns>/<id>#berthd`).
+    pub source: String,
+    /// The task (`<ns>/<id>`): [`Once`] events are counted per task, whatever their source.
+    pub task: String,
+    /// Seq within the source; a seq at or below the source's last one is a replay and is dropped.
+    pub seq: u64,
+    /// Namespace of the task.
+    pub namespace: String,
+    /// containerd topic.
+    pub topic: &'static str,
+    /// Payload.
+    pub event: prost_types::Any,
+    /// Set for events a task has at most one of.
+    pub once: Option<Once>,
+}
+
+/// The source key of events berthd synthesises for a task (`<ns>/<id>#berthd`): its own seqs, so they never
+/// collide with the shim's.
+pub fn berthd_source(task: &str) -> String {
+    format!("{task}#berthd")
 }
 
 /// Handle to the event bus; cheap to clone, Send + Sync.
@@ -153,34 +203,45 @@ impl EventBus {
         Ok(ev.seq)
     }
 
-    /// Exactly-once for shim events: in ONE transaction, append the event and record `shim_seq` as the last seq
-    /// seen from `shim_key` ("<ns>/<id>"). If `shim_seq` <= the recorded seq, nothing is written: `Ok(None)`.
-    pub async fn publish_from_shim(
-        &self,
-        shim_key: &str,
-        shim_seq: u64,
-        namespace: &str,
-        topic: &str,
-        event: prost_types::Any,
-    ) -> Result<Option<u64>, EventError> {
+    /// Exactly-once for shim events: in ONE transaction, append the event and record its seq as the last seq
+    /// seen from its shim key. If the seq is <= the recorded one, or the event is a [`Once`] kind the key
+    /// task already journaled, nothing is appended (the seq is still recorded): `Ok(None)`.
+    pub async fn publish_from_shim(&self, ev: ShimEvent) -> Result<Option<u64>, EventError> {
+        let ShimEvent {
+            source,
+            task,
+            seq: shim_seq,
+            namespace,
+            topic,
+            event,
+            once,
+        } = ev;
         let ev = JournalEvent {
             seq: 0,
             timestamp: Some(now()),
-            namespace: namespace.to_string(),
+            namespace,
             topic: topic.to_string(),
             event: Some(event),
         };
-        let key = shim_key.to_string();
         let retention = self.inner.retention;
         let bus = self.inner.clone();
         let seqs = self.inner.journal.seqs().clone();
         let rx = self.inner.journal.writer().submit(
             move |wtx| {
-                if shim_seq <= journal::shim_seq_in(wtx, &key)? {
+                if shim_seq <= journal::shim_seq_in(wtx, &source)? {
                     return Ok(None);
                 }
+                if let Some(o) = once {
+                    if journal::once_done_in(wtx, &task, o)? {
+                        journal::set_shim_seq(wtx, &source, shim_seq)?;
+                        return Ok(None);
+                    }
+                }
                 let ev = journal::append(wtx, &seqs, retention, ev)?;
-                journal::set_shim_seq(wtx, &key, shim_seq)?;
+                journal::set_shim_seq(wtx, &source, shim_seq)?;
+                if let Some(o) = once {
+                    journal::set_once_in(wtx, &task, o)?;
+                }
                 Ok(Some(Arc::new(ev)))
             },
             move |ev: &Option<Arc<JournalEvent>>| {
@@ -200,13 +261,17 @@ impl EventBus {
         Ok(crate::store::blocking(move || journal.shim_seq(&key)).await?)
     }
 
-    /// Forget a shim's recorded seq (after its task is deleted).
-    pub async fn forget_shim(&self, shim_key: &str) -> Result<(), EventError> {
-        let key = shim_key.to_string();
+    /// Forget a task's seqs (from its shim and from berthd) and its once-markers: the id may be used again,
+    /// and the new shim counts from 1.
+    pub async fn forget_task(&self, task: &str) -> Result<(), EventError> {
+        let task = task.to_string();
         self.inner
             .journal
             .writer()
-            .write(move |wtx| journal::remove_shim_seq(wtx, &key))
+            .write(move |wtx| {
+                journal::remove_shim_seq(wtx, &task)?;
+                journal::remove_shim_seq(wtx, &berthd_source(&task))
+            })
             .await?;
         Ok(())
     }

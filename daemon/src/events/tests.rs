@@ -109,7 +109,7 @@ async fn seqs_continue_above_the_old_ones_after_a_reboot() {
         bus.publish("n", "/tasks/start", any(i)).await.expect("pub");
     }
     assert_eq!(
-        bus.publish_from_shim("n/c", 1, "n", "/tasks/exit", any(4))
+        bus.publish_from_shim(shim_ev("n/c", 1, None, any(4)))
             .await
             .expect("pub"),
         Some(4)
@@ -153,23 +153,75 @@ async fn seqs_continue_above_the_old_ones_after_a_reboot() {
     assert!(bus.publish("n", "/tasks/start", any(6)).await.expect("pub") > next);
 }
 
+fn shim_ev(key: &str, seq: u64, once: Option<Once>, event: prost_types::Any) -> ShimEvent {
+    ShimEvent {
+        source: key.to_string(),
+        task: key.to_string(),
+        seq,
+        namespace: "n".to_string(),
+        topic: "/tasks/exit",
+        event,
+        once,
+    }
+}
+
 #[tokio::test]
 async fn shim_events_are_exactly_once() {
     let t = TempBus::new("bus-shim");
     let bus = t.bus(100, 16);
     let a = bus
-        .publish_from_shim("n/c", 1, "n", "/tasks/exit", any(1))
+        .publish_from_shim(shim_ev("n/c", 1, None, any(1)))
         .await
         .expect("pub");
     assert_eq!(a, Some(1));
     let again = bus
-        .publish_from_shim("n/c", 1, "n", "/tasks/exit", any(1))
+        .publish_from_shim(shim_ev("n/c", 1, None, any(1)))
         .await
         .expect("pub");
     assert_eq!(again, None);
     assert_eq!(bus.last_shim_seq("n/c").await.expect("seq"), 1);
-    bus.forget_shim("n/c").await.expect("forget");
+    bus.forget_task("n/c").await.expect("forget");
     assert_eq!(bus.last_shim_seq("n/c").await.expect("seq"), 0);
+}
+
+#[tokio::test]
+async fn once_events_are_journaled_once_per_shim_key() {
+    let t = TempBus::new("bus-once");
+    let bus = t.bus(100, 16);
+    // The shim's own delete at seq 5, then one synthesised for a dead shim at seq 9: only the first counts.
+    let first = bus
+        .publish_from_shim(shim_ev("n/c", 5, Some(Once::Delete), any(1)))
+        .await
+        .expect("pub");
+    assert!(first.is_some());
+    let second = bus
+        .publish_from_shim(shim_ev("n/c", 9, Some(Once::Delete), any(2)))
+        .await
+        .expect("pub");
+    assert_eq!(second, None, "a second delete for the same task is dropped");
+    assert_eq!(bus.last_shim_seq("n/c").await.expect("seq"), 9);
+    // Another kind, and another key, are independent.
+    let exit = bus
+        .publish_from_shim(shim_ev("n/c", 10, Some(Once::InitExit), any(3)))
+        .await
+        .expect("pub");
+    assert!(exit.is_some());
+    let other = bus
+        .publish_from_shim(shim_ev("n/d", 1, Some(Once::Delete), any(4)))
+        .await
+        .expect("pub");
+    assert!(other.is_some());
+    // berthd's own source for the same task has its own seqs, but shares the task's once-markers.
+    let mut synthesised = shim_ev(&berthd_source("n/c"), 1, Some(Once::Delete), any(6));
+    synthesised.task = "n/c".into();
+    assert_eq!(bus.publish_from_shim(synthesised).await.expect("pub"), None);
+    // A task created again with the same id starts afresh.
+    bus.forget_task("n/c").await.expect("forget");
+    let again = bus
+        .publish_from_shim(shim_ev("n/c", 1, Some(Once::Delete), any(5)))
+        .await
+        .expect("pub");
+    assert!(again.is_some());
 }
 
 #[tokio::test]

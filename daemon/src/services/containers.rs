@@ -21,32 +21,20 @@ use tonic::{Request, Response, Status};
 
 use super::{mask_paths, parse_filters};
 use crate::context::Context;
-use crate::events::Fields;
 use crate::namespace::{namespace_from, validate_id, validate_labels};
 use crate::store::blocking;
 use crate::tasks::Tasks;
 
-/// Filter fields of a container.
-pub struct ContainerFields<'a>(pub &'a Container);
-
-impl Fields for ContainerFields<'_> {
-    fn field(&self, path: &[String]) -> Option<String> {
-        let c = self.0;
-        let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_string());
-        match (path.first().map(String::as_str), path.len()) {
-            (Some("id"), 1) => nonempty(&c.id),
-            (Some("image"), 1) => nonempty(&c.image),
-            (Some("snapshotter"), 1) => nonempty(&c.snapshotter),
-            (Some("snapshot_key" | "snapshotkey"), 1) => nonempty(&c.snapshot_key),
-            (Some("runtime"), 1) => c.runtime.as_ref().and_then(|r| nonempty(&r.name)),
-            (Some("runtime"), 2) if path[1] == "name" => {
-                c.runtime.as_ref().and_then(|r| nonempty(&r.name))
-            }
-            (Some("labels"), n) if n >= 2 => c.labels.get(&path[1..].join(".")).cloned(),
-            _ => None,
-        }
-    }
-}
+// Filter fields of a container (containerd's container adaptor, plus the snapshot fields).
+crate::fields!(Container {
+    id,
+    image,
+    labels,
+    runtime,
+    snapshotter,
+    snapshot_key
+});
+crate::fields!(containerd_client::services::v1::container::Runtime { name });
 
 /// The Containers service.
 #[derive(Clone)]
@@ -69,10 +57,7 @@ impl ContainersService {
         let filter = parse_filters(filters)?;
         let store = self.ctx.store.clone();
         let all = blocking(move || store.list_containers(&ns)).await?;
-        Ok(all
-            .into_iter()
-            .filter(|c| filter.matches(&ContainerFields(c)))
-            .collect())
+        Ok(all.into_iter().filter(|c| filter.matches(c)).collect())
     }
 
     async fn publish(&self, ns: &str, topic: &str, ev: prost_types::Any) {
@@ -208,11 +193,8 @@ impl Containers for ContainersService {
         tracing::Span::current().record("namespace", ns.as_str());
         let id = req.into_inner().id;
         validate_id("container", &id)?;
-        if self.tasks.has_task(&ns, &id).await {
-            return Err(Status::failed_precondition(format!(
-                "cannot delete container {id:?}: it has a task (delete the task first)"
-            )));
-        }
+        // Held until the record is gone: Tasks.Create of this id waits its turn instead of interleaving.
+        let _hold = self.tasks.hold_for_container_delete(&ns, &id).await?;
         self.ctx.store.delete_container(&ns, &id).await?;
         tracing::info!("container deleted");
         self.publish(&ns, "/containers/delete", to_any(&ContainerDelete { id }))

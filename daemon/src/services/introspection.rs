@@ -13,7 +13,6 @@ use tonic::{Request, Response, Status};
 
 use super::parse_filters;
 use crate::context::Context;
-use crate::events::Fields;
 
 /// (type, id, requires, init error) of every plugin Berth reports.
 const PLUGINS: &[(&str, &str, &[&str], Option<&str>)] = &[
@@ -101,18 +100,7 @@ const PLUGINS: &[(&str, &str, &[&str], Option<&str>)] = &[
     ),
 ];
 
-struct PluginFields<'a>(&'a Plugin);
-
-impl Fields for PluginFields<'_> {
-    fn field(&self, path: &[String]) -> Option<String> {
-        match (path.first().map(String::as_str), path.len()) {
-            (Some("type"), 1) => Some(self.0.r#type.clone()),
-            (Some("id"), 1) => Some(self.0.id.clone()),
-            (Some("capabilities"), _) => None,
-            _ => None,
-        }
-    }
-}
+crate::fields!(Plugin { r#type, id });
 
 fn arch() -> &'static str {
     match std::env::consts::ARCH {
@@ -172,7 +160,7 @@ impl Introspection for IntrospectionService {
         let filter = parse_filters(&req.get_ref().filters)?;
         let plugins = plugins()
             .into_iter()
-            .filter(|p| filter.matches(&PluginFields(p)))
+            .filter(|p| filter.matches(p))
             .collect();
         Ok(Response::new(PluginsResponse { plugins }))
     }

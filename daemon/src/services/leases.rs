@@ -13,7 +13,6 @@ use tonic::{Request, Response, Status};
 
 use super::parse_filters;
 use crate::context::Context;
-use crate::events::Fields;
 use crate::namespace::{namespace_from, validate_labels};
 use crate::store::leases::{generate_lease_id, LeaseResource};
 use crate::store::{blocking, LeaseRecord};
@@ -21,17 +20,7 @@ use crate::store::{blocking, LeaseRecord};
 /// Longest lease id accepted.
 const MAX_LEASE_ID: usize = 256;
 
-struct LeaseFields<'a>(&'a LeaseRecord);
-
-impl Fields for LeaseFields<'_> {
-    fn field(&self, path: &[String]) -> Option<String> {
-        match (path.first().map(String::as_str), path.len()) {
-            (Some("id"), 1) => Some(self.0.id.clone()),
-            (Some("labels"), n) if n >= 2 => self.0.labels.get(&path[1..].join(".")).cloned(),
-            _ => None,
-        }
-    }
-}
+crate::fields!(LeaseRecord { id, labels });
 
 fn to_lease(r: LeaseRecord) -> Lease {
     Lease {
@@ -120,7 +109,7 @@ impl Leases for LeasesService {
         let all = blocking(move || store.list_leases(&ns)).await?;
         let leases = all
             .into_iter()
-            .filter(|l| filter.matches(&LeaseFields(l)))
+            .filter(|l| filter.matches(l))
             .map(to_lease)
             .collect();
         Ok(Response::new(ListResponse { leases }))

@@ -129,7 +129,7 @@ pub struct Store {
 
 struct Inner {
     db: Arc<Database>,
-    writer: writer::Writer,
+    writer: Arc<writer::Writer>,
     path: PathBuf,
     server_uuid: String,
 }
@@ -167,6 +167,7 @@ impl Store {
                 reason: format!("cannot start the writer thread: {e}"),
             }
         })?;
+        let writer = Arc::new(writer);
         Ok(Store {
             inner: Arc::new(Inner {
                 db,
@@ -195,6 +196,11 @@ impl Store {
     /// The writer (to submit write jobs).
     pub(crate) fn writer(&self) -> &writer::Writer {
         &self.inner.writer
+    }
+
+    /// The writer, for its watcher in the supervision tree.
+    pub(crate) fn writer_handle(&self) -> Arc<writer::Writer> {
+        self.inner.writer.clone()
     }
 
     /// Stop the writer thread after the writes already submitted; later writes fail with Closed.

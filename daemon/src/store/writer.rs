@@ -15,12 +15,13 @@
 //!
 //! Failpoints `<name>.before_commit` and `<name>.after_commit` (`store` or `events`) surround each commit.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use redb::{Database, WriteTransaction};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::StoreError;
 use crate::failpoint;
@@ -33,8 +34,24 @@ type Job = Box<dyn FnOnce(Result<&WriteTransaction, String>) -> (Finish, bool) +
 
 /// Handle to the writer thread.
 pub(crate) struct Writer {
+    db: Arc<Database>,
+    max_batch: usize,
+    name: &'static str,
     tx: Mutex<Option<mpsc::Sender<Job>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Becomes true when the current thread ends (returns or unwinds); replaced on restart.
+    ended: Mutex<watch::Receiver<bool>>,
+    /// Set by [`Writer::close`]: the thread's end is then deliberate.
+    closed: Arc<AtomicBool>,
+}
+
+/// Sets its flag when dropped: on the thread's normal return and on a panic unwinding through it.
+struct EndFlag(watch::Sender<bool>);
+
+impl Drop for EndFlag {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
 }
 
 impl Writer {
@@ -44,18 +61,56 @@ impl Writer {
         max_batch: usize,
         name: &'static str,
     ) -> std::io::Result<Writer> {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let thread = std::thread::Builder::new()
-            .name(format!("berthd-{name}-writer"))
-            .spawn(move || run(db, rx, max_batch.max(1), name))?;
+        let (tx, thread, ended) = spawn(db.clone(), max_batch.max(1), name)?;
         Ok(Writer {
+            db,
+            max_batch: max_batch.max(1),
+            name,
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
+            ended: Mutex::new(ended),
+            closed: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Resolves when the current writer thread ends: `true` when it ended without [`Writer::close`] (it
+    /// panicked: writes fail with Closed until a supervisor calls [`Writer::restart`]).
+    pub(crate) fn ended(&self) -> impl std::future::Future<Output = bool> + Send + 'static {
+        let mut rx = self.ended.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let closed = self.closed.clone();
+        async move {
+            let _ = rx.wait_for(|ended| *ended).await;
+            !closed.load(Ordering::Acquire)
+        }
+    }
+
+    /// Whether the writer thread is gone although nobody closed the writer.
+    pub(crate) fn is_dead(&self) -> bool {
+        !self.closed.load(Ordering::Acquire)
+            && *self
+                .ended
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .borrow()
+    }
+
+    /// Start a new thread after the previous one died (jobs queued to the dead one already failed with
+    /// Closed). Does nothing when the thread runs or the writer was closed.
+    pub(crate) fn restart(&self) -> std::io::Result<()> {
+        if !self.is_dead() {
+            return Ok(());
+        }
+        let (tx, thread, ended) = spawn(self.db.clone(), self.max_batch, self.name)?;
+        *self.ended.lock().unwrap_or_else(|e| e.into_inner()) = ended;
+        *self.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
+        *self.tx.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        tracing::warn!(writer = self.name, "redb writer thread restarted");
+        Ok(())
     }
 
     /// Stop accepting jobs, let the thread finish what is queued, and join it.
     pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
         drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
         let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(h) = handle {
@@ -147,6 +202,20 @@ where
         });
         (finish, fatal)
     })
+}
+
+type Spawned = (mpsc::Sender<Job>, JoinHandle<()>, watch::Receiver<bool>);
+
+fn spawn(db: Arc<Database>, max_batch: usize, name: &'static str) -> std::io::Result<Spawned> {
+    let (tx, rx) = mpsc::channel::<Job>();
+    let (end_tx, end_rx) = watch::channel(false);
+    let thread = std::thread::Builder::new()
+        .name(format!("berthd-{name}-writer"))
+        .spawn(move || {
+            let _flag = EndFlag(end_tx);
+            run(db, rx, max_batch, name)
+        })?;
+    Ok((tx, thread, end_rx))
 }
 
 /// The failpoints around one writer's commits.

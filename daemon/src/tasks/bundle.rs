@@ -36,10 +36,19 @@ pub struct TaskRecord {
     /// Runtime state root, when the client gave one.
     #[serde(default)]
     pub runtime_root: Option<PathBuf>,
-    /// Set when the shim was found gone: the exit `berth-shim delete` reported and the shim seqs used to journal
-    /// TaskExit and TaskDelete exactly once.
+    /// Whether the runtime created the container (false while Tasks.Create runs: a berthd that crashed then
+    /// finds a half-made task and removes it instead of reporting a task nobody created). Records of older
+    /// berthds lack it and were all created.
+    #[serde(default = "yes")]
+    pub created: bool,
+    /// Set when the shim was found gone: the exit `berth-shim delete` reported (TaskExit and TaskDelete were
+    /// journaled then, at most once each: see `events::Once`).
     #[serde(default)]
     pub dead: Option<DeadShim>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The end of a task whose shim disappeared.
@@ -47,10 +56,6 @@ pub struct TaskRecord {
 pub struct DeadShim {
     /// The init's exit as recorded by the shim (or 137 / now when none was).
     pub exit: ExitInfo,
-    /// Shim-key seq used for the synthesised TaskExit.
-    pub exit_seq: u64,
-    /// Shim-key seq used for the synthesised TaskDelete.
-    pub delete_seq: u64,
 }
 
 /// Read the record; `Ok(None)` when there is none.
@@ -68,7 +73,8 @@ pub fn load_record(dir: &Path) -> Result<Option<TaskRecord>, TaskError> {
     }
 }
 
-/// Write the record atomically (temp file + rename).
+/// Write the record atomically (temp file + rename). No fsync: the state dir only has to survive berthd
+/// crashes, not the host's (no task survives a reboot), and a rename is atomic against a process crash.
 pub fn save_record(dir: &Path, record: &TaskRecord) -> Result<(), TaskError> {
     let bytes = serde_json::to_vec_pretty(record).map_err(|e| {
         TaskError::io(
@@ -84,7 +90,6 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TaskError> {
     let ctx = || format!("writing {}", path.display());
     let mut f = fs::File::create(&tmp).map_err(|e| TaskError::io(ctx(), e))?;
     f.write_all(bytes).map_err(|e| TaskError::io(ctx(), e))?;
-    f.sync_all().map_err(|e| TaskError::io(ctx(), e))?;
     fs::rename(&tmp, path).map_err(|e| TaskError::io(ctx(), e))
 }
 

@@ -63,9 +63,23 @@ pub enum TaskError {
     /// An actor future panicked (caught; the actor is restarted).
     #[error("panicked: {0}")]
     Panicked(String),
+    /// The task's actor failed more often than its restart limit allows.
+    #[error("task {id:?}: {reason}")]
+    Abandoned {
+        /// Container id.
+        id: String,
+        /// What failed and what to do.
+        reason: String,
+    },
     /// The metadata store or the event journal failed.
     #[error("{0}")]
     Upstream(Status),
+}
+
+impl From<crate::events::EventError> for TaskError {
+    fn from(e: crate::events::EventError) -> Self {
+        TaskError::Upstream(e.into())
+    }
 }
 
 impl TaskError {
@@ -98,7 +112,7 @@ impl From<TaskError> for Status {
             TaskError::ShimUnavailable(_) | TaskError::ActorFailed(_) | TaskError::Panicked(_) => {
                 Status::unavailable(msg)
             }
-            TaskError::Io { .. } => Status::internal(msg),
+            TaskError::Io { .. } | TaskError::Abandoned { .. } => Status::internal(msg),
             TaskError::Upstream(s) => s,
         }
     }

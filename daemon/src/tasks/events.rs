@@ -13,11 +13,27 @@ use berth_proto::to_any;
 use prost_types::Any;
 
 use super::state::ExitInfo;
+use crate::events::Once;
 
-/// Topic and payload of the containerd event for a shim event; None for an event without a kind.
-pub fn to_containerd(container_id: &str, kind: &Kind) -> Option<(&'static str, Any)> {
+/// A shim event as containerd's topic and payload.
+pub struct Mapped {
+    /// containerd's topic.
+    pub topic: &'static str,
+    /// containerd's event message.
+    pub event: Any,
+    /// Set for the events a task has at most one of (the init's exit, the delete).
+    pub once: Option<Once>,
+}
+
+/// The containerd event for a shim event.
+pub fn to_containerd(container_id: &str, kind: &Kind) -> Mapped {
     let cid = container_id.to_string();
-    Some(match kind {
+    let once = match kind {
+        Kind::Exited(e) if e.exec_id.is_empty() => Some(Once::InitExit),
+        Kind::Deleted(_) => Some(Once::Delete),
+        _ => None,
+    };
+    let (topic, event) = match kind {
         Kind::Created(c) => {
             let io = c.stdio.as_ref().map(|s| TaskIo {
                 stdin: s.stdin.clone(),
@@ -85,7 +101,8 @@ pub fn to_containerd(container_id: &str, kind: &Kind) -> Option<(&'static str, A
             let exit = ExitInfo::new(d.pid, d.exit_status, d.exited_at.as_ref());
             ("/tasks/delete", delete_event(&cid, &exit))
         }
-    })
+    };
+    Mapped { topic, event, once }
 }
 
 /// `/tasks/exit` payload; `id` is the container id for init or the exec id.
@@ -126,10 +143,11 @@ mod tests {
                 nanos: 5,
             }),
         });
-        let (topic, any) = to_containerd("c1", &kind).expect("mapped");
-        assert_eq!(topic, "/tasks/exit");
-        assert_eq!(any.type_url, "containerd.events.TaskExit");
-        let ev = TaskExit::decode(any.value.as_slice()).expect("decodes");
+        let m = to_containerd("c1", &kind);
+        assert_eq!(m.topic, "/tasks/exit");
+        assert_eq!(m.once, None, "an exec's exit is not once-per-task");
+        assert_eq!(m.event.type_url, "containerd.events.TaskExit");
+        let ev = TaskExit::decode(m.event.value.as_slice()).expect("decodes");
         assert_eq!(ev.container_id, "c1");
         assert_eq!(ev.id, "e1");
         assert_eq!(ev.exit_status, 7);
@@ -144,26 +162,38 @@ mod tests {
             exit_status: 3,
             exited_at: None,
         });
-        let (_, any) = to_containerd("c1", &kind).expect("mapped");
-        let ev = TaskExit::decode(any.value.as_slice()).expect("decodes");
+        let m = to_containerd("c1", &kind);
+        assert_eq!(m.once, Some(Once::InitExit));
+        let ev = TaskExit::decode(m.event.value.as_slice()).expect("decodes");
         assert_eq!(ev.id, "c1");
         assert!(ev.exited_at.map(|t| t.seconds > 0).unwrap_or(false));
     }
 
     #[test]
     fn topics() {
-        let t = |k: Kind| to_containerd("c", &k).map(|(t, a)| (t, a.type_url));
+        let t = |k: Kind| {
+            let m = to_containerd("c", &k);
+            (m.topic, m.event.type_url, m.once)
+        };
         assert_eq!(
             t(Kind::Paused(Default::default())),
-            Some(("/tasks/paused", "containerd.events.TaskPaused".to_string()))
+            (
+                "/tasks/paused",
+                "containerd.events.TaskPaused".to_string(),
+                None
+            )
         );
         assert_eq!(
-            t(Kind::ExecStarted(Default::default())).map(|x| x.0),
-            Some("/tasks/exec-started")
+            t(Kind::ExecStarted(Default::default())).0,
+            "/tasks/exec-started"
         );
         assert_eq!(
-            t(Kind::Deleted(Default::default())).map(|x| x.1),
-            Some("containerd.events.TaskDelete".to_string())
+            t(Kind::Deleted(Default::default())),
+            (
+                "/tasks/delete",
+                "containerd.events.TaskDelete".to_string(),
+                Some(Once::Delete)
+            )
         );
     }
 }

@@ -1,17 +1,17 @@
-//! The containerd Tasks gRPC service: validate, convert proto ⇄ domain, call the [`Tasks`] handle, map errors.
-//!
-//! Thin by design: no task logic lives here. Never hold a lock or block across an `.await` in a handler.
+//! The containerd Tasks gRPC service: each handler converts the request, calls the [`Tasks`] handle and maps
+//! the error. No task logic lives here; never hold a lock or block across an `.await` in a handler.
 
 use berth_proto::containerd::tasks::tasks_server;
 use berth_proto::containerd_client::services::v1::*;
 use tonic::{Request, Response, Status};
 
 use super::bundle;
-use super::container::{Op, Reply};
+use super::container::messages as m;
 use super::error::TaskError;
 use super::state::StdioPaths;
 use super::Tasks;
 use crate::namespace::{namespace_from, validate_id};
+use crate::services::parse_filters;
 
 /// The service object registered with tonic.
 pub struct TasksService {
@@ -23,44 +23,20 @@ impl TasksService {
     pub fn new(tasks: Tasks) -> Self {
         TasksService { tasks }
     }
-
-    async fn simple(&self, ns: &str, id: &str, op: Op) -> Result<Response<()>, Status> {
-        require_id(id)?;
-        self.tasks.op(ns, id, op).await?;
-        Ok(Response::new(()))
-    }
 }
 
-fn require_id(id: &str) -> Result<(), Status> {
-    if id.is_empty() {
+/// The namespace and the (required) container id of a request.
+fn target<T>(request: Request<T>, id: impl Fn(&T) -> &str) -> Result<(String, T), Status> {
+    let ns = namespace_from(request.metadata())?;
+    let req = request.into_inner();
+    if id(&req).is_empty() {
         return Err(Status::invalid_argument("container id is required"));
     }
-    Ok(())
+    Ok((ns, req))
 }
 
-fn unexpected(r: Reply) -> Status {
-    Status::internal(format!("unexpected reply from the container actor: {r:?}"))
-}
-
-/// Whether an id matches containerd-style filters (`id==X`, `id!=X`, `,` = AND, several = OR; empty = all).
-pub(crate) fn filters_match(filters: &[String], id: &str) -> bool {
-    let filters: Vec<&String> = filters.iter().filter(|f| !f.trim().is_empty()).collect();
-    if filters.is_empty() {
-        return true;
-    }
-    filters.iter().any(|f| {
-        f.split(',').all(|cond| {
-            let cond = cond.trim();
-            if let Some(v) = cond.strip_prefix("id==") {
-                v.trim_matches('"') == id
-            } else if let Some(v) = cond.strip_prefix("id!=") {
-                v.trim_matches('"') != id
-            } else {
-                // Fields Berth does not index for tasks match everything.
-                true
-            }
-        })
-    })
+fn ok<T>(r: Result<T, TaskError>) -> Result<Response<T>, Status> {
+    r.map(Response::new).map_err(Status::from)
 }
 
 #[tonic::async_trait]
@@ -69,89 +45,44 @@ impl tasks_server::Tasks for TasksService {
         &self,
         request: Request<CreateTaskRequest>,
     ) -> Result<Response<CreateTaskResponse>, Status> {
-        let ns = namespace_from(request.metadata())?;
-        let req = request.into_inner();
-        require_id(&req.container_id)?;
-        Ok(Response::new(self.tasks.create(&ns, req).await?))
+        let (ns, req) = target(request, |r| &r.container_id)?;
+        ok(self.tasks.create(&ns, req).await)
     }
 
     async fn start(
         &self,
         request: Request<StartRequest>,
     ) -> Result<Response<StartResponse>, Status> {
-        let ns = namespace_from(request.metadata())?;
-        let req = request.into_inner();
-        require_id(&req.container_id)?;
-        match self
-            .tasks
-            .op(
-                &ns,
-                &req.container_id,
-                Op::Start {
-                    exec_id: req.exec_id,
-                },
-            )
-            .await?
-        {
-            Reply::Pid(pid) => Ok(Response::new(StartResponse { pid })),
-            r => Err(unexpected(r)),
-        }
+        let (ns, r) = target(request, |r| &r.container_id)?;
+        let pid = self.tasks.start(&ns, &r.container_id, r.exec_id).await?;
+        Ok(Response::new(StartResponse { pid }))
     }
 
     async fn delete(
         &self,
         request: Request<DeleteTaskRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
-        let ns = namespace_from(request.metadata())?;
-        let req = request.into_inner();
-        require_id(&req.container_id)?;
-        match self.tasks.op(&ns, &req.container_id, Op::Delete).await? {
-            Reply::Deleted(d) => Ok(Response::new(d)),
-            r => Err(unexpected(r)),
-        }
+        let (ns, r) = target(request, |r| &r.container_id)?;
+        ok(self.tasks.delete(&ns, &r.container_id).await)
     }
 
     async fn delete_process(
         &self,
         request: Request<DeleteProcessRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
-        let ns = namespace_from(request.metadata())?;
-        let req = request.into_inner();
-        require_id(&req.container_id)?;
-        match self
+        let (ns, r) = target(request, |r| &r.container_id)?;
+        ok(self
             .tasks
-            .op(
-                &ns,
-                &req.container_id,
-                Op::DeleteProcess {
-                    exec_id: req.exec_id,
-                },
-            )
-            .await?
-        {
-            Reply::Deleted(d) => Ok(Response::new(d)),
-            r => Err(unexpected(r)),
-        }
+            .delete_process(&ns, &r.container_id, r.exec_id)
+            .await)
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let ns = namespace_from(request.metadata())?;
-        let req = request.into_inner();
-        require_id(&req.container_id)?;
-        match self
-            .tasks
-            .op(
-                &ns,
-                &req.container_id,
-                Op::Get {
-                    exec_id: req.exec_id,
-                },
-            )
-            .await?
-        {
-            Reply::Process(p) => Ok(Response::new(GetResponse { process: Some(p) })),
-            r => Err(unexpected(r)),
-        }
+        let (ns, r) = target(request, |r| &r.container_id)?;
+        let process = self.tasks.get(&ns, &r.container_id, r.exec_id).await?;
+        Ok(Response::new(GetResponse {
+            process: Some(process),
+        }))
     }
 
     async fn list(
@@ -159,89 +90,73 @@ impl tasks_server::Tasks for TasksService {
         request: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
         let ns = namespace_from(request.metadata())?;
-        let req = request.into_inner();
-        let mut tasks = self.tasks.list(&ns).await?;
-        if !req.filter.trim().is_empty() {
-            let filters = vec![req.filter];
-            tasks.retain(|p| filters_match(&filters, &p.id));
-        }
+        let filter = parse_filters(&[request.into_inner().filter])?;
+        let tasks = self.tasks.list(&ns, &filter).await?;
         Ok(Response::new(ListTasksResponse { tasks }))
     }
 
     async fn kill(&self, request: Request<KillRequest>) -> Result<Response<()>, Status> {
-        let ns = namespace_from(request.metadata())?;
-        let req = request.into_inner();
-        let op = Op::Kill {
-            exec_id: req.exec_id,
-            signal: req.signal,
-            all: req.all,
+        let (ns, r) = target(request, |r| &r.container_id)?;
+        let msg = m::Kill {
+            exec_id: r.exec_id,
+            signal: r.signal,
+            all: r.all,
         };
-        self.simple(&ns, &req.container_id, op).await
+        ok(self.tasks.kill(&ns, &r.container_id, msg).await)
     }
 
     async fn exec(&self, request: Request<ExecProcessRequest>) -> Result<Response<()>, Status> {
-        let ns = namespace_from(request.metadata())?;
-        let req = request.into_inner();
-        require_id(&req.container_id)?;
-        validate_id("exec", &req.exec_id)?;
-        let process_json = bundle::validate_process(req.spec.as_ref())?;
-        let op = Op::Exec {
-            exec_id: req.exec_id,
-            stdio: StdioPaths {
-                stdin: req.stdin,
-                stdout: req.stdout,
-                stderr: req.stderr,
-                terminal: req.terminal,
-            },
-            process_json,
+        let (ns, r) = target(request, |r| &r.container_id)?;
+        validate_id("exec", &r.exec_id)?;
+        let process_json = bundle::validate_process(r.spec.as_ref())?;
+        let stdio = StdioPaths {
+            stdin: r.stdin,
+            stdout: r.stdout,
+            stderr: r.stderr,
+            terminal: r.terminal,
         };
-        self.simple(&ns, &req.container_id, op).await
+        ok(self
+            .tasks
+            .exec(&ns, &r.container_id, r.exec_id, stdio, process_json)
+            .await)
     }
 
     async fn resize_pty(&self, request: Request<ResizePtyRequest>) -> Result<Response<()>, Status> {
-        let ns = namespace_from(request.metadata())?;
-        let req = request.into_inner();
-        let op = Op::ResizePty {
-            exec_id: req.exec_id,
-            width: req.width,
-            height: req.height,
+        let (ns, r) = target(request, |r| &r.container_id)?;
+        let msg = m::ResizePty {
+            exec_id: r.exec_id,
+            width: r.width,
+            height: r.height,
         };
-        self.simple(&ns, &req.container_id, op).await
+        ok(self.tasks.resize_pty(&ns, &r.container_id, msg).await)
     }
 
     async fn close_io(&self, request: Request<CloseIoRequest>) -> Result<Response<()>, Status> {
-        let ns = namespace_from(request.metadata())?;
-        let req = request.into_inner();
-        let op = Op::CloseIo {
-            exec_id: req.exec_id,
-            stdin: req.stdin,
+        let (ns, r) = target(request, |r| &r.container_id)?;
+        let msg = m::CloseIo {
+            exec_id: r.exec_id,
+            stdin: r.stdin,
         };
-        self.simple(&ns, &req.container_id, op).await
+        ok(self.tasks.close_io(&ns, &r.container_id, msg).await)
     }
 
     async fn pause(&self, request: Request<PauseTaskRequest>) -> Result<Response<()>, Status> {
-        let ns = namespace_from(request.metadata())?;
-        let req = request.into_inner();
-        self.simple(&ns, &req.container_id, Op::Pause).await
+        let (ns, r) = target(request, |r| &r.container_id)?;
+        ok(self.tasks.pause(&ns, &r.container_id).await)
     }
 
     async fn resume(&self, request: Request<ResumeTaskRequest>) -> Result<Response<()>, Status> {
-        let ns = namespace_from(request.metadata())?;
-        let req = request.into_inner();
-        self.simple(&ns, &req.container_id, Op::Resume).await
+        let (ns, r) = target(request, |r| &r.container_id)?;
+        ok(self.tasks.resume(&ns, &r.container_id).await)
     }
 
     async fn list_pids(
         &self,
         request: Request<ListPidsRequest>,
     ) -> Result<Response<ListPidsResponse>, Status> {
-        let ns = namespace_from(request.metadata())?;
-        let req = request.into_inner();
-        require_id(&req.container_id)?;
-        match self.tasks.op(&ns, &req.container_id, Op::ListPids).await? {
-            Reply::Pids(processes) => Ok(Response::new(ListPidsResponse { processes })),
-            r => Err(unexpected(r)),
-        }
+        let (ns, r) = target(request, |r| &r.container_id)?;
+        let processes = self.tasks.list_pids(&ns, &r.container_id).await?;
+        Ok(Response::new(ListPidsResponse { processes }))
     }
 
     async fn checkpoint(
@@ -252,17 +167,16 @@ impl tasks_server::Tasks for TasksService {
     }
 
     async fn update(&self, request: Request<UpdateTaskRequest>) -> Result<Response<()>, Status> {
-        let ns = namespace_from(request.metadata())?;
-        let req = request.into_inner();
-        let resources = req
+        let (ns, r) = target(request, |r| &r.container_id)?;
+        let resources = r
             .resources
             .ok_or_else(|| Status::invalid_argument("resources are required"))?;
         serde_json::from_slice::<serde_json::Value>(&resources.value)
             .map_err(|e| Status::invalid_argument(format!("resources are not valid JSON: {e}")))?;
-        let op = Op::Update {
-            resources_json: resources.value,
-        };
-        self.simple(&ns, &req.container_id, op).await
+        ok(self
+            .tasks
+            .update(&ns, &r.container_id, resources.value)
+            .await)
     }
 
     async fn metrics(
@@ -270,36 +184,16 @@ impl tasks_server::Tasks for TasksService {
         request: Request<MetricsRequest>,
     ) -> Result<Response<MetricsResponse>, Status> {
         let ns = namespace_from(request.metadata())?;
-        let req = request.into_inner();
-        Ok(Response::new(self.tasks.metrics(&ns, &req.filters).await?))
+        let filter = parse_filters(&request.into_inner().filters)?;
+        ok(self.tasks.metrics(&ns, &filter).await)
     }
 
     async fn wait(&self, request: Request<WaitRequest>) -> Result<Response<WaitResponse>, Status> {
-        let ns = namespace_from(request.metadata())?;
-        let req = request.into_inner();
-        require_id(&req.container_id)?;
-        let exit = self
-            .tasks
-            .wait(&ns, &req.container_id, &req.exec_id)
-            .await?;
+        let (ns, r) = target(request, |r| &r.container_id)?;
+        let exit = self.tasks.wait(&ns, &r.container_id, &r.exec_id).await?;
         Ok(Response::new(WaitResponse {
             exit_status: exit.status,
             exited_at: Some(exit.timestamp()),
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::filters_match;
-
-    #[test]
-    fn id_filters() {
-        assert!(filters_match(&[], "a"));
-        assert!(filters_match(&["".into()], "a"));
-        assert!(filters_match(&["id==a".into()], "a"));
-        assert!(!filters_match(&["id==b".into()], "a"));
-        assert!(filters_match(&["id==b".into(), "id==a".into()], "a"));
-        assert!(!filters_match(&["id==a,id!=a".into()], "a"));
     }
 }

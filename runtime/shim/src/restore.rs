@@ -21,7 +21,7 @@ use crate::process::{exit_file, watch_exit, ExitRecord, Phase, Proc};
 use crate::reaper::Exit;
 
 /// Marker: the init was deleted through this bundle's shim; nothing to take over.
-pub const DELETED: &str = "init.deleted";
+pub const DELETED: &str = berth_proto::shim::journal::DELETED_MARKER;
 
 /// The exit status recorded when the shim could not observe it.
 const UNKNOWN_STATUS: u32 = 137;

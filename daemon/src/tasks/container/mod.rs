@@ -1,120 +1,150 @@
-//! ContainerActor: one per container with a task. It owns the task's state (init and execs: pids, statuses, stdio,
-//! exit statuses), the shim client and the ShimActor pumping the shim's events.
+//! ContainerActor: one per container with a task. It owns the task's state (init and execs: pids, statuses,
+//! stdio, exit statuses), the shim client and the ShimActor pumping the shim's events, and performs every verb.
 //!
-//! Every handler runs under `supervision::catch`: a panic stops the actor and the TaskSupervisor starts a new one,
-//! which rebuilds its state from the task directory and the shim (State RPC), never from the dead actor's memory.
-//! Waiters are not here (see `waiters.rs`). Never block the actor thread: shim RPCs run as spawned actor futures.
+//! Ordering: lifecycle verbs (Create, Start, Kill, Exec, Delete, DeleteProcess, Pause, Resume, Update, CloseIO,
+//! ResizePty) hold the actor's `gate`, a one-permit semaphore, from their state check until their result is
+//! written into the state, so two of them never act on the same state at once (a Kill and a Delete, or two
+//! Starts, run one after the other, and the second sees what the first did). Queries (Get, ListPids,
+//! Metrics) and the shim's events do not take the gate: events only move a process forward (CREATED →
+//! RUNNING → STOPPED; STOPPED is final), so a verb that checked RUNNING and then sees its shim call fail
+//! because the process just exited returns a clean error, never a half state.
+//!
+//! Every handler and every future runs under `catch`: a panic stops the actor and the TaskSupervisor starts a
+//! new one, which rebuilds its state from the task directory and the shim (`rebuild.rs`), never from the dead
+//! actor's memory. Waiters are not here (`waiters.rs`). The actor thread never blocks: shim calls and file
+//! writes run in futures and on blocking threads.
 
+pub mod messages;
+
+mod create;
+mod delete;
+mod exec;
+mod rebuild;
+mod shim_events;
+mod verbs;
+
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use berth_proto::containerd_client::types::v1::{ProcessInfo, Status as ProcStatus};
-use berth_proto::shim;
-use tokio::sync::watch;
+use berth_proto::containerd_client::types::v1::Status as ProcStatus;
+use tokio::sync::{watch, Semaphore};
+use tracing::Instrument;
 
 use super::bundle::TaskRecord;
 use super::error::TaskError;
 use super::shim::{ShimActor, ShimClient, StopPump};
-use super::state::{ExitInfo, ProcState, StdioPaths, TaskState};
-use super::supervisor::{ChildStopped, TaskSupervisor};
-use super::Shared;
-
-mod ops;
-mod rebuild;
-mod verbs;
-
-pub use ops::{Op, PumpFailed, Reply, Request, ShimEventMsg, ShimGone};
-use rebuild::{reap_dead_shim, rebuild, Rebuilt};
+use super::state::{ProcState, StdioPaths, TaskState};
+use super::supervisor::{ChildStopped, Release};
+use super::{Key, Shared};
 
 /// How a ContainerActor gets its state.
 pub enum Init {
-    /// A task being created now: the shim is started and connected, nothing is created in it yet.
-    Fresh {
-        /// Connected shim client.
-        client: Box<ShimClient>,
-        /// berthd's record, already written to the task dir.
-        record: Box<TaskRecord>,
-    },
-    /// Recovery or restart: rebuild from the task directory and the shim.
+    /// A task to create: the actor waits for [`messages::CreateTask`].
+    New,
+    /// Recovery or a restart: rebuild from the task directory and the shim.
     Rebuild,
 }
 
-type Resp = ResponseActFuture<ContainerActor, Result<Reply, TaskError>>;
+/// Where the task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Not created yet (or its create failed): only CreateTask is accepted, the task does not exist.
+    New,
+    /// The shim runs it.
+    Live,
+    /// The shim is gone: the task is STOPPED with the exit recorded when it was reaped.
+    Dead,
+}
+
+/// What a verb handler returns.
+pub(crate) type Reply<T> = ResponseActFuture<ContainerActor, Result<T, TaskError>>;
+
+type Boxed<T> = Pin<Box<dyn ActorFuture<ContainerActor, Output = Result<T, TaskError>>>>;
 
 /// A future whose panic becomes `Err(TaskError::Panicked)` instead of unwinding through the actix arbiter (which
 /// would take every actor on it down); the actor then stops and its supervisor restarts it.
 pub(crate) fn guarded<T>(
-    fut: impl std::future::Future<Output = Result<T, TaskError>>,
-) -> impl std::future::Future<Output = Result<T, TaskError>> {
+    fut: impl Future<Output = Result<T, TaskError>>,
+) -> impl Future<Output = Result<T, TaskError>> {
     use futures::FutureExt;
     std::panic::AssertUnwindSafe(fut).catch_unwind().map(|r| {
         r.unwrap_or_else(|p| Err(TaskError::Panicked(crate::supervision::panic_message(&*p))))
     })
 }
 
-fn done(r: Result<Reply, TaskError>) -> Resp {
-    Box::pin(actix::fut::ready(r))
-}
-
 /// The per-container actor.
 pub struct ContainerActor {
     shared: Arc<Shared>,
-    supervisor: Addr<TaskSupervisor>,
     ns: String,
     id: String,
     dir: PathBuf,
     gen: u64,
+    /// `task{namespace, container_id}`: every log line of this actor and its futures is inside it.
+    span: tracing::Span,
     init: Option<Init>,
-    ready: Option<watch::Sender<bool>>,
+    phase: Phase,
+    /// Held by lifecycle verbs (see the module doc).
+    gate: Arc<Semaphore>,
     client: Option<ShimClient>,
     pump: Option<Addr<ShimActor>>,
     record: TaskRecord,
     task: TaskState,
-    /// The shim is gone; the task is STOPPED with the exit `berth-shim delete` reported.
-    dead: bool,
-    /// Set when the shim's TaskDeleted event has been journaled.
+    /// Set when the shim's TaskDeleted has been journaled.
     deleted_seen: watch::Sender<bool>,
-    /// Stopped on purpose: the supervisor must not restart it.
+    /// Set when the shim's process is gone.
+    shim_gone: watch::Sender<bool>,
+    /// Stopped on purpose (deleted, failed create, shutdown): the supervisor must not restart it.
     terminated: bool,
-    /// A Delete is in progress: the shim going away is expected.
-    deleting: bool,
+    /// Why it failed, for the supervisor's log and an abandoned slot.
+    failure: String,
 }
 
 impl ContainerActor {
-    /// A new actor for `ns/id` (generation `gen` in the supervisor's registry).
-    pub fn new(
-        shared: Arc<Shared>,
-        supervisor: Addr<TaskSupervisor>,
-        ns: String,
-        id: String,
-        gen: u64,
-        init: Init,
-        ready: Option<watch::Sender<bool>>,
-    ) -> Self {
+    /// A new actor for `key`, generation `gen` in the registry.
+    pub(crate) fn new(shared: Arc<Shared>, key: Key, gen: u64, init: Init) -> Self {
+        let (ns, id) = key;
         let dir = shared.ctx.config.task_dir(&ns, &id);
+        let span = tracing::info_span!("task", namespace = %ns, container_id = %id);
         ContainerActor {
             shared,
-            supervisor,
             ns,
             id,
             dir,
             gen,
+            span,
             init: Some(init),
-            ready,
+            phase: Phase::New,
+            gate: Arc::new(Semaphore::new(1)),
             client: None,
             pump: None,
             record: TaskRecord::default(),
             task: TaskState::new(StdioPaths::default()),
-            dead: false,
             deleted_seen: watch::channel(false).0,
+            shim_gone: watch::channel(false).0,
             terminated: false,
-            deleting: false,
+            failure: String::new(),
         }
     }
 
+    fn key(&self) -> Key {
+        (self.ns.clone(), self.id.clone())
+    }
+
+    /// The task must exist (created, not deleted).
+    fn require_task(&self) -> Result<(), TaskError> {
+        match self.phase {
+            Phase::New => Err(TaskError::TaskNotFound(self.id.clone())),
+            Phase::Live | Phase::Dead => Ok(()),
+        }
+    }
+
+    /// The shim client of a live task.
     fn client(&self) -> Result<ShimClient, TaskError> {
-        if self.dead {
+        self.require_task()?;
+        if self.phase == Phase::Dead {
             return Err(TaskError::FailedPrecondition(format!(
                 "task {:?}: its shim is gone; the task is stopped",
                 self.id
@@ -126,6 +156,7 @@ impl ContainerActor {
     }
 
     fn process(&self, exec_id: &str) -> Result<&ProcState, TaskError> {
+        self.require_task()?;
         self.task
             .process(exec_id)
             .ok_or_else(|| TaskError::ExecNotFound {
@@ -134,40 +165,92 @@ impl ContainerActor {
             })
     }
 
-    fn fail(&mut self, ctx: &mut Context<Self>, what: &str, panic: String) -> TaskError {
-        tracing::error!(namespace = %self.ns, container_id = %self.id, %what, %panic,
-            "container actor panicked; stopping it for a restart");
-        ctx.stop();
-        TaskError::ActorFailed(format!("{what}: {panic}"))
+    fn status(&self, exec_id: &str) -> Result<ProcStatus, TaskError> {
+        self.process(exec_id).map(|p| p.status)
     }
 
-    /// Stop on a future's caught panic; other results pass through.
-    fn check_panic<T>(
+    /// Stop for a restart after a caught panic.
+    fn fail(&mut self, ctx: &mut Context<Self>, what: &str, panic: String) -> TaskError {
+        let _e = self.span.enter();
+        tracing::error!(%what, %panic, "container actor panicked; stopping it for a restart");
+        self.failure = format!("{what}: {panic}");
+        ctx.stop();
+        TaskError::ActorFailed(format!("task {:?}: {what} panicked: {panic}", self.id))
+    }
+
+    /// Run `f` on the actor under `catch`: a panic stops the actor for a restart.
+    fn guard<R>(
         &mut self,
         ctx: &mut Context<Self>,
         what: &str,
-        res: Result<T, TaskError>,
-    ) -> Result<T, TaskError> {
-        match res {
-            Err(TaskError::Panicked(p)) => Err(self.fail(ctx, what, p)),
-            other => other,
+        f: impl FnOnce(&mut Self, &mut Context<Self>) -> Result<R, TaskError>,
+    ) -> Result<R, TaskError> {
+        match crate::supervision::catch(|| f(self, ctx)) {
+            Ok(r) => r,
+            Err(p) => Err(self.fail(ctx, what, p)),
         }
     }
 
-    /// Run a shim call, then `then` on the actor (under catch) with its result.
-    fn call<T: 'static>(
-        &self,
-        name: &'static str,
-        fut: impl std::future::Future<Output = Result<T, TaskError>> + 'static,
-        then: impl FnOnce(&mut Self, &mut Context<Self>, T) -> Result<Reply, TaskError> + 'static,
-    ) -> Resp {
-        Box::pin(guarded(fut).into_actor(self).map(move |res, act, ctx| {
-            let value = act.check_panic(ctx, name, res)?;
-            match crate::supervision::catch(|| then(act, ctx, value)) {
-                Ok(r) => r,
-                Err(p) => Err(act.fail(ctx, name, p)),
+    /// The one shape of every verb: `check` runs on the actor (state checks, building the shim request) and
+    /// returns the work; the work runs off the actor thread (inside the actor's span); `apply` writes its
+    /// result into the state. A `gated` verb holds the gate from `check` to `apply`. Failpoint:
+    /// `container_actor.<verb>`, hit before `check`.
+    fn verb<W, T, F>(
+        &mut self,
+        verb: &'static str,
+        gated: bool,
+        check: impl FnOnce(&mut Self) -> Result<F, TaskError> + 'static,
+        apply: impl FnOnce(&mut Self, &mut Context<Self>, W) -> Result<T, TaskError> + 'static,
+    ) -> Reply<T>
+    where
+        F: Future<Output = Result<W, TaskError>> + 'static,
+        W: 'static,
+        T: 'static,
+    {
+        let gate = gated.then(|| self.gate.clone());
+        let acquire = async move {
+            match gate {
+                Some(g) => g.acquire_owned().await.ok(),
+                None => None,
             }
+        };
+        Box::pin(acquire.into_actor(self).then(move |permit, act, ctx| {
+            let work = act.guard(ctx, verb, |act, _| {
+                crate::failpoint::hit(&format!("container_actor.{verb}"));
+                check(act)
+            });
+            let fut: Boxed<T> = match work {
+                Err(e) => Box::pin(actix::fut::ready(Err(e))),
+                Ok(work) => {
+                    let work = guarded(work.instrument(act.span.clone()));
+                    Box::pin(work.into_actor(act).map(move |res, act, ctx| {
+                        let _permit = permit;
+                        let value = match res {
+                            Err(TaskError::Panicked(p)) => return Err(act.fail(ctx, verb, p)),
+                            other => other?,
+                        };
+                        act.guard(ctx, verb, |act, ctx| apply(act, ctx, value))
+                    }))
+                }
+            };
+            fut
         }))
+    }
+
+    /// A verb that is only a state check and a shim call whose answer needs no bookkeeping.
+    fn shim_call<W, T, F>(
+        &mut self,
+        verb: &'static str,
+        gated: bool,
+        check: impl FnOnce(&mut Self) -> Result<F, TaskError> + 'static,
+        answer: impl FnOnce(W) -> T + 'static,
+    ) -> Reply<T>
+    where
+        F: Future<Output = Result<W, TaskError>> + 'static,
+        W: 'static,
+        T: 'static,
+    {
+        self.verb(verb, gated, check, move |_, _, w| Ok(answer(w)))
     }
 
     fn start_pump(&mut self, ctx: &mut Context<Self>) {
@@ -179,14 +262,9 @@ impl ContainerActor {
                 self.id.clone(),
                 self.dir.clone(),
                 ctx.address(),
+                self.span.clone(),
             );
             self.pump = Some(pump.start());
-        }
-    }
-
-    fn signal_ready(&mut self) {
-        if let Some(r) = self.ready.take() {
-            let _ = r.send(true);
         }
     }
 
@@ -205,272 +283,21 @@ impl ContainerActor {
         }
     }
 
-    fn apply_rebuilt(&mut self, ctx: &mut Context<Self>, rebuilt: Rebuilt) {
-        match rebuilt {
-            Rebuilt::Live {
-                client,
-                record,
-                task,
-            } => {
-                self.client = Some(*client);
-                self.record = *record;
-                self.task = *task;
-                self.start_pump(ctx);
-            }
-            Rebuilt::Dead(record, journaled) => {
-                self.task = TaskState::new(record.stdio.clone());
-                for (exec_id, stdio) in &record.execs {
-                    self.task
-                        .execs
-                        .insert(exec_id.clone(), ProcState::new(stdio.clone()));
-                }
-                for ev in journaled {
-                    self.on_event(ev);
-                }
-                if let Some(d) = record.dead {
-                    self.task.init.set_exited(d.exit);
-                    for p in self.task.execs.values_mut() {
-                        p.set_exited(ExitInfo::new(p.pid, 137, Some(&d.exit.timestamp())));
-                    }
-                }
-                self.record = *record;
-                self.dead = true;
+    /// Forget this task in the registry before the client hears the outcome (the id is free at once), then
+    /// stop for good. For Delete and a failed create.
+    fn release(&self) -> impl Future<Output = ()> + 'static {
+        let shared = self.shared.clone();
+        let (key, gen) = (self.key(), self.gen);
+        async move {
+            if let Some(s) = shared.supervisor() {
+                let _ = s.send(Release { key, gen }).await;
             }
         }
-        self.sync_waiters();
     }
 
-    fn dispatch(&mut self, op: Op, ctx: &mut Context<Self>) -> Resp {
-        let name = op.name();
-        match op {
-            Op::Get { exec_id } => {
-                let id = if exec_id.is_empty() {
-                    self.id.clone()
-                } else {
-                    exec_id.clone()
-                };
-                done(
-                    self.process(&exec_id)
-                        .map(|p| Reply::Process(p.to_process(&self.id, &id))),
-                )
-            }
-            Op::Terminate => {
-                self.terminated = true;
-                ctx.stop();
-                done(Ok(Reply::Done))
-            }
-            Op::Create { rootfs, no_pivot } => {
-                let client = match self.client() {
-                    Ok(c) => c,
-                    Err(e) => return done(Err(e)),
-                };
-                let req = shim::CreateRequest {
-                    id: self.id.clone(),
-                    bundle: self.dir.to_string_lossy().into_owned(),
-                    rootfs,
-                    stdio: Some(self.task.init.stdio.to_shim()),
-                    no_pivot,
-                };
-                self.call(
-                    name,
-                    async move {
-                        let mut c = client;
-                        c.create(req)
-                            .await
-                            .map(|r| r.into_inner().pid)
-                            .map_err(TaskError::Shim)
-                    },
-                    |act, _, pid| {
-                        if act.task.init.pid == 0 {
-                            act.task.init.pid = pid;
-                        }
-                        Ok(Reply::Pid(pid))
-                    },
-                )
-            }
-            Op::Start { exec_id } => {
-                let (client, status) = match self
-                    .client()
-                    .and_then(|c| Ok((c, self.process(&exec_id)?.status)))
-                {
-                    Ok(x) => x,
-                    Err(e) => return done(Err(e)),
-                };
-                if status != ProcStatus::Created {
-                    return done(Err(TaskError::FailedPrecondition(format!(
-                        "process {:?} of task {:?} is {} and cannot be started",
-                        exec_id,
-                        self.id,
-                        status.as_str_name()
-                    ))));
-                }
-                let req = shim::StartRequest {
-                    exec_id: exec_id.clone(),
-                };
-                self.call(
-                    name,
-                    async move {
-                        let mut c = client;
-                        c.start(req)
-                            .await
-                            .map(|r| r.into_inner().pid)
-                            .map_err(TaskError::Shim)
-                    },
-                    move |act, _, pid| {
-                        if let Some(p) = act.task.process_mut(&exec_id) {
-                            p.pid = pid;
-                            p.set_status(ProcStatus::Running);
-                        }
-                        Ok(Reply::Pid(pid))
-                    },
-                )
-            }
-            Op::Kill {
-                exec_id,
-                signal,
-                all,
-            } => {
-                let status = match self.process(&exec_id) {
-                    Ok(p) => p.status,
-                    Err(e) => return done(Err(e)),
-                };
-                if self.dead || (status == ProcStatus::Stopped && !all) {
-                    return done(Err(TaskError::TaskNotFound(format!(
-                        "{}: process already finished",
-                        self.id
-                    ))));
-                }
-                let client = match self.client() {
-                    Ok(c) => c,
-                    Err(e) => return done(Err(e)),
-                };
-                let req = shim::KillRequest {
-                    exec_id,
-                    signal,
-                    all,
-                };
-                self.call(
-                    name,
-                    async move {
-                        let mut c = client;
-                        c.kill(req).await.map(|_| ()).map_err(TaskError::Shim)
-                    },
-                    |_, _, ()| Ok(Reply::Done),
-                )
-            }
-            Op::Exec {
-                exec_id,
-                stdio,
-                process_json,
-            } => self.exec(exec_id, stdio, process_json),
-            Op::Delete => self.delete(),
-            Op::DeleteProcess { exec_id } => self.delete_process(exec_id),
-            Op::ResizePty {
-                exec_id,
-                width,
-                height,
-            } => {
-                let client = match self.process(&exec_id).and_then(|_| self.client()) {
-                    Ok(c) => c,
-                    Err(e) => return done(Err(e)),
-                };
-                let req = shim::ResizePtyRequest {
-                    exec_id,
-                    width,
-                    height,
-                };
-                self.call(
-                    name,
-                    async move {
-                        let mut c = client;
-                        c.resize_pty(req).await.map(|_| ()).map_err(TaskError::Shim)
-                    },
-                    |_, _, ()| Ok(Reply::Done),
-                )
-            }
-            Op::CloseIo { exec_id, stdin } => {
-                let client = match self.process(&exec_id).and_then(|_| self.client()) {
-                    Ok(c) => c,
-                    Err(e) => return done(Err(e)),
-                };
-                let req = shim::CloseIoRequest { exec_id, stdin };
-                self.call(
-                    name,
-                    async move {
-                        let mut c = client;
-                        c.close_io(req).await.map(|_| ()).map_err(TaskError::Shim)
-                    },
-                    |_, _, ()| Ok(Reply::Done),
-                )
-            }
-            Op::Pause => self.pause_resume(true),
-            Op::Resume => self.pause_resume(false),
-            Op::ListPids => {
-                let client = match self.client() {
-                    Ok(c) => c,
-                    Err(e) => return done(Err(e)),
-                };
-                self.call(
-                    name,
-                    async move {
-                        let mut c = client;
-                        c.pids(shim::PidsRequest {})
-                            .await
-                            .map(|r| r.into_inner())
-                            .map_err(TaskError::Shim)
-                    },
-                    |_, _, resp| {
-                        let pids = resp
-                            .processes
-                            .into_iter()
-                            .map(|p| ProcessInfo {
-                                pid: p.pid,
-                                info: (!p.exec_id.is_empty()).then(|| {
-                                    berth_proto::to_any(&berth_proto::runc::ProcessDetails {
-                                        exec_id: p.exec_id,
-                                    })
-                                }),
-                            })
-                            .collect();
-                        Ok(Reply::Pids(pids))
-                    },
-                )
-            }
-            Op::Update { resources_json } => {
-                let client = match self.client() {
-                    Ok(c) => c,
-                    Err(e) => return done(Err(e)),
-                };
-                self.call(
-                    name,
-                    async move {
-                        let mut c = client;
-                        c.update(shim::UpdateRequest { resources_json })
-                            .await
-                            .map(|_| ())
-                            .map_err(TaskError::Shim)
-                    },
-                    |_, _, ()| Ok(Reply::Done),
-                )
-            }
-            Op::Metrics => {
-                let client = match self.client() {
-                    Ok(c) => c,
-                    Err(e) => return done(Err(e)),
-                };
-                self.call(
-                    name,
-                    async move {
-                        let mut c = client;
-                        c.stats(shim::StatsRequest {})
-                            .await
-                            .map(|r| r.into_inner().metrics)
-                            .map_err(TaskError::Shim)
-                    },
-                    |_, _, m| Ok(Reply::Metrics(m)),
-                )
-            }
-        }
+    fn terminate(&mut self, ctx: &mut Context<Self>) {
+        self.terminated = true;
+        ctx.stop();
     }
 }
 
@@ -478,41 +305,8 @@ impl Actor for ContainerActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        match self.init.take() {
-            Some(Init::Fresh { client, record }) => {
-                self.task = TaskState::new(record.stdio.clone());
-                self.record = *record;
-                self.client = Some(*client);
-                self.start_pump(ctx);
-                self.sync_waiters();
-                self.signal_ready();
-            }
-            _ => {
-                let fut = rebuild(
-                    self.shared.clone(),
-                    self.ns.clone(),
-                    self.id.clone(),
-                    self.dir.clone(),
-                );
-                ctx.wait(guarded(fut).into_actor(self).map(|res, act, ctx| {
-                    match act.check_panic(ctx, "rebuild", res) {
-                        Ok(rebuilt) => {
-                            if let Err(p) =
-                                crate::supervision::catch(|| act.apply_rebuilt(ctx, rebuilt))
-                            {
-                                act.fail(ctx, "rebuild", p);
-                            }
-                        }
-                        Err(e) => {
-                            tracing::error!(namespace = %act.ns, container_id = %act.id, error = %e,
-                                "rebuilding the task failed");
-                            ctx.stop();
-                        }
-                    }
-                    act.signal_ready();
-                    act.shared.recovery_done();
-                }));
-            }
+        if let Some(Init::Rebuild) = self.init.take() {
+            self.rebuild(ctx);
         }
     }
 
@@ -520,87 +314,21 @@ impl Actor for ContainerActor {
         if let Some(p) = self.pump.take() {
             p.do_send(StopPump);
         }
-        self.signal_ready();
-        self.supervisor.do_send(ChildStopped {
-            ns: self.ns.clone(),
-            id: self.id.clone(),
-            gen: self.gen,
-            abnormal: !self.terminated,
-        });
-    }
-}
-
-impl Handler<Request> for ContainerActor {
-    type Result = Resp;
-
-    fn handle(&mut self, msg: Request, ctx: &mut Self::Context) -> Resp {
-        let name = msg.0.name();
-        let point = format!("container_actor.{name}");
-        match crate::supervision::catch(|| {
-            crate::failpoint::hit(&point);
-            self.dispatch(msg.0, ctx)
-        }) {
-            Ok(fut) => fut,
-            Err(p) => done(Err(self.fail(ctx, name, p))),
+        if let Some(s) = self.shared.supervisor() {
+            s.do_send(ChildStopped {
+                key: self.key(),
+                gen: self.gen,
+                abnormal: !self.terminated,
+                reason: std::mem::take(&mut self.failure),
+            });
         }
     }
 }
 
-impl Handler<ShimEventMsg> for ContainerActor {
+impl Handler<messages::Terminate> for ContainerActor {
     type Result = ();
 
-    fn handle(&mut self, msg: ShimEventMsg, ctx: &mut Self::Context) {
-        if let Err(p) = crate::supervision::catch(|| self.on_event(msg.0)) {
-            self.fail(ctx, "shim_event", p);
-        }
-    }
-}
-
-impl Handler<ShimGone> for ContainerActor {
-    type Result = ();
-
-    fn handle(&mut self, _: ShimGone, ctx: &mut Self::Context) {
-        if self.terminated || self.dead || self.deleting {
-            return;
-        }
-        tracing::warn!(namespace = %self.ns, container_id = %self.id, "shim is gone; marking the task stopped");
-        let known = self.task.init.exit;
-        let fut = reap_dead_shim(
-            self.shared.clone(),
-            self.ns.clone(),
-            self.id.clone(),
-            self.dir.clone(),
-            self.record.clone(),
-            known,
-        );
-        ctx.spawn(guarded(fut).into_actor(self).map(|res, act, ctx| match act.check_panic(ctx, "reap", res) {
-            Ok((record, journaled)) => {
-                act.client = None;
-                act.pump = None;
-                act.dead = true;
-                for ev in journaled {
-                    act.on_event(ev);
-                }
-                if let Some(d) = record.dead {
-                    act.task.init.set_exited(d.exit);
-                    for p in act.task.execs.values_mut() {
-                        p.set_exited(ExitInfo::new(p.pid, 137, Some(&d.exit.timestamp())));
-                    }
-                }
-                act.record = record;
-                act.sync_waiters();
-            }
-            Err(e) => {
-                tracing::error!(namespace = %act.ns, container_id = %act.id, error = %e, "cleaning up a dead shim");
-            }
-        }));
-    }
-}
-
-impl Handler<PumpFailed> for ContainerActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: PumpFailed, ctx: &mut Self::Context) {
-        self.fail(ctx, "shim event pump", msg.0);
+    fn handle(&mut self, _: messages::Terminate, ctx: &mut Self::Context) {
+        self.terminate(ctx);
     }
 }

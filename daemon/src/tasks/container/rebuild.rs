@@ -1,23 +1,28 @@
-//! Rebuilding a ContainerActor's state after recovery or a restart: from berthd's record in the task directory
-//! and the shim (State RPC), or — when the shim is gone — by reaping it with `berth-shim delete` and journaling
-//! TaskExit and TaskDelete exactly once. Never from a previous actor's memory.
+//! Rebuilding a ContainerActor after berthd's start or a restart: from berthd's record in the task directory
+//! and the shim (State RPC), never from a previous actor's memory. The record also tells what a crashed
+//! berthd left half done, and the rebuild finishes it: a create that never completed is undone, a delete the
+//! shim already did is finished (events, directory), a shim that died is reaped.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix::prelude::*;
 use berth_proto::containerd_client::types::v1::Status as ProcStatus;
 use berth_proto::shim;
 
-use super::super::bundle::{self, DeadShim, TaskRecord};
-use super::super::error::TaskError;
-use super::super::events::{delete_event, exit_event};
-use super::super::shim::{self as shimio, ShimClient};
-use super::super::state::{status_from_shim, ExitInfo, ProcState, StdioPaths, TaskState};
-use super::super::Shared;
+use super::create::undo_dir;
+use super::delete::finish;
+use super::shim_events::reap_dead_shim;
+use super::{guarded, ContainerActor, Phase};
+use crate::tasks::bundle::{self, TaskRecord};
+use crate::tasks::error::TaskError;
+use crate::tasks::shim::{self as shimio, ShimClient};
+use crate::tasks::state::{status_from_shim, ExitInfo, ProcState, StdioPaths, TaskState};
+use crate::tasks::{task_key, Shared};
 
-/// State rebuilt from the task directory and the shim.
-pub enum Rebuilt {
+/// What a rebuild found.
+pub(super) enum Rebuilt {
     /// The shim answers.
     Live {
         /// Connected client.
@@ -28,8 +33,10 @@ pub enum Rebuilt {
         task: Box<TaskState>,
     },
     /// The shim is gone: the task is stopped with the recorded exit; the events are what the shim had
-    /// journaled (the actor applies them before falling back to 137 for execs without an exit).
+    /// journaled (applied before falling back to 137 for execs without an exit).
     Dead(Box<TaskRecord>, Vec<shim::Event>),
+    /// There is no task any more (a create that never completed was undone, or a delete was finished).
+    Gone,
 }
 
 fn apply_state(p: &mut ProcState, st: &shim::StateResponse) {
@@ -47,54 +54,93 @@ fn apply_state(p: &mut ProcState, st: &shim::StateResponse) {
     }
 }
 
-/// Rebuild a task: the record, then the shim (connect, State of init and of each exec berthd registered).
-pub(super) async fn rebuild(
+/// Connect to the task's shim, retrying while its process lives.
+async fn connect_shim(dir: &std::path::Path) -> Option<ShimClient> {
+    let address = bundle::read_address(dir)?;
+    for _ in 0..50 {
+        match shimio::connect(&address, Duration::from_secs(1)).await {
+            Ok(c) => return Some(c),
+            Err(e) => {
+                if !bundle::read_shim_pid(dir).is_some_and(bundle::pid_alive) {
+                    tracing::debug!(error = %e, "shim is gone");
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    None
+}
+
+async fn rebuild(
     shared: Arc<Shared>,
     ns: String,
     id: String,
     dir: PathBuf,
 ) -> Result<Rebuilt, TaskError> {
-    let _permit = shared.recovery_limit.clone().acquire_owned().await;
+    let _permit = shared.recovery.limit.clone().acquire_owned().await;
     let d = dir.clone();
-    let record = tokio::task::spawn_blocking(move || bundle::load_record(&d))
+    let Some(mut record) = tokio::task::spawn_blocking(move || bundle::load_record(&d))
         .await
         .map_err(|e| TaskError::ActorFailed(e.to_string()))??
-        .ok_or_else(|| {
-            TaskError::TaskNotFound(format!("{id}: no task record in {}", dir.display()))
-        })?;
+    else {
+        return Ok(Rebuilt::Gone);
+    };
+    if dir
+        .join(shim::journal::DELETED_MARKER)
+        .try_exists()
+        .unwrap_or(false)
+    {
+        // berthd died while deleting: the shim deleted the container; finish the rest.
+        tracing::info!("finishing a delete interrupted by a berthd restart");
+        let exit = record
+            .dead
+            .map(|d| d.exit)
+            .unwrap_or_else(|| ExitInfo::new(0, 137, None));
+        finish(&shared, &ns, &id, &dir, exit).await?;
+        if let Some(mut c) = connect_shim(&dir).await {
+            let _ = c.shutdown(shim::ShutdownRequest { now: true }).await;
+        }
+        undo_dir(&shared, &ns, &id, &dir).await;
+        return Ok(Rebuilt::Gone);
+    }
     if record.dead.is_some() {
         let (record, journaled) = reap_dead_shim(shared, ns, id, dir, record, None).await?;
         return Ok(Rebuilt::Dead(Box::new(record), journaled));
     }
-    let mut client = None;
-    if let Some(address) = bundle::read_address(&dir) {
-        for _ in 0..50 {
-            match shimio::connect(&address, Duration::from_secs(1)).await {
-                Ok(c) => {
-                    client = Some(c);
-                    break;
-                }
-                Err(e) => {
-                    if !bundle::read_shim_pid(&dir).is_some_and(bundle::pid_alive) {
-                        tracing::debug!(namespace = %ns, container_id = %id, error = %e, "shim is gone");
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
+    let Some(mut c) = connect_shim(&dir).await else {
+        if !record.created && shared.ctx.events.last_shim_seq(&task_key(&ns, &id)).await? == 0 {
+            // A create that never got as far as the runtime: nobody saw this task.
+            tracing::info!("removing a task whose create never completed");
+            undo_dir(&shared, &ns, &id, &dir).await;
+            return Ok(Rebuilt::Gone);
         }
-    }
-    let Some(mut c) = client else {
         let (record, journaled) = reap_dead_shim(shared, ns, id, dir, record, None).await?;
         return Ok(Rebuilt::Dead(Box::new(record), journaled));
     };
-    let st = c
+    let st = match c
         .state(shim::StateRequest {
             exec_id: String::new(),
         })
         .await
-        .map_err(TaskError::Shim)?
-        .into_inner();
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) if s.code() == tonic::Code::NotFound && !record.created => {
+            tracing::info!("removing a task whose create never completed");
+            let _ = c.shutdown(shim::ShutdownRequest { now: true }).await;
+            undo_dir(&shared, &ns, &id, &dir).await;
+            return Ok(Rebuilt::Gone);
+        }
+        Err(s) => return Err(TaskError::Shim(s)),
+    };
+    if !record.created {
+        // The runtime did create it; berthd died before noting that.
+        record.created = true;
+        let (d, r) = (dir.clone(), record.clone());
+        tokio::task::spawn_blocking(move || bundle::save_record(&d, &r))
+            .await
+            .map_err(|e| TaskError::ActorFailed(e.to_string()))??;
+    }
     let mut task = TaskState::new(record.stdio.clone());
     apply_state(&mut task.init, &st);
     for (exec_id, stdio) in &record.execs {
@@ -120,101 +166,82 @@ pub(super) async fn rebuild(
     })
 }
 
-/// What the shim journaled on disk and never saw acked: berthd may have missed it when the shim died.
-async fn read_shim_journal(dir: &std::path::Path) -> Vec<shim::Event> {
-    let path = dir.join(shim::journal::LOG_FILE);
-    match tokio::fs::read(&path).await {
-        Ok(buf) => shim::journal::decode_frames(&buf),
-        Err(_) => Vec::new(),
-    }
-}
-
-/// A task whose shim is gone: journal what the shim recorded but never delivered (each event once, under its
-/// own shim seq), run `berth-shim delete`, record the exit, journal TaskExit (unless the exit is already known
-/// or was among the replayed events) then TaskDelete exactly once (the seqs are chosen once and kept in the
-/// record). Returns the record and the shim's journaled events, for the actor's state.
-pub(super) async fn reap_dead_shim(
-    shared: Arc<Shared>,
-    ns: String,
-    id: String,
-    dir: PathBuf,
-    mut record: TaskRecord,
-    known_exit: Option<ExitInfo>,
-) -> Result<(TaskRecord, Vec<shim::Event>), TaskError> {
-    let key = shimio::shim_key(&ns, &id);
-    let events = shared.ctx.events.clone();
-    let journaled = read_shim_journal(&dir).await;
-    for ev in &journaled {
-        let Some((topic, any)) = ev
-            .kind
-            .as_ref()
-            .and_then(|k| super::super::events::to_containerd(&id, k))
-        else {
-            continue;
-        };
-        // publish_from_shim skips seqs berthd already journaled.
-        events
-            .publish_from_shim(&key, ev.seq, &ns, topic, any)
-            .await
-            .map_err(|e| TaskError::Upstream(e.into()))?;
-    }
-    let replayed_exit = journaled.iter().find_map(|ev| match &ev.kind {
-        Some(shim::event::Kind::Exited(e)) if e.exec_id.is_empty() => {
-            Some(ExitInfo::new(e.pid, e.exit_status, e.exited_at.as_ref()))
-        }
-        _ => None,
-    });
-    let known_exit = known_exit.or(replayed_exit);
-    if record.dead.is_none() {
-        let args = shared.start_args(&ns, &id, &record);
-        let reported = tokio::task::spawn_blocking(move || shimio::delete_shim(&args))
-            .await
-            .map_err(|e| TaskError::ActorFailed(e.to_string()))?;
-        let exit = match (known_exit, reported) {
-            (Some(k), _) => k,
-            (None, Ok(e)) => e,
-            (None, Err(e)) => {
-                tracing::warn!(namespace = %ns, container_id = %id, error = %e, "berth-shim delete failed");
-                ExitInfo::new(0, 137, None)
+impl ContainerActor {
+    /// Rebuild in `started`: no message is handled until the state is back (`ctx.wait`).
+    pub(super) fn rebuild(&mut self, ctx: &mut Context<Self>) {
+        use tracing::Instrument;
+        let fut = rebuild(
+            self.shared.clone(),
+            self.ns.clone(),
+            self.id.clone(),
+            self.dir.clone(),
+        )
+        .instrument(self.span.clone());
+        let release = self.release();
+        ctx.wait(guarded(fut).into_actor(self).then(move |res, act, ctx| {
+            let gone = match res {
+                Err(TaskError::Panicked(p)) => {
+                    act.fail(ctx, "rebuild", p);
+                    false
+                }
+                Err(e) => {
+                    let _e = act.span.enter();
+                    tracing::error!(error = %e, "rebuilding the task failed");
+                    act.failure = format!("rebuild: {e}");
+                    ctx.stop();
+                    false
+                }
+                Ok(rebuilt) => act
+                    .guard(ctx, "rebuild", |act, ctx| {
+                        Ok(act.apply_rebuilt(ctx, rebuilt))
+                    })
+                    .unwrap_or(false),
+            };
+            act.shared.recovery.done();
+            async move {
+                if gone {
+                    release.await;
+                }
             }
-        };
-        let last = events
-            .last_shim_seq(&key)
-            .await
-            .map_err(|e| TaskError::Upstream(e.into()))?;
-        record.dead = Some(DeadShim {
-            exit,
-            exit_seq: if known_exit.is_some() { 0 } else { last + 1 },
-            delete_seq: last + 2,
-        });
-        let (d, r) = (dir.clone(), record.clone());
-        tokio::task::spawn_blocking(move || bundle::save_record(&d, &r))
-            .await
-            .map_err(|e| TaskError::ActorFailed(e.to_string()))??;
+            .into_actor(act)
+            .map(move |(), act, ctx| {
+                if gone {
+                    act.terminate(ctx);
+                }
+            })
+        }));
     }
-    if let Some(d) = record.dead {
-        if d.exit_seq > 0 {
-            events
-                .publish_from_shim(
-                    &key,
-                    d.exit_seq,
-                    &ns,
-                    "/tasks/exit",
-                    exit_event(&id, &id, &d.exit),
-                )
-                .await
-                .map_err(|e| TaskError::Upstream(e.into()))?;
+
+    /// Take over the rebuilt state; true when there is no task any more.
+    fn apply_rebuilt(&mut self, ctx: &mut Context<Self>, rebuilt: Rebuilt) -> bool {
+        match rebuilt {
+            Rebuilt::Live {
+                client,
+                record,
+                task,
+            } => {
+                self.client = Some(*client);
+                self.record = *record;
+                self.task = *task;
+                self.phase = Phase::Live;
+                self.start_pump(ctx);
+                self.sync_waiters();
+                false
+            }
+            Rebuilt::Dead(record, journaled) => {
+                self.task = TaskState::new(record.stdio.clone());
+                for (exec_id, stdio) in &record.execs {
+                    self.task
+                        .execs
+                        .insert(exec_id.clone(), ProcState::new(stdio.clone()));
+                }
+                self.become_dead(*record, journaled);
+                false
+            }
+            Rebuilt::Gone => {
+                self.shared.waiters.remove_task(&self.ns, &self.id);
+                true
+            }
         }
-        events
-            .publish_from_shim(
-                &key,
-                d.delete_seq,
-                &ns,
-                "/tasks/delete",
-                delete_event(&id, &d.exit),
-            )
-            .await
-            .map_err(|e| TaskError::Upstream(e.into()))?;
     }
-    Ok((record, journaled))
 }

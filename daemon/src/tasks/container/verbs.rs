@@ -1,99 +1,157 @@
-//! The ContainerActor's longer operations: Exec, Pause/Resume, DeleteProcess, Delete, and applying shim events.
-//!
-//! They run as actor futures (never blocking the actor thread) and touch the actor's state only in their `map`
-//! closures. Delete must journal the shim's TaskDeleted before it removes the task directory.
-
-use std::path::PathBuf;
-use std::time::Duration;
+//! The short verbs: Start, Get, Kill, ResizePty, CloseIO, Pause, Resume, ListPids, Update, Metrics. Each is a
+//! state check, one shim call and, for some, a state update (see [`ContainerActor::verb`]).
 
 use actix::prelude::*;
-use berth_proto::containerd_client::services::v1::DeleteResponse;
-use berth_proto::containerd_client::types::v1::Status as ProcStatus;
+use berth_proto::containerd_client::types::v1::{Process, ProcessInfo, Status as ProcStatus};
 use berth_proto::shim;
-use berth_proto::shim::event::Kind;
 
-use super::super::bundle;
-use super::super::error::TaskError;
-use super::super::events::delete_event;
-use super::super::shim as shimio;
-use super::super::state::{ExitInfo, ProcState, StdioPaths};
-use super::{done, guarded, ContainerActor, Reply, Resp};
+use super::messages::*;
+use super::{ContainerActor, Reply};
+use crate::tasks::error::TaskError;
 
-impl ContainerActor {
-    pub(super) fn exec(
-        &mut self,
-        exec_id: String,
-        stdio: StdioPaths,
-        process_json: Vec<u8>,
-    ) -> Resp {
-        if self.task.execs.contains_key(&exec_id) {
-            return done(Err(TaskError::ExecExists {
-                id: self.id.clone(),
-                exec_id,
-            }));
-        }
-        if self.dead || self.task.init.status == ProcStatus::Stopped {
-            return done(Err(TaskError::FailedPrecondition(format!(
-                "task {:?} is stopped; cannot exec into it",
-                self.id
-            ))));
-        }
-        let client = match self.client() {
-            Ok(c) => c,
-            Err(e) => return done(Err(e)),
-        };
-        // Remember the exec (record first, so a restart knows to ask the shim about it).
-        self.record.execs.insert(exec_id.clone(), stdio.clone());
-        if let Err(e) = bundle::save_record(&self.dir, &self.record) {
-            self.record.execs.remove(&exec_id);
-            return done(Err(e));
-        }
-        self.task
-            .execs
-            .insert(exec_id.clone(), ProcState::new(stdio.clone()));
-        self.shared.waiters.reset(&self.ns, &self.id, &exec_id);
-        let req = shim::ExecRequest {
-            exec_id: exec_id.clone(),
-            stdio: Some(stdio.to_shim()),
-            process_json,
-        };
-        Box::pin(
-            guarded(async move {
-                let mut c = client;
-                c.exec(req).await.map(|_| ()).map_err(TaskError::Shim)
-            })
-            .into_actor(self)
-            .map(
-                move |res, act, ctx| match act.check_panic(ctx, "exec", res) {
-                    Ok(()) => Ok(Reply::Done),
-                    Err(e) => {
-                        act.task.execs.remove(&exec_id);
-                        act.record.execs.remove(&exec_id);
-                        let _ = bundle::save_record(&act.dir, &act.record);
-                        act.shared.waiters.remove(&act.ns, &act.id, &exec_id);
-                        Err(e)
-                    }
-                },
-            ),
+/// `Err(e)` mapped to the shim error variant.
+fn shim_err(s: tonic::Status) -> TaskError {
+    TaskError::Shim(s)
+}
+
+impl Handler<Start> for ContainerActor {
+    type Result = Reply<u32>;
+
+    fn handle(&mut self, m: Start, _: &mut Self::Context) -> Reply<u32> {
+        let exec_id = m.exec_id;
+        let started = exec_id.clone();
+        self.verb(
+            "start",
+            true,
+            move |act| {
+                let status = act.status(&exec_id)?;
+                if status != ProcStatus::Created {
+                    return Err(TaskError::FailedPrecondition(format!(
+                        "process {exec_id:?} of task {:?} is {} and cannot be started",
+                        act.id,
+                        status.as_str_name()
+                    )));
+                }
+                let mut c = act.client()?;
+                Ok(async move {
+                    let r = c.start(shim::StartRequest { exec_id }).await;
+                    r.map(|r| r.into_inner().pid).map_err(shim_err)
+                })
+            },
+            move |act, _, pid| {
+                if let Some(p) = act.task.process_mut(&started) {
+                    p.pid = pid;
+                    p.set_status(ProcStatus::Running);
+                }
+                Ok(pid)
+            },
         )
     }
+}
 
-    pub(super) fn pause_resume(&mut self, pause: bool) -> Resp {
-        let name = if pause { "pause" } else { "resume" };
-        let client = match self.client() {
-            Ok(c) => c,
-            Err(e) => return done(Err(e)),
+impl Handler<Get> for ContainerActor {
+    type Result = Reply<Process>;
+
+    fn handle(&mut self, m: Get, _: &mut Self::Context) -> Reply<Process> {
+        let id = if m.exec_id.is_empty() {
+            self.id.clone()
+        } else {
+            m.exec_id.clone()
         };
-        self.call(
-            name,
-            async move {
-                let mut c = client;
-                let r = if pause {
-                    c.pause(shim::Empty {}).await
-                } else {
-                    c.resume(shim::Empty {}).await
+        let r = self
+            .process(&m.exec_id)
+            .map(|p| p.to_process(&self.id, &id));
+        Box::pin(actix::fut::ready(r))
+    }
+}
+
+impl Handler<Kill> for ContainerActor {
+    type Result = Reply<()>;
+
+    fn handle(&mut self, m: Kill, _: &mut Self::Context) -> Reply<()> {
+        self.shim_call(
+            "kill",
+            true,
+            move |act| {
+                let status = act.status(&m.exec_id)?;
+                if act.phase == super::Phase::Dead || (status == ProcStatus::Stopped && !m.all) {
+                    return Err(TaskError::TaskNotFound(format!(
+                        "{}: process already finished",
+                        act.id
+                    )));
+                }
+                let mut c = act.client()?;
+                let req = shim::KillRequest {
+                    exec_id: m.exec_id,
+                    signal: m.signal,
+                    all: m.all,
                 };
-                r.map(|_| ()).map_err(TaskError::Shim)
+                Ok(async move { c.kill(req).await.map_err(shim_err) })
+            },
+            |_| (),
+        )
+    }
+}
+
+impl Handler<ResizePty> for ContainerActor {
+    type Result = Reply<()>;
+
+    fn handle(&mut self, m: ResizePty, _: &mut Self::Context) -> Reply<()> {
+        self.shim_call(
+            "resize_pty",
+            true,
+            move |act| {
+                act.process(&m.exec_id)?;
+                let mut c = act.client()?;
+                let req = shim::ResizePtyRequest {
+                    exec_id: m.exec_id,
+                    width: m.width,
+                    height: m.height,
+                };
+                Ok(async move { c.resize_pty(req).await.map_err(shim_err) })
+            },
+            |_| (),
+        )
+    }
+}
+
+impl Handler<CloseIo> for ContainerActor {
+    type Result = Reply<()>;
+
+    fn handle(&mut self, m: CloseIo, _: &mut Self::Context) -> Reply<()> {
+        self.shim_call(
+            "close_io",
+            true,
+            move |act| {
+                act.process(&m.exec_id)?;
+                let mut c = act.client()?;
+                let req = shim::CloseIoRequest {
+                    exec_id: m.exec_id,
+                    stdin: m.stdin,
+                };
+                Ok(async move { c.close_io(req).await.map_err(shim_err) })
+            },
+            |_| (),
+        )
+    }
+}
+
+impl ContainerActor {
+    fn pause_resume(&mut self, pause: bool) -> Reply<()> {
+        let verb = if pause { "pause" } else { "resume" };
+        self.verb(
+            verb,
+            true,
+            move |act| {
+                let mut c = act.client()?;
+                Ok(async move {
+                    let r = if pause {
+                        c.pause(shim::Empty {}).await
+                    } else {
+                        c.resume(shim::Empty {}).await
+                    };
+                    r.map(|_| ()).map_err(shim_err)
+                })
             },
             move |act, _, ()| {
                 if pause {
@@ -101,184 +159,88 @@ impl ContainerActor {
                 } else if act.task.init.status == ProcStatus::Paused {
                     act.task.init.set_status(ProcStatus::Running);
                 }
-                Ok(Reply::Done)
+                Ok(())
             },
         )
-    }
-
-    pub(super) fn delete_process(&mut self, exec_id: String) -> Resp {
-        if exec_id.is_empty() {
-            return done(Err(TaskError::InvalidArgument(
-                "exec id is required".into(),
-            )));
-        }
-        let p = match self.process(&exec_id) {
-            Ok(p) => p.clone(),
-            Err(e) => return done(Err(e)),
-        };
-        if !matches!(p.status, ProcStatus::Stopped | ProcStatus::Created) {
-            return done(Err(TaskError::FailedPrecondition(format!(
-                "process {exec_id:?} must be stopped before deletion (it is {})",
-                p.status.as_str_name()
-            ))));
-        }
-        let client = if self.dead { None } else { self.client.clone() };
-        let req = shim::DeleteRequest {
-            exec_id: exec_id.clone(),
-        };
-        self.call(
-            "delete_process",
-            async move {
-                match client {
-                    Some(mut c) => match c.delete(req).await {
-                        Ok(r) => Ok(Some(r.into_inner())),
-                        Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
-                        Err(s) => Err(TaskError::Shim(s)),
-                    },
-                    None => Ok(None),
-                }
-            },
-            move |act, _, resp| {
-                let exit = match resp {
-                    Some(r) => ExitInfo::new(r.pid, r.exit_status, r.exited_at.as_ref()),
-                    None => p.exit.unwrap_or_else(|| ExitInfo::new(p.pid, 0, None)),
-                };
-                act.task.execs.remove(&exec_id);
-                act.record.execs.remove(&exec_id);
-                let _ = bundle::save_record(&act.dir, &act.record);
-                act.shared.waiters.remove(&act.ns, &act.id, &exec_id);
-                Ok(Reply::Deleted(DeleteResponse {
-                    id: exec_id,
-                    pid: exit.pid,
-                    exit_status: exit.status,
-                    exited_at: Some(exit.timestamp()),
-                }))
-            },
-        )
-    }
-
-    pub(super) fn delete(&mut self) -> Resp {
-        let status = self.task.init.status;
-        if !matches!(status, ProcStatus::Stopped | ProcStatus::Created) {
-            return done(Err(TaskError::FailedPrecondition(format!(
-                "task {:?} must be stopped before deletion: it is {}",
-                self.id,
-                status.as_str_name()
-            ))));
-        }
-        let client = if self.dead { None } else { self.client.clone() };
-        let known = self.task.init.exit;
-        let pid = self.task.init.pid;
-        let mut seen = self.deleted_seen.subscribe();
-        let dir = self.dir.clone();
-        let events = self.shared.ctx.events.clone();
-        let (ns, id) = (self.ns.clone(), self.id.clone());
-        let fut = async move {
-            let mut exit = known.unwrap_or_else(|| ExitInfo::new(pid, 0, None));
-            if let Some(mut c) = client {
-                let r = c
-                    .delete(shim::DeleteRequest {
-                        exec_id: String::new(),
-                    })
-                    .await
-                    .map_err(TaskError::Shim)?
-                    .into_inner();
-                exit = ExitInfo::new(r.pid, r.exit_status, r.exited_at.as_ref());
-                // The shim's TaskDeleted goes through the journal first, so /tasks/delete follows /tasks/exit.
-                let waited =
-                    tokio::time::timeout(Duration::from_secs(3), seen.wait_for(|s| *s)).await;
-                if !matches!(waited, Ok(Ok(_))) {
-                    tracing::warn!(namespace = %ns, container_id = %id, "no TaskDeleted from the shim; publishing it");
-                    let _ = events
-                        .publish(&ns, "/tasks/delete", delete_event(&id, &exit))
-                        .await;
-                }
-                let _ = c.shutdown(shim::ShutdownRequest { now: false }).await;
-            }
-            remove_dir_retrying(dir).await?;
-            let _ = events.forget_shim(&shimio::shim_key(&ns, &id)).await;
-            Ok(exit)
-        };
-        self.deleting = true;
-        Box::pin(
-            guarded(fut)
-                .into_actor(self)
-                .map(|res: Result<ExitInfo, TaskError>, act, ctx| {
-                    let exit = match act.check_panic(ctx, "delete", res) {
-                        Ok(e) => e,
-                        Err(e) => {
-                            act.deleting = false;
-                            return Err(e);
-                        }
-                    };
-                    act.terminated = true;
-                    act.shared
-                        .registry
-                        .remove(&(act.ns.clone(), act.id.clone()));
-                    act.shared.waiters.remove_task(&act.ns, &act.id);
-                    ctx.stop();
-                    Ok(Reply::Deleted(DeleteResponse {
-                        id: act.id.clone(),
-                        pid: exit.pid,
-                        exit_status: exit.status,
-                        exited_at: Some(exit.timestamp()),
-                    }))
-                }),
-        )
-    }
-
-    pub(super) fn on_event(&mut self, ev: shim::Event) {
-        let Some(kind) = ev.kind else { return };
-        match kind {
-            Kind::Created(c) => {
-                if self.task.init.pid == 0 {
-                    self.task.init.pid = c.pid;
-                }
-            }
-            Kind::Started(s) => {
-                self.task.init.pid = s.pid;
-                self.task.init.set_status(ProcStatus::Running);
-            }
-            Kind::Exited(e) => {
-                let exit = ExitInfo::new(e.pid, e.exit_status, e.exited_at.as_ref());
-                if let Some(p) = self.task.process_mut(&e.exec_id) {
-                    p.set_exited(exit);
-                }
-                self.shared
-                    .waiters
-                    .exited(&self.ns, &self.id, &e.exec_id, exit);
-            }
-            Kind::ExecStarted(e) => {
-                if let Some(p) = self.task.execs.get_mut(&e.exec_id) {
-                    p.pid = e.pid;
-                    p.set_status(ProcStatus::Running);
-                }
-            }
-            Kind::Paused(_) => self.task.init.set_status(ProcStatus::Paused),
-            Kind::Resumed(_) => {
-                if self.task.init.status == ProcStatus::Paused {
-                    self.task.init.set_status(ProcStatus::Running);
-                }
-            }
-            Kind::Deleted(_) => {
-                let _ = self.deleted_seen.send(true);
-            }
-            Kind::Oom(_) | Kind::ExecAdded(_) => {}
-        }
     }
 }
 
-async fn remove_dir_retrying(dir: PathBuf) -> Result<(), TaskError> {
-    let mut last = Ok(());
-    for _ in 0..10 {
-        let d = dir.clone();
-        last = tokio::task::spawn_blocking(move || bundle::remove_task_dir(&d))
-            .await
-            .unwrap_or_else(|e| Err(TaskError::ActorFailed(e.to_string())));
-        if last.is_ok() {
-            return last;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+impl Handler<Pause> for ContainerActor {
+    type Result = Reply<()>;
+
+    fn handle(&mut self, _: Pause, _: &mut Self::Context) -> Reply<()> {
+        self.pause_resume(true)
     }
-    last
+}
+
+impl Handler<Resume> for ContainerActor {
+    type Result = Reply<()>;
+
+    fn handle(&mut self, _: Resume, _: &mut Self::Context) -> Reply<()> {
+        self.pause_resume(false)
+    }
+}
+
+impl Handler<ListPids> for ContainerActor {
+    type Result = Reply<Vec<ProcessInfo>>;
+
+    fn handle(&mut self, _: ListPids, _: &mut Self::Context) -> Reply<Vec<ProcessInfo>> {
+        self.shim_call(
+            "list_pids",
+            false,
+            |act| {
+                let mut c = act.client()?;
+                Ok(async move { c.pids(shim::PidsRequest {}).await.map_err(shim_err) })
+            },
+            |resp| {
+                resp.into_inner()
+                    .processes
+                    .into_iter()
+                    .map(|p| ProcessInfo {
+                        pid: p.pid,
+                        info: (!p.exec_id.is_empty()).then(|| {
+                            berth_proto::to_any(&berth_proto::runc::ProcessDetails {
+                                exec_id: p.exec_id,
+                            })
+                        }),
+                    })
+                    .collect()
+            },
+        )
+    }
+}
+
+impl Handler<Update> for ContainerActor {
+    type Result = Reply<()>;
+
+    fn handle(&mut self, m: Update, _: &mut Self::Context) -> Reply<()> {
+        self.shim_call(
+            "update",
+            true,
+            move |act| {
+                let mut c = act.client()?;
+                let req = shim::UpdateRequest {
+                    resources_json: m.resources,
+                };
+                Ok(async move { c.update(req).await.map_err(shim_err) })
+            },
+            |_| (),
+        )
+    }
+}
+
+impl Handler<Metrics> for ContainerActor {
+    type Result = Reply<Option<prost_types::Any>>;
+
+    fn handle(&mut self, _: Metrics, _: &mut Self::Context) -> Reply<Option<prost_types::Any>> {
+        self.shim_call(
+            "metrics",
+            false,
+            |act| {
+                let mut c = act.client()?;
+                Ok(async move { c.stats(shim::StatsRequest {}).await.map_err(shim_err) })
+            },
+            |r| r.into_inner().metrics,
+        )
+    }
 }

@@ -1,0 +1,227 @@
+//! Tasks.Create as one flow of the task's own actor: read and validate the container, write the bundle and
+//! berthd's record, start and connect the shim, have it create the container, record that it exists. Any
+//! failure undoes what this flow did (shim stopped, task dir removed, the task's journal keys forgotten) and
+//! frees the id before the client hears the error. Nothing is written before the request is known valid.
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use berth_proto::containerd_client::services::v1::CreateTaskRequest;
+use berth_proto::shim as shimpb;
+
+use super::messages::CreateTask;
+use super::{ContainerActor, Phase, Reply};
+use crate::tasks::bundle::{self, TaskRecord};
+use crate::tasks::error::TaskError;
+use crate::tasks::shim::{self, ShimClient};
+use crate::tasks::state::{StdioPaths, TaskState};
+use crate::tasks::{resolve_binary, task_key, Shared};
+
+/// What a successful create hands to the actor.
+pub(super) struct Created {
+    client: ShimClient,
+    record: TaskRecord,
+    pid: u32,
+}
+
+/// A create in progress, with what must be undone if it fails.
+struct Creating {
+    shared: std::sync::Arc<Shared>,
+    ns: String,
+    id: String,
+    dir: std::path::PathBuf,
+    /// Set once the task directory may hold our files.
+    wrote: bool,
+    client: Option<ShimClient>,
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, TaskError> + Send + 'static,
+) -> Result<T, TaskError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| TaskError::ActorFailed(format!("blocking task failed: {e}")))?
+}
+
+impl Creating {
+    async fn run(&mut self, req: CreateTaskRequest) -> Result<Created, TaskError> {
+        let store = self.shared.ctx.store.clone();
+        let (ns, id) = (self.ns.clone(), self.id.clone());
+        let container = blocking(move || {
+            store
+                .get_container(&ns, &id)
+                .map_err(|e| TaskError::Upstream(e.into()))
+        })
+        .await?
+        .ok_or_else(|| TaskError::ContainerNotFound(self.id.clone()))?;
+
+        // Validate everything before touching the disk.
+        let spec_json = bundle::validate_spec(container.spec.as_ref())?;
+        let runtime = container.runtime.as_ref();
+        let choice = bundle::resolve_runtime(
+            runtime.map(|r| r.name.as_str()).unwrap_or(""),
+            runtime.and_then(|r| r.options.as_ref()),
+            req.options.as_ref(),
+        )?;
+        let config = self.shared.ctx.config.clone();
+        let mut record = TaskRecord {
+            namespace: self.ns.clone(),
+            id: self.id.clone(),
+            stdio: StdioPaths {
+                stdin: req.stdin,
+                stdout: req.stdout,
+                stderr: req.stderr,
+                terminal: req.terminal,
+            },
+            execs: Default::default(),
+            runtime: resolve_binary(
+                choice
+                    .binary
+                    .clone()
+                    .unwrap_or_else(|| config.runtime_binary_path()),
+            ),
+            runtime_root: choice.root.clone(),
+            created: false,
+            dead: None,
+        };
+        let rootfs: Vec<shimpb::Mount> = req
+            .rootfs
+            .into_iter()
+            .map(|m| shimpb::Mount {
+                r#type: m.r#type,
+                source: m.source,
+                target: m.target,
+                options: m.options,
+            })
+            .collect();
+
+        // A previous task with this id may have left seqs behind: the new shim counts from 1 again.
+        self.shared
+            .ctx
+            .events
+            .forget_task(&task_key(&self.ns, &self.id))
+            .await
+            .map_err(|e| TaskError::Upstream(e.into()))?;
+
+        self.wrote = true;
+        let args = self.shared.start_args(&self.ns, &self.id, &record);
+        let (d, r) = (self.dir.clone(), record.clone());
+        let address = blocking(move || {
+            bundle::write_bundle(&d, &spec_json)?;
+            bundle::save_record(&d, &r)?;
+            shim::start_shim(&args)
+        })
+        .await?;
+        if let Some(pid) = bundle::read_shim_pid(&self.dir) {
+            shim::set_oom_score_adj(pid, config.shim_oom_score_adj);
+        }
+        let mut client = shim::connect(&address, Duration::from_secs(5)).await?;
+        self.client = Some(client.clone());
+        let pid = client
+            .create(shimpb::CreateRequest {
+                id: self.id.clone(),
+                bundle: self.dir.to_string_lossy().into_owned(),
+                rootfs,
+                stdio: Some(record.stdio.to_shim()),
+                no_pivot: choice.no_pivot,
+            })
+            .await
+            .map_err(TaskError::Shim)?
+            .into_inner()
+            .pid;
+        record.created = true;
+        let (d, r) = (self.dir.clone(), record.clone());
+        blocking(move || bundle::save_record(&d, &r)).await?;
+        Ok(Created {
+            client,
+            record,
+            pid,
+        })
+    }
+
+    /// Undo a failed create: stop the shim (if any), remove the task dir, forget the task's journal keys.
+    async fn undo(self) {
+        if let Some(mut c) = self.client {
+            let _ = c.shutdown(shimpb::ShutdownRequest { now: true }).await;
+        }
+        if !self.wrote {
+            return;
+        }
+        undo_dir(&self.shared, &self.ns, &self.id, &self.dir).await;
+    }
+}
+
+/// Remove what a create left: wait for (then kill) the shim, remove the task dir, forget the journal keys.
+pub(super) async fn undo_dir(shared: &Shared, ns: &str, id: &str, dir: &std::path::Path) {
+    for _ in 0..50 {
+        match bundle::read_shim_pid(dir) {
+            Some(pid) if bundle::pid_alive(pid) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            _ => break,
+        }
+    }
+    if let Some(pid) = bundle::read_shim_pid(dir).filter(|p| bundle::pid_alive(*p)) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let d = dir.to_path_buf();
+    if let Err(e) = blocking(move || bundle::remove_task_dir(&d)).await {
+        tracing::warn!(error = %e, "could not remove {}", dir.display());
+    }
+    let _ = shared.ctx.events.forget_task(&task_key(ns, id)).await;
+}
+
+impl Handler<CreateTask> for ContainerActor {
+    type Result = Reply<u32>;
+
+    fn handle(&mut self, m: CreateTask, _: &mut Self::Context) -> Reply<u32> {
+        self.verb(
+            "create",
+            true,
+            move |act| {
+                if act.phase != Phase::New {
+                    return Err(TaskError::TaskExists(act.id.clone()));
+                }
+                let mut creating = Creating {
+                    shared: act.shared.clone(),
+                    ns: act.ns.clone(),
+                    id: act.id.clone(),
+                    dir: act.dir.clone(),
+                    wrote: false,
+                    client: None,
+                };
+                let release = act.release();
+                Ok(async move {
+                    match creating.run(m.req).await {
+                        Ok(c) => Ok(Ok(c)),
+                        Err(e) => {
+                            tracing::info!(error = %e, "create failed; undoing it");
+                            creating.undo().await;
+                            release.await;
+                            Ok(Err(e))
+                        }
+                    }
+                })
+            },
+            |act, ctx, created: Result<Created, TaskError>| match created {
+                Ok(c) => {
+                    act.task = TaskState::new(c.record.stdio.clone());
+                    act.task.init.pid = c.pid;
+                    act.record = c.record;
+                    act.client = Some(c.client);
+                    act.phase = Phase::Live;
+                    act.start_pump(ctx);
+                    act.sync_waiters();
+                    Ok(c.pid)
+                }
+                Err(e) => {
+                    act.terminate(ctx);
+                    Err(e)
+                }
+            },
+        )
+    }
+}

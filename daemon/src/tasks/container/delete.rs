@@ -1,0 +1,151 @@
+//! Tasks.Delete. Exactly one `/tasks/delete` per task on every path: the shim journals its TaskDeleted before
+//! its Delete RPC returns; berthd waits (bounded) for its pump to journal it, then replays whatever the shim
+//! still holds on disk (a slow pump, a shim that died), and finally journals its own TaskDelete, which the
+//! journal drops when the task already has one (`events::Once`). A berthd that dies in the middle finishes the
+//! delete when it rebuilds the task (`rebuild.rs`), through the same [`finish`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use berth_proto::containerd_client::services::v1::DeleteResponse;
+use berth_proto::containerd_client::types::v1::Status as ProcStatus;
+use berth_proto::shim;
+
+use super::messages::Delete;
+use super::shim_events::{replay_shim_journal, synthesize};
+use super::{ContainerActor, Phase, Reply};
+use crate::events::Once;
+use crate::tasks::bundle;
+use crate::tasks::error::TaskError;
+use crate::tasks::events::{delete_event, exit_event};
+use crate::tasks::state::ExitInfo;
+use crate::tasks::{task_key, Shared};
+
+/// How long Delete waits for the shim's own TaskDeleted to come through its event stream.
+const DELETE_EVENT_WAIT: Duration = Duration::from_secs(5);
+
+impl Handler<Delete> for ContainerActor {
+    type Result = Reply<DeleteResponse>;
+
+    fn handle(&mut self, _: Delete, _: &mut Self::Context) -> Reply<DeleteResponse> {
+        self.verb(
+            "delete",
+            true,
+            |act| {
+                act.require_task()?;
+                let status = act.task.init.status;
+                if act.phase == Phase::Live
+                    && !matches!(status, ProcStatus::Stopped | ProcStatus::Created)
+                {
+                    return Err(TaskError::FailedPrecondition(format!(
+                        "task {:?} must be stopped before deletion: it is {}",
+                        act.id,
+                        status.as_str_name()
+                    )));
+                }
+                let client = act.client().ok();
+                let known = act.task.init.exit;
+                let pid = act.task.init.pid;
+                let mut seen = act.deleted_seen.subscribe();
+                let mut gone = act.shim_gone.subscribe();
+                let (shared, ns, id, dir) = (
+                    act.shared.clone(),
+                    act.ns.clone(),
+                    act.id.clone(),
+                    act.dir.clone(),
+                );
+                let release = act.release();
+                Ok(async move {
+                    let mut exit = known.unwrap_or_else(|| ExitInfo::new(pid, 0, None));
+                    if let Some(mut c) = client {
+                        let r = c
+                            .delete(shim::DeleteRequest {
+                                exec_id: String::new(),
+                            })
+                            .await
+                            .map_err(TaskError::Shim)?
+                            .into_inner();
+                        exit = ExitInfo::new(r.pid, r.exit_status, r.exited_at.as_ref());
+                        crate::failpoint::hit("container_actor.delete.after_shim_delete");
+                        let waited = tokio::time::timeout(DELETE_EVENT_WAIT, async {
+                            tokio::select! {
+                                _ = seen.wait_for(|s| *s) => {}
+                                _ = gone.wait_for(|g| *g) => {}
+                            }
+                        })
+                        .await;
+                        if waited.is_err() {
+                            tracing::warn!("the shim's TaskDeleted did not come through in time");
+                        }
+                        finish(&shared, &ns, &id, &dir, exit).await?;
+                        let _ = c.shutdown(shim::ShutdownRequest { now: false }).await;
+                    } else {
+                        finish(&shared, &ns, &id, &dir, exit).await?;
+                    }
+                    remove_dir_retrying(dir).await?;
+                    let _ = shared.ctx.events.forget_task(&task_key(&ns, &id)).await;
+                    release.await;
+                    Ok(exit)
+                })
+            },
+            |act, ctx, exit: ExitInfo| {
+                act.shared.waiters.remove_task(&act.ns, &act.id);
+                act.terminate(ctx);
+                Ok(DeleteResponse {
+                    id: act.id.clone(),
+                    pid: exit.pid,
+                    exit_status: exit.status,
+                    exited_at: Some(exit.timestamp()),
+                })
+            },
+        )
+    }
+}
+
+/// Journal the end of a deleted task: what the shim still holds on disk (each event once), then the init's
+/// exit and the delete, each dropped by the journal if the task already has one.
+pub(super) async fn finish(
+    shared: &Arc<Shared>,
+    ns: &str,
+    id: &str,
+    dir: &std::path::Path,
+    exit: ExitInfo,
+) -> Result<(), TaskError> {
+    replay_shim_journal(shared, ns, id, dir).await?;
+    synthesize(
+        shared,
+        ns,
+        id,
+        "/tasks/exit",
+        exit_event(id, id, &exit),
+        Once::InitExit,
+    )
+    .await?;
+    synthesize(
+        shared,
+        ns,
+        id,
+        "/tasks/delete",
+        delete_event(id, &exit),
+        Once::Delete,
+    )
+    .await
+}
+
+/// Remove the task directory, retrying while the shim's last writes or a lazy unmount settle.
+pub(super) async fn remove_dir_retrying(dir: PathBuf) -> Result<(), TaskError> {
+    let mut last = Ok(());
+    for _ in 0..10 {
+        let d = dir.clone();
+        last = tokio::task::spawn_blocking(move || bundle::remove_task_dir(&d))
+            .await
+            .unwrap_or_else(|e| Err(TaskError::ActorFailed(e.to_string())));
+        if last.is_ok() {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    last
+}

@@ -1,0 +1,128 @@
+//! berthd's supervision tree, in one place. Read [`start`] top to bottom:
+//!
+//! ```text
+//! RootSupervisor (OneForOne; a child past its restart limit stops berthd: systemd restarts it)
+//! ├─ store-writer     WriterWatcher: the meta.redb writer thread (restarted if it dies)
+//! ├─ journal-writer   WriterWatcher: the events.redb writer thread (restarted if it dies)
+//! ├─ tasks            TaskSupervisor ── ContainerActor per task ── ShimActor (its shim's event pump)
+//! ├─ pulls            PullSupervisor ── PullActor per image reference      (images issue: not yet)
+//! ├─ networks         NetworkSupervisor ── AttachmentActor per attachment  (networks issue: not yet)
+//! └─ gc               GcActor: leases and gc labels                        (images issue: not yet)
+//! ```
+//!
+//! Every supervisor catches panics in its handlers, restarts its children within a limit and escalates past
+//! it. This module must never start an actor outside this tree.
+
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use crate::context::Context as DaemonContext;
+use crate::store::writer::Writer;
+use crate::supervision::{
+    AddChild, ChildSpec, Escalate, RestartLimit, RestartPolicy, RootSupervisor, StartChild,
+    SupervisedBy,
+};
+
+/// What the tree hands back to the server.
+pub struct Tree {
+    /// The root (its escalation stops berthd).
+    pub root: Addr<RootSupervisor>,
+    /// The task subsystem's handle.
+    pub tasks: crate::tasks::Tasks,
+}
+
+/// Build the tree on `ctx.actors` (the actix arbiter). `escalate` is called with a child's name when it
+/// fails past its limit.
+pub async fn start(ctx: &DaemonContext, escalate: Escalate) -> Tree {
+    let root =
+        RootSupervisor::start_in_arbiter(&ctx.actors, move |_| RootSupervisor::new(escalate));
+    let add = |name: &str, policy, limit, start: StartChild| {
+        root.send(AddChild(ChildSpec {
+            name: name.to_string(),
+            policy,
+            limit,
+            start,
+        }))
+    };
+    let writers = RestartLimit::new(3, Duration::from_secs(60));
+
+    let store = ctx.store.clone();
+    let _ = add(
+        "store-writer",
+        RestartPolicy::Permanent,
+        writers.clone(),
+        watcher("store-writer", move || store.writer_handle()),
+    )
+    .await;
+    let journal = ctx.events.journal().clone();
+    let _ = add(
+        "journal-writer",
+        RestartPolicy::Permanent,
+        writers,
+        watcher("journal-writer", move || journal.writer_handle()),
+    )
+    .await;
+
+    let (tasks, task_supervisor) = crate::tasks::new(ctx.clone());
+    let _ = add(
+        "tasks",
+        RestartPolicy::Permanent,
+        RestartLimit::new(5, Duration::from_secs(60)),
+        task_supervisor,
+    )
+    .await;
+
+    // Slots the next issues fill: "pulls" (PullSupervisor), "networks" (NetworkSupervisor), "gc" (GcActor).
+
+    Tree { root, tasks }
+}
+
+/// The factory of a [`WriterWatcher`].
+fn watcher(
+    name: &'static str,
+    writer: impl Fn() -> std::sync::Arc<Writer> + Send + 'static,
+) -> StartChild {
+    Box::new(move |link| {
+        WriterWatcher {
+            name,
+            writer: writer(),
+            link,
+        }
+        .start();
+    })
+}
+
+/// Watches a redb writer thread. Started (and restarted) by the RootSupervisor: on start it restarts the
+/// thread if it died, then waits for the thread's end; an end nobody asked for is a failure, reported to the
+/// root (which restarts the watcher, hence the thread, within its limit, then stops berthd).
+pub struct WriterWatcher {
+    name: &'static str,
+    writer: std::sync::Arc<Writer>,
+    link: SupervisedBy,
+}
+
+impl Actor for WriterWatcher {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Err(e) = self.writer.restart() {
+            tracing::error!(writer = self.name, error = %e, "cannot restart the writer thread");
+            self.link.failed();
+            ctx.stop();
+            return;
+        }
+        let ended = self.writer.ended();
+        ctx.spawn(ended.into_actor(self).map(|unexpected, act, ctx| {
+            if unexpected {
+                tracing::error!(writer = act.name, "a redb writer thread died");
+                act.link.failed();
+                ctx.stop();
+            }
+        }));
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.link.stopped();
+    }
+}

@@ -1,0 +1,3 @@
+//! Small helpers with no berthd state: time formats.
+
+pub mod rfc3339;
