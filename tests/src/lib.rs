@@ -52,6 +52,9 @@ pub mod oci_layout;
 pub mod proc;
 pub mod registry;
 pub mod run;
+pub mod runc_fixture;
+pub mod shim_fixture;
+pub mod task_fixture;
 
 use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;

@@ -1,8 +1,7 @@
 //! Debian's `ctr` (1.6) against berthd, with no image (`--rootfs`): run --rm with output and exit code, run -d then
 //! tasks ls / exec / kill / rm and containers rm, and `ctr events` showing the run's events. Root only.
 
-#[path = "daemon_tasks_support.rs"]
-mod support;
+use berth_tests::task_fixture as support;
 
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};

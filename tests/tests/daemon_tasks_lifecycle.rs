@@ -2,8 +2,7 @@
 //! delete, the events a subscriber sees, error codes, and a pending Wait surviving a ContainerActor panic.
 //! Root only; runs Debian's runc through berth-shim.
 
-#[path = "daemon_tasks_support.rs"]
-mod support;
+use berth_tests::task_fixture as support;
 
 use std::time::Duration;
 

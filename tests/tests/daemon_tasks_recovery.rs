@@ -3,8 +3,7 @@
 //! the last cursor gets each exit exactly once. Also: berthd killed by a failpoint between journaling an exit and
 //! acking it to the shim delivers that exit once after restart. Root only.
 
-#[path = "daemon_tasks_support.rs"]
-mod support;
+use berth_tests::task_fixture as support;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

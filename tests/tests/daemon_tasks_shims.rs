@@ -2,8 +2,7 @@
 //! and reports the recorded exit), a shim killed while berthd runs, SIGTERM leaving containers running, and
 //! Tasks.Update reaching the container's cgroup. Root only.
 
-#[path = "daemon_tasks_support.rs"]
-mod support;
+use berth_tests::task_fixture as support;
 
 use std::time::Duration;
 

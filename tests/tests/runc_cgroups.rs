@@ -2,8 +2,7 @@
 //! container, `update` of a running container, `pause`/`resume`, `events --stats` and `ps`. Real busybox
 //! containers, as root; every test checks that the container's cgroups are gone afterwards (the Guard).
 
-#[path = "runc_util.rs"]
-mod util;
+use berth_tests::runc_fixture as util;
 
 use std::path::PathBuf;
 

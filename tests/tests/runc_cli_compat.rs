@@ -2,8 +2,7 @@
 //! flags, `update`'s flag names, `exec --ignore-paused`, `exec --cgroup`, and the LSM
 //! flags (AppArmor refused when the host has none, SELinux labels ignored as runc does).
 
-#[path = "runc_util.rs"]
-mod util;
+use berth_tests::runc_fixture as util;
 
 use std::path::PathBuf;
 use std::process::Stdio;

@@ -2,8 +2,7 @@
 //! the console socket (pty master over SCM_RIGHTS, `tty` inside prints /dev/pts/0, for init
 //! and exec), exec (env, cwd, user, exit code, pid file, detach), pause/resume, events.
 
-#[path = "runc_util.rs"]
-mod util;
+use berth_tests::runc_fixture as util;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;

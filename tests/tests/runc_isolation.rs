@@ -3,8 +3,7 @@
 //! (options, propagation, read-only root, tmpfs size), masked and read-only paths, sysctl,
 //! oom_score_adj, user namespace mappings, loopback up, devices.
 
-#[path = "runc_util.rs"]
-mod util;
+use berth_tests::runc_fixture as util;
 
 use serde_json::json;
 use util::Rt;

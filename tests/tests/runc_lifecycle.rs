@@ -1,8 +1,7 @@
 //! berth-runc lifecycle: run, create/start/state transitions, kill and delete edge cases,
 //! list/ps, error messages and exit codes, json logs. Real busybox containers, as root.
 
-#[path = "runc_util.rs"]
-mod util;
+use berth_tests::runc_fixture as util;
 
 use berth_tests::proc;
 use std::time::Duration;

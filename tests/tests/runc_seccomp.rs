@@ -2,8 +2,7 @@
 //! action with an allow-list, argument conditions, and KILL_PROCESS. Real busybox containers, as root; the Guard
 //! checks that nothing is left behind.
 
-#[path = "runc_util.rs"]
-mod util;
+use berth_tests::runc_fixture as util;
 
 use serde_json::{json, Value};
 use util::Rt;

@@ -4,8 +4,7 @@
 //! /proc/PID/exe while `exec` runs), mount targets never follow symlinks out of the rootfs,
 //! hostile configs leave nothing.
 
-#[path = "runc_util.rs"]
-mod util;
+use berth_tests::runc_fixture as util;
 
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;

@@ -2,8 +2,7 @@
 //! runc: create/start/wait/exit code, exec with its own exit code, kill with signals,
 //! pause/resume, pids, stats. Each test cleans up (runc delete, cgroups, shim) and checks it.
 
-#[path = "shim_support.rs"]
-mod support;
+use berth_tests::shim_fixture as support;
 
 use std::time::Duration;
 

@@ -2,8 +2,7 @@
 //! nothing is acked), the journal continuing in a new shim on the same bundle, and a restarted
 //! shim taking over a running container.
 
-#[path = "shim_support.rs"]
-mod support;
+use berth_tests::shim_fixture as support;
 
 use std::time::Duration;
 

@@ -1,8 +1,7 @@
 //! berth-shim under stress: the starter's process group and session SIGKILLed, the shim
 //! itself SIGKILLed then `berth-shim delete`, and hostile requests.
 
-#[path = "shim_support.rs"]
-mod support;
+use berth_tests::shim_fixture as support;
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio as PStdio};

@@ -1,8 +1,7 @@
 //! berth-shim terminals (pty from the runtime's console socket, resize, for init and an
 //! exec) and OOM events from the container's memory cgroup, with real busybox containers.
 
-#[path = "shim_support.rs"]
-mod support;
+use berth_tests::shim_fixture as support;
 
 use std::time::Duration;
 

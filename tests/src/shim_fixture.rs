@@ -1,8 +1,6 @@
-//! Helpers shared by the berth-shim integration tests (included with `#[path]` by each
-//! `shim_*.rs`; compiled alone it has no tests). A [`ShimFixture`] owns one container's
+//! Helpers shared by the berth-shim integration tests (`shim_*.rs`). A [`ShimFixture`] owns one container's
 //! dirs, its shim and a cleanup [`Guard`] that kills, deletes and checks everything the
 //! test started, even when the test panics.
-#![allow(dead_code)]
 
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
@@ -10,14 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::bundle::{busybox_bundle, Bundle};
+use crate::{Guard, TestDir};
 use berth_proto::shim::shim_client::ShimClient;
 use berth_proto::shim::{
     event::Kind, CloseIoRequest, CreateRequest, DeleteRequest, DeleteResponse, Event,
     EventsRequest, ExecRequest, KillRequest, ShutdownRequest, StartRequest, StateRequest,
     StateResponse, Stdio, WaitRequest, WaitResponse,
 };
-use berth_tests::bundle::{busybox_bundle, Bundle};
-use berth_tests::{Guard, TestDir};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint};
@@ -58,7 +56,7 @@ impl ShimFixture {
         let bundle = busybox_bundle(&dir.join("b"), args);
         let state = dir.subdir("st");
         let runtime_root = dir.subdir("runc");
-        let id = berth_tests::unique_id(name);
+        let id = crate::unique_id(name);
         let guard = Guard::new();
         let (root, cid) = (runtime_root.clone(), id.clone());
         guard.on_cleanup("runc delete --force", move || {
@@ -105,7 +103,7 @@ impl ShimFixture {
     #[track_caller]
     pub fn run_shim(&self, sub: &str, extra: &[&str]) -> String {
         // A match, not a closure, so that the panic points at the caller (#[track_caller]).
-        let out = match Command::new(berth_tests::bin("berth-shim"))
+        let out = match Command::new(crate::bin("berth-shim"))
             .arg(sub)
             .args(self.shim_args())
             .args(extra)

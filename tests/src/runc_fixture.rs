@@ -1,14 +1,12 @@
-//! Shared helpers of the berth-runc integration tests (`runc_*.rs` include this file with
-//! `#[path]`): a per-test runtime root, a busybox bundle, a Guard that deletes the container
+//! Shared helpers of the berth-runc integration tests (`runc_*.rs`): a per-test runtime root, a busybox bundle, a Guard that deletes the container
 //! and checks that no state dir, mount, cgroup or process is left.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use berth_tests::bundle::{busybox_bundle, Bundle};
-use berth_tests::{bin, require_root, run_timeout, tool, unique_id, Guard, TestDir};
+use crate::bundle::{busybox_bundle, Bundle};
+use crate::{bin, require_root, run_timeout, tool, unique_id, Guard, TestDir};
 use serde_json::Value;
 
 /// One container under test.
@@ -158,7 +156,7 @@ impl Rt {
         let _ = self.run(&["delete", "--force", &self.id]);
         self.guard.assert_clean();
         assert!(
-            berth_tests::mounts_below(self.dir.path()).is_empty(),
+            crate::mounts_below(self.dir.path()).is_empty(),
             "mounts left below {}",
             self.dir.path().display()
         );

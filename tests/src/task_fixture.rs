@@ -1,10 +1,9 @@
-//! Helpers shared by the berthd task tests (`daemon_tasks_*.rs`, `daemon_ctr_*.rs` include this file with
-//! `#[path]`; compiled alone it has no tests).
+//! Helpers shared by the berthd task tests (`daemon_tasks_*.rs`, `daemon_ctr_*.rs`).
 //!
-//! A [`TaskFixture`] owns a berthd (Debian's runc as the runtime, via the config key `runtime_binary`), a cleanup
+//! A [`TaskFixture`] owns a berthd (berth-runc as the runtime, or `BERTH_TEST_RUNTIME`, via the config key
+//! `runtime_binary`), a cleanup
 //! [`Guard`] that kills every shim and container the test started (also on panic) and checks they are gone, and
 //! the test dir. Clients are containerd-client's, with the `containerd-namespace` header set per request.
-#![allow(dead_code)]
 
 use std::fs::File;
 use std::io::Read;
@@ -13,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::bundle::{busybox_bundle, Bundle};
+use crate::{Daemon, DaemonConfig, Guard, TestDir};
 use berth_proto::containerd_client::services::v1::container::Runtime;
 use berth_proto::containerd_client::services::v1::containers_client::ContainersClient;
 use berth_proto::containerd_client::services::v1::events_client::EventsClient;
@@ -20,22 +21,17 @@ use berth_proto::containerd_client::services::v1::tasks_client::TasksClient;
 use berth_proto::containerd_client::services::v1::*;
 use berth_proto::containerd_client::types::v1::Status;
 use berth_proto::containerd_client::types::Envelope;
-use berth_tests::bundle::{busybox_bundle, Bundle};
-use berth_tests::{Daemon, DaemonConfig, Guard, TestDir};
 use tonic::transport::Channel;
 
 /// The OCI runtime the tests drive: berth-runc; `BERTH_TEST_RUNTIME=/usr/sbin/runc` runs them against runc.
 pub fn runtime() -> String {
-    std::env::var("BERTH_TEST_RUNTIME").unwrap_or_else(|_| {
-        berth_tests::bin("berth-runc")
-            .to_string_lossy()
-            .into_owned()
-    })
+    std::env::var("BERTH_TEST_RUNTIME")
+        .unwrap_or_else(|_| crate::bin("berth-runc").to_string_lossy().into_owned())
 }
 
 /// A request with the namespace header.
 pub fn req<T>(ns: &str, msg: T) -> tonic::Request<T> {
-    berth_tests::grpc::req_with(ns, msg, Some(Duration::from_secs(60)))
+    crate::grpc::req_with(ns, msg, Some(Duration::from_secs(60)))
 }
 
 /// One test's berthd, its namespace and the cleanup of everything it starts.
@@ -53,7 +49,7 @@ pub fn write_config(path: &Path, failpoints: &str) {
     let text = format!(
         "runtime_binary = {:?}\nshim_binary = {:?}\nfailpoints = {:?}\n",
         runtime(),
-        berth_tests::bin("berth-shim").display().to_string(),
+        crate::bin("berth-shim").display().to_string(),
         failpoints
     );
     std::fs::write(path, text).expect("write config");
@@ -67,7 +63,7 @@ impl TaskFixture {
         write_config(&config_path, failpoints);
         let guard = Guard::new();
         let state = dir.join("state");
-        let ns = berth_tests::unique_id(&format!("{name}-ns"));
+        let ns = crate::unique_id(&format!("{name}-ns"));
         let (st, ns2, rt) = (state.clone(), ns.clone(), runtime());
         // Kill every shim berthd started and force-delete the containers, whatever state the test left.
         guard.on_cleanup("kill shims and delete containers", move || {
@@ -83,8 +79,8 @@ impl TaskFixture {
                         .output();
                     if let Ok(pid) = std::fs::read_to_string(e.path().join("shim.pid")) {
                         if let Ok(pid) = pid.trim().parse::<i32>() {
-                            berth_tests::proc::kill(pid, nix::sys::signal::Signal::SIGKILL);
-                            berth_tests::proc::wait_dead(pid, Duration::from_secs(5));
+                            crate::proc::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                            crate::proc::wait_dead(pid, Duration::from_secs(5));
                         }
                     }
                 }
