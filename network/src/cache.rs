@@ -53,7 +53,12 @@ struct Entry {
 }
 
 /// Path of the entry for (`network`, `container_id`, `ifname`).
-pub(crate) fn entry_path(cache_dir: &Path, network: &str, container_id: &str, ifname: &str) -> PathBuf {
+pub(crate) fn entry_path(
+    cache_dir: &Path,
+    network: &str,
+    container_id: &str,
+    ifname: &str,
+) -> PathBuf {
     cache_dir
         .join(network)
         .join(format!("{container_id}-{ifname}.json"))
@@ -74,7 +79,11 @@ pub(crate) fn write(
         ifname: att.ifname.clone(),
         netns: att.netns.clone(),
         args: att.args.clone(),
-        port_mappings: att.port_mappings.iter().map(PortMapping::to_cni_json).collect(),
+        port_mappings: att
+            .port_mappings
+            .iter()
+            .map(PortMapping::to_cni_json)
+            .collect(),
         capabilities: att.capabilities.clone(),
         config: net.conflist().clone(),
         result: result.cloned(),
@@ -92,7 +101,8 @@ pub(crate) fn write(
             .create(dir)
             .map_err(|e| fail(format!("cannot create directory: {e}")))?;
     }
-    crate::fsutil::write_atomic(&path, &data, 0o600).map_err(|e| fail(format!("cannot write: {e}")))?;
+    crate::fsutil::write_atomic(&path, &data, 0o600)
+        .map_err(|e| fail(format!("cannot write: {e}")))?;
     Ok(path)
 }
 
@@ -120,8 +130,9 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<CachedAttachment, Error> {
     if e.kind != KIND {
         return Err(fail(format!("unknown kind {:?}", e.kind)));
     }
-    let network = Network::from_conflist_value(e.config, &format!("cache entry {}", path.display()))
-        .map_err(|err| fail(err.to_string()))?;
+    let network =
+        Network::from_conflist_value(e.config, &format!("cache entry {}", path.display()))
+            .map_err(|err| fail(err.to_string()))?;
     if network.name != e.network_name {
         return Err(fail(format!(
             "network name {:?} differs from its config's {:?}",
@@ -131,11 +142,14 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<CachedAttachment, Error> {
     let mut port_mappings = Vec::new();
     for pm in &e.port_mappings {
         port_mappings.push(
-            PortMapping::from_cni_json(pm).ok_or_else(|| fail(format!("invalid port mapping {pm}")))?,
+            PortMapping::from_cni_json(pm)
+                .ok_or_else(|| fail(format!("invalid port mapping {pm}")))?,
         );
     }
     let result = match e.result {
-        Some(v) => Some(AttachResult::from_json(v).map_err(|why| fail(format!("invalid result: {why}")))?),
+        Some(v) => {
+            Some(AttachResult::from_json(v).map_err(|why| fail(format!("invalid result: {why}")))?)
+        }
         None => None,
     };
     Ok(CachedAttachment {
@@ -180,7 +194,11 @@ pub(crate) fn list(cache_dir: &Path) -> (Vec<CachedAttachment>, Vec<Error>) {
             return (found, errors);
         }
     };
-    let mut net_dirs: Vec<PathBuf> = nets.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    let mut net_dirs: Vec<PathBuf> = nets
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
     net_dirs.sort();
     for dir in net_dirs {
         let entries = match std::fs::read_dir(&dir) {

@@ -44,23 +44,9 @@ pub enum Error {
         timeout: Duration,
         stderr: String,
     },
-    /// The plugin exited non-zero; `code`, `msg` and `details` come from its CNI error JSON
-    /// when it printed one.
-    #[error(
-        "network {network}: plugin {plugin} {command} failed{}: {msg}{}{}",
-        code.map(|c| format!(" (CNI error {c})")).unwrap_or_default(),
-        if details.is_empty() { String::new() } else { format!(": {details}") },
-        stderr_note(stderr)
-    )]
-    PluginFailed {
-        network: String,
-        plugin: String,
-        command: &'static str,
-        code: Option<u64>,
-        msg: String,
-        details: String,
-        stderr: String,
-    },
+    /// The plugin exited non-zero (boxed: the details are large and errors travel often).
+    #[error(transparent)]
+    PluginFailed(Box<PluginFailure>),
     /// The plugin succeeded but printed something that is not what the spec requires.
     #[error("network {network}: plugin {plugin} {command} printed an invalid result: {why}")]
     PluginOutput {
@@ -117,6 +103,25 @@ pub enum Error {
     },
     #[error("GC of network {network} failed: {}", list(errors))]
     Gc { network: String, errors: Vec<Error> },
+}
+
+/// What a failed plugin reported: `code`, `msg` and `details` come from its CNI error JSON
+/// when it printed one; `stderr` is what it logged.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "network {network}: plugin {plugin} {command} failed{}: {msg}{}{}",
+    code.map(|c| format!(" (CNI error {c})")).unwrap_or_default(),
+    if details.is_empty() { String::new() } else { format!(": {details}") },
+    stderr_note(stderr)
+)]
+pub struct PluginFailure {
+    pub network: String,
+    pub plugin: String,
+    pub command: &'static str,
+    pub code: Option<u64>,
+    pub msg: String,
+    pub details: String,
+    pub stderr: String,
 }
 
 fn stderr_note(stderr: &str) -> String {

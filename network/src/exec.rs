@@ -48,7 +48,9 @@ pub(crate) enum RunError {
     Spawn(std::io::Error),
     Wait(std::io::Error),
     /// Killed after the time limit; what it printed to stderr until then.
-    TimedOut { stderr: Vec<u8> },
+    TimedOut {
+        stderr: Vec<u8>,
+    },
 }
 
 /// The environment every plugin gets besides its `CNI_*` variables: a PATH only (the
@@ -182,15 +184,16 @@ mod tests {
     #[test]
     fn stdin_is_delivered_and_stdout_read() {
         let dir = std::env::temp_dir().join(format!("berth-net-exec-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).expect("create_dir_all");
         let script = dir.join("p");
         std::fs::write(
             &script,
             "#!/bin/sh\nread line\necho \"$CNI_COMMAND:$line\"\necho oops >&2\nexit 3\n",
         )
-        .unwrap();
+        .expect("test setup");
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+            .expect("set_permissions");
         let out = run(
             &script,
             &[("CNI_COMMAND", "DEL".into())],
@@ -202,7 +205,7 @@ mod tests {
         assert_eq!(out.stderr, b"oops\n");
         assert_eq!(out.status.code(), Some(3));
 
-        std::fs::write(&script, "#!/bin/sh\necho started >&2\nexec sleep 30\n").unwrap();
+        std::fs::write(&script, "#!/bin/sh\necho started >&2\nexec sleep 30\n").expect("write");
         let t0 = Instant::now();
         let r = run(&script, &[], Vec::new(), Duration::from_millis(300));
         match r {
@@ -210,6 +213,6 @@ mod tests {
             other => panic!("expected a timeout, got {other:?}"),
         }
         assert!(t0.elapsed() < Duration::from_secs(5));
-        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).expect("remove_dir_all");
     }
 }

@@ -55,16 +55,16 @@ mod tests {
     #[test]
     fn writes_and_replaces() {
         let dir = std::env::temp_dir().join(format!("berth-net-fsutil-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).expect("create_dir_all");
         let p = dir.join("f.json");
-        write_atomic(&p, b"one", 0o600).unwrap();
-        write_atomic(&p, b"two", 0o600).unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        write_atomic(&p, b"one", 0o600).expect("write_atomic");
+        write_atomic(&p, b"two", 0o600).expect("write_atomic");
+        assert_eq!(std::fs::read(&p).expect("read"), b"two");
         let names: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
+            .expect("test setup")
+            .map(|e| e.expect("e").file_name())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
-        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).expect("remove_dir_all");
     }
 }

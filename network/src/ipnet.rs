@@ -32,7 +32,9 @@ impl IpNet {
     pub fn network(&self) -> IpNet {
         let addr = match self.addr {
             IpAddr::V4(a) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
             }
             IpAddr::V6(a) => {
@@ -106,7 +108,8 @@ impl FromStr for IpNet {
         let prefix: u8 = prefix
             .parse()
             .map_err(|_| err("prefix length is not a number"))?;
-        IpNet::new(addr, prefix).ok_or_else(|| err("prefix length too large for the address family"))
+        IpNet::new(addr, prefix)
+            .ok_or_else(|| err("prefix length too large for the address family"))
     }
 }
 
@@ -135,18 +138,26 @@ mod tests {
 
     #[test]
     fn parse_display_contains() {
-        let n: IpNet = "10.213.4.7/16".parse().unwrap();
+        let n: IpNet = "10.213.4.7/16".parse().expect("parse");
         assert_eq!(n.to_string(), "10.213.4.7/16");
         assert_eq!(n.network().to_string(), "10.213.0.0/16");
-        assert!(n.contains("10.213.255.1".parse().unwrap()));
-        assert!(!n.contains("10.214.0.1".parse().unwrap()));
-        assert!(!n.contains("::1".parse().unwrap()));
-        assert_eq!(n.nth(1), Some("10.213.0.1".parse().unwrap()));
-        let six: IpNet = "fd00:1::5/64".parse().unwrap();
+        assert!(n.contains("10.213.255.1".parse().expect("parse")));
+        assert!(!n.contains("10.214.0.1".parse().expect("parse")));
+        assert!(!n.contains("::1".parse().expect("parse")));
+        assert_eq!(n.nth(1), Some("10.213.0.1".parse().expect("parse")));
+        let six: IpNet = "fd00:1::5/64".parse().expect("parse");
         assert_eq!(six.network().to_string(), "fd00:1::/64");
-        let all: IpNet = "0.0.0.0/0".parse().unwrap();
-        assert!(all.contains("8.8.8.8".parse().unwrap()));
-        for bad in ["10.0.0.0", "10.0.0.0/33", "10.0.0.0/", "10.0.0/8", "x/8", "::/129", "1.2.3.4/08"] {
+        let all: IpNet = "0.0.0.0/0".parse().expect("parse");
+        assert!(all.contains("8.8.8.8".parse().expect("parse")));
+        for bad in [
+            "10.0.0.0",
+            "10.0.0.0/33",
+            "10.0.0.0/",
+            "10.0.0/8",
+            "x/8",
+            "::/129",
+            "1.2.3.4/08",
+        ] {
             assert!(bad.parse::<IpNet>().is_err(), "{bad}");
         }
     }

@@ -35,7 +35,7 @@ pub use config::{
     default_conflist, ensure_default_network, find_network, load_networks, load_networks_lenient,
     ConfigError, NetConfig, Network, PluginConf,
 };
-pub use error::Error;
+pub use error::{Error, PluginFailure};
 pub use ipnet::IpNet;
 pub use netns::{create_netns, is_netns, netns_path, remove_netns, NetnsError};
 pub use ports::{parse_publish, parse_publish_all, PortError, PortMapping, Protocol};

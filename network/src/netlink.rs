@@ -42,7 +42,7 @@ pub(crate) fn set_link_up(name: &str) -> io::Result<()> {
     msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
     msg.extend_from_slice(&seq.to_ne_bytes());
     msg.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_pid: the kernel fills it in
-    // struct ifinfomsg { family, pad, type, index, flags, change }
+                                                // struct ifinfomsg { family, pad, type, index, flags, change }
     msg.push(0); // AF_UNSPEC
     msg.push(0);
     msg.extend_from_slice(&0u16.to_ne_bytes());

@@ -182,11 +182,19 @@ mod tests {
     fn netns_path_refuses_bad_components() {
         let s = Path::new("/run/berth");
         assert_eq!(
-            netns_path(s, "default", "c1").unwrap(),
+            netns_path(s, "default", "c1").expect("netns_path"),
             Path::new("/run/berth/netns/default/c1")
         );
-        for (ns, id) in [("", "x"), ("a/b", "x"), ("..", "x"), ("a", "."), ("a", "b/../c")] {
-            let e = netns_path(s, ns, id).unwrap_err().to_string();
+        for (ns, id) in [
+            ("", "x"),
+            ("a/b", "x"),
+            ("..", "x"),
+            ("a", "."),
+            ("a", "b/../c"),
+        ] {
+            let e = netns_path(s, ns, id)
+                .expect_err("netns_path should fail")
+                .to_string();
             assert!(e.contains("single path component"), "{e}");
         }
     }
@@ -197,7 +205,7 @@ mod tests {
             create_netns(Path::new("rel/ns")),
             Err(NetnsError::InvalidPath { .. })
         ));
-        remove_netns(Path::new("/nonexistent/berth-net/ns")).unwrap();
+        remove_netns(Path::new("/nonexistent/berth-net/ns")).expect("remove_netns");
         assert!(!is_netns(Path::new("/nonexistent")));
     }
 }

@@ -153,13 +153,12 @@ pub fn parse_publish(spec: &str) -> Result<Vec<PortMapping>, PortError> {
     };
     if container.contains(':') {
         return Err(err(
-            "too many ':' (an IPv6 host IP must be written in brackets, e.g. [::1]:8080:80)"
-                .into(),
+            "too many ':' (an IPv6 host IP must be written in brackets, e.g. [::1]:8080:80)".into(),
         ));
     }
     if host.is_empty() {
         return Err(err(
-            "the host port is empty; CNI portmap cannot pick one".into(),
+            "the host port is empty; CNI portmap cannot pick one".into()
         ));
     }
     let (h0, h1) = parse_range(host, "host").map_err(err)?;
@@ -238,7 +237,9 @@ fn split_host_ip(s: &str) -> Result<(Option<IpAddr>, &str), String> {
             })?;
             Ok((Some(IpAddr::V4(ip)), rest))
         }
-        _ => Err("too many ':' (an IPv6 host IP must be written in brackets, e.g. [::1]:8080:80)".into()),
+        _ => Err(
+            "too many ':' (an IPv6 host IP must be written in brackets, e.g. [::1]:8080:80)".into(),
+        ),
     }
 }
 
@@ -273,7 +274,7 @@ mod tests {
     use super::*;
 
     fn one(spec: &str) -> PortMapping {
-        let v = parse_publish(spec).unwrap();
+        let v = parse_publish(spec).expect("parse_publish");
         assert_eq!(v.len(), 1, "{spec}");
         v[0]
     }
@@ -286,16 +287,16 @@ mod tests {
             (None, 8080, 80, Protocol::Tcp)
         );
         let m = one("127.0.0.1:8080:80/udp");
-        assert_eq!(m.host_ip, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(m.host_ip, Some("127.0.0.1".parse().expect("parse")));
         assert_eq!(m.protocol, Protocol::Udp);
         let m = one("[::1]:53:5353/SCTP");
-        assert_eq!(m.host_ip, Some("::1".parse().unwrap()));
+        assert_eq!(m.host_ip, Some("::1".parse().expect("parse")));
         assert_eq!(
             (m.host_port, m.container_port, m.protocol),
             (53, 5353, Protocol::Sctp)
         );
         assert_eq!(m.to_string(), "[::1]:53:5353/sctp");
-        let r = parse_publish("10.0.0.1:8000-8002:9000-9002/tcp").unwrap();
+        let r = parse_publish("10.0.0.1:8000-8002:9000-9002/tcp").expect("parse_publish");
         assert_eq!(r.len(), 3);
         assert_eq!((r[2].host_port, r[2].container_port), (8002, 9002));
     }
@@ -333,7 +334,9 @@ mod tests {
             ("1-2000:1-2000", "longer than"),
         ];
         for (spec, want) in cases {
-            let e = parse_publish(spec).unwrap_err().to_string();
+            let e = parse_publish(spec)
+                .expect_err("parse_publish should fail")
+                .to_string();
             assert!(e.contains(want), "{spec:?}: {e}");
             assert!(e.contains(&format!("{spec:?}")), "{spec:?}: {e}");
         }
@@ -343,7 +346,8 @@ mod tests {
     fn duplicates_are_refused() {
         assert!(parse_publish_all(&["8080:80", "8080:81/udp"]).is_ok());
         assert!(parse_publish_all(&["127.0.0.1:8080:80", "127.0.0.2:8080:81"]).is_ok());
-        let e = parse_publish_all(&["8080:80", "127.0.0.1:8080:81"]).unwrap_err();
+        let e = parse_publish_all(&["8080:80", "127.0.0.1:8080:81"])
+            .expect_err("parse_publish_all should fail");
         assert!(e.to_string().contains("already published"), "{e}");
     }
 }

@@ -119,9 +119,10 @@ impl AttachResult {
         self.ips
             .iter()
             .filter(|ip| match ip.interface {
-                Some(i) => self.interfaces.get(i).is_some_and(|itf| {
-                    itf.sandbox.as_deref().is_some_and(|s| !s.is_empty())
-                }),
+                Some(i) => self
+                    .interfaces
+                    .get(i)
+                    .is_some_and(|itf| itf.sandbox.as_deref().is_some_and(|s| !s.is_empty())),
                 None => true,
             })
             .collect()
@@ -154,13 +155,13 @@ mod tests {
             "dns": {"nameservers": ["10.250.3.1"], "someFutureField": 1},
             "someFutureKey": true
         });
-        let r = AttachResult::from_json(raw.clone()).unwrap();
+        let r = AttachResult::from_json(raw.clone()).expect("from_json");
         assert_eq!(r.raw, raw);
         assert_eq!(r.interfaces[2].sandbox.as_deref(), Some("/run/netns/x"));
-        assert_eq!(r.ips[0].gateway, Some("10.250.3.1".parse().unwrap()));
+        assert_eq!(r.ips[0].gateway, Some("10.250.3.1".parse().expect("parse")));
         assert_eq!(r.routes[0].dst.to_string(), "0.0.0.0/0");
         assert_eq!(r.dns.nameservers, ["10.250.3.1"]);
-        assert_eq!(r.first_ip(true), Some("10.250.3.2".parse().unwrap()));
+        assert_eq!(r.first_ip(true), Some("10.250.3.2".parse().expect("parse")));
         assert_eq!(r.first_ip(false), None);
     }
 
@@ -168,12 +169,12 @@ mod tests {
     fn rejects_bad_results() {
         assert!(AttachResult::from_json(serde_json::json!([])).is_err());
         let e = AttachResult::from_json(serde_json::json!({"ips": [{"address": "10.0.0.1"}]}))
-            .unwrap_err();
+            .expect_err("should fail");
         assert!(e.contains("invalid CIDR"), "{e}");
         let e = AttachResult::from_json(
             serde_json::json!({"ips": [{"address": "10.0.0.1/8", "interface": 3}]}),
         )
-        .unwrap_err();
+        .expect_err("should fail");
         assert!(e.contains("interface 3"), "{e}");
     }
 
@@ -183,8 +184,12 @@ mod tests {
             "interfaces": [{"name": "host0"}, {"name": "eth0", "sandbox": "/x"}],
             "ips": [{"address": "10.0.0.1/24", "interface": 0}, {"address": "10.0.0.2/24", "interface": 1}]
         }))
-        .unwrap();
-        let ips: Vec<_> = r.sandbox_ips().iter().map(|i| i.address.to_string()).collect();
+        .expect("test setup");
+        let ips: Vec<_> = r
+            .sandbox_ips()
+            .iter()
+            .map(|i| i.address.to_string())
+            .collect();
         assert_eq!(ips, ["10.0.0.2/24"]);
     }
 }

@@ -78,19 +78,21 @@ mod tests {
 
     #[test]
     fn parses_and_orders() {
-        let v = |s| CniVersion::parse(s).unwrap();
+        let v = |s| CniVersion::parse(s).expect("parse");
         assert!(v("0.3.1") < v("0.4.0"));
         assert!(v("0.4.0") < v("1.0.0"));
         assert!(v("1.0.0") < v("1.1.0"));
         assert_eq!(v("1.0.0").to_string(), "1.0.0");
-        for bad in ["", "1", "1.0", "1.0.0.0", "a.b.c", "1.-1.0", "1..0", " 1.0.0"] {
+        for bad in [
+            "", "1", "1.0", "1.0.0.0", "a.b.c", "1.-1.0", "1..0", " 1.0.0",
+        ] {
             assert_eq!(CniVersion::parse(bad), None, "{bad:?}");
         }
     }
 
     #[test]
     fn features_by_version() {
-        let v = |s| CniVersion::parse(s).unwrap();
+        let v = |s| CniVersion::parse(s).expect("parse");
         assert!(!v("0.3.1").has_check());
         assert!(v("0.4.0").has_check());
         assert!(!v("1.0.0").has_status_and_gc());

@@ -22,22 +22,40 @@ fn two_netns_on_one_bridge_reach_each_other_and_nothing_else() {
     let a = env.attachment("two-a", &ns_a);
     let b = env.attachment("two-b", &ns_b);
 
-    let ra = env.cni.attach(&net, &a).unwrap();
-    let rb = env.cni.attach(&net, &b).unwrap();
+    let ra = env.cni.attach(&net, &a).expect("attach");
+    let rb = env.cni.attach(&net, &b).expect("attach");
 
-    let subnet: IpNet = env.subnet.parse().unwrap();
-    let gateway = subnet.nth(1).unwrap();
+    let subnet: IpNet = env.subnet.parse().expect("parse");
+    let gateway = subnet.nth(1).expect("nth");
     let ip_a = ra.first_ip(true).expect("no IPv4 for a");
     let ip_b = rb.first_ip(true).expect("no IPv4 for b");
-    assert!(subnet.contains(ip_a) && subnet.contains(ip_b), "{ip_a} {ip_b} not in {subnet}");
+    assert!(
+        subnet.contains(ip_a) && subnet.contains(ip_b),
+        "{ip_a} {ip_b} not in {subnet}"
+    );
     assert_ne!(ip_a, ip_b);
     assert_eq!(ra.ips[0].gateway, Some(gateway));
-    assert!(ra.routes.is_empty(), "routes in the result: {:?}", ra.routes);
-    assert!(ra.dns.nameservers.is_empty(), "DNS in the result: {:?}", ra.dns);
+    assert!(
+        ra.routes.is_empty(),
+        "routes in the result: {:?}",
+        ra.routes
+    );
+    assert!(
+        ra.dns.nameservers.is_empty(),
+        "DNS in the result: {:?}",
+        ra.dns
+    );
     // The sandbox interface is ours, named as asked, in our netns.
-    let eth0 = ra.interfaces.iter().find(|i| i.sandbox.is_some()).unwrap();
+    let eth0 = ra
+        .interfaces
+        .iter()
+        .find(|i| i.sandbox.is_some())
+        .expect("find");
     assert_eq!(eth0.name, "eth0");
-    assert_eq!(eth0.sandbox.as_deref(), Some(ns_a.to_str().unwrap()));
+    assert_eq!(
+        eth0.sandbox.as_deref(),
+        Some(ns_a.to_str().expect("to_str"))
+    );
     assert_eq!(ra.raw["cniVersion"], "1.0.0");
     // The bridge carries the gateway address; both veths hang off it.
     let addr = common::run_ok(&["ip", "-o", "-4", "addr", "show", "dev", &env.bridge]);
@@ -48,7 +66,10 @@ fn two_netns_on_one_bridge_reach_each_other_and_nothing_else() {
     // lo is up in both.
     for ns in [&ns_a, &ns_b] {
         let lo = in_netns(ns, &["ip", "-o", "link", "show", "lo"]);
-        assert!(String::from_utf8_lossy(&lo.stdout).contains("UP,LOWER_UP"), "{lo:?}");
+        assert!(
+            String::from_utf8_lossy(&lo.stdout).contains("UP,LOWER_UP"),
+            "{lo:?}"
+        );
     }
 
     // Routes inside a: only the subnet (on eth0) and, with isGateway, routes via the bridge
@@ -59,7 +80,10 @@ fn two_netns_on_one_bridge_reach_each_other_and_nothing_else() {
     for line in routes.lines() {
         let on_subnet = line.starts_with(&format!("{} dev eth0", subnet.network()));
         let via_gw = line.contains(&format!("via {gateway} dev eth0"));
-        assert!(on_subnet || via_gw, "unexpected route in the netns: {line:?}\n{routes}");
+        assert!(
+            on_subnet || via_gw,
+            "unexpected route in the netns: {line:?}\n{routes}"
+        );
         assert!(!line.starts_with("default"), "default route: {line}");
     }
     let routes6 = in_netns(&ns_a, &["ip", "-6", "route", "show"]);
@@ -82,19 +106,30 @@ fn two_netns_on_one_bridge_reach_each_other_and_nothing_else() {
         "expected 'Network unreachable': {out:?}"
     );
 
-    env.cni.check(&net, &a).unwrap();
-    env.cni.check(&net, &b).unwrap();
+    env.cni.check(&net, &a).expect("check");
+    env.cni.check(&net, &b).expect("check");
 
-    env.cni.detach(&net, &a).unwrap();
-    env.cni.detach(&net, &b).unwrap();
-    assert!(links_on(&env.bridge).is_empty(), "{:?}", links_on(&env.bridge));
-    assert!(env.ipam_reservations().is_empty(), "{:?}", env.ipam_reservations());
+    env.cni.detach(&net, &a).expect("detach");
+    env.cni.detach(&net, &b).expect("detach");
+    assert!(
+        links_on(&env.bridge).is_empty(),
+        "{:?}",
+        links_on(&env.bridge)
+    );
+    assert!(
+        env.ipam_reservations().is_empty(),
+        "{:?}",
+        env.ipam_reservations()
+    );
     assert_eq!(env.cached(), 0);
     assert_eq!(common::links_in(&ns_a), ["lo"]);
     // Rules the firewall plugin added for the two IPs are gone too.
     let rules = common::iptables_text();
     for ip in [ip_a, ip_b] {
-        assert!(!rules.contains(&ip.to_string()), "rule for {ip} left:\n{rules}");
+        assert!(
+            !rules.contains(&ip.to_string()),
+            "rule for {ip} left:\n{rules}"
+        );
     }
     let _: IpAddr = ip_a;
 }

@@ -26,11 +26,18 @@ fn assert_detached_but_firewall(env: &NetEnv, ip: &str) {
         "veths on the bridge: {:?}",
         links_on(&bridge)
     );
-    assert!(env.ipam_reservations().is_empty(), "{:?}", env.ipam_reservations());
+    assert!(
+        env.ipam_reservations().is_empty(),
+        "{:?}",
+        env.ipam_reservations()
+    );
     assert_eq!(env.cached(), 0);
     let rules = common::iptables_text();
     for line in rules.lines().filter(|l| l.contains(ip)) {
-        assert!(line.starts_with("-A CNI-FORWARD "), "rule for {ip} left: {line}\n{rules}");
+        assert!(
+            line.starts_with("-A CNI-FORWARD "),
+            "rule for {ip} left: {line}\n{rules}"
+        );
     }
 }
 
@@ -43,12 +50,19 @@ fn detach_after_the_netns_was_removed() {
     let net = env.default_network();
     let ns = env.netns("c");
     let mut att = env.attachment("gone", &ns);
-    att.port_mappings = parse_publish("127.0.0.1:39001:80").unwrap();
-    let ip = env.cni.attach(&net, &att).unwrap().first_ip(true).unwrap().to_string();
+    let port = common::free_port();
+    att.port_mappings = parse_publish(&format!("127.0.0.1:{port}:80")).expect("parse_publish");
+    let ip = env
+        .cni
+        .attach(&net, &att)
+        .expect("test setup")
+        .first_ip(true)
+        .expect("test setup")
+        .to_string();
 
-    berth_net::remove_netns(&ns).unwrap();
+    berth_net::remove_netns(&ns).expect("remove_netns");
     assert!(!ns.exists());
-    env.cni.detach(&net, &att).unwrap();
+    env.cni.detach(&net, &att).expect("detach");
     assert_detached(&env, &ip);
 }
 
@@ -61,23 +75,40 @@ fn detach_twice_and_detach_without_a_cache_entry() {
     let net = env.default_network();
     let ns = env.netns("c");
     let att = env.attachment("twice", &ns);
-    let ip = env.cni.attach(&net, &att).unwrap().first_ip(true).unwrap().to_string();
-    env.cni.detach(&net, &att).unwrap();
-    env.cni.detach(&net, &att).unwrap();
+    let ip = env
+        .cni
+        .attach(&net, &att)
+        .expect("test setup")
+        .first_ip(true)
+        .expect("test setup")
+        .to_string();
+    env.cni.detach(&net, &att).expect("detach");
+    env.cni.detach(&net, &att).expect("detach");
     assert_detached(&env, &ip);
 
     // Attach again, lose the cache file, detach: DEL runs without prevResult and still
     // releases the address, removes the veth and portmap's rules (found by container id).
     let mut att = att;
-    att.port_mappings = parse_publish("127.0.0.1:39003:80").unwrap();
-    let ip = env.cni.attach(&net, &att).unwrap().first_ip(true).unwrap().to_string();
-    assert!(common::iptables_text().contains("--dport 39003"));
-    let cached = env.cni.cached(&net.name, &att.container_id, "eth0").unwrap().unwrap();
-    std::fs::remove_file(&cached.path).unwrap();
+    let port = common::free_port();
+    att.port_mappings = parse_publish(&format!("127.0.0.1:{port}:80")).expect("parse_publish");
+    let ip = env
+        .cni
+        .attach(&net, &att)
+        .expect("test setup")
+        .first_ip(true)
+        .expect("test setup")
+        .to_string();
+    assert!(common::iptables_text().contains(&format!("--dport {port}")));
+    let cached = env
+        .cni
+        .cached(&net.name, &att.container_id, "eth0")
+        .expect("test setup")
+        .expect("test setup");
+    std::fs::remove_file(&cached.path).expect("remove_file");
     assert_eq!(env.cached(), 0);
-    env.cni.detach(&net, &att).unwrap();
+    env.cni.detach(&net, &att).expect("detach");
     assert_detached_but_firewall(&env, &ip);
-    assert!(!common::iptables_text().contains("--dport 39003"));
+    assert!(!common::iptables_text().contains(&format!("--dport {port}")));
     assert_eq!(common::links_in(&ns), ["lo"]);
 }
 
@@ -90,7 +121,7 @@ fn attaching_twice_is_refused() {
     let net = env.default_network();
     let ns = env.netns("c");
     let att = env.attachment("dup", &ns);
-    env.cni.attach(&net, &att).unwrap();
+    env.cni.attach(&net, &att).expect("attach");
     match env.cni.attach(&net, &att) {
         Err(e @ Error::AlreadyAttached { pending: false, .. }) => {
             assert!(e.to_string().contains(&att.container_id), "{e}")
@@ -100,11 +131,18 @@ fn attaching_twice_is_refused() {
     // A second interface of the same sandbox on the same network is a separate attachment.
     let mut second = att.clone();
     second.ifname = "eth1".into();
-    let r = env.cni.attach(&net, &second).unwrap();
-    assert_eq!(r.interfaces.iter().find(|i| i.sandbox.is_some()).unwrap().name, "eth1");
+    let r = env.cni.attach(&net, &second).expect("attach");
+    assert_eq!(
+        r.interfaces
+            .iter()
+            .find(|i| i.sandbox.is_some())
+            .expect("test setup")
+            .name,
+        "eth1"
+    );
     assert_eq!(common::links_in(&ns).len(), 3);
-    env.cni.detach(&net, &second).unwrap();
-    env.cni.detach(&net, &att).unwrap();
+    env.cni.detach(&net, &second).expect("detach");
+    env.cni.detach(&net, &att).expect("detach");
     assert!(env.ipam_reservations().is_empty());
 }
 
@@ -146,24 +184,45 @@ fn add_failing_mid_chain_leaves_no_veth_no_reservation_no_cache() {
     }));
     let ns = env.netns("c");
     let mut att = env.attachment("fail", &ns);
-    att.port_mappings = parse_publish("127.0.0.1:39002:80").unwrap();
+    let port = common::free_port();
+    att.port_mappings = parse_publish(&format!("127.0.0.1:{port}:80")).expect("parse_publish");
 
-    let err = env.cni.attach(&net, &att).unwrap_err();
+    let err = env.cni.attach(&net, &att).expect_err("attach should fail");
     match &err {
-        Error::PluginFailed { plugin, command, code, msg, details, stderr, .. } => {
-            assert_eq!((plugin.as_str(), *command, *code), ("berth-test-fail", "ADD", Some(107)));
-            assert_eq!((msg.as_str(), details.as_str()), ("deliberate failure", "test plugin"));
-            assert_eq!(stderr, "failing on purpose");
+        Error::PluginFailed(f) => {
+            assert_eq!(
+                (f.plugin.as_str(), f.command, f.code),
+                ("berth-test-fail", "ADD", Some(107))
+            );
+            assert_eq!(
+                (f.msg.as_str(), f.details.as_str()),
+                ("deliberate failure", "test plugin")
+            );
+            assert_eq!(f.stderr, "failing on purpose");
         }
         other => panic!("expected PluginFailed, got {other:?}"),
     }
     let text = err.to_string();
-    assert!(text.contains(&net.name) && text.contains("berth-test-fail"), "{text}");
+    assert!(
+        text.contains(&net.name) && text.contains("berth-test-fail"),
+        "{text}"
+    );
     assert!(text.contains("deliberate failure"), "{text}");
     // The chain was DELeted (in reverse) after the failure; portmap's ADD never ran.
-    assert_eq!(std::fs::read_to_string(&log).unwrap(), "ADD\nDEL\n");
-    assert!(links_on(&env.bridge).is_empty(), "{:?}", links_on(&env.bridge));
-    assert!(env.ipam_reservations().is_empty(), "{:?}", env.ipam_reservations());
+    assert_eq!(
+        std::fs::read_to_string(&log).expect("read_to_string"),
+        "ADD\nDEL\n"
+    );
+    assert!(
+        links_on(&env.bridge).is_empty(),
+        "{:?}",
+        links_on(&env.bridge)
+    );
+    assert!(
+        env.ipam_reservations().is_empty(),
+        "{:?}",
+        env.ipam_reservations()
+    );
     assert_eq!(env.cached(), 0);
     assert_eq!(common::links_in(&ns), ["lo"]);
 }
@@ -175,19 +234,22 @@ fn failed_undo_keeps_the_attachment_cached_until_a_later_detach() {
     }
     let env = NetEnv::new("net-undo-fail");
     let log = failing_plugin(&env, "berth-test-fail");
-    std::fs::write(format!("{}.faildel", log.display()), "").unwrap();
+    std::fs::write(format!("{}.faildel", log.display()), "").expect("write");
     let net = env.network(serde_json::json!({
         "cniVersion": "1.0.0", "name": format!("t-{}", env.bridge),
         "plugins": [env.bridge_plugin(), {"type": "berth-test-fail"}]
     }));
     let ns = env.netns("c");
     let att = env.attachment("undo", &ns);
-    let err = env.cni.attach(&net, &att).unwrap_err();
+    let err = env.cni.attach(&net, &att).expect_err("attach should fail");
     let Error::AddCleanupFailed { cause, cleanup } = &err else {
         panic!("expected AddCleanupFailed, got {err:?}");
     };
     assert!(cause.to_string().contains("deliberate failure"));
-    assert!(cleanup[0].to_string().contains("DEL refused"), "{cleanup:?}");
+    assert!(
+        cleanup[0].to_string().contains("DEL refused"),
+        "{cleanup:?}"
+    );
     assert!(err.to_string().contains("stays cached"), "{err}");
 
     // berthd finds it (no result: the ADD never finished) and detaches it once DEL works.
@@ -200,10 +262,15 @@ fn failed_undo_keeps_the_attachment_cached_until_a_later_detach() {
         env.cni.attach(&net, &att),
         Err(Error::AlreadyAttached { pending: true, .. })
     ));
-    assert!(env.cni.detach(&found[0].network, &found[0].attachment).is_err());
+    assert!(env
+        .cni
+        .detach(&found[0].network, &found[0].attachment)
+        .is_err());
     assert_eq!(env.cached(), 1, "a failed DEL must keep the cache entry");
-    std::fs::remove_file(format!("{}.faildel", log.display())).unwrap();
-    env.cni.detach(&found[0].network, &found[0].attachment).unwrap();
+    std::fs::remove_file(format!("{}.faildel", log.display())).expect("remove_file");
+    env.cni
+        .detach(&found[0].network, &found[0].attachment)
+        .expect("test setup");
     assert_eq!(env.cached(), 0);
     assert!(env.ipam_reservations().is_empty());
     assert!(links_on(&env.bridge).is_empty());
@@ -231,10 +298,15 @@ fn a_hanging_plugin_is_killed_and_the_chain_undone() {
     let ns = env.netns("c");
     let att = env.attachment("hang", &ns);
     let t0 = std::time::Instant::now();
-    let err = cni.attach(&net, &att).unwrap_err();
+    let err = cni.attach(&net, &att).expect_err("attach should fail");
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
     match &err {
-        Error::PluginTimeout { plugin, command, stderr, .. } => {
+        Error::PluginTimeout {
+            plugin,
+            command,
+            stderr,
+            ..
+        } => {
             assert_eq!((plugin.as_str(), *command), ("berth-test-hang", "ADD"));
             assert_eq!(stderr.trim(), "sleeping");
         }
@@ -262,9 +334,12 @@ fn a_missing_plugin_is_named() {
     }));
     let ns = env.netns("c");
     let att = env.attachment("missing", &ns);
-    let err = env.cni.attach(&net, &att).unwrap_err();
+    let err = env.cni.attach(&net, &att).expect_err("attach should fail");
     let text = err.to_string();
-    assert!(text.contains("plugin \"no-such-plugin\" not found in"), "{text}");
+    assert!(
+        text.contains("plugin \"no-such-plugin\" not found in"),
+        "{text}"
+    );
     assert!(text.contains("/usr/lib/cni"), "{text}");
     // Its DEL during the undo fails the same way, so the entry stays for a later detach
     // (the bridge's DEL, run after it, still released the address).
@@ -276,7 +351,9 @@ fn a_missing_plugin_is_named() {
     let fixed = env.network(serde_json::json!({
         "cniVersion": "1.0.0", "name": net.name, "plugins": [env.bridge_plugin()]
     }));
-    env.cni.detach(&fixed, &found[0].attachment).unwrap();
+    env.cni
+        .detach(&fixed, &found[0].attachment)
+        .expect("detach");
     assert_eq!(env.cached(), 0);
     assert!(links_on(&env.bridge).is_empty());
 }

@@ -11,14 +11,21 @@ use common::in_netns;
 
 fn ns_inode(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).unwrap().ino()
+    std::fs::metadata(path).expect("metadata").ino()
 }
 
-/// The netns of every thread of this process.
+/// The netns of every thread of this process (but the netns creator threads).
 fn thread_netns() -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir("/proc/self/task")
-        .unwrap()
+        .expect("read /proc/self/task")
         .flatten()
+        // A parallel test's short-lived creator thread is in its new netns by design.
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .unwrap_or_default()
+                .trim()
+                != "berth-netns"
+        })
         .filter_map(|t| std::fs::read_link(t.path().join("ns/net")).ok())
         .map(|l| l.display().to_string())
         .collect();
@@ -38,17 +45,27 @@ fn netns_is_fresh_has_lo_up_and_does_not_leak() {
     let b = dir.join("other/b");
     let guard = Guard::new();
     guard.netns(&a).netns(&b);
-    let host_ns = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let host_ns = std::fs::read_link("/proc/self/ns/net").expect("read_link");
 
-    create_netns(&a).unwrap();
-    create_netns(&b).unwrap();
+    create_netns(&a).expect("create_netns");
+    create_netns(&b).expect("create_netns");
 
     assert!(is_netns(&a) && is_netns(&b));
-    assert!(berth_tests::is_mounted(&a), "{} is not a mount", a.display());
-    assert_ne!(ns_inode(&a), ns_inode(&b), "two calls gave the same namespace");
+    assert!(
+        berth_tests::is_mounted(&a),
+        "{} is not a mount",
+        a.display()
+    );
+    assert_ne!(
+        ns_inode(&a),
+        ns_inode(&b),
+        "two calls gave the same namespace"
+    );
     let host_ino = {
         use std::os::unix::fs::MetadataExt;
-        std::fs::metadata("/proc/self/ns/net").unwrap().ino()
+        std::fs::metadata("/proc/self/ns/net")
+            .expect("metadata")
+            .ino()
     };
     assert_ne!(ns_inode(&a), host_ino, "the netns is the host's");
     // No thread of this process (the test's, the harness's) moved into a new namespace.
@@ -56,8 +73,15 @@ fn netns_is_fresh_has_lo_up_and_does_not_leak() {
 
     let out = in_netns(&a, &["ip", "-o", "link"]);
     let links = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(links.lines().count(), 1, "a fresh netns has only lo: {links}");
-    assert!(links.contains("lo: <LOOPBACK,UP,LOWER_UP>"), "lo is not up: {links}");
+    assert_eq!(
+        links.lines().count(),
+        1,
+        "a fresh netns has only lo: {links}"
+    );
+    assert!(
+        links.contains("lo: <LOOPBACK,UP,LOWER_UP>"),
+        "lo is not up: {links}"
+    );
     let ping = in_netns(&a, &["busybox", "ping", "-c1", "-W1", "127.0.0.1"]);
     assert!(ping.status.success(), "ping over lo failed: {ping:?}");
 
@@ -68,10 +92,10 @@ fn netns_is_fresh_has_lo_up_and_does_not_leak() {
     }
     assert!(is_netns(&a));
 
-    remove_netns(&a).unwrap();
+    remove_netns(&a).expect("remove_netns");
     assert!(!a.exists() && !berth_tests::is_mounted(&a));
-    remove_netns(&a).unwrap(); // idempotent
-    remove_netns(&b).unwrap();
+    remove_netns(&a).expect("remove_netns"); // idempotent
+    remove_netns(&b).expect("remove_netns");
     guard.assert_clean();
 }
 
@@ -84,9 +108,9 @@ fn leftover_empty_file_is_reused_and_stacked_mounts_are_removed() {
     let p = dir.join("ns/x");
     let guard = Guard::new();
     guard.netns(&p);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(&p, b"").unwrap(); // what a crash between create and mount leaves
-    create_netns(&p).unwrap();
+    std::fs::create_dir_all(p.parent().expect("parent")).expect("create_dir_all");
+    std::fs::write(&p, b"").expect("write"); // what a crash between create and mount leaves
+    create_netns(&p).expect("create_netns");
     assert!(is_netns(&p));
     // A second bind of the same namespace on top (as `ip netns attach` could do).
     let st = std::process::Command::new("mount")
@@ -94,9 +118,9 @@ fn leftover_empty_file_is_reused_and_stacked_mounts_are_removed() {
         .arg(&p)
         .arg(&p)
         .status()
-        .unwrap();
+        .expect("test setup");
     assert!(st.success());
-    remove_netns(&p).unwrap();
+    remove_netns(&p).expect("remove_netns");
     assert!(!p.exists());
     assert!(!berth_tests::is_mounted(&p));
 

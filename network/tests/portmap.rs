@@ -11,17 +11,12 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use berth_net::parse_publish;
 use berth_tests::require_root;
-use common::{eventually, http_get, NetEnv};
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    l.local_addr().unwrap().port()
-}
+use common::{eventually, free_port, free_ports, http_get, NetEnv};
 
 #[test]
 fn published_localhost_port_reaches_the_container_and_detach_removes_the_rules() {
@@ -33,12 +28,12 @@ fn published_localhost_port_reaches_the_container_and_detach_removes_the_rules()
     let ns = env.netns("c");
     let port = free_port();
     let mut att = env.attachment("pm", &ns);
-    att.port_mappings = parse_publish(&format!("127.0.0.1:{port}:80")).unwrap();
+    att.port_mappings = parse_publish(&format!("127.0.0.1:{port}:80")).expect("parse_publish");
 
     let token = format!("published-{port}");
     env.httpd(&ns, 80, &token);
-    let res = env.cni.attach(&net, &att).unwrap();
-    let ip = res.first_ip(true).unwrap();
+    let res = env.cni.attach(&net, &att).expect("attach");
+    let ip = res.first_ip(true).expect("first_ip");
 
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let reached = eventually(Duration::from_secs(5), || {
@@ -51,7 +46,12 @@ fn published_localhost_port_reaches_the_container_and_detach_removes_the_rules()
     assert!(rules.contains(&dnat), "no DNAT to {ip}:80:\n{rules}");
     assert!(rules.contains(&format!("--dport {port}")));
     let localnet = format!("/proc/sys/net/ipv4/conf/{}/route_localnet", env.bridge);
-    assert_eq!(std::fs::read_to_string(&localnet).unwrap().trim(), "1");
+    assert_eq!(
+        std::fs::read_to_string(&localnet)
+            .expect("read_to_string")
+            .trim(),
+        "1"
+    );
 
     // CHECK through the chain. Debian's portmap 1.1.1 checks its DNAT chain in ip6tables
     // even for an IPv4-only mapping and fails; accept only that known failure.
@@ -68,10 +68,17 @@ fn published_localhost_port_reaches_the_container_and_detach_removes_the_rules()
         }
     }
 
-    env.cni.detach(&net, &att).unwrap();
+    env.cni.detach(&net, &att).expect("detach");
     let rules = common::iptables_text();
-    for gone in [ip.to_string(), format!("--dport {port}"), "CNI-DN-".to_string()] {
-        assert!(!rules.contains(&gone), "{gone:?} still in the rules after detach:\n{rules}");
+    for gone in [
+        ip.to_string(),
+        format!("--dport {port}"),
+        "CNI-DN-".to_string(),
+    ] {
+        assert!(
+            !rules.contains(&gone),
+            "{gone:?} still in the rules after detach:\n{rules}"
+        );
     }
     // Nothing listens on the host port any more: the connection is refused, not answered.
     assert_eq!(http_get(addr), None);
@@ -88,21 +95,25 @@ fn udp_and_range_mappings_become_rules_per_port() {
     let env = NetEnv::new("net-portrange");
     let net = env.default_network();
     let ns = env.netns("c");
-    let base = free_port().clamp(20000, 60000);
+    let base = free_ports(11);
     let mut att = env.attachment("range", &ns);
     att.port_mappings = berth_net::parse_publish_all(&[
         format!("127.0.0.1:{base}-{}:7000-7002/udp", base + 2),
         format!("{}:80", base + 10),
     ])
-    .unwrap();
-    let res = env.cni.attach(&net, &att).unwrap();
-    let ip = res.first_ip(true).unwrap();
+    .expect("test setup");
+    let res = env.cni.attach(&net, &att).expect("attach");
+    let ip = res.first_ip(true).expect("first_ip");
     let rules = common::iptables_text();
-    for (h, c, proto) in [(base, 7000, "udp"), (base + 2, 7002, "udp"), (base + 10, 80, "tcp")] {
+    for (h, c, proto) in [
+        (base, 7000, "udp"),
+        (base + 2, 7002, "udp"),
+        (base + 10, 80, "tcp"),
+    ] {
         let want = format!("-p {proto} -m {proto} --dport {h} -j DNAT --to-destination {ip}:{c}");
         assert!(rules.contains(&want), "missing {want:?}:\n{rules}");
     }
-    env.cni.detach(&net, &att).unwrap();
+    env.cni.detach(&net, &att).expect("detach");
     let rules = common::iptables_text();
     assert!(!rules.contains(&ip.to_string()), "{rules}");
 }

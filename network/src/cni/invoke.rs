@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use super::Cni;
 use crate::config::{Network, PluginConf};
-use crate::error::Error;
+use crate::error::{Error, PluginFailure};
 use crate::exec::{self, RunError};
 
 /// A CNI verb.
@@ -171,27 +171,27 @@ fn plugin_failure(net: &Network, plugin: &str, verb: Verb, out: &exec::Output) -
     let parsed = [(&out.stdout, false), (&out.stderr, true)]
         .into_iter()
         .find_map(|(bytes, from_stderr)| {
-        let v: Value = serde_json::from_slice(bytes).ok()?;
-        let msg = v.get("msg").and_then(Value::as_str);
-        let code = v.get("code").and_then(Value::as_u64);
-        (msg.is_some() || code.is_some()).then(|| {
-            (
-                code,
-                msg.unwrap_or("").to_string(),
-                v.get("details")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
-                from_stderr,
-            )
-        })
-    });
+            let v: Value = serde_json::from_slice(bytes).ok()?;
+            let msg = v.get("msg").and_then(Value::as_str);
+            let code = v.get("code").and_then(Value::as_u64);
+            (msg.is_some() || code.is_some()).then(|| {
+                (
+                    code,
+                    msg.unwrap_or("").to_string(),
+                    v.get("details")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                    from_stderr,
+                )
+            })
+        });
     let status = match out.status.code() {
         Some(c) => format!("exit status {c}"),
         None => format!("{}", out.status),
     };
     match parsed {
-        Some((code, msg, details, from_stderr)) => Error::PluginFailed {
+        Some((code, msg, details, from_stderr)) => Error::PluginFailed(Box::new(PluginFailure {
             network: net.name.clone(),
             plugin: plugin.to_string(),
             command: verb.as_str(),
@@ -200,10 +200,10 @@ fn plugin_failure(net: &Network, plugin: &str, verb: Verb, out: &exec::Output) -
             details,
             // Do not repeat the JSON in the message when that is all stderr held.
             stderr: if from_stderr { String::new() } else { stderr },
-        },
+        })),
         None => {
             let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            Error::PluginFailed {
+            Error::PluginFailed(Box::new(PluginFailure {
                 network: net.name.clone(),
                 plugin: plugin.to_string(),
                 command: verb.as_str(),
@@ -215,7 +215,7 @@ fn plugin_failure(net: &Network, plugin: &str, verb: Verb, out: &exec::Output) -
                 },
                 details: String::new(),
                 stderr,
-            }
+            }))
         }
     }
 }
@@ -262,7 +262,7 @@ mod tests {
             }),
             "t",
         )
-        .unwrap();
+        .expect("test setup");
         let mut caps = Map::new();
         caps.insert("portMappings".into(), serde_json::json!([{"hostPort": 1}]));
         caps.insert("mac".into(), "00:11:22:33:44:55".into());

@@ -24,7 +24,11 @@ impl Cni {
     pub fn plugin_versions(&self, net: &Network) -> Result<Vec<PluginVersions>, Error> {
         let mut types: Vec<String> = Vec::new();
         for p in &net.plugins {
-            let ipam = p.conf.get("ipam").and_then(|i| i.get("type")).and_then(Value::as_str);
+            let ipam = p
+                .conf
+                .get("ipam")
+                .and_then(|i| i.get("type"))
+                .and_then(Value::as_str);
             for t in std::iter::once(p.plugin_type.as_str()).chain(ipam) {
                 if !types.iter().any(|x| x == t) {
                     types.push(t.to_string());
@@ -62,7 +66,7 @@ impl Cni {
     pub fn validate(&self, net: &Network) -> Result<(), Error> {
         let want = net.cni_version.to_string();
         for pv in self.plugin_versions(net)? {
-            if !pv.supported.iter().any(|s| *s == want) {
+            if !pv.supported.contains(&want) {
                 return Err(Error::IncompatiblePlugin {
                     network: net.name.clone(),
                     plugin: pv.plugin,
@@ -88,23 +92,31 @@ impl Cni {
     }
 
     /// GC of `net`, given every attachment `(container_id, ifname)` that is still valid on it:
-    /// cached attachments of `net` not in `valid` are detached, then (CNI 1.1, unless
-    /// `disableGC`) every plugin gets GC with `cni.dev/valid-attachments`. Errors are
-    /// collected, not stopped at, so one stale attachment cannot block the rest.
+    /// cached attachments of `net` not in `valid` are detached, then (CNI 1.1) every plugin
+    /// gets GC with `cni.dev/valid-attachments`. Nothing happens when the network sets
+    /// `disableGC`. Errors are collected, not stopped at, so one stale attachment cannot
+    /// block the rest.
     pub fn gc(&self, net: &Network, valid: &[(String, String)]) -> Result<(), Error> {
+        // disableGC exists for networks shared by several runtimes: nothing at all then, as
+        // libcni does.
+        if net.disable_gc {
+            return Ok(());
+        }
         let mut errors = Vec::new();
         let (cached, unreadable) = self.list_cached();
         errors.extend(unreadable);
         for c in cached.into_iter().filter(|c| c.network.name == net.name) {
             let a: &Attachment = &c.attachment;
-            let keep = valid.iter().any(|(id, ifname)| *id == a.container_id && *ifname == a.ifname);
+            let keep = valid
+                .iter()
+                .any(|(id, ifname)| *id == a.container_id && *ifname == a.ifname);
             if !keep {
                 if let Err(e) = self.detach(net, a) {
                     errors.push(e);
                 }
             }
         }
-        if net.cni_version.has_status_and_gc() && !net.disable_gc {
+        if net.cni_version.has_status_and_gc() {
             let list: Vec<Value> = valid
                 .iter()
                 .map(|(id, ifname)| json!({ "containerID": id, "ifname": ifname }))
@@ -112,7 +124,10 @@ impl Cni {
             for plugin in &net.plugins {
                 let mut conf = super::invoke::exec_config(net, plugin, &Default::default(), None);
                 if let Some(obj) = conf.as_object_mut() {
-                    obj.insert("cni.dev/valid-attachments".into(), Value::Array(list.clone()));
+                    obj.insert(
+                        "cni.dev/valid-attachments".into(),
+                        Value::Array(list.clone()),
+                    );
                     // The key's name in early 1.1 drafts; libcni sends both.
                     obj.insert("cni.dev/attachments".into(), Value::Array(list.clone()));
                 }

@@ -47,7 +47,11 @@ pub struct Attachment {
 }
 
 impl Attachment {
-    pub fn new(container_id: impl Into<String>, netns: impl Into<PathBuf>, ifname: impl Into<String>) -> Attachment {
+    pub fn new(
+        container_id: impl Into<String>,
+        netns: impl Into<PathBuf>,
+        ifname: impl Into<String>,
+    ) -> Attachment {
         Attachment {
             container_id: container_id.into(),
             netns: netns.into(),
@@ -107,7 +111,10 @@ impl Attachment {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         if !self.port_mappings.is_empty() {
-            m.insert("portMappings".into(), port_mappings_json(&self.port_mappings));
+            m.insert(
+                "portMappings".into(),
+                port_mappings_json(&self.port_mappings),
+            );
         }
         m
     }
@@ -138,7 +145,11 @@ pub(crate) fn check_ifname(name: &str) -> Result<(), String> {
     if name.len() > 15 {
         return Err(format!("interface name {name:?} is longer than 15 bytes"));
     }
-    if name == "." || name == ".." || name.contains(['/', ':', '\0']) || name.chars().any(char::is_whitespace) {
+    if name == "."
+        || name == ".."
+        || name.contains(['/', ':', '\0'])
+        || name.chars().any(char::is_whitespace)
+    {
         return Err(format!(
             "interface name {name:?} must not be '.' or '..' nor contain '/', ':' or whitespace"
         ));
@@ -215,7 +226,12 @@ impl Cni {
                 why: format!("{} is not a network namespace", att.netns.display()),
             });
         }
-        let path = cache::entry_path(&self.config.cache_dir, &net.name, &att.container_id, &att.ifname);
+        let path = cache::entry_path(
+            &self.config.cache_dir,
+            &net.name,
+            &att.container_id,
+            &att.ifname,
+        );
         if let Some(existing) = cache::read(&path)? {
             return Err(Error::AlreadyAttached {
                 network: net.name.clone(),
@@ -241,7 +257,11 @@ impl Cni {
             }
         }
         let raw = prev.unwrap_or_else(|| Value::Object(Map::new()));
-        let last = net.plugins.last().map(|p| p.plugin_type.as_str()).unwrap_or("");
+        let last = net
+            .plugins
+            .last()
+            .map(|p| p.plugin_type.as_str())
+            .unwrap_or("");
         let result = match AttachResult::from_json(raw.clone()) {
             Ok(r) => r,
             Err(why) => {
@@ -262,7 +282,13 @@ impl Cni {
 
     /// DEL the whole chain after a failed ADD, continuing past errors; `partial` is the result
     /// of the last plugin that succeeded (it tells DEL what was made).
-    fn undo_add(&self, net: &Network, att: &Attachment, partial: Option<&Value>, cause: Error) -> Error {
+    fn undo_add(
+        &self,
+        net: &Network,
+        att: &Attachment,
+        partial: Option<&Value>,
+        cause: Error,
+    ) -> Error {
         let caps = att.capability_args();
         let params = Self::params(att, netns_for_del(&att.netns));
         let prev = partial.filter(|_| net.cni_version.has_check());
@@ -273,7 +299,12 @@ impl Cni {
                 failures.push(e);
             }
         }
-        let path = cache::entry_path(&self.config.cache_dir, &net.name, &att.container_id, &att.ifname);
+        let path = cache::entry_path(
+            &self.config.cache_dir,
+            &net.name,
+            &att.container_id,
+            &att.ifname,
+        );
         if failures.is_empty() {
             if let Err(e) = cache::remove(&path) {
                 failures.push(e);
@@ -303,7 +334,12 @@ impl Cni {
         check_container_id(&att.container_id).map_err(invalid)?;
         check_ifname(&att.ifname).map_err(|why| invalid(format!("ifname: {why}")))?;
         let _lock = self.lock(&att.container_id);
-        let path = cache::entry_path(&self.config.cache_dir, &net.name, &att.container_id, &att.ifname);
+        let path = cache::entry_path(
+            &self.config.cache_dir,
+            &net.name,
+            &att.container_id,
+            &att.ifname,
+        );
         let cached = match cache::read(&path) {
             Ok(c) => c,
             Err(e) => {
@@ -342,7 +378,12 @@ impl Cni {
             });
         }
         let _lock = self.lock(&att.container_id);
-        let path = cache::entry_path(&self.config.cache_dir, &net.name, &att.container_id, &att.ifname);
+        let path = cache::entry_path(
+            &self.config.cache_dir,
+            &net.name,
+            &att.container_id,
+            &att.ifname,
+        );
         let prev = cache::read(&path)?.and_then(|c| c.result).map(|r| r.raw);
         let Some(prev) = prev else {
             return Err(Error::NotAttached {
@@ -361,8 +402,18 @@ impl Cni {
     }
 
     /// The cache entry of one attachment, if any.
-    pub fn cached(&self, network: &str, container_id: &str, ifname: &str) -> Result<Option<CachedAttachment>, Error> {
-        cache::read(&cache::entry_path(&self.config.cache_dir, network, container_id, ifname))
+    pub fn cached(
+        &self,
+        network: &str,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Option<CachedAttachment>, Error> {
+        cache::read(&cache::entry_path(
+            &self.config.cache_dir,
+            network,
+            container_id,
+            ifname,
+        ))
     }
 
     /// Every cached attachment (after a crash: the ones to detach), plus errors naming the
@@ -382,9 +433,9 @@ mod tests {
             serde_json::json!({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "x"}]}),
             "t",
         )
-        .unwrap();
+        .expect("test setup");
         let ok = Attachment::new("c1", "/run/netns/x", "eth0");
-        ok.validate(&net).unwrap();
+        ok.validate(&net).expect("validate");
         let bad = [
             Attachment::new("", "/x", "eth0"),
             Attachment::new("-c", "/x", "eth0"),
@@ -400,7 +451,10 @@ mod tests {
             },
         ];
         for a in bad {
-            let e = a.validate(&net).unwrap_err().to_string();
+            let e = a
+                .validate(&net)
+                .expect_err("validate should fail")
+                .to_string();
             assert!(e.starts_with("network n: invalid attachment"), "{e}");
         }
     }
@@ -409,13 +463,17 @@ mod tests {
     fn cni_args_and_capabilities() {
         let mut a = Attachment::new("c1", "/x", "eth0");
         assert_eq!(a.cni_args(), "");
-        a.args = vec![("K8S_POD_NAME".into(), "web-1".into()), ("X".into(), "y".into())];
+        a.args = vec![
+            ("K8S_POD_NAME".into(), "web-1".into()),
+            ("X".into(), "y".into()),
+        ];
         assert_eq!(a.cni_args(), "IgnoreUnknown=1;K8S_POD_NAME=web-1;X=y");
         a.args.insert(0, ("IgnoreUnknown".into(), "0".into()));
         assert_eq!(a.cni_args(), "IgnoreUnknown=0;K8S_POD_NAME=web-1;X=y");
         assert!(a.capability_args().is_empty());
-        a.port_mappings = crate::ports::parse_publish("8080:80").unwrap();
-        a.capabilities.insert("mac".into(), "00:11:22:33:44:55".into());
+        a.port_mappings = crate::ports::parse_publish("8080:80").expect("parse_publish");
+        a.capabilities
+            .insert("mac".into(), "00:11:22:33:44:55".into());
         let caps = a.capability_args();
         assert_eq!(caps["portMappings"][0]["hostPort"], 8080);
         assert_eq!(caps["mac"], "00:11:22:33:44:55");

@@ -302,11 +302,12 @@ mod tests {
     #[test]
     fn default_conflist_is_valid_and_has_the_settings() {
         let cfg = NetConfig {
-            default_subnet: "10.213.7.9/16".parse().unwrap(),
+            default_subnet: "10.213.7.9/16".parse().expect("parse"),
             ..NetConfig::default()
         };
-        let text = default_conflist(&cfg).unwrap();
-        let net = Network::from_conflist_bytes(text.as_bytes(), "default").unwrap();
+        let text = default_conflist(&cfg).expect("default_conflist");
+        let net =
+            Network::from_conflist_bytes(text.as_bytes(), "default").expect("from_conflist_bytes");
         assert_eq!(net.name, "berth");
         let types: Vec<_> = net.plugins.iter().map(|p| p.plugin_type.as_str()).collect();
         assert_eq!(types, ["bridge", "portmap", "firewall"]);
@@ -326,7 +327,9 @@ mod tests {
             default_bridge: "a-bridge-name-too-long".into(),
             ..NetConfig::default()
         };
-        let e = default_conflist(&cfg).unwrap_err().to_string();
+        let e = default_conflist(&cfg)
+            .expect_err("default_conflist should fail")
+            .to_string();
         assert!(e.contains("default bridge"), "{e}");
     }
 
@@ -334,11 +337,12 @@ mod tests {
     fn net_config_round_trips_through_serde() {
         let cfg = NetConfig::under_state_dir(Path::new("/run/x"));
         assert_eq!(cfg.cache_dir, Path::new("/run/x/net/cache"));
-        let text = serde_json::to_string(&cfg).unwrap();
+        let text = serde_json::to_string(&cfg).expect("to_string");
         assert!(text.contains("\"plugin_timeout\":30"), "{text}");
-        let back: NetConfig = serde_json::from_str(&text).unwrap();
+        let back: NetConfig = serde_json::from_str(&text).expect("from_str");
         assert_eq!(back, cfg);
-        let partial: NetConfig = serde_json::from_str(r#"{"default_bridge": "b1"}"#).unwrap();
+        let partial: NetConfig =
+            serde_json::from_str(r#"{"default_bridge": "b1"}"#).expect("from_str");
         assert_eq!(partial.default_bridge, "b1");
         assert_eq!(partial.default_network, "berth");
     }

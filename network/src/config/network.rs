@@ -74,7 +74,13 @@ impl Network {
             ));
         }
         let mut list = Map::new();
-        for key in ["cniVersion", "cniVersions", "name", "disableCheck", "disableGC"] {
+        for key in [
+            "cniVersion",
+            "cniVersions",
+            "name",
+            "disableCheck",
+            "disableGC",
+        ] {
             if let Some(val) = obj.get(key) {
                 list.insert(key.into(), val.clone());
             }
@@ -134,9 +140,8 @@ impl Network {
             }
             if let Some(ipam) = conf.get("ipam") {
                 match ipam.get("type") {
-                    Some(Value::String(t)) => check_plugin_type(t).map_err(|why| {
-                        invalid(format!("plugins[{i}].ipam.type {t:?} {why}"))
-                    })?,
+                    Some(Value::String(t)) => check_plugin_type(t)
+                        .map_err(|why| invalid(format!("plugins[{i}].ipam.type {t:?} {why}")))?,
                     _ => {
                         return Err(invalid(format!(
                             "plugins[{i}] ({plugin_type}): \"ipam\" has no \"type\" string"
@@ -246,7 +251,9 @@ fn pick_version(obj: &Map<String, Value>) -> Result<CniVersion, String> {
             .ok_or("\"cniVersions\" is not a list of strings")?;
         let mut best: Option<CniVersion> = None;
         for v in list {
-            let s = v.as_str().ok_or("\"cniVersions\" is not a list of strings")?;
+            let s = v
+                .as_str()
+                .ok_or("\"cniVersions\" is not a list of strings")?;
             let v = parse(s)?;
             if v.is_supported() && best.is_none_or(|b| v > b) {
                 best = Some(v);
@@ -286,11 +293,14 @@ mod tests {
             "plugins": [{"type": "bridge", "ipam": {"type": "host-local"}},
                         {"type": "portmap", "capabilities": {"portMappings": true, "x": false}}]
         }))
-        .unwrap();
+        .expect("test setup");
         assert_eq!(n.name, "a-b_c.d");
         assert!(n.disable_check);
         assert!(!n.disable_gc);
-        assert_eq!(n.plugins[1].capabilities().collect::<Vec<_>>(), ["portMappings"]);
+        assert_eq!(
+            n.plugins[1].capabilities().collect::<Vec<_>>(),
+            ["portMappings"]
+        );
     }
 
     #[test]
@@ -299,7 +309,7 @@ mod tests {
             "cniVersion": "1.0.0", "cniVersions": ["0.4.0", "1.1.0", "9.0.0"], "name": "n",
             "plugins": [{"type": "x"}]
         }))
-        .unwrap();
+        .expect("test setup");
         assert_eq!(n.cni_version.to_string(), "1.1.0");
     }
 
@@ -307,21 +317,57 @@ mod tests {
     fn invalid_lists_say_why() {
         let cases = [
             (serde_json::json!([]), "not a JSON object"),
-            (serde_json::json!({"cniVersion": "1.0.0", "plugins": [{"type": "x"}]}), "\"name\" is missing"),
-            (serde_json::json!({"cniVersion": "1.0.0", "name": "-x", "plugins": [{"type": "x"}]}), "must start"),
-            (serde_json::json!({"cniVersion": "1.0.0", "name": "a/b", "plugins": [{"type": "x"}]}), "must start"),
-            (serde_json::json!({"name": "n", "plugins": [{"type": "x"}]}), "\"cniVersion\" is missing"),
-            (serde_json::json!({"cniVersion": "0.2.0", "name": "n", "plugins": [{"type": "x"}]}), "not supported"),
-            (serde_json::json!({"cniVersion": "one", "name": "n", "plugins": [{"type": "x"}]}), "not a version"),
-            (serde_json::json!({"cniVersion": "1.0.0", "name": "n"}), "\"plugins\" is missing"),
-            (serde_json::json!({"cniVersion": "1.0.0", "name": "n", "plugins": []}), "\"plugins\" is empty"),
-            (serde_json::json!({"cniVersion": "1.0.0", "name": "n", "plugins": [{"x": 1}]}), "plugins[0] has no \"type\""),
-            (serde_json::json!({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "../x"}]}), "not a plain executable"),
-            (serde_json::json!({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "b", "ipam": {}}]}), "\"ipam\" has no"),
-            (serde_json::json!({"cniVersion": "1.0.0", "name": "n", "disableCheck": 3, "plugins": [{"type": "x"}]}), "not a boolean"),
+            (
+                serde_json::json!({"cniVersion": "1.0.0", "plugins": [{"type": "x"}]}),
+                "\"name\" is missing",
+            ),
+            (
+                serde_json::json!({"cniVersion": "1.0.0", "name": "-x", "plugins": [{"type": "x"}]}),
+                "must start",
+            ),
+            (
+                serde_json::json!({"cniVersion": "1.0.0", "name": "a/b", "plugins": [{"type": "x"}]}),
+                "must start",
+            ),
+            (
+                serde_json::json!({"name": "n", "plugins": [{"type": "x"}]}),
+                "\"cniVersion\" is missing",
+            ),
+            (
+                serde_json::json!({"cniVersion": "0.2.0", "name": "n", "plugins": [{"type": "x"}]}),
+                "not supported",
+            ),
+            (
+                serde_json::json!({"cniVersion": "one", "name": "n", "plugins": [{"type": "x"}]}),
+                "not a version",
+            ),
+            (
+                serde_json::json!({"cniVersion": "1.0.0", "name": "n"}),
+                "\"plugins\" is missing",
+            ),
+            (
+                serde_json::json!({"cniVersion": "1.0.0", "name": "n", "plugins": []}),
+                "\"plugins\" is empty",
+            ),
+            (
+                serde_json::json!({"cniVersion": "1.0.0", "name": "n", "plugins": [{"x": 1}]}),
+                "plugins[0] has no \"type\"",
+            ),
+            (
+                serde_json::json!({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "../x"}]}),
+                "not a plain executable",
+            ),
+            (
+                serde_json::json!({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "b", "ipam": {}}]}),
+                "\"ipam\" has no",
+            ),
+            (
+                serde_json::json!({"cniVersion": "1.0.0", "name": "n", "disableCheck": 3, "plugins": [{"type": "x"}]}),
+                "not a boolean",
+            ),
         ];
         for (v, want) in cases {
-            let e = list(v.clone()).unwrap_err().to_string();
+            let e = list(v.clone()).expect_err("list should fail").to_string();
             assert!(e.contains(want), "{v}: {e}");
             assert!(e.contains("test.conflist"), "{v}: {e}");
         }
@@ -333,12 +379,15 @@ mod tests {
             br#"{"cniVersion": "0.4.0", "name": "single", "type": "bridge", "bridge": "b0"}"#,
             "x.conf",
         )
-        .unwrap();
+        .expect("test setup");
         assert_eq!(n.plugins.len(), 1);
         assert_eq!(n.plugins[0].conf["bridge"], "b0");
         assert_eq!(n.conflist()["plugins"][0]["type"], "bridge");
-        let e = Network::from_conf_bytes(br#"{"name": "x", "cniVersion": "1.0.0", "plugins": []}"#, "y.conf")
-            .unwrap_err();
+        let e = Network::from_conf_bytes(
+            br#"{"name": "x", "cniVersion": "1.0.0", "plugins": []}"#,
+            "y.conf",
+        )
+        .expect_err("should fail");
         assert!(e.to_string().contains("*.conflist"), "{e}");
     }
 }

@@ -65,7 +65,8 @@ pub fn http_get_in(ns: &Path, ip: &str, port: u16) -> Option<String> {
     let script = format!("printf 'GET /f HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 2 {ip} {port}");
     let out = in_netns(ns, &["busybox", "sh", "-c", &script]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
 }
 
 /// `GET /f` from the host to `addr` over TCP; the body, or `None`.
@@ -77,7 +78,8 @@ pub fn http_get(addr: std::net::SocketAddr) -> Option<String> {
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).ok()?;
     let text = String::from_utf8_lossy(&buf).into_owned();
-    text.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
 }
 
 /// `iptables -S` of every table the plugins touch, one string per (tool, table).
@@ -143,13 +145,36 @@ pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// A base port such that `base..base+n` are free for TCP and UDP on every host address right
+/// now: a published port DNATs every connection to it, so it must not belong to anybody.
+pub fn free_ports(n: u16) -> u16 {
+    use std::net::{TcpListener, UdpSocket};
+    let seed = std::process::id() as u64 * 7919
+        + u64::from(COUNTER.fetch_add(1, Ordering::Relaxed)) * 104_729;
+    for k in 0..2000u64 {
+        let base = 20000 + ((seed + k * 977) % 40000) as u16;
+        let free = (base..base + n).all(|p| {
+            TcpListener::bind(("0.0.0.0", p)).is_ok() && UdpSocket::bind(("0.0.0.0", p)).is_ok()
+        });
+        if free {
+            return base;
+        }
+    }
+    panic!("no {n} free consecutive ports");
+}
+
+/// One free port (see [`free_ports`]).
+pub fn free_port() -> u16 {
+    free_ports(1)
+}
+
 /// An executable shell script plugin in `dir`.
 pub fn write_plugin(dir: &Path, name: &str, body: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir).unwrap();
+    std::fs::create_dir_all(dir).expect("create_dir_all");
     let p = dir.join(name);
-    std::fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(&p, format!("#!/bin/sh\n{body}")).expect("write");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("set_permissions");
     p
 }
 
@@ -185,7 +210,7 @@ impl NetEnv {
             ipam_data_dir: dir.join("ipam"),
             default_network: format!("t-{bridge}"),
             default_bridge: bridge.clone(),
-            default_subnet: subnet.parse().unwrap(),
+            default_subnet: subnet.parse().expect("parse"),
             plugin_timeout: Duration::from_secs(30),
         };
         NetEnv {
@@ -206,13 +231,13 @@ impl NetEnv {
 
     /// The default network (bridge + portmap + firewall) on this test's bridge and subnet.
     pub fn default_network(&self) -> Network {
-        let text = berth_net::default_conflist(&self.cfg).unwrap();
-        Network::from_conflist_bytes(text.as_bytes(), "test default").unwrap()
+        let text = berth_net::default_conflist(&self.cfg).expect("default_conflist");
+        Network::from_conflist_bytes(text.as_bytes(), "test default").expect("from_conflist_bytes")
     }
 
     /// A network from a conflist JSON value.
     pub fn network(&self, v: serde_json::Value) -> Network {
-        Network::from_conflist_value(v, "test").unwrap()
+        Network::from_conflist_value(v, "test").expect("from_conflist_value")
     }
 
     /// The bridge plugin's config for this test (host-local IPAM on the test subnet).
@@ -227,8 +252,8 @@ impl NetEnv {
     /// A new netns at `<testdir>/netns/<name>`, removed at cleanup.
     pub fn netns(&self, name: &str) -> PathBuf {
         let p = self.dir.join("netns").join(name);
-        self.netns.lock().unwrap().push(p.clone());
-        berth_net::create_netns(&p).unwrap();
+        self.netns.lock().expect("lock").push(p.clone());
+        berth_net::create_netns(&p).expect("create_netns");
         p
     }
 
@@ -238,8 +263,11 @@ impl NetEnv {
 
     /// Start `busybox httpd` inside `ns` on `port`, serving `body` as `/f`.
     pub fn httpd(&self, ns: &Path, port: u16, body: &str) {
-        let root = self.dir.subdir(format!("www-{port}-{}", self.children.lock().unwrap().len()));
-        std::fs::write(root.join("f"), body).unwrap();
+        let root = self.dir.subdir(format!(
+            "www-{port}-{}",
+            self.children.lock().expect("lock").len()
+        ));
+        std::fs::write(root.join("f"), body).expect("write");
         let child = Command::new("nsenter")
             .arg(format!("--net={}", ns.display()))
             .args(["busybox", "httpd", "-f", "-p", &port.to_string(), "-h"])
@@ -248,15 +276,23 @@ impl NetEnv {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap();
-        self.children.lock().unwrap().push(child);
+            .expect("test setup");
+        self.children.lock().expect("lock").push(child);
     }
 
     /// host-local's reservations (files named by an IP) in this test's IPAM dir.
     pub fn ipam_reservations(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for net_dir in std::fs::read_dir(&self.cfg.ipam_data_dir).into_iter().flatten().flatten() {
-            for f in std::fs::read_dir(net_dir.path()).into_iter().flatten().flatten() {
+        for net_dir in std::fs::read_dir(&self.cfg.ipam_data_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for f in std::fs::read_dir(net_dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 let name = f.file_name().to_string_lossy().into_owned();
                 if name.parse::<std::net::IpAddr>().is_ok() {
                     out.push(name);
@@ -289,18 +325,20 @@ impl NetEnv {
                 left.push(format!("cleanup detach failed: {e}"));
             }
         }
-        for mut c in self.children.lock().unwrap().drain(..) {
+        for mut c in self.children.lock().expect("lock").drain(..) {
             let _ = c.kill();
             let _ = c.wait();
         }
         let enslaved = links_on(&self.bridge);
-        for ns in self.netns.lock().unwrap().iter() {
+        for ns in self.netns.lock().expect("lock").iter() {
             if let Err(e) = berth_net::remove_netns(ns) {
                 left.push(format!("remove netns {}: {e}", ns.display()));
             }
         }
         // The kernel tears a netns (and the veth peers in it) down asynchronously.
-        if !eventually(Duration::from_secs(10), || enslaved.iter().all(|l| !link_exists(l))) {
+        if !eventually(Duration::from_secs(10), || {
+            enslaved.iter().all(|l| !link_exists(l))
+        }) {
             left.push(format!("veths still present: {enslaved:?}"));
         }
         if link_exists(&self.bridge) {
@@ -375,7 +413,10 @@ fn restore_iptables(before: &[(String, String, String)]) {
             .map(|l| &l[3..])
             .collect();
         let mut script = format!("*{table}\n");
-        for l in now.lines().filter(|l| l.starts_with("-A ") && !old.contains(l)) {
+        for l in now
+            .lines()
+            .filter(|l| l.starts_with("-A ") && !old.contains(l))
+        {
             let chain = l[3..].split(' ').next().unwrap_or("");
             if !new_chains.contains(&chain) {
                 script.push_str(&format!("-D {}\n", &l[3..]));
@@ -398,10 +439,15 @@ fn restore_iptables(before: &[(String, String, String)]) {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap();
+            .expect("test setup");
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
+        child
+            .stdin
+            .take()
+            .expect("test setup")
+            .write_all(script.as_bytes())
+            .expect("test setup");
+        let out = child.wait_with_output().expect("wait_with_output");
         if !out.status.success() {
             eprintln!(
                 "{restore} failed: {}\n{script}",
