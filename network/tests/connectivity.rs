@@ -22,7 +22,9 @@ fn two_netns_on_one_bridge_reach_each_other_and_nothing_else() {
     let a = env.attachment("two-a", &ns_a);
     let b = env.attachment("two-b", &ns_b);
 
+    let t0 = std::time::Instant::now();
     let ra = env.cni.attach(&net, &a).expect("attach");
+    let first_attach = t0.elapsed();
     let rb = env.cni.attach(&net, &b).expect("attach");
 
     let subnet: IpNet = env.subnet.parse().expect("parse");
@@ -109,7 +111,12 @@ fn two_netns_on_one_bridge_reach_each_other_and_nothing_else() {
     env.cni.check(&net, &a).expect("check");
     env.cni.check(&net, &b).expect("check");
 
+    let t0 = std::time::Instant::now();
     env.cni.detach(&net, &a).expect("detach");
+    eprintln!(
+        "attach (bridge+portmap+firewall): {first_attach:?}, detach: {:?}",
+        t0.elapsed()
+    );
     env.cni.detach(&net, &b).expect("detach");
     assert!(
         links_on(&env.bridge).is_empty(),
@@ -131,5 +138,52 @@ fn two_netns_on_one_bridge_reach_each_other_and_nothing_else() {
             "rule for {ip} left:\n{rules}"
         );
     }
-    let _: IpAddr = ip_a;
+}
+
+#[test]
+fn parallel_attachments_get_distinct_addresses_and_all_detach() {
+    if !require_root() {
+        return;
+    }
+    let env = NetEnv::new("net-parallel");
+    let net = env.default_network();
+    const N: usize = 8;
+    let atts: Vec<_> = (0..N)
+        .map(|i| {
+            let ns = env.netns(&format!("p{i}"));
+            env.attachment(&format!("par{i}"), &ns)
+        })
+        .collect();
+    let t0 = std::time::Instant::now();
+    let ips: Vec<IpAddr> = std::thread::scope(|s| {
+        let handles: Vec<_> = atts
+            .iter()
+            .map(|a| s.spawn(|| env.cni.attach(&net, a).expect("attach")))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("attach thread").first_ip(true).expect("ip"))
+            .collect()
+    });
+    let attach_time = t0.elapsed();
+    let mut unique = ips.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), N, "{ips:?}");
+    assert_eq!(links_on(&env.bridge).len(), N);
+    assert_eq!(env.cached(), N);
+
+    let t0 = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for a in &atts {
+            s.spawn(|| env.cni.detach(&net, a).expect("detach"));
+        }
+    });
+    eprintln!(
+        "{N} parallel attaches (bridge+portmap+firewall): {attach_time:?}, detaches: {:?}",
+        t0.elapsed()
+    );
+    assert!(links_on(&env.bridge).is_empty());
+    assert!(env.ipam_reservations().is_empty());
+    assert_eq!(env.cached(), 0);
 }
