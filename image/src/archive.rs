@@ -76,7 +76,9 @@ fn store_blob(
     w.truncate()?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let k = r.read(&mut buf).map_err(|e| arch_err(format!("reading {shown}: {e}")))?;
+        let k = r
+            .read(&mut buf)
+            .map_err(|e| arch_err(format!("reading {shown}: {e}")))?;
         if k == 0 {
             break;
         }
@@ -84,7 +86,9 @@ fn store_blob(
     }
     match w.commit(Some(size), expected.cloned()) {
         Ok(d) | Err(Error::AlreadyExists(d)) => Ok(d),
-        Err(Error::DigestMismatch { expected, actual, .. }) => Err(arch_err(format!(
+        Err(Error::DigestMismatch {
+            expected, actual, ..
+        }) => Err(arch_err(format!(
             "{shown}: digest mismatch: the archive names {expected} but the data is {actual}"
         ))),
         Err(e) => Err(e),
@@ -97,14 +101,19 @@ pub fn import<R: Read>(store: &ContentStore, reader: R) -> Result<Vec<ArchiveIma
     let mut small: HashMap<String, Vec<u8>> = HashMap::new();
     let mut by_path: HashMap<String, (Digest, u64)> = HashMap::new();
     let mut aliases: HashMap<String, String> = HashMap::new();
-    let entries = archive.entries().map_err(|e| arch_err(format!("not a tar: {e}")))?;
+    let entries = archive
+        .entries()
+        .map_err(|e| arch_err(format!("not a tar: {e}")))?;
     for e in entries {
         let mut e = e.map_err(|e| arch_err(format!("reading the archive: {e}")))?;
         let raw = e.path_bytes().into_owned();
         let path = clean(&raw).to_string_lossy().into_owned();
         let kind = e.header().entry_type();
         if kind.is_symlink() || kind.is_hard_link() {
-            let link = e.link_name_bytes().map(|l| l.into_owned()).unwrap_or_default();
+            let link = e
+                .link_name_bytes()
+                .map(|l| l.into_owned())
+                .unwrap_or_default();
             let target = if kind.is_symlink() && !link.starts_with(b"/") {
                 let parent = Path::new(&path).parent().unwrap_or(Path::new(""));
                 let mut j = parent.as_os_str().as_encoded_bytes().to_vec();
@@ -199,10 +208,11 @@ fn import_docker(
         serde_json::from_slice(manifest).map_err(|e| arch_err(format!("manifest.json: {e}")))?;
     let find = |p: &str| -> Result<(Digest, u64)> {
         let c = clean(p.as_bytes()).to_string_lossy().into_owned();
-        by_path
-            .get(resolve(aliases, &c))
-            .cloned()
-            .ok_or_else(|| arch_err(format!("manifest.json names {p:?}, which is not in the archive")))
+        by_path.get(resolve(aliases, &c)).cloned().ok_or_else(|| {
+            arch_err(format!(
+                "manifest.json names {p:?}, which is not in the archive"
+            ))
+        })
     };
     let mut out = Vec::new();
     for e in entries {
@@ -238,7 +248,13 @@ fn import_docker(
         };
         let bytes = serde_json::to_vec(&m).map_err(|x| arch_err(format!("manifest: {x}")))?;
         let md = Digest::of(&bytes);
-        store_blob(store, &mut &bytes[..], bytes.len() as u64, Some(&md), "synthesized manifest")?;
+        store_blob(
+            store,
+            &mut &bytes[..],
+            bytes.len() as u64,
+            Some(&md),
+            "synthesized manifest",
+        )?;
         let descriptor = Descriptor {
             media_type: media::DOCKER_MANIFEST.into(),
             digest: md.to_string(),
@@ -275,9 +291,9 @@ fn read_json<T: serde::de::DeserializeOwned>(store: &ContentStore, d: &Digest) -
 /// a single-platform pull; manifests: config and layers must be there).
 fn reachable(store: &ContentStore, d: &Descriptor, out: &mut BTreeMap<Digest, u64>) -> Result<()> {
     let dig = parse_digest(d)?;
-    let info = store.info(&dig).map_err(|e| {
-        arch_err(format!("{} {}: {e}", d.media_type, d.digest))
-    })?;
+    let info = store
+        .info(&dig)
+        .map_err(|e| arch_err(format!("{} {}: {e}", d.media_type, d.digest)))?;
     out.insert(dig.clone(), info.size);
     if media::is_index(&d.media_type) {
         let idx: Index = read_json(store, &dig)?;
@@ -382,10 +398,16 @@ pub fn export<W: Write>(
         )
         .map_err(werr)?;
     }
-    tw.append(&file("oci-layout", layout.len() as u64), Some(&mut &layout[..]))
-        .map_err(werr)?;
-    tw.append(&file("index.json", index_bytes.len() as u64), Some(&mut &index_bytes[..]))
-        .map_err(werr)?;
+    tw.append(
+        &file("oci-layout", layout.len() as u64),
+        Some(&mut &layout[..]),
+    )
+    .map_err(werr)?;
+    tw.append(
+        &file("index.json", index_bytes.len() as u64),
+        Some(&mut &index_bytes[..]),
+    )
+    .map_err(werr)?;
     if opts.docker_manifest {
         let m = json(&docker)?;
         tw.append(&file("manifest.json", m.len() as u64), Some(&mut &m[..]))

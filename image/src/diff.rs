@@ -72,7 +72,9 @@ fn two_trees<W: Write>(
     let mut out = None;
     with_source(lower, &mut |l| {
         with_source(upper, &mut |u| {
-            let w = writer.take().ok_or_else(|| Error::Unsupported("diff writer reused".into()))?;
+            let w = writer
+                .take()
+                .ok_or_else(|| Error::Unsupported("diff writer reused".into()))?;
             out = Some(emit(w, compression, |tw| {
                 let mut walker = Walker::new(tw);
                 walker.compare(l, u, Path::new(""))
@@ -232,7 +234,7 @@ impl<'t, 'w> Walker<'t, 'w> {
         self.flush_pending()?;
         let m = fs::symlink_metadata(full).ctx("stat", full)?;
         let ft = m.file_type();
-        let xattrs: Vec<(Vec<u8>, Vec<u8>)> = sys::lxattrs(full)
+        let xattrs: sys::Xattrs = sys::lxattrs(full)
             .ctx("list xattrs", full)?
             .into_iter()
             .filter(|(k, _)| !k.starts_with(b"trusted.overlay."))
@@ -271,7 +273,11 @@ impl<'t, 'w> Walker<'t, 'w> {
                 .ctx("write layer", full);
         } else if ft.is_symlink() {
             h.kind = b'2';
-            h.link = fs::read_link(full).ctx("readlink", full)?.as_os_str().as_bytes().to_vec();
+            h.link = fs::read_link(full)
+                .ctx("readlink", full)?
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
         } else if ft.is_char_device() || ft.is_block_device() {
             h.kind = if ft.is_char_device() { b'3' } else { b'4' };
             h.dev = (

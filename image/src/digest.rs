@@ -31,7 +31,10 @@ impl Digest {
         if hex.len() != 64 {
             return Err(bad("a sha256 digest has 64 hex digits"));
         }
-        if !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(bad("the hex part must be lowercase hex digits"));
         }
         Ok(Digest(s.to_string()))
@@ -127,7 +130,9 @@ impl Hasher {
 
 impl fmt::Debug for Hasher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Hasher").field("count", &self.count).finish()
+        f.debug_struct("Hasher")
+            .field("count", &self.count)
+            .finish()
     }
 }
 

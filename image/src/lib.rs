@@ -18,9 +18,11 @@ pub mod tarw;
 pub mod unpack;
 
 pub use content::{BlobInfo, ContentStore, IngestStatus, IngestWriter};
+pub use diff::{diff, DiffOutput, DiffSource};
 pub use digest::{Digest, Hasher, HashingReader, HashingWriter};
 pub use error::{Error, Result};
 pub use mount::Mount;
-pub use unpack::{apply, apply_to_mounts, sync_dir, Applied, ApplyOptions, Compression, WhiteoutMode};
 pub use snapshot::{Kind, Native, Overlay, Snapshotter, Usage};
-pub use diff::{diff, DiffOutput, DiffSource};
+pub use unpack::{
+    apply, apply_to_mounts, sync_dir, Applied, ApplyOptions, Compression, WhiteoutMode,
+};

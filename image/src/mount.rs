@@ -160,9 +160,8 @@ pub fn unmount(target: &Path) -> Result<()> {
 
 /// Whether anything is mounted at or below `dir` (from /proc/self/mountinfo).
 pub fn mounted_below(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| {
-        Error::io("read", "/proc/self/mountinfo", e)
-    })?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Error::io("read", "/proc/self/mountinfo", e))?;
     let mut out = Vec::new();
     for line in info.lines() {
         let Some(mp) = line.split(' ').nth(4) else {
@@ -183,7 +182,10 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;

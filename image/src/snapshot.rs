@@ -11,8 +11,8 @@ use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-pub use crate::fsutil::Usage;
 use crate::error::{Error, IoContext, Result};
+pub use crate::fsutil::Usage;
 use crate::mount::Mount;
 
 /// The kind of a snapshot (containerd's `Kind`).

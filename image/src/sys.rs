@@ -66,8 +66,11 @@ pub fn lsetxattr(path: &Path, name: &OsStr, value: &[u8]) -> Result<(), Errno> {
     Errno::result(r).map(drop)
 }
 
+/// xattrs as (name, value) pairs, sorted by name.
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Every xattr of `path` (not following a symlink in its last component), name → value.
-pub fn lxattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Errno> {
+pub fn lxattrs(path: &Path) -> Result<Xattrs, Errno> {
     let p = cstr(path)?;
     let mut names = vec![0u8; 1024];
     let len = loop {

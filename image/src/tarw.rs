@@ -150,7 +150,11 @@ impl<W: Write> TarWriter<W> {
                 ..Default::default()
             };
             let mut pname = b"PaxHeaders.0/".to_vec();
-            let base = h.path.rsplit(|&c| c == b'/').find(|s| !s.is_empty()).unwrap_or(b"x");
+            let base = h
+                .path
+                .rsplit(|&c| c == b'/')
+                .find(|s| !s.is_empty())
+                .unwrap_or(b"x");
             pname.extend_from_slice(&base[..base.len().min(80)]);
             let mut none = Vec::new();
             let mut pb = block(b'x', &pname, &[], &ph, &mut none);

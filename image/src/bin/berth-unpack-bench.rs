@@ -29,8 +29,15 @@ struct Noise {
 
 impl Read for Noise {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX)) & !7;
-        let n = if n == 0 { buf.len().min(self.left as usize) } else { n };
+        let n = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX))
+            & !7;
+        let n = if n == 0 {
+            buf.len().min(self.left as usize)
+        } else {
+            n
+        };
         for chunk in buf[..n].chunks_mut(8) {
             self.state ^= self.state >> 12;
             self.state ^= self.state << 25;
@@ -76,7 +83,10 @@ fn big_tar(path: &Path, mb: u64) -> Res<u64> {
             state: 0x9E37_79B9_7F4A_7C15 ^ i,
             left: size,
         };
-        tw.append(&file_header(format!("data/blob-{i:04}"), size), Some(&mut noise))?;
+        tw.append(
+            &file_header(format!("data/blob-{i:04}"), size),
+            Some(&mut noise),
+        )?;
         left -= size;
         i += 1;
     }
@@ -133,9 +143,18 @@ fn ours(input: &Path, comp: Compression, out: &Path) -> Res<Duration> {
 
 fn gnu(input: &Path, comp: Compression, out: &Path) -> Res<Duration> {
     fresh(out)?;
-    let flag = if comp == Compression::Gzip { "-xzf" } else { "-xf" };
+    let flag = if comp == Compression::Gzip {
+        "-xzf"
+    } else {
+        "-xf"
+    };
     let t = Instant::now();
-    let st = Command::new("tar").arg(flag).arg(input).arg("-C").arg(out).status()?;
+    let st = Command::new("tar")
+        .arg(flag)
+        .arg(input)
+        .arg("-C")
+        .arg(out)
+        .status()?;
     let el = t.elapsed();
     if !st.success() {
         return Err(format!("tar {flag} {} failed: {st}", input.display()).into());
@@ -144,14 +163,19 @@ fn gnu(input: &Path, comp: Compression, out: &Path) -> Res<Duration> {
 }
 
 fn env_u64(k: &str, d: u64) -> u64 {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
 }
 
 fn main() -> Res<()> {
     let work = std::env::args()
         .nth(1)
         .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("berth-unpack-bench-{}", std::process::id())));
+        .unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("berth-unpack-bench-{}", std::process::id()))
+        });
     let mb = env_u64("BERTH_BENCH_MB", 200);
     let files = env_u64("BERTH_BENCH_FILES", 20_000);
     let runs = env_u64("BERTH_BENCH_RUNS", 3).max(1);

@@ -88,13 +88,12 @@ pub fn apply<R: Read>(
     compression: Compression,
     opts: &ApplyOptions,
 ) -> Result<Applied> {
-    let decoded = compression::decoder(reader, compression, opts.buffer_size).map_err(|e| {
-        Error::Layer {
+    let decoded =
+        compression::decoder(reader, compression, opts.buffer_size).map_err(|e| Error::Layer {
             entry: String::new(),
             offset: 0,
             reason: e.to_string(),
-        }
-    })?;
+        })?;
     apply::apply_tar(target, HashingReader::new(decoded), opts)
 }
 
@@ -140,8 +139,7 @@ static TEMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::ne
 /// Mount `mounts` on a fresh private dir, run `f` on it, unmount and remove the dir (always).
 pub fn with_temp_mount<T>(mounts: &[Mount], f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     let n = TEMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir: PathBuf =
-        std::env::temp_dir().join(format!("berth-mount-{}-{n}", std::process::id()));
+    let dir: PathBuf = std::env::temp_dir().join(format!("berth-mount-{}-{n}", std::process::id()));
     std::fs::create_dir(&dir).map_err(|e| Error::io("mkdir", &dir, e))?;
     let result = match crate::mount::mount_all(mounts, &dir) {
         Ok(()) => {

@@ -100,7 +100,12 @@ impl Root {
     /// Open `rel` (a directory, resolved inside the root) with `flags`, following nothing out.
     pub fn open_in(&self, rel: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
         if rel.as_os_str().is_empty() {
-            return openat(self.fd.as_fd(), ".", flags | OFlag::O_CLOEXEC, Mode::empty());
+            return openat(
+                self.fd.as_fd(),
+                ".",
+                flags | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            );
         }
         openat2(self.fd.as_fd(), rel, how(flags))
     }
@@ -178,7 +183,10 @@ impl Root {
         };
         Error::Unsafe {
             entry: rel.to_string_lossy().into_owned(),
-            reason: format!("cannot resolve directory inside {}: {reason}", self.path.display()),
+            reason: format!(
+                "cannot resolve directory inside {}: {reason}",
+                self.path.display()
+            ),
         }
     }
 }
@@ -209,7 +217,8 @@ pub fn remove_all_at(dir: BorrowedFd<'_>, name: &OsStr, shown: &Path) -> Result<
         )
         .map_err(|e| Error::errno("open", shown, e))?;
         clear_dir(fd.as_fd(), shown, &mut |_| false)?;
-        unlinkat(dir, name, UnlinkatFlags::RemoveDir).map_err(|e| Error::errno("rmdir", shown, e))?;
+        unlinkat(dir, name, UnlinkatFlags::RemoveDir)
+            .map_err(|e| Error::errno("rmdir", shown, e))?;
         Ok(true)
     } else {
         unlinkat(dir, name, UnlinkatFlags::NoRemoveDir)

@@ -10,13 +10,12 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, AtFlags, OFlag};
-use nix::sys::stat::{
-    fchmod, fchmodat, futimens, makedev, mkdirat, mknodat, utimensat, FchmodatFlags, Mode, SFlag,
-    UtimensatFlags,
-};
+use nix::sys::stat::{futimens, makedev, mkdirat, mknodat, Mode, SFlag};
 use nix::sys::time::TimeSpec;
-use nix::unistd::{fchown, fchownat, linkat, symlinkat, Gid, Uid};
+use nix::unistd::{linkat, symlinkat};
 use tar::EntryType;
+
+mod meta;
 
 use super::root::{clean, clear_dir, remove_all_at, Root};
 use super::{Applied, ApplyOptions, WhiteoutMode};
@@ -149,64 +148,6 @@ impl Unpacker<'_> {
         self.root.path().join(rel)
     }
 
-    fn meta<R: Read>(&mut self, e: &mut tar::Entry<'_, R>, shown: &str) -> Result<Meta> {
-        let pos = e.raw_header_position();
-        let bad = |what: &str, err: io::Error| Error::Layer {
-            entry: shown.to_string(),
-            offset: pos,
-            reason: format!("bad {what}: {err}"),
-        };
-        let h = e.header();
-        let mode = h.mode().map_err(|x| bad("mode", x))? & 0o7777;
-        let mut uid = h.uid().map_err(|x| bad("uid", x))?;
-        let mut gid = h.gid().map_err(|x| bad("gid", x))?;
-        let mtime = h.mtime().map_err(|x| bad("mtime", x))?;
-        let mut mtime = TimeSpec::new(i64::try_from(mtime).unwrap_or(i64::MAX), 0);
-        let mut atime = None;
-        let mut xattrs = Vec::new();
-        if let Some(pax) = e.pax_extensions().map_err(|x| bad("pax header", x))? {
-            for ext in pax {
-                let ext = ext.map_err(|x| Error::Layer {
-                    entry: shown.to_string(),
-                    offset: pos,
-                    reason: format!("bad pax record: {x}"),
-                })?;
-                let Ok(key) = ext.key() else { continue };
-                let value = ext.value_bytes();
-                let text = std::str::from_utf8(value).unwrap_or("");
-                match key {
-                    "uid" => uid = text.trim().parse().unwrap_or(uid),
-                    "gid" => gid = text.trim().parse().unwrap_or(gid),
-                    "mtime" => mtime = parse_time(text.trim()).unwrap_or(mtime),
-                    "atime" => atime = parse_time(text.trim()),
-                    k => {
-                        if let Some(name) = k.strip_prefix("SCHILY.xattr.") {
-                            xattrs.push((name.to_string(), value.to_vec()));
-                        }
-                    }
-                }
-            }
-        }
-        let uid = u32::try_from(uid).map_err(|_| Error::Layer {
-            entry: shown.to_string(),
-            offset: pos,
-            reason: format!("uid {uid} out of range"),
-        })?;
-        let gid = u32::try_from(gid).map_err(|_| Error::Layer {
-            entry: shown.to_string(),
-            offset: pos,
-            reason: format!("gid {gid} out of range"),
-        })?;
-        Ok(Meta {
-            mode,
-            uid,
-            gid,
-            atime: atime.unwrap_or(mtime),
-            mtime,
-            xattrs,
-        })
-    }
-
     fn entry<R: Read>(&mut self, e: &mut tar::Entry<'_, R>) -> Result<()> {
         let raw = e.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw).into_owned();
@@ -223,11 +164,14 @@ impl Unpacker<'_> {
                     .root
                     .open_in(Path::new(""), OFlag::O_RDONLY | OFlag::O_DIRECTORY)
                     .map_err(|x| Error::errno("open", self.root.path(), x))?;
-                self.set_meta_fd(fd.as_fd(), None, Path::new(""), &meta)?;
-                self.dir_times.push((PathBuf::new(), meta.atime, meta.mtime));
+                self.set_meta_fd(fd.as_fd(), Path::new(""), &meta)?;
+                self.dir_times
+                    .push((PathBuf::new(), meta.atime, meta.mtime));
             } else {
                 self.out.skipped_entries += 1;
-                self.warn(format!("skipped {shown:?}: a non-directory entry for the root"));
+                self.warn(format!(
+                    "skipped {shown:?}: a non-directory entry for the root"
+                ));
             }
             return Ok(());
         };
@@ -255,15 +199,15 @@ impl Unpacker<'_> {
                 let Some(fd) = fd else { return Ok(()) };
                 let mut file = File::from(fd);
                 self.copy_data(e, &mut file, &shown)?;
-                self.set_meta_fd(file.as_fd(), None, &rel, &meta)?;
+                self.set_meta_fd(file.as_fd(), &rel, &meta)?;
                 futimens(&file, &meta.atime, &meta.mtime)
                     .map_err(|x| Error::errno("set times", &path, x))?;
             }
             EntryType::Directory => {
-                let made = self.create(pfd, &name, &path, true, |d, n| {
+                // An existing directory is kept (create returns None): only its metadata changes.
+                self.create(pfd, &name, &path, true, |d, n| {
                     mkdirat(d, n, Mode::from_bits_truncate(0o700))
                 })?;
-                let _ = made;
                 let fd = openat(
                     pfd,
                     name.as_os_str(),
@@ -271,17 +215,25 @@ impl Unpacker<'_> {
                     Mode::empty(),
                 )
                 .map_err(|x| Error::errno("open", &path, x))?;
-                self.set_meta_fd(fd.as_fd(), None, &rel, &meta)?;
+                self.set_meta_fd(fd.as_fd(), &rel, &meta)?;
                 self.dir_times.push((rel.clone(), meta.atime, meta.mtime));
             }
             EntryType::Symlink => {
-                let target = e.link_name_bytes().map(|c| c.into_owned()).unwrap_or_default();
+                let target = e
+                    .link_name_bytes()
+                    .map(|c| c.into_owned())
+                    .unwrap_or_default();
                 let target = OsStr::from_bytes(&target).to_os_string();
-                self.create(pfd, &name, &path, false, |d, n| symlinkat(target.as_os_str(), d, n))?;
+                self.create(pfd, &name, &path, false, |d, n| {
+                    symlinkat(target.as_os_str(), d, n)
+                })?;
                 self.set_meta_at(pfd, &name, &rel, &meta, false)?;
             }
             EntryType::Link => {
-                let link = e.link_name_bytes().map(|c| c.into_owned()).unwrap_or_default();
+                let link = e
+                    .link_name_bytes()
+                    .map(|c| c.into_owned())
+                    .unwrap_or_default();
                 let trel = clean(&link);
                 if trel == rel {
                     return Ok(());
@@ -343,7 +295,9 @@ impl Unpacker<'_> {
             }
             other => {
                 self.out.skipped_entries += 1;
-                self.warn(format!("skipped {shown:?}: unsupported entry type {other:?}"));
+                self.warn(format!(
+                    "skipped {shown:?}: unsupported entry type {other:?}"
+                ));
                 return Ok(());
             }
         }
@@ -404,8 +358,9 @@ impl Unpacker<'_> {
                     })
                 }
             };
-            file.write_all(&self.buf[..n])
-                .map_err(|x| Error::io("write", self.root.path().join(clean(shown.as_bytes())), x))?;
+            file.write_all(&self.buf[..n]).map_err(|x| {
+                Error::io("write", self.root.path().join(clean(shown.as_bytes())), x)
+            })?;
             done += n as u64;
         }
         if done != want {
@@ -418,97 +373,16 @@ impl Unpacker<'_> {
         Ok(())
     }
 
-    fn set_xattrs(
-        &mut self,
-        fd: Option<BorrowedFd<'_>>,
-        at: Option<(BorrowedFd<'_>, &OsStr)>,
-        rel: &Path,
-        meta: &Meta,
-    ) -> Result<()> {
-        for (name, value) in &meta.xattrs {
-            if !xattr_allowed(name) {
-                self.out.skipped_xattrs += 1;
-                self.warn(format!("{}: xattr {name} not allowed", rel.display()));
-                continue;
-            }
-            let r = match (fd, at) {
-                (Some(fd), _) => sys::fsetxattr(fd, OsStr::new(name), value),
-                (None, Some((d, n))) => sys::lsetxattr(&sys::fd_path(d, n), OsStr::new(name), value),
-                (None, None) => Ok(()),
-            };
-            match r {
-                Ok(()) => {}
-                Err(e @ (Errno::ENOTSUP | Errno::EPERM)) => {
-                    self.out.skipped_xattrs += 1;
-                    self.warn(format!("{}: xattr {name} not set: {e}", rel.display()));
-                }
-                Err(e) => return Err(Error::errno("setxattr", self.shown(rel), e)),
-            }
-        }
-        Ok(())
-    }
-
-    /// chown, then chmod (chown clears setuid bits), then xattrs (chown clears capabilities).
-    fn set_meta_fd(
-        &mut self,
-        fd: BorrowedFd<'_>,
-        _unused: Option<()>,
-        rel: &Path,
-        meta: &Meta,
-    ) -> Result<()> {
-        let path = self.shown(rel);
-        if self.opts.preserve_owners {
-            fchown(fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))
-                .map_err(|e| Error::errno("chown", &path, e))?;
-        }
-        fchmod(fd, Mode::from_bits_truncate(meta.mode))
-            .map_err(|e| Error::errno("chmod", &path, e))?;
-        self.set_xattrs(Some(fd), None, rel, meta)
-    }
-
-    /// Metadata of a node that cannot be opened (symlink, device, fifo), by (dir, name), never
-    /// following it.
-    fn set_meta_at(
-        &mut self,
-        dir: BorrowedFd<'_>,
-        name: &OsStr,
-        rel: &Path,
-        meta: &Meta,
-        chmod: bool,
-    ) -> Result<()> {
-        let path = self.shown(rel);
-        if self.opts.preserve_owners {
-            fchownat(
-                dir,
-                name,
-                Some(Uid::from_raw(meta.uid)),
-                Some(Gid::from_raw(meta.gid)),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .map_err(|e| Error::errno("chown", &path, e))?;
-        }
-        if chmod {
-            // The node was just created by mknodat: it is not a symlink.
-            fchmodat(
-                dir,
-                name,
-                Mode::from_bits_truncate(meta.mode),
-                FchmodatFlags::FollowSymlink,
-            )
-            .map_err(|e| Error::errno("chmod", &path, e))?;
-        }
-        self.set_xattrs(None, Some((dir, name)), rel, meta)?;
-        utimensat(dir, name, &meta.atime, &meta.mtime, UtimensatFlags::NoFollowSymlink)
-            .map_err(|e| Error::errno("set times", &path, e))
-    }
-
     fn whiteout(&mut self, parent: &Path, wh: &[u8], shown: &str) -> Result<()> {
         let overlay = self.opts.whiteout == WhiteoutMode::Overlay;
         let pfd: OwnedFd = if overlay {
             let d = self.root.dir(parent)?;
             nix::unistd::dup(d.as_fd()).map_err(|e| Error::errno("dup", self.shown(parent), e))?
         } else {
-            match self.root.open_in(parent, OFlag::O_PATH | OFlag::O_DIRECTORY) {
+            match self
+                .root
+                .open_in(parent, OFlag::O_PATH | OFlag::O_DIRECTORY)
+            {
                 Ok(fd) => fd,
                 // Nothing there to delete.
                 Err(Errno::ENOENT) => return Ok(()),
@@ -534,7 +408,9 @@ impl Unpacker<'_> {
                     .map_err(|e| Error::errno("set opaque xattr", &ppath, e))?;
             } else {
                 let created = &self.created;
-                clear_dir(dir.as_fd(), &ppath, &mut |n| created.contains(&parent.join(n)))?;
+                clear_dir(dir.as_fd(), &ppath, &mut |n| {
+                    created.contains(&parent.join(n))
+                })?;
                 self.root.invalidate();
             }
             return Ok(());
@@ -551,8 +427,14 @@ impl Unpacker<'_> {
             self.root.invalidate();
         }
         if overlay {
-            mknodat(pfd.as_fd(), name, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0))
-                .map_err(|e| Error::errno("create whiteout", &path, e))?;
+            mknodat(
+                pfd.as_fd(),
+                name,
+                SFlag::S_IFCHR,
+                Mode::empty(),
+                makedev(0, 0),
+            )
+            .map_err(|e| Error::errno("create whiteout", &path, e))?;
         }
         Ok(())
     }
@@ -560,16 +442,17 @@ impl Unpacker<'_> {
     /// Directory times last: creating entries inside a directory changes its mtime.
     fn finish(&mut self) -> Result<()> {
         for (rel, atime, mtime) in std::mem::take(&mut self.dir_times) {
-            let fd = match self
-                .root
-                .open_in(&rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW)
-            {
+            let fd = match self.root.open_in(
+                &rel,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+            ) {
                 Ok(fd) => fd,
                 // Replaced by a later entry: its times were set with it.
                 Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => continue,
                 Err(e) => return Err(Error::errno("open", self.shown(&rel), e)),
             };
-            futimens(&fd, &atime, &mtime).map_err(|e| Error::errno("set times", self.shown(&rel), e))?;
+            futimens(&fd, &atime, &mtime)
+                .map_err(|e| Error::errno("set times", self.shown(&rel), e))?;
         }
         Ok(())
     }
