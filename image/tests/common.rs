@@ -19,7 +19,9 @@ pub fn listing(dir: &Path, skip: Option<&Path>) -> BTreeMap<PathBuf, String> {
             continue;
         };
         let extra = if m.file_type().is_symlink() {
-            std::fs::read_link(&p).map(|t| t.display().to_string()).unwrap_or_default()
+            std::fs::read_link(&p)
+                .map(|t| t.display().to_string())
+                .unwrap_or_default()
         } else if m.is_file() {
             berth_image::Digest::of(&std::fs::read(&p).unwrap_or_default()).to_string()
         } else {
@@ -60,7 +62,11 @@ pub fn zstd(data: &[u8], dir: &Path) -> Option<Vec<u8>> {
         .arg(&src)
         .output()
         .expect("zstd");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::remove_file(&src).expect("rm");
     Some(out.stdout)
 }
@@ -75,7 +81,10 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 
 /// `sha256sum` of a file, as `sha256:<hex>`.
 pub fn sha256sum(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().expect("sha256sum");
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
     assert!(out.status.success());
     let s = String::from_utf8_lossy(&out.stdout);
     format!("sha256:{}", s.split_whitespace().next().unwrap_or(""))

@@ -13,7 +13,9 @@ fn write_resume_commit_and_read_back() {
     let cs = ContentStore::open(dir.path()).expect("open");
     let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let want = Digest::of(&data);
-    let mut w = cs.writer("layer-1", Some(data.len() as u64), Some(want.clone())).expect("writer");
+    let mut w = cs
+        .writer("layer-1", Some(data.len() as u64), Some(want.clone()))
+        .expect("writer");
     w.write(&data[..100_000]).expect("write");
     assert_eq!(w.offset(), 100_000);
     // Locked while open.
@@ -21,30 +23,57 @@ fn write_resume_commit_and_read_back() {
     drop(w);
     // Resumed: offset and running digest rebuilt from disk.
     let st = cs.status("layer-1").expect("status");
-    assert_eq!((st.offset, st.total, st.expected.as_ref()), (100_000, Some(300_000), Some(&want)));
+    assert_eq!(
+        (st.offset, st.total, st.expected.as_ref()),
+        (100_000, Some(300_000), Some(&want))
+    );
     let mut w = cs.writer("layer-1", None, None).expect("resume");
     assert_eq!(w.offset(), 100_000);
     assert_eq!(w.digest(), Digest::of(&data[..100_000]));
     let e = w.write_at(5, b"x").expect_err("out of range");
-    assert!(matches!(e, Error::OutOfRange { offset: 5, current: 100_000, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::OutOfRange {
+                offset: 5,
+                current: 100_000,
+                ..
+            }
+        ),
+        "{e}"
+    );
     w.write_at(100_000, &data[100_000..]).expect("write_at");
     let statuses = cs.list_statuses().expect("statuses");
     assert_eq!(statuses.len(), 1);
     assert_eq!(statuses[0].reference, "layer-1");
     let d = w.commit(Some(data.len() as u64), None).expect("commit");
     assert_eq!(d, want);
-    assert!(cs.list_statuses().expect("statuses").is_empty(), "ingest removed");
+    assert!(
+        cs.list_statuses().expect("statuses").is_empty(),
+        "ingest removed"
+    );
     let info = cs.info(&d).expect("info");
     assert_eq!(info.size, data.len() as u64);
     let mode = std::fs::metadata(cs.blob_path(&d)).expect("blob");
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o444);
-    assert_eq!(cs.read_at(&d, 299_990, 100).expect("read_at"), &data[299_990..]);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o444
+    );
+    assert_eq!(
+        cs.read_at(&d, 299_990, 100).expect("read_at"),
+        &data[299_990..]
+    );
     let mut back = Vec::new();
-    cs.open_blob(&d).expect("open").read_to_end(&mut back).expect("read");
+    cs.open_blob(&d)
+        .expect("open")
+        .read_to_end(&mut back)
+        .expect("read");
     assert_eq!(back, data);
     assert_eq!(cs.list().expect("list").len(), 1);
     // AlreadyExists for a writer expecting a stored digest.
-    assert!(matches!(cs.writer("again", None, Some(d.clone())), Err(Error::AlreadyExists(x)) if x == d));
+    assert!(
+        matches!(cs.writer("again", None, Some(d.clone())), Err(Error::AlreadyExists(x)) if x == d)
+    );
     cs.delete(&d).expect("delete");
     assert!(cs.info(&d).expect_err("gone").is_not_found());
 }
@@ -56,8 +85,14 @@ fn mismatches_discard_the_ingest() {
     let mut w = cs.writer("bad-digest", None, None).expect("writer");
     w.write(b"hello").expect("write");
     let wrong = Digest::of(b"other");
-    let e = w.commit(Some(5), Some(wrong.clone())).expect_err("mismatch").to_string();
-    assert!(e.contains(wrong.as_str()) && e.contains(Digest::of(b"hello").as_str()), "{e}");
+    let e = w
+        .commit(Some(5), Some(wrong.clone()))
+        .expect_err("mismatch")
+        .to_string();
+    assert!(
+        e.contains(wrong.as_str()) && e.contains(Digest::of(b"hello").as_str()),
+        "{e}"
+    );
     assert!(cs.status("bad-digest").is_err(), "discarded");
     assert!(cs.list().expect("list").is_empty());
 
@@ -71,7 +106,11 @@ fn mismatches_discard_the_ingest() {
     let mut w = cs.writer("restart", None, None).expect("writer");
     w.write(b"garbage").expect("write");
     w.write_at(0, b"good").expect("restart");
-    assert_eq!(w.commit(Some(4), Some(Digest::of(b"good"))).expect("commit"), Digest::of(b"good"));
+    assert_eq!(
+        w.commit(Some(4), Some(Digest::of(b"good")))
+            .expect("commit"),
+        Digest::of(b"good")
+    );
 
     // Abort and stale removal.
     let mut w = cs.writer("aborted", None, None).expect("writer");
@@ -82,9 +121,17 @@ fn mismatches_discard_the_ingest() {
     assert!(cs.status("aborted").is_err());
     let mut w = cs.writer("stale", None, None).expect("writer");
     w.write(b"x").expect("write");
-    assert_eq!(cs.remove_stale_ingests(Duration::ZERO).expect("gc"), 0, "open ingest kept");
+    assert_eq!(
+        cs.remove_stale_ingests(Duration::ZERO).expect("gc"),
+        0,
+        "open ingest kept"
+    );
     drop(w);
-    assert_eq!(cs.remove_stale_ingests(Duration::from_secs(3600)).expect("gc"), 0);
+    assert_eq!(
+        cs.remove_stale_ingests(Duration::from_secs(3600))
+            .expect("gc"),
+        0
+    );
     assert_eq!(cs.remove_stale_ingests(Duration::ZERO).expect("gc"), 1);
 }
 
@@ -112,7 +159,9 @@ fn crash_child_writer() {
     };
     let cs = ContentStore::open(&root).expect("open");
     for i in 0u64.. {
-        let data: Vec<u8> = (0..4 << 20).map(|k: u64| (k.wrapping_mul(i + 7) >> 3) as u8).collect();
+        let data: Vec<u8> = (0..4 << 20)
+            .map(|k: u64| (k.wrapping_mul(i + 7) >> 3) as u8)
+            .collect();
         let mut w = cs.writer(&format!("blob-{i}"), None, None).expect("writer");
         for c in data.chunks(64 * 1024) {
             w.write(c).expect("write");
@@ -127,7 +176,12 @@ fn sigkill_during_writes_never_leaves_a_partial_blob() {
     let guard = Guard::new();
     for round in 0..6u64 {
         let mut child = Command::new(std::env::current_exe().expect("exe"))
-            .args(["--exact", "crash_child_writer", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash_child_writer",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("BERTH_IMAGE_CRASH_ROOT", dir.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -144,7 +198,10 @@ fn sigkill_during_writes_never_leaves_a_partial_blob() {
     }
     let cs = ContentStore::open(dir.path()).expect("open");
     let blobs = cs.list().expect("list");
-    assert!(!blobs.is_empty(), "the child committed nothing: the test proves nothing");
+    assert!(
+        !blobs.is_empty(),
+        "the child committed nothing: the test proves nothing"
+    );
     for b in &blobs {
         let data = std::fs::read(cs.blob_path(&b.digest)).expect("read blob");
         assert_eq!(Digest::of(&data), b.digest, "partial or corrupt blob");

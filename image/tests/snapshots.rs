@@ -30,20 +30,36 @@ fn overlay_chain_of_three_mounts_the_merged_view() {
     let m3 = ov.create(3, Kind::Active, &[2, 1]).expect("create 3");
     assert_eq!(m3[0].kind, "overlay");
     let lower = m3[0].option("lowerdir").expect("lowerdir");
-    assert_eq!(lower, format!("{}:{}", ov.upper_dir(2).display(), ov.upper_dir(1).display()));
+    assert_eq!(
+        lower,
+        format!(
+            "{}:{}",
+            ov.upper_dir(2).display(),
+            ov.upper_dir(1).display()
+        )
+    );
     assert!(m3[0].options.iter().any(|o| o == "index=off"));
-    assert_eq!(m3[0].option("upperdir"), Some(ov.upper_dir(3).to_string_lossy().as_ref()));
+    assert_eq!(
+        m3[0].option("upperdir"),
+        Some(ov.upper_dir(3).to_string_lossy().as_ref())
+    );
 
     let target = dir.subdir("rootfs");
     let guard = Guard::new();
     guard.mount(&target);
     mount_all(&m3, &target).expect("mount");
     assert_eq!(std::fs::read(target.join("base")).expect("base"), b"1");
-    assert_eq!(std::fs::read(target.join("shadowed")).expect("shadowed"), b"2");
+    assert_eq!(
+        std::fs::read(target.join("shadowed")).expect("shadowed"),
+        b"2"
+    );
     assert_eq!(std::fs::read(target.join("mid")).expect("mid"), b"2");
     std::fs::write(target.join("top"), b"3").expect("write through overlay");
     std::fs::remove_file(target.join("base")).expect("delete through overlay");
-    assert_eq!(std::fs::read(ov.upper_dir(3).join("top")).expect("upper"), b"3");
+    assert_eq!(
+        std::fs::read(ov.upper_dir(3).join("top")).expect("upper"),
+        b"3"
+    );
     unmount(&target).expect("unmount");
 
     // Views: one parent → ro bind of it; several → lowerdir-only overlay.
@@ -56,7 +72,10 @@ fn overlay_chain_of_three_mounts_the_merged_view() {
     assert!(v2[0].option("upperdir").is_none());
     mount_all(&v2, &target).expect("mount view");
     assert_eq!(std::fs::read(target.join("shadowed")).expect("view"), b"2");
-    assert!(std::fs::write(target.join("nope"), b"x").is_err(), "view is read-only");
+    assert!(
+        std::fs::write(target.join("nope"), b"x").is_err(),
+        "view is read-only"
+    );
     unmount(&target).expect("unmount");
     let v0 = ov.create(6, Kind::View, &[]).expect("view no parent");
     assert_eq!(v0[0].options, ["ro", "rbind"]);
@@ -85,7 +104,9 @@ fn remove_refuses_while_something_is_mounted_inside() {
     std::fs::create_dir(&inner).expect("mkdir");
     let guard = Guard::new();
     guard.mount(&inner);
-    berth_image::Mount::bind(&user, false).mount_at(&inner).expect("bind");
+    berth_image::Mount::bind(&user, false)
+        .mount_at(&inner)
+        .expect("bind");
     let e = ov.remove(1).expect_err("refused").to_string();
     assert!(e.contains("refusing") && e.contains("mnt"), "{e}");
     assert_eq!(std::fs::read(user.join("precious")).expect("kept"), b"keep");
@@ -116,8 +137,11 @@ fn native_copy_keeps_links_devices_xattrs_owners() {
         nix::sys::stat::makedev(1, 3),
     )
     .expect("mknod");
-    nix::unistd::mkfifo(&fs1.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600))
-        .expect("mkfifo");
+    nix::unistd::mkfifo(
+        &fs1.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .expect("mkfifo");
     std::os::unix::fs::chown(fs1.join("d/f"), Some(1234), Some(4321)).expect("chown");
     std::fs::set_permissions(
         fs1.join("d/f"),
@@ -135,13 +159,32 @@ fn native_copy_keeps_links_devices_xattrs_owners() {
     let a = std::fs::symlink_metadata(fs2.join("d/f")).expect("f");
     let b = std::fs::symlink_metadata(fs2.join("hl")).expect("hl");
     assert_eq!(a.ino(), b.ino(), "hard link kept");
-    assert_ne!(a.ino(), std::fs::symlink_metadata(fs1.join("d/f")).expect("f1").ino());
+    assert_ne!(
+        a.ino(),
+        std::fs::symlink_metadata(fs1.join("d/f"))
+            .expect("f1")
+            .ino()
+    );
     assert_eq!((a.uid(), a.gid(), a.mode() & 0o7777), (1234, 4321, 0o4750));
-    assert!(std::fs::symlink_metadata(fs2.join("null")).expect("null").file_type().is_char_device());
-    assert!(std::fs::symlink_metadata(fs2.join("fifo")).expect("fifo").file_type().is_fifo());
-    assert_eq!(std::fs::read_link(fs2.join("sl")).expect("sl").to_string_lossy(), "d/f");
+    assert!(std::fs::symlink_metadata(fs2.join("null"))
+        .expect("null")
+        .file_type()
+        .is_char_device());
+    assert!(std::fs::symlink_metadata(fs2.join("fifo"))
+        .expect("fifo")
+        .file_type()
+        .is_fifo());
+    assert_eq!(
+        std::fs::read_link(fs2.join("sl"))
+            .expect("sl")
+            .to_string_lossy(),
+        "d/f"
+    );
     if have_setfattr {
-        assert_eq!(common::xattr(&fs2.join("d/f"), "user.k").as_deref(), Some(&b"v"[..]));
+        assert_eq!(
+            common::xattr(&fs2.join("d/f"), "user.k").as_deref(),
+            Some(&b"v"[..])
+        );
     }
     assert_eq!(common::listing(&fs1, None), common::listing(&fs2, None));
     let u = nat.usage(2).expect("usage");

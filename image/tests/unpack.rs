@@ -68,9 +68,18 @@ fn hostile_layers_cannot_escape_in_any_mode_or_compression() {
                         );
                     }
                     let after = common::listing(&case, Some(&target));
-                    assert_eq!(before, after, "{}: outside of the target changed", layer.name);
+                    assert_eq!(
+                        before, after,
+                        "{}: outside of the target changed",
+                        layer.name
+                    );
                     assert_eq!(std::fs::read(&victim).expect("victim"), b"victim");
-                    assert_eq!(victim.metadata().expect("victim").nlink(), 1, "{}", layer.name);
+                    assert_eq!(
+                        victim.metadata().expect("victim").nlink(),
+                        1,
+                        "{}",
+                        layer.name
+                    );
                     cases += 1;
                 }
                 // The device layer: created only when allowed.
@@ -111,7 +120,13 @@ fn hostile_write_through_planted_links_stays_inside() {
         .symlink("w", &dir.join("t").to_string_lossy())
         .file("w/.wh.outside-file", 0o644, b"");
     let tar = t.finish();
-    apply(&target, &tar[..], Compression::None, &ApplyOptions::default()).expect("apply");
+    apply(
+        &target,
+        &tar[..],
+        Compression::None,
+        &ApplyOptions::default(),
+    )
+    .expect("apply");
     assert_eq!(std::fs::read(&outside).expect("outside"), b"keep");
     assert_eq!(std::fs::read(target.join("s")).expect("s"), b"new");
     assert_eq!(std::fs::read(target.join("orig")).expect("orig"), b"orig");
@@ -126,8 +141,12 @@ fn rich_layer() -> Vec<u8> {
     suid.uid = 1000;
     suid.gid = 1001;
     suid.data = b"#!/bin/sh\n".to_vec();
-    suid.pax.push(("SCHILY.xattr.user.note".into(), b"hello".to_vec()));
-    suid.pax.push(("SCHILY.xattr.trusted.overlay.redirect".into(), b"/x".to_vec()));
+    suid.pax
+        .push(("SCHILY.xattr.user.note".into(), b"hello".to_vec()));
+    suid.pax.push((
+        "SCHILY.xattr.trusted.overlay.redirect".into(),
+        b"/x".to_vec(),
+    ));
     t.append(suid);
     let mut cap = Entry::new(EntryKind::File, "bin/ping", 0o755);
     cap.data = b"ping".to_vec();
@@ -165,7 +184,13 @@ fn metadata_devices_links_and_times_are_kept() {
     let tar_path = dir.join("layer.tar");
     std::fs::write(&tar_path, &tar).expect("write");
     let gz = common::gzip(&tar);
-    let a = apply(&target, &gz[..], Compression::Gzip, &ApplyOptions::default()).expect("apply");
+    let a = apply(
+        &target,
+        &gz[..],
+        Compression::Gzip,
+        &ApplyOptions::default(),
+    )
+    .expect("apply");
     assert_eq!(a.diff_id.to_string(), common::sha256sum(&tar_path));
     assert_eq!(a.size, tar.len() as u64);
     assert_eq!(a.skipped_xattrs, 1, "{:?}", a.warnings);
@@ -173,25 +198,41 @@ fn metadata_devices_links_and_times_are_kept() {
     assert_eq!((m.uid(), m.gid()), (1000, 1001));
     assert_eq!(m.permissions().mode() & 0o7777, 0o4755);
     assert_eq!(m.mtime() as u64, berth_tests::archive::TAR_MTIME);
-    assert_eq!(common::xattr(&target.join("bin/suid"), "user.note").as_deref(), Some(&b"hello"[..]));
+    assert_eq!(
+        common::xattr(&target.join("bin/suid"), "user.note").as_deref(),
+        Some(&b"hello"[..])
+    );
     assert!(common::xattr(&target.join("bin/suid"), "trusted.overlay.redirect").is_none());
     assert!(common::xattr(&target.join("bin/ping"), "security.capability").is_some());
     let tmp = std::fs::symlink_metadata(target.join("tmp")).expect("tmp");
     assert_eq!(tmp.permissions().mode() & 0o7777, 0o1777);
     assert_eq!(tmp.mtime() as u64, berth_tests::archive::TAR_MTIME);
     let data = std::fs::symlink_metadata(target.join("data")).expect("data");
-    assert_eq!(data.mtime() as u64, berth_tests::archive::TAR_MTIME, "dir times after contents");
+    assert_eq!(
+        data.mtime() as u64,
+        berth_tests::archive::TAR_MTIME,
+        "dir times after contents"
+    );
     let null = std::fs::symlink_metadata(target.join("dev-null")).expect("dev");
     assert!(null.file_type().is_char_device());
     assert_eq!(null.rdev(), nix::sys::stat::makedev(1, 3));
     assert_eq!(null.permissions().mode() & 0o7777, 0o666);
-    assert!(std::fs::symlink_metadata(target.join("dev-loop")).expect("blk").file_type().is_block_device());
-    assert!(std::fs::symlink_metadata(target.join("data/fifo")).expect("fifo").file_type().is_fifo());
+    assert!(std::fs::symlink_metadata(target.join("dev-loop"))
+        .expect("blk")
+        .file_type()
+        .is_block_device());
+    assert!(std::fs::symlink_metadata(target.join("data/fifo"))
+        .expect("fifo")
+        .file_type()
+        .is_fifo());
     let a1 = std::fs::symlink_metadata(target.join("data/a")).expect("a");
     let b1 = std::fs::symlink_metadata(target.join("data/b")).expect("b");
     assert_eq!(a1.ino(), b1.ino());
     assert_eq!(a1.nlink(), 2);
-    assert_eq!(std::fs::read_link(target.join("data/abs")).expect("link"), Path::new("/etc/passwd"));
+    assert_eq!(
+        std::fs::read_link(target.join("data/abs")).expect("link"),
+        Path::new("/etc/passwd")
+    );
     let long = format!("data/{}/{}", "d".repeat(120), "f".repeat(150));
     assert_eq!(std::fs::read(target.join(long)).expect("long"), b"long");
 }
@@ -212,7 +253,8 @@ fn gnu_tar_layers_apply() {
     std::fs::write(src.join("f"), b"file").expect("write");
     std::fs::hard_link(src.join("f"), src.join("hl")).expect("link");
     std::os::unix::fs::symlink("y".repeat(150), src.join("sl")).expect("symlink");
-    std::fs::set_permissions(src.join("f"), std::fs::Permissions::from_mode(0o2711)).expect("chmod");
+    std::fs::set_permissions(src.join("f"), std::fs::Permissions::from_mode(0o2711))
+        .expect("chmod");
     for (fmt, name) in [("gnu", "gnu.tar"), ("posix", "pax.tar")] {
         let out = Command::new(&tar)
             .arg("-C")
@@ -223,12 +265,26 @@ fn gnu_tar_layers_apply() {
             .arg(".")
             .output()
             .expect("tar");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let target = dir.subdir(format!("out-{fmt}"));
         let data = std::fs::read(dir.join(name)).expect("read");
-        let a = apply(&target, &data[..], Compression::None, &ApplyOptions::default()).expect(fmt);
+        let a = apply(
+            &target,
+            &data[..],
+            Compression::None,
+            &ApplyOptions::default(),
+        )
+        .expect(fmt);
         assert_eq!(a.diff_id.to_string(), common::sha256sum(&dir.join(name)));
-        assert_eq!(common::listing(&src, None), common::listing(&target, None), "{fmt}");
+        assert_eq!(
+            common::listing(&src, None),
+            common::listing(&target, None),
+            "{fmt}"
+        );
     }
 }
 
@@ -239,27 +295,49 @@ fn broken_streams_give_clear_errors() {
     }
     let dir = TestDir::new("image-broken");
     let mut t = TarBuilder::new();
-    t.dir("d", 0o755).file("d/big", 0o644, &vec![7u8; 300_000]).file("d/after", 0o644, b"x");
+    t.dir("d", 0o755)
+        .file("d/big", 0o644, &vec![7u8; 300_000])
+        .file("d/after", 0o644, b"x");
     let tar = t.finish();
     let gz = common::gzip(&tar);
     let cases: Vec<(&str, Vec<u8>, Compression)> = vec![
-        ("truncated gzip", gz[..gz.len() / 2].to_vec(), Compression::Gzip),
-        ("gzip missing trailer", gz[..gz.len() - 4].to_vec(), Compression::Gzip),
-        ("corrupt gzip", {
-            let mut c = gz.clone();
-            let mid = c.len() / 2;
-            for b in &mut c[mid..mid + 64] {
-                *b ^= 0x5a;
-            }
-            c
-        }, Compression::Gzip),
+        (
+            "truncated gzip",
+            gz[..gz.len() / 2].to_vec(),
+            Compression::Gzip,
+        ),
+        (
+            "gzip missing trailer",
+            gz[..gz.len() - 4].to_vec(),
+            Compression::Gzip,
+        ),
+        (
+            "corrupt gzip",
+            {
+                let mut c = gz.clone();
+                let mid = c.len() / 2;
+                for b in &mut c[mid..mid + 64] {
+                    *b ^= 0x5a;
+                }
+                c
+            },
+            Compression::Gzip,
+        ),
         ("truncated tar", tar[..100_000].to_vec(), Compression::None),
-        ("tar without end blocks", tar[..tar.len() - 1024].to_vec(), Compression::None),
-        ("bad checksum", {
-            let mut c = tar.clone();
-            c[0] = b'X';
-            c
-        }, Compression::None),
+        (
+            "tar without end blocks",
+            tar[..tar.len() - 1024].to_vec(),
+            Compression::None,
+        ),
+        (
+            "bad checksum",
+            {
+                let mut c = tar.clone();
+                c[0] = b'X';
+                c
+            },
+            Compression::None,
+        ),
         ("not a gzip", tar.clone(), Compression::Gzip),
         ("empty", Vec::new(), Compression::None),
     ];
@@ -322,8 +400,20 @@ fn whiteouts_give_the_merged_view_in_both_modes() {
     let (lower, upper) = whiteout_layers();
     // Delete mode: both layers into one tree.
     let plain = dir.subdir("plain");
-    apply(&plain, &lower[..], Compression::None, &ApplyOptions::default()).expect("lower");
-    apply(&plain, &upper[..], Compression::None, &ApplyOptions::default()).expect("upper");
+    apply(
+        &plain,
+        &lower[..],
+        Compression::None,
+        &ApplyOptions::default(),
+    )
+    .expect("lower");
+    apply(
+        &plain,
+        &upper[..],
+        Compression::None,
+        &ApplyOptions::default(),
+    )
+    .expect("upper");
     check_merged(&plain);
     // Overlay mode: lower into one dir, upper into an upperdir, then a real overlay mount.
     let l = dir.subdir("l");
@@ -331,12 +421,20 @@ fn whiteouts_give_the_merged_view_in_both_modes() {
     let w = dir.subdir("w");
     let merged = dir.subdir("merged");
     apply(&l, &lower[..], Compression::None, &ApplyOptions::default()).expect("lower");
-    let a = apply(&u, &upper[..], Compression::None, &opts(WhiteoutMode::Overlay, true))
-        .expect("upper");
+    let a = apply(
+        &u,
+        &upper[..],
+        Compression::None,
+        &opts(WhiteoutMode::Overlay, true),
+    )
+    .expect("upper");
     assert_eq!(a.entries, 7);
     let wh = std::fs::symlink_metadata(u.join("del")).expect("whiteout");
     assert!(wh.file_type().is_char_device() && wh.rdev() == 0);
-    assert_eq!(common::xattr(&u.join("o"), "trusted.overlay.opaque").as_deref(), Some(&b"y"[..]));
+    assert_eq!(
+        common::xattr(&u.join("o"), "trusted.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
     let guard = Guard::new();
     guard.mount(&merged);
     let m = Mount {
