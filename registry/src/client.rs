@@ -356,7 +356,7 @@ impl RegistryClient {
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(parse_www_authenticate)
                 .collect();
-            drop(resp);
+            drain_small(resp).await;
             let unauthorized = |detail: String| RegistryError::Unauthorized {
                 registry: ep.host.clone(),
                 scope: scope.to_string(),
@@ -543,6 +543,13 @@ async fn parse_token(resp: Response<Incoming>) -> std::result::Result<(String, D
     parsed
         .into_token()
         .ok_or_else(|| "token response has neither token nor access_token".to_string())
+}
+
+/// Read a small error body to its end so that the keep-alive connection can be reused (an unread body
+/// makes hyper close it); bodies past 64 KiB or slower than 5 s are dropped with their connection.
+async fn drain_small(resp: Response<Incoming>) {
+    let body = http_body_util::Limited::new(resp.into_body(), 64 << 10);
+    let _ = tokio::time::timeout(Duration::from_secs(5), body.collect()).await;
 }
 
 fn retry_after(resp: &Response<Incoming>) -> Option<Duration> {

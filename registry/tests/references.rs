@@ -4,10 +4,20 @@ use berth_registry::{Reference, RegistryError};
 
 const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
+/// input, Display, registry, repository, tag, digest, API host.
+type Row<'a> = (
+    &'a str,
+    String,
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+    &'a str,
+);
+
 #[test]
 fn normalises_like_docker() {
-    // input, Display, registry, repository, tag, digest, api host, object fetched
-    let table: &[(&str, String, &str, &str, Option<&str>, Option<&str>, &str)] = &[
+    let table: &[Row] = &[
         (
             "busybox",
             "docker.io/library/busybox:latest".into(),
