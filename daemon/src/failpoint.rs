@@ -146,7 +146,25 @@ pub fn action(name: &str) -> Option<Action> {
 
 /// Perform the action configured for `name`, if any.
 pub fn hit(name: &str) {
-    let Some(action) = action(name) else { return };
+    if let Some(action) = action(name) {
+        perform(name, action);
+    }
+}
+
+/// [`hit`] for async code: a `sleep(ms)` waits without blocking the thread (an actor's arbiter runs other
+/// actors meanwhile); other actions are as in [`hit`].
+pub async fn hit_async(name: &str) {
+    match action(name) {
+        None => {}
+        Some(Action::Sleep(ms)) => {
+            tracing::warn!(failpoint = name, ms, "failpoint hit (async sleep)");
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        Some(action) => perform(name, action),
+    }
+}
+
+fn perform(name: &str, action: Action) {
     tracing::warn!(failpoint = name, ?action, "failpoint hit");
     match action {
         Action::Panic => panic!("failpoint {name} triggered"),

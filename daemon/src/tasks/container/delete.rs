@@ -24,7 +24,7 @@ use crate::tasks::state::ExitInfo;
 use crate::tasks::{task_key, Shared};
 
 /// How long Delete waits for the shim's own TaskDeleted to come through its event stream.
-const DELETE_EVENT_WAIT: Duration = Duration::from_secs(5);
+const DELETE_EVENT_WAIT: Duration = Duration::from_secs(2);
 
 impl Handler<Delete> for ContainerActor {
     type Result = Reply<DeleteResponse>;

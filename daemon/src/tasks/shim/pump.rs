@@ -142,6 +142,10 @@ impl Pump {
     async fn handle_event(&self, key: &str, ev: Event) {
         let seq = ev.seq;
         if let Some(mapped) = ev.kind.as_ref().map(|k| to_containerd(&self.id, k)) {
+            if mapped.once == Some(crate::events::Once::Delete) {
+                // Tests slow the shim's TaskDeleted down here (Delete must not publish a second one).
+                crate::failpoint::hit_async("shim_actor.before_journal_delete").await;
+            }
             let shim_event = ShimEvent {
                 source: key.to_string(),
                 task: key.to_string(),
