@@ -12,6 +12,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
@@ -97,31 +98,52 @@ pub(crate) fn run(
     let out = Collector::start(child.stdout.take(), MAX_STDOUT);
     let err = Collector::start(child.stderr.take(), MAX_STDERR);
 
+    let deadline = Instant::now() + timeout;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        // WNOWAIT: learn about the exit without reaping, so the pid stays ours until
-        // `child.wait()` below.
-        let r = waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT);
+        // WNOWAIT: learn about the exit without reaping, so the pid stays ours (and safe to
+        // kill) until `child.wait()` below.
+        let r = loop {
+            match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+                Err(Errno::EINTR) => continue,
+                r => break r,
+            }
+        };
         let _ = tx.send(r.is_ok());
     });
-    let timed_out = match rx.recv_timeout(timeout) {
-        Ok(_) | Err(mpsc::RecvTimeoutError::Disconnected) => false,
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            let _ = kill(pid, Signal::SIGKILL);
-            true
-        }
+    let exited = match rx.recv_timeout(timeout) {
+        Ok(true) => true,
+        // waitid itself failed: fall back to polling, still bounded by the deadline.
+        Ok(false) | Err(mpsc::RecvTimeoutError::Disconnected) => poll_exit(&mut child, deadline),
+        Err(mpsc::RecvTimeoutError::Timeout) => false,
     };
+    if !exited {
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+    let timed_out = !exited;
     let status = child.wait().map_err(RunError::Wait)?;
-    let deadline = Instant::now() + PIPE_GRACE;
-    let stderr = err.finish(deadline);
+    let pipe_deadline = Instant::now() + PIPE_GRACE;
+    let stderr = err.finish(pipe_deadline);
     if timed_out {
         return Err(RunError::TimedOut { stderr });
     }
     Ok(Output {
         status,
-        stdout: out.finish(deadline),
+        stdout: out.finish(pipe_deadline),
         stderr,
     })
+}
+
+/// Poll `child` until it exited (true; `try_wait` reaps it and `Child::wait` still reports
+/// the status) or `deadline` passed (false; it is then unreaped and safe to kill).
+fn poll_exit(child: &mut std::process::Child, deadline: Instant) -> bool {
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
 }
 
 /// Reads a pipe to EOF on its own thread, keeping at most `max` bytes.
