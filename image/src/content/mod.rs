@@ -334,9 +334,25 @@ impl ContentStore {
     }
 
     /// Remove ingests not written to for `older_than` and not open (for GC); returns how many.
+    /// Half-created ingest dirs (a crash before their `ref` file was written) go too.
     pub fn remove_stale_ingests(&self, older_than: Duration) -> Result<usize> {
         let now = SystemTime::now();
         let mut removed = 0;
+        let dir = &self.inner.ingest;
+        for e in fs::read_dir(dir).ctx("read dir", dir)? {
+            let p = e.ctx("read dir", dir)?.path();
+            if p.join("ref").exists() {
+                continue;
+            }
+            let age = fs::symlink_metadata(&p)
+                .and_then(|m| m.modified())
+                .map(|t| now.duration_since(t).unwrap_or_default())
+                .unwrap_or_default();
+            if age >= older_than.max(Duration::from_secs(1)) {
+                fs::remove_dir_all(&p).ctx("remove", &p)?;
+                removed += 1;
+            }
+        }
         for s in self.list_statuses()? {
             let age = now.duration_since(s.updated_at).unwrap_or_default();
             if age < older_than || self.is_locked(&s.reference) {
