@@ -206,6 +206,7 @@ async fn bearer_tokens_are_fetched_once_and_reused() {
     let c = client(Some(&hosts));
     let repo = c.repository(&r, &RequestOptions::default()).expect("repo");
     let issued_before = proxy.tokens_issued();
+    let conns_before = proxy.connections();
     let d = repo.resolve(&r).await.expect("resolve");
     assert_eq!(d.descriptor.digest, layout.manifest.digest);
     repo.fetch_manifest(&d.descriptor).await.expect("manifest");
@@ -235,6 +236,14 @@ async fn bearer_tokens_are_fetched_once_and_reused() {
             proxy.counts()
         );
     }
+
+    // Sequential requests (challenge, token, HEAD, manifest, blobs) share one keep-alive connection.
+    assert_eq!(
+        proxy.connections() - conns_before,
+        1,
+        "{:?}",
+        proxy.counts()
+    );
 
     // Revoked tokens: a 401 after using a token fetches a new one, once, and goes on.
     proxy.revoke_tokens();

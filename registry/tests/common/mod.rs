@@ -307,6 +307,8 @@ pub struct ProxyOptions {
     pub fail_first: usize,
     /// Serve the API under this path instead of `/v2` (for `override_path`).
     pub prefix: Option<String>,
+    /// Answer blob GETs with a 307 to this `host:port` (blob storage elsewhere), same path.
+    pub redirect_blobs_to: Option<String>,
 }
 
 /// A bearer-token realm's behaviour.
@@ -325,10 +327,12 @@ struct ProxyState {
     addr: String,
     opts: ProxyOptions,
     counts: Mutex<HashMap<String, usize>>,
+    with_auth: Mutex<HashMap<String, usize>>,
     tokens: Mutex<HashSet<String>>,
     next_token: AtomicU64,
     fail_left: AtomicUsize,
     reject_tokens: AtomicBool,
+    connections: AtomicUsize,
     client: Client<HttpConnector, Incoming>,
 }
 
@@ -361,14 +365,17 @@ impl Proxy {
             fail_left: AtomicUsize::new(opts.fail_first),
             opts,
             counts: Mutex::new(HashMap::new()),
+            with_auth: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashSet::new()),
             next_token: AtomicU64::new(1),
             reject_tokens: AtomicBool::new(false),
+            connections: AtomicUsize::new(0),
             client: Client::builder(TokioExecutor::new()).build_http(),
         });
         let st = state.clone();
         let task = tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
+                st.connections.fetch_add(1, Ordering::SeqCst);
                 let st = st.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |r| {
@@ -393,6 +400,15 @@ impl Proxy {
             .unwrap_or(0)
     }
 
+    /// Requests for `METHOD path` that carried an Authorization header.
+    pub fn count_with_auth(&self, method: &str, path: &str) -> usize {
+        let counts = self.state.with_auth.lock().expect("counts");
+        counts
+            .get(&format!("{method} {path}"))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Every `METHOD path` seen, with counts (for messages).
     pub fn counts(&self) -> Vec<(String, usize)> {
         let counts = self.state.counts.lock().expect("counts");
@@ -404,6 +420,11 @@ impl Proxy {
     /// Tokens issued so far (GET or POST on /token that succeeded).
     pub fn tokens_issued(&self) -> u64 {
         self.state.next_token.load(Ordering::SeqCst) - 1
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
     }
 
     /// Forget every issued token (the client must fetch a new one).
@@ -445,6 +466,13 @@ async fn handle(st: Arc<ProxyState>, req: Request<Incoming>) -> Response<Body> {
         .expect("counts")
         .entry(format!("{} {path}", req.method()))
         .or_default() += 1;
+    if req.headers().contains_key(http::header::AUTHORIZATION) {
+        *st.with_auth
+            .lock()
+            .expect("counts")
+            .entry(format!("{} {path}", req.method()))
+            .or_default() += 1;
+    }
     if path == "/token" {
         return token(&st, req).await;
     }
@@ -495,6 +523,15 @@ async fn handle(st: Arc<ProxyState>, req: Request<Incoming>) -> Response<Body> {
         .query()
         .map(|q| format!("?{q}"))
         .unwrap_or_default();
+    if let Some(to) = &st.opts.redirect_blobs_to {
+        if req.method() == http::Method::GET && api_path.contains("/blobs/sha256:") {
+            let mut r = full(StatusCode::TEMPORARY_REDIRECT, "");
+            let location = format!("http://{to}{api_path}{query}");
+            r.headers_mut()
+                .insert(http::header::LOCATION, location.parse().expect("location"));
+            return r;
+        }
+    }
     let (mut parts, body) = req.into_parts();
     parts.uri = format!("http://{}{api_path}{query}", st.upstream)
         .parse()
