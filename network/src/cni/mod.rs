@@ -81,6 +81,12 @@ impl Attachment {
                 "pass port mappings in `port_mappings`, not as a raw capability".into(),
             ));
         }
+        if self.netns.to_str().is_none() {
+            return Err(invalid(format!(
+                "netns path {} is not UTF-8 (CNI_NETNS is passed as text)",
+                self.netns.display()
+            )));
+        }
         if !self.netns.is_absolute() {
             return Err(invalid(format!(
                 "netns path {} is not absolute",
