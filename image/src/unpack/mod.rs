@@ -12,7 +12,7 @@
 
 mod apply;
 pub mod compression;
-pub mod root;
+pub(crate) mod root;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -86,11 +86,6 @@ impl Root {
         &self.path
     }
 
-    /// The target's own fd.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-
     /// Forget cached directory fds (after anything that may have removed or replaced a
     /// directory or a symlink).
     pub fn invalidate(&mut self) {
