@@ -86,106 +86,86 @@ macro_rules! fields {
     };
 }
 
-// Event payloads.
-fields!(ev::TaskCreate {
-    container_id,
-    bundle,
-    pid,
-    checkpoint
-});
-fields!(ev::TaskStart { container_id, pid });
-fields!(ev::TaskExit {
-    container_id,
-    id,
-    pid,
-    exit_status
-});
-fields!(ev::TaskDelete {
-    container_id,
-    id,
-    pid,
-    exit_status
-});
-fields!(ev::TaskOom { container_id });
-fields!(ev::TaskPaused { container_id });
-fields!(ev::TaskResumed { container_id });
-fields!(ev::TaskExecAdded {
-    container_id,
-    exec_id
-});
-fields!(ev::TaskExecStarted {
-    container_id,
-    exec_id,
-    pid
-});
-fields!(ev::TaskCheckpointed {
-    container_id,
-    checkpoint
-});
-fields!(ev::container_create::Runtime { name });
-fields!(ev::ContainerCreate { id, image, runtime });
-fields!(ev::ContainerUpdate {
-    id,
-    image,
-    labels,
-    snapshot_key
-});
-fields!(ev::ContainerDelete { id });
-fields!(ev::NamespaceCreate { name, labels });
-fields!(ev::NamespaceUpdate { name, labels });
-fields!(ev::NamespaceDelete { name });
-fields!(ev::SnapshotPrepare {
-    key,
-    parent,
-    snapshotter
-});
-fields!(ev::SnapshotCommit {
-    key,
-    name,
-    snapshotter
-});
-fields!(ev::SnapshotRemove { key, snapshotter });
-fields!(ev::ContentDelete { digest });
-fields!(svc::ImageCreate { name, labels });
-fields!(svc::ImageUpdate { name, labels });
-fields!(svc::ImageDelete { name });
+/// For each event type: its [`Fields`] impl, and one dispatch by type URL for all of them.
+macro_rules! event_types {
+    ($($t:ty { $($field:ident),* $(,)? }),* $(,)?) => {
+        $(fields!($t { $($field),* });)*
 
-/// `event.<path>` of a payload, decoded by its type URL.
-fn event_field(any: &prost_types::Any, path: &[String]) -> Option<String> {
-    macro_rules! by_type_url {
-        ($($t:ty),* $(,)?) => {
+        /// `event.<path>` of a payload, decoded by its type URL.
+        fn event_field(any: &prost_types::Any, path: &[String]) -> Option<String> {
             $(if any.type_url == <$t>::full_name() {
                 return <$t>::decode(any.value.as_slice()).ok()?.field(path);
             })*
-        };
-    }
-    by_type_url!(
-        ev::TaskCreate,
-        ev::TaskStart,
-        ev::TaskExit,
-        ev::TaskDelete,
-        ev::TaskOom,
-        ev::TaskPaused,
-        ev::TaskResumed,
-        ev::TaskExecAdded,
-        ev::TaskExecStarted,
-        ev::TaskCheckpointed,
-        ev::ContainerCreate,
-        ev::ContainerUpdate,
-        ev::ContainerDelete,
-        ev::NamespaceCreate,
-        ev::NamespaceUpdate,
-        ev::NamespaceDelete,
-        ev::SnapshotPrepare,
-        ev::SnapshotCommit,
-        ev::SnapshotRemove,
-        ev::ContentDelete,
-        svc::ImageCreate,
-        svc::ImageUpdate,
-        svc::ImageDelete,
-    );
-    None
+            None
+        }
+    };
 }
+
+fields!(ev::container_create::Runtime { name });
+
+event_types!(
+    ev::TaskCreate {
+        container_id,
+        bundle,
+        pid,
+        checkpoint
+    },
+    ev::TaskStart { container_id, pid },
+    ev::TaskExit {
+        container_id,
+        id,
+        pid,
+        exit_status
+    },
+    ev::TaskDelete {
+        container_id,
+        id,
+        pid,
+        exit_status
+    },
+    ev::TaskOom { container_id },
+    ev::TaskPaused { container_id },
+    ev::TaskResumed { container_id },
+    ev::TaskExecAdded {
+        container_id,
+        exec_id
+    },
+    ev::TaskExecStarted {
+        container_id,
+        exec_id,
+        pid
+    },
+    ev::TaskCheckpointed {
+        container_id,
+        checkpoint
+    },
+    ev::ContainerCreate { id, image, runtime },
+    ev::ContainerUpdate {
+        id,
+        image,
+        labels,
+        snapshot_key
+    },
+    ev::ContainerDelete { id },
+    ev::NamespaceCreate { name, labels },
+    ev::NamespaceUpdate { name, labels },
+    ev::NamespaceDelete { name },
+    ev::SnapshotPrepare {
+        key,
+        parent,
+        snapshotter
+    },
+    ev::SnapshotCommit {
+        key,
+        name,
+        snapshotter
+    },
+    ev::SnapshotRemove { key, snapshotter },
+    ev::ContentDelete { digest },
+    svc::ImageCreate { name, labels },
+    svc::ImageUpdate { name, labels },
+    svc::ImageDelete { name },
+);
 
 impl Fields for JournalEvent {
     fn field(&self, path: &[String]) -> Option<String> {

@@ -113,6 +113,26 @@ impl Shared {
     }
 }
 
+/// An actor whose handler bodies run under `supervision::catch`: a panic becomes [`Guarded::fail`] (log, stop
+/// for a restart by the supervisor) and an error for the caller, never an unwinding arbiter.
+pub(crate) trait Guarded: actix::Actor<Context = actix::Context<Self>> {
+    /// Record a caught panic and stop; returns the caller's error.
+    fn fail(&mut self, ctx: &mut actix::Context<Self>, what: &str, panic: String) -> TaskError;
+
+    /// Run `f` under `catch`.
+    fn guard<R>(
+        &mut self,
+        ctx: &mut actix::Context<Self>,
+        what: &str,
+        f: impl FnOnce(&mut Self, &mut actix::Context<Self>) -> Result<R, TaskError>,
+    ) -> Result<R, TaskError> {
+        match crate::supervision::catch(|| f(self, ctx)) {
+            Ok(r) => r,
+            Err(p) => Err(self.fail(ctx, what, p)),
+        }
+    }
+}
+
 /// A bare binary name (`runc`) resolved against PATH, as the shim wants an existing path; others unchanged.
 pub(crate) fn resolve_binary(bin: std::path::PathBuf) -> std::path::PathBuf {
     if bin.components().count() != 1 || bin.is_absolute() {

@@ -20,7 +20,7 @@ use dashmap::DashMap;
 
 use super::container::{ContainerActor, Init};
 use super::error::TaskError;
-use super::{Key, Shared};
+use super::{Guarded, Key, Shared};
 use crate::supervision::{RestartLimit, RestartPolicy, StartChild, SupervisedBy};
 
 /// Restarts allowed per task within [`RESTART_WINDOW`].
@@ -112,29 +112,28 @@ pub struct TaskSupervisor {
     limits: HashMap<Key, RestartLimit>,
 }
 
+impl Guarded for TaskSupervisor {
+    fn fail(&mut self, ctx: &mut Context<Self>, what: &str, panic: String) -> TaskError {
+        tracing::error!(%what, %panic, "task supervisor panicked; stopping it for a restart");
+        self.link.failed();
+        ctx.stop();
+        TaskError::ActorFailed(format!("the task supervisor failed ({panic}); retry"))
+    }
+}
+
 impl TaskSupervisor {
-    /// Run a handler body under `catch` (with its failpoint); a panic stops this supervisor for a restart.
-    fn guard<R>(
+    /// [`Guarded::guard`] with the handler's failpoint, `task_supervisor.<what>`.
+    fn handle_guarded<R>(
         &mut self,
         ctx: &mut Context<Self>,
         what: &str,
         f: impl FnOnce(&mut Self, &mut Context<Self>) -> Result<R, TaskError>,
     ) -> Result<R, TaskError> {
         let point = format!("task_supervisor.{what}");
-        match crate::supervision::catch(|| {
+        self.guard(ctx, what, |act, ctx| {
             crate::failpoint::hit(&point);
-            f(self, ctx)
-        }) {
-            Ok(r) => r,
-            Err(panic) => {
-                tracing::error!(%what, %panic, "task supervisor panicked; stopping it for a restart");
-                self.link.failed();
-                ctx.stop();
-                Err(TaskError::ActorFailed(format!(
-                    "the task supervisor failed ({panic}); retry"
-                )))
-            }
-        }
+            f(act, ctx)
+        })
     }
 
     fn spawn(&mut self, key: Key, init: Init) -> Addr<ContainerActor> {
@@ -161,7 +160,7 @@ impl TaskSupervisor {
                 .unwrap_or_default()
         };
         ctx.spawn(scan.into_actor(self).map(|found, act, ctx| {
-            let _ = act.guard(ctx, "reconcile", |act, _| {
+            let _ = act.handle_guarded(ctx, "reconcile", |act, _| {
                 act.apply_scan(found);
                 Ok(())
             });
@@ -223,7 +222,7 @@ impl Handler<SpawnTask> for TaskSupervisor {
     type Result = Result<Addr<ContainerActor>, TaskError>;
 
     fn handle(&mut self, msg: SpawnTask, ctx: &mut Self::Context) -> Self::Result {
-        self.guard(ctx, "spawn", |act, _| {
+        self.handle_guarded(ctx, "spawn", |act, _| {
             match act.shared.registry.get(&msg.key) {
                 Some(Slot::Live { .. } | Slot::Abandoned { .. }) => {
                     return Err(TaskError::TaskExists(msg.key.1))
@@ -257,7 +256,7 @@ impl Handler<Release> for TaskSupervisor {
     type Result = ();
 
     fn handle(&mut self, msg: Release, ctx: &mut Self::Context) {
-        let _ = self.guard(ctx, "release", |act, _| {
+        let _ = self.handle_guarded(ctx, "release", |act, _| {
             if act.shared.registry.gen_of(&msg.key) == Some(msg.gen) {
                 act.shared.registry.map.remove(&msg.key);
                 act.limits.remove(&msg.key);
@@ -285,7 +284,7 @@ impl Handler<ChildStopped> for TaskSupervisor {
     type Result = ();
 
     fn handle(&mut self, msg: ChildStopped, ctx: &mut Self::Context) {
-        let _ = self.guard(ctx, "child_stopped", |act, _| {
+        let _ = self.handle_guarded(ctx, "child_stopped", |act, _| {
             act.child_stopped(msg);
             Ok(())
         });
@@ -348,7 +347,7 @@ impl Handler<HoldContainerDelete> for TaskSupervisor {
     type Result = Result<(), TaskError>;
 
     fn handle(&mut self, msg: HoldContainerDelete, ctx: &mut Self::Context) -> Self::Result {
-        self.guard(ctx, "hold_container_delete", |act, _| {
+        self.handle_guarded(ctx, "hold_container_delete", |act, _| {
             match act.shared.registry.get(&msg.key) {
                 None => {
                     act.shared
@@ -382,7 +381,7 @@ impl Handler<ReleaseContainerDelete> for TaskSupervisor {
     type Result = ();
 
     fn handle(&mut self, msg: ReleaseContainerDelete, ctx: &mut Self::Context) {
-        let _ = self.guard(ctx, "release_container_delete", |act, _| {
+        let _ = self.handle_guarded(ctx, "release_container_delete", |act, _| {
             act.shared
                 .registry
                 .map
@@ -401,7 +400,7 @@ impl Handler<StopAll> for TaskSupervisor {
     type Result = ();
 
     fn handle(&mut self, _: StopAll, ctx: &mut Self::Context) {
-        let _ = self.guard(ctx, "stop_all", |act, _| {
+        let _ = self.handle_guarded(ctx, "stop_all", |act, _| {
             act.shared.shutting_down.store(true, Ordering::SeqCst);
             for (_, addr, _) in act.shared.registry.live() {
                 addr.do_send(super::container::messages::Terminate);

@@ -35,10 +35,10 @@ use tracing::Instrument;
 
 use super::bundle::TaskRecord;
 use super::error::TaskError;
-use super::shim::{ShimActor, ShimClient, StopPump};
+use super::shim::{Pump, ShimActor, ShimClient, StopPump};
 use super::state::{ProcState, StdioPaths, TaskState};
 use super::supervisor::{ChildStopped, Release};
-use super::{Key, Shared};
+use super::{Guarded, Key, Shared};
 
 /// How a ContainerActor gets its state.
 pub enum Init {
@@ -169,28 +169,6 @@ impl ContainerActor {
         self.process(exec_id).map(|p| p.status)
     }
 
-    /// Stop for a restart after a caught panic.
-    fn fail(&mut self, ctx: &mut Context<Self>, what: &str, panic: String) -> TaskError {
-        let _e = self.span.enter();
-        tracing::error!(%what, %panic, "container actor panicked; stopping it for a restart");
-        self.failure = format!("{what}: {panic}");
-        ctx.stop();
-        TaskError::ActorFailed(format!("task {:?}: {what} panicked: {panic}", self.id))
-    }
-
-    /// Run `f` on the actor under `catch`: a panic stops the actor for a restart.
-    fn guard<R>(
-        &mut self,
-        ctx: &mut Context<Self>,
-        what: &str,
-        f: impl FnOnce(&mut Self, &mut Context<Self>) -> Result<R, TaskError>,
-    ) -> Result<R, TaskError> {
-        match crate::supervision::catch(|| f(self, ctx)) {
-            Ok(r) => r,
-            Err(p) => Err(self.fail(ctx, what, p)),
-        }
-    }
-
     /// The one shape of every verb: `check` runs on the actor (state checks, building the shim request) and
     /// returns the work; the work runs off the actor thread (inside the actor's span); `apply` writes its
     /// result into the state. A `gated` verb holds the gate from `check` to `apply`. Failpoint:
@@ -256,12 +234,14 @@ impl ContainerActor {
     fn start_pump(&mut self, ctx: &mut Context<Self>) {
         if let Some(client) = self.client.clone() {
             let pump = ShimActor::new(
-                client,
-                self.shared.ctx.events.clone(),
-                self.ns.clone(),
-                self.id.clone(),
-                self.dir.clone(),
-                ctx.address(),
+                Pump {
+                    client,
+                    events: self.shared.ctx.events.clone(),
+                    namespace: self.ns.clone(),
+                    id: self.id.clone(),
+                    bundle: self.dir.clone(),
+                    container: ctx.address(),
+                },
                 self.span.clone(),
             );
             self.pump = Some(pump.start());
@@ -298,6 +278,17 @@ impl ContainerActor {
     fn terminate(&mut self, ctx: &mut Context<Self>) {
         self.terminated = true;
         ctx.stop();
+    }
+}
+
+impl Guarded for ContainerActor {
+    /// Stop for a restart after a caught panic.
+    fn fail(&mut self, ctx: &mut Context<Self>, what: &str, panic: String) -> TaskError {
+        let _e = self.span.enter();
+        tracing::error!(%what, %panic, "container actor panicked; stopping it for a restart");
+        self.failure = format!("{what}: {panic}");
+        ctx.stop();
+        TaskError::ActorFailed(format!("task {:?}: {what} panicked: {panic}", self.id))
     }
 }
 

@@ -19,7 +19,7 @@ use crate::tasks::bundle::{self, TaskRecord};
 use crate::tasks::error::TaskError;
 use crate::tasks::shim::{self as shimio, ShimClient};
 use crate::tasks::state::{status_from_shim, ExitInfo, ProcState, StdioPaths, TaskState};
-use crate::tasks::{task_key, Shared};
+use crate::tasks::{task_key, Guarded, Shared};
 
 /// What a rebuild found.
 pub(super) enum Rebuilt {

@@ -22,7 +22,7 @@ use crate::tasks::error::TaskError;
 use crate::tasks::events::{delete_event, exit_event, to_containerd};
 use crate::tasks::shim as shimio;
 use crate::tasks::state::ExitInfo;
-use crate::tasks::{task_key, Shared};
+use crate::tasks::{task_key, Guarded, Shared};
 
 fn upstream(e: crate::events::EventError) -> TaskError {
     TaskError::Upstream(e.into())

@@ -14,7 +14,7 @@ use berth_proto::shim::shim_client::ShimClient as GenClient;
 use tonic::transport::{Channel, Endpoint};
 
 pub use process::{delete_shim, set_oom_score_adj, start_shim, StartArgs};
-pub use pump::{ShimActor, StopPump};
+pub use pump::{Pump, ShimActor, StopPump};
 
 use super::error::TaskError;
 

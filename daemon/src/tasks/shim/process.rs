@@ -32,6 +32,26 @@ pub struct StartArgs {
     pub runtime_root: Option<PathBuf>,
 }
 
+/// `berth-shim VERB` with the arguments every verb takes.
+fn shim_command(args: &StartArgs, verb: &str) -> Command {
+    let mut cmd = Command::new(&args.shim_binary);
+    cmd.arg(verb)
+        .arg("--namespace")
+        .arg(&args.namespace)
+        .arg("--id")
+        .arg(&args.id)
+        .arg("--bundle")
+        .arg(&args.bundle)
+        .arg("--state")
+        .arg(&args.state)
+        .arg("--runtime")
+        .arg(&args.runtime);
+    if let Some(root) = &args.runtime_root {
+        cmd.arg("--runtime-root").arg(root);
+    }
+    cmd
+}
+
 /// Run `berth-shim start` and return the shim's socket address (blocking: call from a blocking thread).
 ///
 /// All of berthd's descriptors are close-on-exec (Rust and tokio open them so), so the shim inherits none; its
@@ -41,23 +61,8 @@ pub fn start_shim(args: &StartArgs) -> Result<PathBuf, TaskError> {
     let err_path = args.bundle.join("shim-start.err");
     let err_file = std::fs::File::create(&err_path)
         .map_err(|e| TaskError::io(format!("creating {}", err_path.display()), e))?;
-    let mut cmd = Command::new(&args.shim_binary);
-    cmd.arg("start")
-        .arg("--namespace")
-        .arg(&args.namespace)
-        .arg("--id")
-        .arg(&args.id)
-        .arg("--bundle")
-        .arg(&args.bundle)
-        .arg("--address")
-        .arg(&args.daemon_address)
-        .arg("--state")
-        .arg(&args.state)
-        .arg("--runtime")
-        .arg(&args.runtime);
-    if let Some(root) = &args.runtime_root {
-        cmd.arg("--runtime-root").arg(root);
-    }
+    let mut cmd = shim_command(args, "start");
+    cmd.arg("--address").arg(&args.daemon_address);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(err_file));
@@ -120,22 +125,7 @@ fn close_inherited_fds() {
 
 /// Run `berth-shim delete` for a task whose shim is gone; returns the recorded exit (blocking).
 pub fn delete_shim(args: &StartArgs) -> Result<ExitInfo, TaskError> {
-    let mut cmd = Command::new(&args.shim_binary);
-    cmd.arg("delete")
-        .arg("--namespace")
-        .arg(&args.namespace)
-        .arg("--id")
-        .arg(&args.id)
-        .arg("--bundle")
-        .arg(&args.bundle)
-        .arg("--state")
-        .arg(&args.state)
-        .arg("--runtime")
-        .arg(&args.runtime);
-    if let Some(root) = &args.runtime_root {
-        cmd.arg("--runtime-root").arg(root);
-    }
-    let out = cmd
+    let out = shim_command(args, "delete")
         .stdin(Stdio::null())
         .output()
         .map_err(|e| TaskError::ShimUnavailable(format!("running berth-shim delete: {e}")))?;

@@ -26,38 +26,29 @@ pub struct ShimActor {
     container: Addr<ContainerActor>,
 }
 
-/// Everything the pump future needs.
-struct Pump {
-    client: ShimClient,
-    events: EventBus,
-    namespace: String,
-    id: String,
-    bundle: PathBuf,
-    container: Addr<ContainerActor>,
+/// What a pump needs: the shim of `namespace/id` (bundle `bundle`) and where its events go.
+pub struct Pump {
+    /// The shim's client.
+    pub client: ShimClient,
+    /// Where events are journaled.
+    pub events: EventBus,
+    /// Namespace of the task.
+    pub namespace: String,
+    /// Container id.
+    pub id: String,
+    /// The task directory (holds `shim.pid`).
+    pub bundle: PathBuf,
+    /// Told about every journaled event and the shim's death.
+    pub container: Addr<ContainerActor>,
 }
 
 impl ShimActor {
-    /// A pump for the shim of `namespace/id`, logging inside the task's `span`.
-    pub fn new(
-        client: ShimClient,
-        events: EventBus,
-        namespace: String,
-        id: String,
-        bundle: PathBuf,
-        container: Addr<ContainerActor>,
-        span: tracing::Span,
-    ) -> Self {
+    /// A pump logging inside the task's `span`.
+    pub fn new(pump: Pump, span: tracing::Span) -> Self {
         ShimActor {
-            pump: Some(Pump {
-                client,
-                events,
-                namespace,
-                id,
-                bundle,
-                container: container.clone(),
-            }),
+            container: pump.container.clone(),
+            pump: Some(pump),
             span,
-            container,
         }
     }
 }
