@@ -294,7 +294,9 @@ impl RegistryClient {
         let scheme = if known_plain { Scheme::Http } else { ep.scheme };
         let uri = make_uri(scheme, &ep.host, &req.path)?;
         match self.send_retrying(&key, &uri, req, &headers).await {
-            Err(RegistryError::Tls { .. }) if ep.http_fallback && scheme == Scheme::Https => {
+            Err(RegistryError::Tls { not_tls: true, .. })
+                if ep.http_fallback && scheme == Scheme::Https =>
+            {
                 tracing::debug!("{}: no TLS, falling back to plain HTTP", ep.host);
                 if let Ok(mut p) = self.inner.plain_hosts.lock() {
                     p.insert(ep.host.clone());

@@ -77,6 +77,8 @@ pub enum RegistryError {
         reason: String,
         /// What could help (a `ca` in hosts.toml, `skip_verify`, plain HTTP).
         hint: String,
+        /// The server answered something that is not TLS (probably plain HTTP).
+        not_tls: bool,
     },
     /// The TCP connection could not be made.
     #[error("cannot connect to {host}: {reason}")]

@@ -186,7 +186,8 @@ pub fn endpoints(
     registry: &str,
     opts: &RequestOptions,
 ) -> Result<Vec<Endpoint>> {
-    let (file, base) = match hosts_dir.and_then(|d| find_hosts_file(d, registry)) {
+    let found = hosts_dir.and_then(|d| find_hosts_file(d, registry));
+    let (file, base) = match found.clone() {
         Some(path) => {
             let text = std::fs::read_to_string(&path).map_err(|e| RegistryError::Config {
                 path: path.display().to_string(),
@@ -226,9 +227,7 @@ pub fn endpoints(
         };
         host.to_string()
     });
-    let path = hosts_dir
-        .map(|d| d.join(registry).join("hosts.toml"))
-        .unwrap_or_default();
+    let path = found.unwrap_or_default();
     let ep = endpoint_from(&url, top, &base, false, opts, &path)?;
     out.push(ep);
     Ok(out)

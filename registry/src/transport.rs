@@ -98,10 +98,12 @@ impl ConnectError {
             }
             _ => String::new(),
         };
+        let not_tls = self.not_tls();
         RegistryError::Tls {
             host: self.host,
             reason: self.source.to_string(),
             hint,
+            not_tls,
         }
     }
 }
