@@ -294,6 +294,26 @@ async fn anonymous_and_oauth2_post_tokens() {
         .expect("anonymous token");
     assert_eq!(d.descriptor.digest, layout.manifest.digest);
     assert_eq!(anon.tokens_issued(), 1);
+    // A configured token is sent as is (the proxy's first token is `tok-1`), never exchanged.
+    let with_token = |t: &str| RequestOptions {
+        plain_http: true,
+        credentials: Some(Credentials::Token(t.into())),
+        ..Default::default()
+    };
+    let d = client(None)
+        .resolve(&r, &with_token("tok-1"))
+        .await
+        .expect("static token");
+    assert_eq!(d.descriptor.digest, layout.manifest.digest);
+    let e = client(None)
+        .resolve(&r, &with_token("bogus"))
+        .await
+        .expect_err("bad static token");
+    assert!(
+        e.to_string().contains("configured token was refused"),
+        "{e}"
+    );
+    assert_eq!(anon.tokens_issued(), 1);
 
     // A realm that only takes the OAuth2 POST form: GET fails (405), POST with the password works.
     let post = Proxy::start(
