@@ -25,10 +25,12 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+mod authflow;
 mod blob;
 mod client;
 pub mod error;
 pub mod hosts;
+mod push;
 pub mod reference;
 mod repo;
 mod transport;

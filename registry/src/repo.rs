@@ -1,5 +1,5 @@
-//! Operations on one repository of one registry: resolve a tag or digest, fetch manifests and blobs,
-//! push blobs and manifests. Each operation tries the registry's endpoints in order (mirrors first; only
+//! Operations on one repository of one registry: resolve a tag or digest, fetch manifests and blobs
+//! (pushing is in `push`). Each operation tries the registry's endpoints in order (mirrors first; only
 //! those with the capability the operation needs) and returns the first success.
 //!
 //! Manifests are verified here (digest and size) before anything is returned. Blobs are streamed to the
@@ -41,10 +41,10 @@ pub struct Resolved {
 /// One repository on one registry, with its endpoints resolved. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Repository {
-    client: RegistryClient,
-    registry: String,
-    repository: String,
-    endpoints: Arc<[Endpoint]>,
+    pub(crate) client: RegistryClient,
+    pub(crate) registry: String,
+    pub(crate) repository: String,
+    pub(crate) endpoints: Arc<[Endpoint]>,
 }
 
 impl Repository {
@@ -72,12 +72,12 @@ impl Repository {
         &self.endpoints
     }
 
-    fn scope(&self, push: bool) -> String {
+    pub(crate) fn scope(&self, push: bool) -> String {
         let actions = if push { "pull,push" } else { "pull" };
         format!("repository:{}:{actions}", self.repository)
     }
 
-    fn url_path(&self, ep: &Endpoint, kind: &str, object: &str) -> String {
+    pub(crate) fn url_path(&self, ep: &Endpoint, kind: &str, object: &str) -> String {
         format!("{}/{}/{kind}/{object}", ep.path, self.repository)
     }
 
@@ -411,119 +411,6 @@ impl Repository {
         }
         Err(http_error(ep, req, resp).await)
     }
-
-    /// Upload `data` as a blob (monolithic: POST to open an upload, PUT with `?digest=`), unless the
-    /// registry already has it (HEAD). Uses the first endpoint with the `push` capability.
-    pub async fn push_blob(&self, media_type: &str, data: Bytes) -> Result<Descriptor> {
-        let desc = Descriptor {
-            media_type: media_type.to_string(),
-            digest: sha256_digest(&data),
-            size: data.len() as i64,
-            ..Default::default()
-        };
-        let ep = self.push_endpoint()?;
-        let scope = self.scope(true);
-        let head = Req::new(Method::HEAD, self.url_path(ep, "blobs", &desc.digest));
-        let resp = self.client.send_authed(ep, &scope, &head).await?;
-        if resp.status().is_success() {
-            return Ok(desc);
-        }
-        drop(resp);
-        let post = Req::new(
-            Method::POST,
-            format!("{}/{}/blobs/uploads/", ep.path, self.repository),
-        );
-        let resp = self.client.send_authed(ep, &scope, &post).await?;
-        if resp.status() != StatusCode::ACCEPTED {
-            return Err(http_error(ep, &post, resp).await);
-        }
-        let location =
-            header_str(resp.headers(), LOCATION.as_str()).ok_or_else(|| RegistryError::Http {
-                method: "POST".into(),
-                url: post.path.clone(),
-                status: 202,
-                body: "upload started without a Location".into(),
-            })?;
-        drop(resp);
-        let base = make_uri(ep.scheme, &ep.host, &post.path)?;
-        let upload = join_location(&base, &location)?;
-        let pq = upload.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let sep = if pq.contains('?') { '&' } else { '?' };
-        let put = Req::new(
-            Method::PUT,
-            format!("{pq}{sep}digest={}", crate::auth::urlencode(&desc.digest)),
-        )
-        .header(CONTENT_TYPE, "application/octet-stream")
-        .body(data);
-        let resp = if upload.authority().map(|a| a.as_str()) == Some(ep.host.as_str()) {
-            self.client.send_authed(ep, &scope, &put).await?
-        } else {
-            let key = TlsKey {
-                ca: ep.ca.clone(),
-                skip_verify: ep.skip_verify,
-            };
-            let uri: Uri = format!(
-                "{}://{}{}",
-                upload.scheme_str().unwrap_or("https"),
-                upload.authority().map(|a| a.as_str()).unwrap_or_default(),
-                put.path
-            )
-            .parse()
-            .map_err(|e| RegistryError::Config {
-                path: location.clone(),
-                reason: format!("bad upload URL: {e}"),
-            })?;
-            self.client.send_retrying(&key, &uri, &put, &[]).await?
-        };
-        if resp.status() != StatusCode::CREATED {
-            return Err(http_error(ep, &put, resp).await);
-        }
-        Ok(desc)
-    }
-
-    /// Upload a manifest or index under `tag_or_digest` with its media type; returns its descriptor.
-    /// The registry's Docker-Content-Digest, when sent, must match what we computed.
-    pub async fn push_manifest(
-        &self,
-        tag_or_digest: &str,
-        media_type: &str,
-        data: Bytes,
-    ) -> Result<Descriptor> {
-        let desc = Descriptor {
-            media_type: media_type.to_string(),
-            digest: sha256_digest(&data),
-            size: data.len() as i64,
-            ..Default::default()
-        };
-        let ep = self.push_endpoint()?;
-        let put = Req::new(Method::PUT, self.url_path(ep, "manifests", tag_or_digest))
-            .header(CONTENT_TYPE, media_type)
-            .body(data);
-        let resp = self.client.send_authed(ep, &self.scope(true), &put).await?;
-        if resp.status() != StatusCode::CREATED {
-            return Err(http_error(ep, &put, resp).await);
-        }
-        if let Some(d) = header_str(resp.headers(), "docker-content-digest") {
-            if d != desc.digest {
-                return Err(RegistryError::DigestMismatch {
-                    what: format!("manifest {tag_or_digest} pushed to {}", self.name()),
-                    expected: desc.digest,
-                    actual: d,
-                });
-            }
-        }
-        Ok(desc)
-    }
-
-    fn push_endpoint(&self) -> Result<&Endpoint> {
-        self.endpoints
-            .iter()
-            .find(|e| e.capabilities.push)
-            .ok_or_else(|| RegistryError::Config {
-                path: self.registry.clone(),
-                reason: "no host of this registry has the push capability".into(),
-            })
-    }
 }
 
 /// The child manifest of index `index` (an OCI index or Docker manifest list) for `platform`; the
@@ -596,7 +483,7 @@ fn sniff_media_type(body: &[u8]) -> Option<String> {
     }
 }
 
-fn header_str(h: &http::HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn header_str(h: &http::HeaderMap, name: &str) -> Option<String> {
     h.get(name)
         .and_then(|v| v.to_str().ok())
         .map(|s| s.trim().to_string())
@@ -608,7 +495,7 @@ fn base_media_type(s: String) -> String {
 }
 
 /// `location` (absolute URL or absolute path) relative to `base`.
-fn join_location(base: &Uri, location: &str) -> Result<Uri> {
+pub(crate) fn join_location(base: &Uri, location: &str) -> Result<Uri> {
     let bad = |e: String| RegistryError::Http {
         method: "GET".into(),
         url: base.to_string(),
@@ -634,7 +521,11 @@ fn join_location(base: &Uri, location: &str) -> Result<Uri> {
 }
 
 /// An Http error for `resp`, with the start of its body.
-async fn http_error(ep: &Endpoint, req: &Req, resp: http::Response<Incoming>) -> RegistryError {
+pub(crate) async fn http_error(
+    ep: &Endpoint,
+    req: &Req,
+    resp: http::Response<Incoming>,
+) -> RegistryError {
     use http_body_util::BodyExt as _;
     let status = resp.status().as_u16();
     let body = match tokio::time::timeout(
