@@ -163,11 +163,8 @@ struct HostTable {
     override_path: bool,
     #[serde(default)]
     header: BTreeMap<String, OneOrMany>,
+    /// Unknown keys (containerd's `client`, `dial_timeout`, ...) are ignored, as containerd does.
     auth: Option<AuthFile>,
-    /// Client certificates: parsed so a containerd file is accepted, not used yet.
-    #[serde(default)]
-    #[allow(dead_code)]
-    client: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -67,6 +67,12 @@ async fn tls_registry_needs_its_ca_or_skip_verify() {
         .await
         .expect("skip_verify per call");
     assert_eq!(d.descriptor.digest, layout.manifest.digest);
+    // plain_http on a loopback TLS registry: HTTPS first, unverified, as containerd does for loopback.
+    let d = client(None)
+        .resolve(&r, &plain())
+        .await
+        .expect("loopback plain_http over TLS");
+    assert_eq!(d.descriptor.digest, layout.manifest.digest);
     // A per-call Some(false) overrides the file.
     let opts = RequestOptions {
         skip_verify: Some(false),
