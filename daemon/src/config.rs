@@ -91,6 +91,8 @@ pub struct Config {
     pub max_batch: usize,
     /// Failpoints, `name=action;...` (panic, exit, sleep(ms), off); BERTH_FAILPOINTS overrides.
     pub failpoints: String,
+    /// Seconds an ingest (an interrupted write) that no lease holds may sit idle before GC removes it.
+    pub ingest_expiry_secs: u64,
 }
 
 impl Default for Config {
@@ -109,6 +111,7 @@ impl Default for Config {
             subscriber_queue: 2048,
             max_batch: 1024,
             failpoints: String::new(),
+            ingest_expiry_secs: 3600,
         }
     }
 }
@@ -167,6 +170,11 @@ impl Config {
     /// reboots, like the containers and shims whose events it keeps).
     pub fn journal_db_path(&self) -> PathBuf {
         self.state.join("events.redb")
+    }
+
+    /// How long an unleased ingest may sit idle before GC removes it.
+    pub fn ingest_expiry(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.ingest_expiry_secs)
     }
 
     /// The single-instance lock file.

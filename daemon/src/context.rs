@@ -18,6 +18,8 @@ pub struct Context {
     pub store: Store,
     /// The event bus (durable journal + fan-out).
     pub events: EventBus,
+    /// Blobs, snapshot directories and the garbage collector.
+    pub images: crate::images::Images,
     /// The arbiter of the actix System (running on its own thread) that the supervision tree (`tree.rs`)
     /// starts its actors on.
     pub actors: actix::ArbiterHandle,

@@ -4,6 +4,7 @@
 //! - [`context`]: what services and the task subsystem share.
 //! - [`store`]: metadata in redb (one writer thread, group commit).
 //! - [`events`]: the EventBus (durable journal, fan-out, filters).
+//! - [`images`]: blobs, snapshot directories, garbage collection (metadata is in the store).
 //! - [`services`]: the gRPC services (thin: validate, convert, call the store/bus/actors, map errors).
 //! - [`tree`]: the supervision tree, in one function.
 //! - [`tasks`]: tasks, shims and recovery (TaskSupervisor, ContainerActor, ShimActor).
@@ -16,6 +17,7 @@ pub mod config;
 pub mod context;
 pub mod events;
 pub mod failpoint;
+pub mod images;
 pub mod namespace;
 pub mod server;
 pub mod services;

@@ -321,10 +321,13 @@ async fn serve(
     let mut signals = StopSignals::install()?;
     let events = EventBus::new(journal, config.event_retention, config.subscriber_queue)?;
     let (esc_tx, mut esc_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let images = crate::images::Images::open(&config.root, config.ingest_expiry())
+        .map_err(|e| ServerError::Runtime(e.to_string()))?;
     let ctx = Context {
         config: config.clone(),
         store,
         events: events.clone(),
+        images,
         actors,
     };
     let tree = crate::tree::start(
@@ -363,12 +366,18 @@ async fn serve(
             services::events::JournalService::new(ctx.clone())
         )))
         .add_service(tasks.service())
-        .add_service(limits!(ContentServer::new(services::stubs::Unimplemented)))
-        .add_service(limits!(ImagesServer::new(services::stubs::Unimplemented)))
-        .add_service(limits!(SnapshotsServer::new(
-            services::stubs::Unimplemented
+        .add_service(limits!(ContentServer::new(
+            services::content::ContentService::new(ctx.clone())
         )))
-        .add_service(limits!(DiffServer::new(services::stubs::Unimplemented)));
+        .add_service(limits!(ImagesServer::new(
+            services::images::ImagesService::new(ctx.clone())
+        )))
+        .add_service(limits!(SnapshotsServer::new(
+            services::snapshots::SnapshotsService::new(ctx.clone())
+        )))
+        .add_service(limits!(DiffServer::new(services::diff::DiffService::new(
+            ctx.clone()
+        ))));
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = stop_rx.await;
     }));

@@ -7,7 +7,7 @@
 //! ├─ tasks            TaskSupervisor ── ContainerActor per task ── ShimActor (its shim's event pump)
 //! ├─ pulls            PullSupervisor ── PullActor per image reference      (images issue: not yet)
 //! ├─ networks         NetworkSupervisor ── AttachmentActor per attachment  (networks issue: not yet)
-//! └─ gc               GcActor: leases and gc labels                        (images issue: not yet)
+//! └─ gc               GcActor: leases and gc labels, after deletes, on a timer, on demand
 //! ```
 //!
 //! Every supervisor catches panics in its handlers, restarts its children within a limit and escalates past
@@ -73,7 +73,18 @@ pub async fn start(ctx: &DaemonContext, escalate: Escalate) -> Tree {
     )
     .await;
 
-    // Slots the next issues fill: "pulls" (PullSupervisor), "networks" (NetworkSupervisor), "gc" (GcActor).
+    let (store, images) = (ctx.store.clone(), ctx.images.clone());
+    let _ = add(
+        "gc",
+        RestartPolicy::Permanent,
+        RestartLimit::new(5, Duration::from_secs(60)),
+        Box::new(move |link| {
+            crate::images::GcActor::new(store.clone(), images.clone(), link).start();
+        }),
+    )
+    .await;
+
+    // Slots the next issues fill: "pulls" (PullSupervisor), "networks" (NetworkSupervisor).
 
     Tree { root, tasks }
 }

@@ -63,11 +63,11 @@ impl<T: FieldValue> FieldValue for Option<T> {
 }
 
 /// Implement [`Fields`] (and [`FieldValue`], so the type nests) for a type from the names of its filterable
-/// fields: `fields!(Container { id, image, labels, runtime });`, or `fields!(Wrapper(0) { ... })` for a
-/// newtype around a reference.
+/// fields: `fields!(Container { id, image, labels, runtime });`, with other names containerd's filters use
+/// for a field after `aliases`: `fields!(Descriptor { media_type } aliases { "mediatype" => media_type });`.
 #[macro_export]
 macro_rules! fields {
-    ($ty:ty { $($name:ident),* $(,)? }) => {
+    ($ty:ty { $($name:ident),* $(,)? } $(aliases { $($alias:literal => $target:ident),* $(,)? })?) => {
         impl $crate::events::Fields for $ty {
             fn field(&self, path: &[String]) -> Option<String> {
                 let (first, rest) = path.split_first()?;
@@ -75,6 +75,9 @@ macro_rules! fields {
                 $(if first == stringify!($name).trim_start_matches("r#") {
                     return $crate::events::FieldValue::value_at(&self.$name, rest);
                 })*
+                $($(if first == $alias {
+                    return $crate::events::FieldValue::value_at(&self.$target, rest);
+                })*)?
                 None
             }
         }

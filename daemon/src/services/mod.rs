@@ -5,11 +5,14 @@
 //! worker: store reads go through `spawn_blocking`.
 
 pub mod containers;
+pub mod content;
+pub mod diff;
 pub mod events;
+pub mod images;
 pub mod introspection;
 pub mod leases;
 pub mod namespaces;
-pub mod stubs;
+pub mod snapshots;
 pub mod version;
 
 use tonic::Status;

@@ -70,6 +70,69 @@ pub fn generate_lease_id() -> String {
     format!("{nanos}-{rand}")
 }
 
+/// Resource type of a blob held by a lease.
+pub const RES_CONTENT: &str = "content";
+/// Resource type of an ingest (resumable write) held by a lease.
+pub const RES_INGESTS: &str = "ingests";
+
+/// Resource type of a snapshot of `snapshotter` held by a lease.
+pub fn res_snapshots(snapshotter: &str) -> String {
+    format!("snapshots/{snapshotter}")
+}
+
+/// Add a resource to a lease inside a write (idempotent); NotFound when the lease does not exist, as
+/// containerd answers a request carrying an unknown lease.
+pub(crate) fn add_resource_in(
+    wtx: &redb::WriteTransaction,
+    ns: &str,
+    lease: &str,
+    res: LeaseResource,
+) -> Result<(), StoreError> {
+    let mut t = wtx.open_table(LEASES)?;
+    let mut rec = {
+        let found = t
+            .get((ns, lease))?
+            .map(|v| decode(ns, lease, v.value()))
+            .transpose()?;
+        found.ok_or_else(|| StoreError::NotFound(format!("lease {lease:?}")))?
+    };
+    if !rec.resources.contains(&res) {
+        rec.resources.push(res);
+        t.insert((ns, lease), encode(&rec)?.as_slice())?;
+    }
+    Ok(())
+}
+
+/// Remove a resource from every lease of the namespace that holds it, inside a write.
+pub(crate) fn drop_resource_in(
+    wtx: &redb::WriteTransaction,
+    ns: &str,
+    res: &LeaseResource,
+) -> Result<(), StoreError> {
+    let mut t = wtx.open_table(LEASES)?;
+    let mut changed = Vec::new();
+    for item in t.range((ns, "")..)? {
+        let (k, v) = item?;
+        let (kns, id) = k.value();
+        if kns != ns {
+            break;
+        }
+        let mut rec = decode(ns, id, v.value())?;
+        if rec.resources.contains(res) {
+            rec.resources.retain(|r| r != res);
+            changed.push((id.to_string(), rec));
+        }
+    }
+    for (id, rec) in changed {
+        t.insert((ns, id.as_str()), encode(&rec)?.as_slice())?;
+    }
+    Ok(())
+}
+
+pub(crate) fn decode_lease(ns: &str, id: &str, bytes: &[u8]) -> Result<LeaseRecord, StoreError> {
+    decode(ns, id, bytes)
+}
+
 impl Store {
     /// All leases of a namespace.
     pub fn list_leases(&self, ns: &str) -> Result<Vec<LeaseRecord>, StoreError> {

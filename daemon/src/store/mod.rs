@@ -11,9 +11,13 @@
 //! instead), and never block the writer thread on anything but redb.
 
 pub mod containers;
+pub mod content;
+pub mod gc;
+pub mod images;
 pub mod journal_marks;
 pub mod leases;
 pub mod namespaces;
+pub mod snapshots;
 pub mod tables;
 pub mod writer;
 
@@ -228,6 +232,34 @@ pub async fn blocking<T: Send + 'static>(
 /// Now as a protobuf timestamp.
 pub fn now_timestamp() -> prost_types::Timestamp {
     prost_types::Timestamp::from(std::time::SystemTime::now())
+}
+
+/// A point in time as records store it (JSON-friendly).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stamp {
+    /// Seconds since the epoch.
+    pub secs: i64,
+    /// Nanoseconds.
+    pub nanos: i32,
+}
+
+impl Stamp {
+    /// Now.
+    pub fn now() -> Stamp {
+        let t = now_timestamp();
+        Stamp {
+            secs: t.seconds,
+            nanos: t.nanos,
+        }
+    }
+
+    /// As a protobuf timestamp.
+    pub fn timestamp(self) -> prost_types::Timestamp {
+        prost_types::Timestamp {
+            seconds: self.secs,
+            nanos: self.nanos,
+        }
+    }
 }
 
 #[cfg(test)]

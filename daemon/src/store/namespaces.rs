@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use super::tables::{CONTAINERS, LEASES, NAMESPACES};
+use super::tables::{CONTAINERS, CONTENT, IMAGES, LEASES, NAMESPACES};
 use super::{Store, StoreError};
 
 /// A stored namespace.
@@ -151,6 +151,15 @@ impl Store {
                     return Err(StoreError::NotFound(format!("namespace {name}")));
                 }
                 let mut holds = Vec::new();
+                if has_prefix(&wtx.open_table(IMAGES)?, &name)? {
+                    holds.push("images");
+                }
+                if has_prefix(&wtx.open_table(CONTENT)?, &name)? {
+                    holds.push("blobs");
+                }
+                if super::snapshots::namespace_has_snapshots(wtx, &name)? {
+                    holds.push("snapshots");
+                }
                 if has_prefix(&wtx.open_table(CONTAINERS)?, &name)? {
                     holds.push("containers");
                 }

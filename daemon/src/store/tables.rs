@@ -6,6 +6,12 @@
 //! - `namespaces`: name → JSON [`NamespaceRecord`](super::namespaces::NamespaceRecord).
 //! - `containers`: (namespace, id) → prost-encoded containerd `Container`.
 //! - `leases`: (namespace, id) → JSON [`LeaseRecord`](super::leases::LeaseRecord).
+//! - `images`: (namespace, name) → prost-encoded containerd `Image`.
+//! - `content`: (namespace, digest) → JSON [`ContentRecord`](super::content::ContentRecord): a blob is visible
+//!   in a namespace only with a record there; the bytes live once in `<root>/content` (berth-image).
+//! - `snapshots`: (snapshotter, namespace, key) → JSON [`SnapshotRecord`](super::snapshots::SnapshotRecord);
+//!   the record's number names the snapshot's directory `<root>/snapshots/<snapshotter>/<number>`.
+//! - `meta` also holds `snapshot_next_id` (u64 LE): the next snapshot number.
 //!
 //! The event journal and the shims' seqs live in `<state>/events.redb` (`events::db`). Older berthds kept them
 //! here (tables `journal`, `shim_seqs`, meta key `journal_floor`): the event journal takes their seqs over once,
@@ -27,6 +33,10 @@ pub(crate) const NAMESPACES: TableDefinition<&str, &[u8]> = TableDefinition::new
 pub(crate) const CONTAINERS: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("containers");
 pub(crate) const LEASES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("leases");
+pub(crate) const IMAGES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("images");
+pub(crate) const CONTENT: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("content");
+pub(crate) const SNAPSHOTS: TableDefinition<(&str, &str, &str), &[u8]> =
+    TableDefinition::new("snapshots");
 /// Journal of older berthds (now in `<state>/events.redb`): read once to migrate, then deleted.
 pub(crate) const LEGACY_JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 /// Shim seqs of older berthds (now in `<state>/events.redb`): read once to migrate, then deleted.
@@ -34,6 +44,8 @@ pub(crate) const LEGACY_SHIM_SEQS: TableDefinition<&str, u64> = TableDefinition:
 
 pub(crate) const META_SCHEMA: &str = "schema_version";
 pub(crate) const META_UUID: &str = "server_uuid";
+/// The next snapshot number.
+pub(crate) const META_SNAPSHOT_NEXT_ID: &str = "snapshot_next_id";
 /// Highest journal seq that may have been handed out (reserved in blocks, written before use).
 pub(crate) const META_JOURNAL_RESERVED: &str = "journal_reserved";
 /// Journal floor of older berthds (legacy, see [`LEGACY_JOURNAL`]).
@@ -91,6 +103,9 @@ pub(crate) fn initialise(db: &Database, path: &Path) -> Result<String, StoreErro
     wtx.open_table(NAMESPACES).map_err(|e| open_err(&e))?;
     wtx.open_table(CONTAINERS).map_err(|e| open_err(&e))?;
     wtx.open_table(LEASES).map_err(|e| open_err(&e))?;
+    wtx.open_table(IMAGES).map_err(|e| open_err(&e))?;
+    wtx.open_table(CONTENT).map_err(|e| open_err(&e))?;
+    wtx.open_table(SNAPSHOTS).map_err(|e| open_err(&e))?;
     wtx.commit().map_err(|e| open_err(&e))?;
     Ok(uuid)
 }

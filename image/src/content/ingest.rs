@@ -169,3 +169,15 @@ impl IngestWriter {
         Ok(actual)
     }
 }
+
+/// Lets a writer of bytes (a diff, an archive export) produce an ingest directly.
+impl std::io::Write for IngestWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        IngestWriter::write(self, buf).map_err(std::io::Error::other)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

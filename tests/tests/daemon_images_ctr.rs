@@ -1,0 +1,116 @@
+//! Debian's `ctr` pulls and runs images through berthd's Content, Images, Snapshots, Diff and Leases services
+//! (ctr 1.6 pulls client-side): pull from a loopback docker-registry, `images ls`, `run --rm` from the
+//! image's overlay snapshot with the real exit code, `images rm --sync` leaving no blob, snapshot, ingest or
+//! mount behind. Root only.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use berth_tests::oci_layout::busybox_layout;
+use berth_tests::registry::Registry;
+use berth_tests::run_timeout;
+use berth_tests::task_fixture::TaskFixture;
+
+/// `ctr -a SOCK -n NS ARGS...` with a time limit.
+fn ctr(fx: &TaskFixture, args: &[&str]) -> Output {
+    let mut c: Command = fx.daemon.ctr();
+    c.arg("-n").arg(&fx.ns).args(args);
+    run_timeout(&mut c, Duration::from_secs(120))
+}
+
+#[track_caller]
+fn ok(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Files below `dir` (recursively), for leak checks.
+fn files_below(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_below(&p));
+        } else {
+            out.push(p.display().to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn ctr_pulls_lists_runs_and_removes_an_image() {
+    if !berth_tests::require_root() || berth_tests::tool("ctr").is_none() {
+        return;
+    }
+    let fx = TaskFixture::new("di-ctr", "");
+    let Some(registry) = Registry::start(fx.dir.path()) else {
+        return;
+    };
+    let layout = busybox_layout(&fx.dir.join("layout"));
+    let reference = registry.reference("busybox:latest");
+    registry.push_oci_layout(&layout.path, "busybox:latest");
+
+    let out = ctr(&fx, &["images", "pull", "--plain-http", &reference]);
+    let pulled = ok(&out, "ctr images pull");
+    assert!(pulled.contains("done"), "{pulled}");
+    let listed = ok(&ctr(&fx, &["images", "ls", "-q"]), "ctr images ls");
+    assert_eq!(listed.trim(), reference);
+    let snaps = ok(&ctr(&fx, &["snapshots", "ls"]), "ctr snapshots ls");
+    assert!(snaps.contains(&layout.diff_ids[0]), "unpacked: {snaps}");
+
+    let id = berth_tests::unique_id("di-run");
+    let out = ctr(
+        &fx,
+        &[
+            "run",
+            "--rm",
+            &reference,
+            &id,
+            "sh",
+            "-c",
+            "echo hi; exit 5",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    // A second pull finds everything there.
+    ok(
+        &ctr(&fx, &["images", "pull", "--plain-http", &reference]),
+        "second pull",
+    );
+
+    ok(
+        &ctr(&fx, &["images", "rm", "--sync", &reference]),
+        "ctr images rm",
+    );
+    let content = ok(&ctr(&fx, &["content", "ls", "-q"]), "ctr content ls");
+    assert_eq!(content.trim(), "", "no blob left");
+    let snaps = ok(&ctr(&fx, &["snapshots", "ls"]), "ctr snapshots ls");
+    assert_eq!(snaps.lines().count(), 1, "only the header: {snaps}");
+    let root = fx.daemon.root();
+    assert_eq!(
+        files_below(&root.join("content")),
+        Vec::<String>::new(),
+        "no blob or ingest on disk"
+    );
+    let snapdirs: Vec<_> = std::fs::read_dir(root.join("snapshots/overlayfs"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(snapdirs.is_empty(), "no snapshot directory: {snapdirs:?}");
+    assert!(
+        berth_tests::mounts_below(fx.dir.path()).is_empty(),
+        "nothing mounted"
+    );
+    fx.guard.assert_clean();
+}
