@@ -473,6 +473,30 @@ const CONTAINERD: &[(&str, &str, &[MethodDef])] = &[
         ],
     ),
     (
+        "containerd.services.transfer.v1",
+        "Transfer",
+        &[(
+            "transfer",
+            "Transfer",
+            "TransferRequest",
+            "()",
+            false,
+            false,
+        )],
+    ),
+    (
+        "containerd.services.streaming.v1",
+        "Streaming",
+        &[(
+            "stream",
+            "Stream",
+            "::prost_types::Any",
+            "::prost_types::Any",
+            true,
+            true,
+        )],
+    ),
+    (
         "containerd.services.introspection.v1",
         "Introspection",
         &[

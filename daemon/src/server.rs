@@ -343,7 +343,13 @@ async fn serve(
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
 
+    // containerd's Go client (nerdctl, BuildKit, k3s) waits for SERVING here before anything else.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
     let router = Server::builder()
+        .add_service(health_service)
         .add_service(limits!(VersionServer::new(
             services::version::VersionService
         )))

@@ -44,6 +44,8 @@ pub mod containerd {
         introspection,
         "containerd.services.introspection.v1.Introspection.rs"
     );
+    service!(transfer, "containerd.services.transfer.v1.Transfer.rs");
+    service!(streaming, "containerd.services.streaming.v1.Streaming.rs");
 }
 
 /// `berth.v1`: journal replay from a cursor, server-side pull.

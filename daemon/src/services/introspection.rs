@@ -14,30 +14,42 @@ use tonic::{Request, Response, Status};
 use super::parse_filters;
 use crate::context::Context;
 
-/// (type, id, requires, init error) of every plugin Berth reports.
+/// (type, id, requires, init error) of every plugin Berth reports. The Transfer and Streaming services are
+/// listed with an init error until server-side pulls land (containerd's Go client then falls back to
+/// client-side pulls instead of failing).
 const PLUGINS: &[(&str, &str, &[&str], Option<&str>)] = &[
     ("io.containerd.metadata.v1", "redb", &[], None),
     ("io.containerd.event.v1", "exchange", &[], None),
+    ("io.containerd.content.v1", "content", &[], None),
+    ("io.containerd.snapshotter.v1", "overlayfs", &[], None),
+    ("io.containerd.snapshotter.v1", "native", &[], None),
+    (
+        "io.containerd.differ.v1",
+        "walking",
+        &["io.containerd.metadata.v1"],
+        None,
+    ),
+    (
+        "io.containerd.gc.v1",
+        "scheduler",
+        &["io.containerd.metadata.v1"],
+        None,
+    ),
+    (
+        "io.containerd.lease.v1",
+        "manager",
+        &["io.containerd.metadata.v1"],
+        None,
+    ),
     (
         "io.containerd.runtime.v2",
         "task",
         &["io.containerd.metadata.v1"],
         None,
     ),
-    (
-        "io.containerd.snapshotter.v1",
-        "overlayfs",
-        &[],
-        Some("not implemented yet"),
-    ),
-    (
-        "io.containerd.content.v1",
-        "content",
-        &[],
-        Some("not implemented yet"),
-    ),
     ("io.containerd.grpc.v1", "version", &[], None),
     ("io.containerd.grpc.v1", "introspection", &[], None),
+    ("io.containerd.grpc.v1", "healthcheck", &[], None),
     (
         "io.containerd.grpc.v1",
         "namespaces",
@@ -53,7 +65,7 @@ const PLUGINS: &[(&str, &str, &[&str], Option<&str>)] = &[
     (
         "io.containerd.grpc.v1",
         "leases",
-        &["io.containerd.metadata.v1"],
+        &["io.containerd.lease.v1"],
         None,
     ),
     (
@@ -72,25 +84,25 @@ const PLUGINS: &[(&str, &str, &[&str], Option<&str>)] = &[
         "io.containerd.grpc.v1",
         "content",
         &["io.containerd.content.v1"],
-        Some("not implemented yet"),
+        None,
     ),
     (
         "io.containerd.grpc.v1",
         "images",
-        &["io.containerd.metadata.v1"],
-        Some("not implemented yet"),
+        &["io.containerd.metadata.v1", "io.containerd.gc.v1"],
+        None,
     ),
     (
         "io.containerd.grpc.v1",
         "snapshots",
         &["io.containerd.snapshotter.v1"],
-        Some("not implemented yet"),
+        None,
     ),
     (
         "io.containerd.grpc.v1",
         "diff",
-        &[],
-        Some("not implemented yet"),
+        &["io.containerd.differ.v1"],
+        None,
     ),
     (
         "io.berth.grpc.v1",
