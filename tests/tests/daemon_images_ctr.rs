@@ -114,3 +114,70 @@ fn ctr_pulls_lists_runs_and_removes_an_image() {
     );
     fx.guard.assert_clean();
 }
+
+#[test]
+fn ctr_exports_and_imports_an_image_with_the_same_digests() {
+    if !berth_tests::require_root() || berth_tests::tool("ctr").is_none() {
+        return;
+    }
+    let Some(skopeo) = berth_tests::tool("skopeo") else {
+        return;
+    };
+    let fx = TaskFixture::new("di-ctrio", "");
+    let Some(registry) = Registry::start(fx.dir.path()) else {
+        return;
+    };
+    let layout = busybox_layout(&fx.dir.join("layout"));
+    let reference = registry.reference("busybox:io");
+    registry.push_oci_layout(&layout.path, "busybox:io");
+    ok(
+        &ctr(&fx, &["images", "pull", "--plain-http", &reference]),
+        "ctr images pull",
+    );
+    let archive = fx.dir.join("busybox.tar");
+    let archive_s = archive.display().to_string();
+    ok(
+        &ctr(&fx, &["images", "export", &archive_s, &reference]),
+        "ctr images export",
+    );
+    // An independent reader finds the same manifest in the archive.
+    let out = run_timeout(
+        Command::new(&skopeo)
+            .args(["inspect", "--raw"])
+            .arg(format!("oci-archive:{archive_s}")),
+        Duration::from_secs(60),
+    );
+    let raw = ok(&out, "skopeo inspect");
+    assert_eq!(
+        berth_tests::oci_layout::sha256_digest(raw.as_bytes()),
+        layout.manifest.digest,
+        "the exported manifest is the pulled one"
+    );
+    ok(
+        &ctr(&fx, &["images", "rm", "--sync", &reference]),
+        "ctr images rm",
+    );
+    assert_eq!(
+        ok(&ctr(&fx, &["content", "ls", "-q"]), "content ls").trim(),
+        ""
+    );
+    ok(
+        &ctr(&fx, &["images", "import", &archive_s]),
+        "ctr images import",
+    );
+    let listed = ok(&ctr(&fx, &["images", "ls"]), "ctr images ls");
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with(&reference))
+        .unwrap_or_else(|| panic!("imported image listed: {listed}"));
+    assert!(line.contains(&layout.manifest.digest), "{line}");
+    // It runs from the imported layers.
+    let id = berth_tests::unique_id("di-imp");
+    let out = ctr(&fx, &["run", "--rm", &reference, &id, "sh", "-c", "exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    ok(
+        &ctr(&fx, &["images", "rm", "--sync", &reference]),
+        "ctr images rm",
+    );
+    fx.guard.assert_clean();
+}

@@ -76,7 +76,7 @@ impl Images {
             root: root.to_path_buf(),
             source,
         };
-        let content = ContentStore::open(root.join("content")).map_err(err)?;
+        let content = ContentStore::open(root).map_err(err)?;
         // Each keeps its directories under <root>/snapshots/<name>.
         let mut snapshotters: BTreeMap<&'static str, Arc<dyn Snapshotter>> = BTreeMap::new();
         let overlay = berth_image::Overlay::new(root).map_err(err)?;

@@ -95,9 +95,15 @@ impl Leases for LeasesService {
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<()>, Status> {
         let ns = namespace_from(req.metadata())?;
         tracing::Span::current().record("namespace", ns.as_str());
-        let id = req.into_inner().id;
-        check_lease_id(&id)?;
-        self.ctx.store.delete_lease(&ns, &id).await?;
+        let r = req.into_inner();
+        check_lease_id(&r.id)?;
+        self.ctx.store.delete_lease(&ns, &r.id).await?;
+        // What only the lease held is garbage now.
+        if r.sync {
+            self.ctx.images.gc_now().await?;
+        } else {
+            self.ctx.images.schedule_gc();
+        }
         Ok(Response::new(()))
     }
 
@@ -139,6 +145,7 @@ impl Leases for LeasesService {
             .store
             .delete_lease_resource(&ns, &r.id, res)
             .await?;
+        self.ctx.images.schedule_gc();
         Ok(Response::new(()))
     }
 

@@ -29,6 +29,9 @@ use crate::namespace::{lease_from, namespace_from, validate_labels};
 use crate::store::blocking;
 use crate::store::snapshots::{SnapshotKind, SnapshotRecord};
 
+/// Label naming the snapshot a Prepare is meant to be committed as.
+pub const LABEL_SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
+
 /// The Snapshots service.
 #[derive(Debug, Clone)]
 pub struct SnapshotsService {
@@ -64,6 +67,19 @@ impl SnapshotsService {
         }
         validate_labels(&labels)?;
         let (name, sn) = self.ctx.images.snapshotter(snapshotter)?;
+        // containerd's unpackers prepare with the snapshot they mean to commit to in this label and take
+        // AlreadyExists as "that layer is unpacked already".
+        if let Some(target) = labels.get(LABEL_SNAPSHOT_REF) {
+            let (store, ns2, t) = (self.ctx.store.clone(), ns.clone(), target.clone());
+            if blocking(move || store.get_snapshot(name, &ns2, &t))
+                .await?
+                .is_some()
+            {
+                return Err(Status::already_exists(format!(
+                    "target snapshot {target:?}: already exists"
+                )));
+            }
+        }
         let images = self.ctx.images.clone();
         let _hold = images.hold().await;
         let plan = self
