@@ -1,6 +1,10 @@
 //! Helpers shared by the berth-shim integration tests (`shim_*.rs`). A [`ShimFixture`] owns one container's
 //! dirs, its shim and a cleanup [`Guard`] that kills, deletes and checks everything the
 //! test started, even when the test panics.
+//!
+//! Tests never sleep to let something happen: they wait on the condition with [`eventually`] (or on an
+//! event with [`expect_event`]); a fixed window is only for checking that nothing happens ([`holds_for`],
+//! also used by the berthd task tests).
 
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
@@ -449,14 +453,33 @@ pub fn read_available(reader: &mut File, text: &mut String) {
     }
 }
 
-/// Wait until `f` is true or the timeout passes.
+/// How often [`eventually`] and [`holds_for`] re-check their condition.
+pub const POLL: Duration = Duration::from_millis(10);
+
+/// Wait until `f` is true, checking every [`POLL`]; panics naming `what` when `timeout` passes first.
+/// The way to wait for something to happen (never a fixed sleep).
 pub async fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let end = tokio::time::Instant::now() + timeout;
     while !f() {
         assert!(
             tokio::time::Instant::now() < end,
-            "timed out waiting for {what}"
+            "timed out after {timeout:?} waiting for {what}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Check that `f` stays true for the whole `window`, every [`POLL`]; panics naming `what` at the first
+/// check that fails. The way to assert that something does NOT happen: the window is the behaviour
+/// under test, not a wait.
+pub async fn holds_for(what: &str, window: Duration, mut f: impl FnMut() -> bool) {
+    let start = tokio::time::Instant::now();
+    let end = start + window;
+    loop {
+        assert!(f(), "{what} stopped holding after {:?}", start.elapsed());
+        if tokio::time::Instant::now() >= end {
+            return;
+        }
+        tokio::time::sleep(POLL).await;
     }
 }

@@ -4,6 +4,21 @@
 //! `runtime_binary`), a cleanup
 //! [`Guard`] that kills every shim and container the test started (also on panic) and checks they are gone, and
 //! the test dir. Clients are containerd-client's, with the `containerd-namespace` header set per request.
+//! This file has the fixture and the Tasks verbs; `events` what a subscriber sees ([`EventLog`]), `journal`
+//! berthd's berth.v1 Journal and the shims' on-disk journals, `waits` the polling waits and pending Waits.
+//!
+//! Tests wait on conditions, never for a fixed time: [`TaskFixture::wait_status`], [`EventLog::wait_for`],
+//! [`TaskFixture::journal_until`], [`eventually`] poll every [`POLL`] until a deadline and then fail naming what
+//! did not happen. A fixed window is only right where nothing must happen ([`holds_for`], the quiet window of
+//! [`TaskFixture::journal`]). This module must never wait longer than a caller's deadline nor hide a failure.
+
+mod events;
+mod journal;
+mod waits;
+
+pub use events::{describe, EventLog};
+pub use journal::{journal_lines, JOURNAL_WAIT};
+pub use waits::{assert_wait_pending, eventually, holds_for, wait_answer, PENDING, POLL};
 
 use std::fs::File;
 use std::io::Read;
@@ -16,11 +31,9 @@ use crate::bundle::{busybox_bundle, Bundle};
 use crate::{Daemon, DaemonConfig, Guard, TestDir};
 use berth_proto::containerd_client::services::v1::container::Runtime;
 use berth_proto::containerd_client::services::v1::containers_client::ContainersClient;
-use berth_proto::containerd_client::services::v1::events_client::EventsClient;
 use berth_proto::containerd_client::services::v1::tasks_client::TasksClient;
 use berth_proto::containerd_client::services::v1::*;
 use berth_proto::containerd_client::types::v1::Status;
-use berth_proto::containerd_client::types::Envelope;
 use tonic::transport::Channel;
 
 /// The OCI runtime the tests drive: berth-runc; `BERTH_TEST_RUNTIME=/usr/sbin/runc` runs them against runc.
@@ -283,98 +296,89 @@ impl TaskFixture {
                 Instant::now() < deadline,
                 "task {id} never reached {status:?}: {p:?}"
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(POLL).await;
         }
     }
 
-    /// Subscribe to this namespace's events; envelopes are collected in the background.
-    pub async fn subscribe(&self) -> EventLog {
-        let mut e = EventsClient::new(self.channel().await);
-        let mut stream = e
-            .subscribe(req(
-                &self.ns,
-                SubscribeRequest {
-                    filters: vec![format!("namespace=={}", self.ns)],
-                },
-            ))
-            .await
-            .expect("subscribe")
-            .into_inner();
-        let log = EventLog::default();
-        let sink = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(env)) = stream.message().await {
-                sink.0.lock().unwrap_or_else(|e| e.into_inner()).push(env);
-            }
-        });
-        log
-    }
-}
-
-/// Envelopes received by a subscriber.
-#[derive(Clone, Default)]
-pub struct EventLog(pub std::sync::Arc<std::sync::Mutex<Vec<Envelope>>>);
-
-impl EventLog {
-    /// (topic, decoded container id, id) of every task event so far.
-    pub fn task_events(&self) -> Vec<(String, String)> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|e| (e.topic.clone(), describe(e.event.as_ref())))
-            .collect()
+    /// The task's dir in berthd's state, `<state>/tasks/<ns>/<id>`: the shim's bundle.
+    pub fn task_dir(&self, id: &str) -> PathBuf {
+        self.daemon.state().join("tasks").join(&self.ns).join(id)
     }
 
-    /// Wait until `pred` holds on the events, or panic after `timeout`.
-    pub async fn wait_for(&self, timeout: Duration, pred: impl Fn(&[(String, String)]) -> bool) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let ev = self.task_events();
-            if pred(&ev) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "events never matched; got {ev:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    /// The pid of the task's shim (its `shim.pid`).
+    #[track_caller]
+    pub fn shim_pid(&self, id: &str) -> i32 {
+        let p = self.task_dir(id).join("shim.pid");
+        let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        text.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: {text:?}: {e}", p.display()))
     }
-}
 
-/// A short description of a task event payload: `container_id[/id] key=value`.
-pub fn describe(any: Option<&prost_types::Any>) -> String {
-    use berth_proto::containerd_client::events::*;
-    use prost::Message;
-    let Some(any) = any else { return String::new() };
-    let v = any.value.as_slice();
-    match any.type_url.as_str() {
-        "containerd.events.TaskCreate" => TaskCreate::decode(v)
-            .map(|e| e.container_id)
-            .unwrap_or_default(),
-        "containerd.events.TaskStart" => TaskStart::decode(v)
-            .map(|e| e.container_id)
-            .unwrap_or_default(),
-        "containerd.events.TaskExit" => TaskExit::decode(v)
-            .map(|e| format!("{}/{} status={}", e.container_id, e.id, e.exit_status))
-            .unwrap_or_default(),
-        "containerd.events.TaskDelete" => TaskDelete::decode(v)
-            .map(|e| format!("{} status={}", e.container_id, e.exit_status))
-            .unwrap_or_default(),
-        "containerd.events.TaskExecAdded" => TaskExecAdded::decode(v)
-            .map(|e| format!("{}/{}", e.container_id, e.exec_id))
-            .unwrap_or_default(),
-        "containerd.events.TaskExecStarted" => TaskExecStarted::decode(v)
-            .map(|e| format!("{}/{}", e.container_id, e.exec_id))
-            .unwrap_or_default(),
-        "containerd.events.TaskPaused" => TaskPaused::decode(v)
-            .map(|e| e.container_id)
-            .unwrap_or_default(),
-        "containerd.events.TaskResumed" => TaskResumed::decode(v)
-            .map(|e| e.container_id)
-            .unwrap_or_default(),
-        other => other.to_string(),
+    /// Tasks.Start of init (`exec_id` "") or an exec; returns its pid.
+    pub async fn start(&self, id: &str, exec_id: &str) -> Result<u32, tonic::Status> {
+        let mut t = self.tasks().await;
+        t.start(req(
+            &self.ns,
+            StartRequest {
+                container_id: id.into(),
+                exec_id: exec_id.into(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().pid)
+    }
+
+    /// Tasks.Exec of `args` as `exec_id`, its stdout to `stdout` (a FIFO path, or "" for none).
+    pub async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        args: &[&str],
+        stdout: &str,
+    ) -> Result<(), tonic::Status> {
+        let mut t = self.tasks().await;
+        t.exec(req(
+            &self.ns,
+            ExecProcessRequest {
+                container_id: id.into(),
+                exec_id: exec_id.into(),
+                stdout: stdout.into(),
+                spec: Some(exec_spec(args)),
+                ..Default::default()
+            },
+        ))
+        .await
+        .map(|_| ())
+    }
+
+    /// Tasks.Kill of init (`exec_id` "") or an exec with `signal` (not `all`).
+    pub async fn kill(&self, id: &str, exec_id: &str, signal: u32) -> Result<(), tonic::Status> {
+        let mut t = self.tasks().await;
+        t.kill(req(
+            &self.ns,
+            KillRequest {
+                container_id: id.into(),
+                exec_id: exec_id.into(),
+                signal,
+                all: false,
+            },
+        ))
+        .await
+        .map(|_| ())
+    }
+
+    /// Tasks.Delete of the task.
+    pub async fn delete_task(&self, id: &str) -> Result<DeleteResponse, tonic::Status> {
+        let mut t = self.tasks().await;
+        t.delete(req(
+            &self.ns,
+            DeleteTaskRequest {
+                container_id: id.into(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner())
     }
 }
 
@@ -408,7 +412,7 @@ pub fn read_until(f: &mut File, needle: &str, timeout: Duration) -> String {
             Instant::now() < deadline,
             "never read {needle:?}; got {s:?}"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(POLL);
     }
 }
 
