@@ -1,12 +1,20 @@
 //! Debian's `ctr` (1.6) against berthd, with no image (`--rootfs`): run --rm with output and exit code, run -d then
 //! tasks ls / exec / kill / rm and containers rm, and `ctr events` showing the run's events. Root only.
+//! (`sleep 1000` is the detached container's workload, not a wait.)
 
 use berth_tests::task_fixture as support;
 
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use berth_proto::containerd_client::events::TaskOom;
+use berth_proto::containerd_client::services::v1::events_client::EventsClient;
+use berth_proto::containerd_client::services::v1::PublishRequest;
+use prost::Message;
 use support::TaskFixture;
+
+/// The topic of the events that tell when `ctr events` is subscribed.
+const PROBE_TOPIC: &str = "/berth-test/ctr-events-probe";
 
 /// Run a command with a deadline (killed by its pid when it overruns).
 fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
@@ -70,9 +78,49 @@ impl CtrEvents {
             .stderr(Stdio::null())
             .spawn()
             .expect("ctr events");
-        // Give ctr time to dial and subscribe (it prints nothing until the first event).
-        std::thread::sleep(Duration::from_millis(1000));
-        CtrEvents { child, path }
+        let events = CtrEvents { child, path };
+        events.wait_subscribed(fx);
+        events
+    }
+
+    /// ctr prints nothing until the first event, so publish probe events until one shows up in its output:
+    /// then it is subscribed and sees everything the test does next.
+    fn wait_subscribed(&self, fx: &TaskFixture) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        rt.block_on(async {
+            let mut ec = EventsClient::new(fx.channel().await);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                ec.publish(support::req(
+                    &fx.ns,
+                    PublishRequest {
+                        topic: PROBE_TOPIC.into(),
+                        // A type ctr knows (it skips events it cannot decode).
+                        event: Some(prost_types::Any {
+                            type_url: "containerd.events.TaskOOM".into(),
+                            value: TaskOom {
+                                container_id: "ctr-events-probe".into(),
+                            }
+                            .encode_to_vec(),
+                        }),
+                    },
+                ))
+                .await
+                .expect("publish the probe event");
+                let out = std::fs::read_to_string(&self.path).unwrap_or_default();
+                if out.contains(PROBE_TOPIC) {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "ctr events never printed a probe event (not subscribed?):\n{out}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
     }
 
     fn wait_for(&self, needles: &[&str]) -> String {

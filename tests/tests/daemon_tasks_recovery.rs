@@ -2,62 +2,30 @@
 //! RUNNING and accept execs, the 5 are STOPPED with their real exit codes, and a berth.v1 Journal subscriber from
 //! the last cursor gets each exit exactly once. Also: berthd killed by a failpoint between journaling an exit and
 //! acking it to the shim delivers that exit once after restart. Root only.
+//!
+//! The `sleep` in container commands is their workload (running until killed, or polling for `/go`, the
+//! test's signal to exit), never a wait of the test.
 
 use berth_tests::task_fixture as support;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use berth_proto::berth::journal_client::JournalClient;
-use berth_proto::berth::{JournalEvent, JournalSubscribeRequest};
+use berth_proto::berth::JournalEvent;
 use berth_proto::containerd_client::services::v1::*;
 use berth_proto::containerd_client::types::v1::Status;
-use support::{describe, exec_spec, req, write_config, TaskFixture};
+use support::{describe, eventually, exec_spec, req, write_config, TaskFixture};
 
-/// Every journal event of the namespace after `cursor`, until none arrives for `quiet`.
-async fn journal_after(fx: &TaskFixture, cursor: u64, quiet: Duration) -> Vec<JournalEvent> {
-    let mut j = JournalClient::new(fx.channel().await);
-    let mut stream = j
-        .subscribe(req(
-            &fx.ns,
-            JournalSubscribeRequest {
-                filters: vec![format!("namespace=={}", fx.ns)],
-                after_seq: cursor,
-                from_oldest: false,
-            },
-        ))
-        .await
-        .expect("journal subscribe")
-        .into_inner();
-    let mut out = Vec::new();
-    while let Ok(Ok(Some(ev))) = tokio::time::timeout(quiet, stream.message()).await {
-        out.push(ev);
-    }
-    out
-}
+/// How long the journal is watched for a duplicate after everything expected is in.
+const QUIET: Duration = Duration::from_millis(1500);
 
-/// The seq of the last journaled event of the namespace.
-async fn last_cursor(fx: &TaskFixture) -> u64 {
-    let mut j = JournalClient::new(fx.channel().await);
-    let mut stream = j
-        .subscribe(req(
-            &fx.ns,
-            JournalSubscribeRequest {
-                filters: vec![],
-                after_seq: 0,
-                from_oldest: true,
-            },
-        ))
-        .await
-        .expect("journal subscribe")
-        .into_inner();
-    let mut last = 0;
-    while let Ok(Ok(Some(ev))) =
-        tokio::time::timeout(Duration::from_millis(500), stream.message()).await
-    {
-        last = ev.seq;
-    }
-    last
+/// True once `events` hold a `/tasks/start` of every one of `ids`.
+fn started(events: &[JournalEvent], ids: &[String]) -> bool {
+    ids.iter().all(|id| {
+        events
+            .iter()
+            .any(|e| e.topic == "/tasks/start" && describe(e.event.as_ref()) == *id)
+    })
 }
 
 fn exits_by_container(events: &[JournalEvent]) -> HashMap<String, Vec<String>> {
@@ -70,7 +38,8 @@ fn exits_by_container(events: &[JournalEvent]) -> HashMap<String, Vec<String>> {
     m
 }
 
-/// A container that exits with `code` once /go exists in its rootfs.
+/// A container that exits with `code` once /go exists in its rootfs: its own loop is how the test tells it
+/// when to exit (a workload, not a wait of the test).
 const WAIT_FOR_GO: &str = "while [ ! -e /go ]; do sleep 0.1; done; exit $CODE";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,9 +65,19 @@ async fn recovery_after_sigkill_with_20_containers() {
         rootfs.push(b.rootfs.clone());
         ids.push(id);
     }
-    // Let the start events reach the journal, then take the cursor.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let cursor = last_cursor(&fx).await;
+    // The start events reach the journal (from the shims, asynchronously) and are acked to the shims, as
+    // in a berthd that has been running a while; the cursor is after them.
+    fx.journal_until(0, "a /tasks/start of each of the 20", |ev| {
+        started(ev, &ids)
+    })
+    .await;
+    eventually(
+        "berthd acking every event the 20 shims journaled",
+        Duration::from_secs(10),
+        || ids.iter().all(|id| fx.shim_journal(id).is_empty()),
+    )
+    .await;
+    let cursor = fx.journal_barrier().await;
     assert!(cursor > 0);
 
     fx.daemon.kill();
@@ -181,7 +160,7 @@ async fn recovery_after_sigkill_with_20_containers() {
         assert_eq!(fx.wait(id, "after").await.expect("wait exec"), 4);
     }
     // The journal from the cursor: each of the 5 init exits exactly once, no init exit of the others.
-    let events = journal_after(&fx, cursor, Duration::from_millis(1500)).await;
+    let events = fx.journal(cursor, QUIET).await;
     let exits = exits_by_container(&events);
     for id in &ids[..5] {
         let code = expected[id.as_str()];
@@ -217,8 +196,18 @@ async fn exit_journaled_but_not_acked_is_delivered_once() {
         &["sh", "-c", "while [ ! -e /go ]; do sleep 0.1; done; exit 5"],
     );
     let pid = fx.run(&id, &b).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let cursor = last_cursor(&fx).await;
+    // The start event is journaled and acked, so that the exit is the only event the shim holds unacked
+    // below; the cursor is after it.
+    let ids = [id.clone()];
+    fx.journal_until(0, "the /tasks/start", |ev| started(ev, &ids))
+        .await;
+    eventually(
+        "berthd acking every event the shim journaled",
+        Duration::from_secs(10),
+        || fx.shim_journal(&id).is_empty(),
+    )
+    .await;
+    let cursor = fx.journal_barrier().await;
 
     // Restart berthd with the failpoint: it dies (SIGKILL) right after journaling the next shim event.
     fx.daemon.kill();
@@ -242,7 +231,7 @@ async fn exit_journaled_but_not_acked_is_delivered_once() {
     write_config(&fx.config_path, "");
     fx.daemon.start_again();
     assert_eq!(fx.wait(&id, "").await.expect("wait"), 5);
-    let events = journal_after(&fx, cursor, Duration::from_millis(1500)).await;
+    let events = fx.journal(cursor, QUIET).await;
     let exits = exits_by_container(&events);
     assert_eq!(
         exits.get(id.as_str()).cloned().unwrap_or_default(),
@@ -291,32 +280,23 @@ async fn exec_exit_journaled_by_a_shim_that_then_died_is_not_lost() {
         .into_inner()
         .pid;
     fx.guard.pid(exec_pid as i32);
-    let cursor = last_cursor(&fx).await;
-    let task_dir = fx.daemon.config().state.join("tasks").join(&ns).join(&id);
-    let shim: i32 = std::fs::read_to_string(task_dir.join("shim.pid"))
-        .expect("shim.pid")
-        .trim()
-        .parse()
-        .expect("shim pid");
+    let cursor = fx.journal_barrier().await;
+    let shim = fx.shim_pid(&id);
 
     // berthd is down while the exec exits: the shim journals the exit on disk, nobody acks it,
     // and then the shim dies too.
     fx.daemon.kill();
-    let journal = task_dir.join("events.log");
-    let before = std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0);
     std::fs::write(b.rootfs.join("go"), b"").expect("touch go");
     assert!(berth_tests::proc::wait_dead(
         exec_pid as i32,
         Duration::from_secs(10)
     ));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0) <= before {
-        assert!(
-            Instant::now() < deadline,
-            "the shim never journaled the exit"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "the shim journaling the exec's exit (status 5) on disk",
+        Duration::from_secs(10),
+        || fx.shim_journaled_exit(&id, "e1") == Some(5),
+    )
+    .await;
     berth_tests::proc::kill(shim, nix::sys::signal::Signal::SIGKILL);
     assert!(berth_tests::proc::wait_dead(shim, Duration::from_secs(10)));
 
@@ -328,7 +308,7 @@ async fn exec_exit_journaled_by_a_shim_that_then_died_is_not_lost() {
         init as i32,
         Duration::from_secs(10)
     ));
-    let events = journal_after(&fx, cursor, Duration::from_millis(1500)).await;
+    let events = fx.journal(cursor, QUIET).await;
     let exits = exits_by_container(&events)
         .remove(id.as_str())
         .unwrap_or_default();

@@ -1,56 +1,32 @@
 //! berthd and shims that go away: a shim killed while berthd is down (recovery reaps it with `berth-shim delete`
 //! and reports the recorded exit), a shim killed while berthd runs, SIGTERM leaving containers running, and
 //! Tasks.Update reaching the container's cgroup. Root only.
+//!
+//! The `sleep` in container commands is their workload (running until killed, or polling for `/go`, the
+//! test's signal to exit), never a wait of the test.
 
 use berth_tests::task_fixture as support;
 
 use std::time::Duration;
 
-use berth_proto::berth::journal_client::JournalClient;
-use berth_proto::berth::JournalSubscribeRequest;
 use berth_proto::containerd_client::services::v1::*;
 use berth_proto::containerd_client::types::v1::Status;
 use nix::sys::signal::Signal;
-use support::{describe, exec_spec, req, TaskFixture};
+use support::{
+    assert_wait_pending, describe, eventually, exec_spec, req, wait_answer, TaskFixture,
+};
 use tonic::Code;
 
-fn shim_pid(fx: &TaskFixture, id: &str) -> i32 {
-    let p = fx
-        .daemon
-        .state()
-        .join("tasks")
-        .join(&fx.ns)
-        .join(id)
-        .join("shim.pid");
-    std::fs::read_to_string(&p)
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-        .trim()
-        .parse()
-        .expect("shim pid")
-}
+/// How long the journal is watched for a duplicate after everything journaled so far is in.
+const QUIET: Duration = Duration::from_millis(700);
 
 /// (topic, description) of the namespace's journal events.
 async fn journal(fx: &TaskFixture) -> Vec<(String, String)> {
-    let mut j = JournalClient::new(fx.channel().await);
-    let mut stream = j
-        .subscribe(req(
-            &fx.ns,
-            JournalSubscribeRequest {
-                filters: vec![format!("namespace=={}", fx.ns)],
-                after_seq: 0,
-                from_oldest: true,
-            },
-        ))
+    fx.journal(0, QUIET)
         .await
-        .expect("journal")
-        .into_inner();
-    let mut out = Vec::new();
-    while let Ok(Ok(Some(ev))) =
-        tokio::time::timeout(Duration::from_millis(700), stream.message()).await
-    {
-        out.push((ev.topic.clone(), describe(ev.event.as_ref())));
-    }
-    out
+        .into_iter()
+        .map(|ev| (ev.topic.clone(), describe(ev.event.as_ref())))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,16 +42,26 @@ async fn shim_gone_while_berthd_down_is_reaped_with_its_exit() {
         &["sh", "-c", "while [ ! -e /go ]; do sleep 0.1; done; exit 9"],
     );
     let pid = fx.run(&id, &b).await;
-    let shim = shim_pid(&fx, &id);
+    let shim = fx.shim_pid(&id);
     fx.guard.pid(shim);
     fx.daemon.kill();
-    // The container exits (the shim records it), then the shim dies too.
+    // The container exits and the shim records it (exit file and on-disk journal), then the shim dies too.
     std::fs::write(b.rootfs.join("go"), b"").expect("touch go");
     assert!(berth_tests::proc::wait_dead(
         pid as i32,
         Duration::from_secs(10)
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let exit_file = fx.task_dir(&id).join("init.exit");
+    eventually(
+        "the shim recording the exit (status 9) in init.exit and its journal",
+        Duration::from_secs(10),
+        || {
+            fx.shim_journaled_exit(&id, "") == Some(9)
+                && std::fs::read_to_string(&exit_file)
+                    .is_ok_and(|r| r.contains("\"exit_status\":9"))
+        },
+    )
+    .await;
     berth_tests::proc::kill(shim, Signal::SIGKILL);
     assert!(berth_tests::proc::wait_dead(shim, Duration::from_secs(10)));
 
@@ -126,7 +112,7 @@ async fn shim_gone_while_berthd_down_is_reaped_with_its_exit() {
         fx.get(&id, "").await.expect_err("gone").code(),
         Code::NotFound
     );
-    assert!(!fx.daemon.state().join("tasks").join(&ns).join(&id).exists());
+    assert!(!fx.task_dir(&id).exists());
     fx.kill_and_delete(&id).await;
     fx.guard.assert_clean();
 }
@@ -140,7 +126,7 @@ async fn shim_killed_while_berthd_runs_stops_the_task() {
     let id = berth_tests::unique_id("dt-sk");
     let b = fx.bundle("a", &["sleep", "1000"]);
     fx.run(&id, &b).await;
-    let shim = shim_pid(&fx, &id);
+    let shim = fx.shim_pid(&id);
     fx.guard.pid(shim);
     // The shim inherited none of berthd's descriptors (its database, lock, socket or log).
     let root = fx.daemon.root().display().to_string();
@@ -159,39 +145,17 @@ async fn shim_killed_while_berthd_runs_stops_the_task() {
             fd.file_name()
         );
     }
-    let waiter = {
-        let (ns, id) = (fx.ns.clone(), id.clone());
-        let mut t = fx.tasks().await;
-        tokio::spawn(async move {
-            t.wait(req(
-                &ns,
-                WaitRequest {
-                    container_id: id,
-                    exec_id: String::new(),
-                },
-            ))
-            .await
-            .map(|r| r.into_inner().exit_status)
-        })
-    };
+    // A Wait pending on the running task is answered once the shim is gone.
+    let waiter = fx.spawn_wait(&id, "").await;
+    assert_wait_pending(&waiter, "the Wait on the running task is pending").await;
     berth_tests::proc::kill(shim, Signal::SIGKILL);
     assert!(berth_tests::proc::wait_dead(shim, Duration::from_secs(10)));
     fx.wait_status(&id, Status::Stopped, Duration::from_secs(20))
         .await;
-    let status = tokio::time::timeout(Duration::from_secs(10), waiter)
-        .await
-        .expect("wait returns")
-        .expect("join")
-        .expect("wait ok");
+    let status = wait_answer(waiter, "the Wait pending when the shim died").await;
     assert_ne!(status, 0, "a reaped task reports a failure status");
     fx.kill_and_delete(&id).await;
-    assert!(!fx
-        .daemon
-        .state()
-        .join("tasks")
-        .join(&fx.ns)
-        .join(&id)
-        .exists());
+    assert!(!fx.task_dir(&id).exists());
     fx.guard.assert_clean();
 }
 
@@ -265,7 +229,7 @@ async fn sigterm_leaves_containers_running_and_update_reaches_cgroup() {
         "the container survives berthd's stop"
     );
     assert!(
-        berth_tests::proc::alive(shim_pid(&fx, &id)),
+        berth_tests::proc::alive(fx.shim_pid(&id)),
         "the shim survives berthd's stop"
     );
     fx.daemon.start_again();
