@@ -1,6 +1,7 @@
 //! berth-shim lifecycle through the shim API with real busybox containers under Debian's
 //! runc: create/start/wait/exit code, exec with its own exit code, kill with signals,
 //! pause/resume, pids, stats. Each test cleans up (runc delete, cgroups, shim) and checks it.
+//! The `sleep` in container and exec commands is their workload (running until killed), never a wait.
 
 use berth_tests::shim_fixture as support;
 
@@ -140,23 +141,29 @@ async fn shim_kill_with_signals() {
     if !berth_tests::require_root() {
         return;
     }
+    // Init says when its trap is set; its loop is the workload the signal interrupts.
     let fx = ShimFixture::new(
         "shim-kill",
         &[
             "sh",
             "-c",
-            "trap 'exit 42' TERM; while true; do sleep 0.1; done",
+            "trap 'exit 42' TERM; echo trap-set; while true; do sleep 0.1; done",
         ],
     );
     let (_, mut c) = fx.start_and_connect().await;
-    fx.create_start(&mut c, fx.create_req(&fx.out_file("out.txt")))
-        .await;
+    let out = fx.out_file("out.txt");
+    fx.create_start(&mut c, fx.create_req(&out)).await;
     // An exec that we kill with SIGKILL: 128 + 9.
     let sleeper = exec_req("sleeper", Stdio::default(), &["sleep", "1000"]);
     exec_start(&mut c, sleeper).await;
     assert_eq!(kill_wait(&mut c, "sleeper", 9).await, 137);
-    // SIGTERM reaches init's trap.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SIGTERM reaches init's trap (once it is set).
+    eventually(
+        "init setting its TERM trap",
+        Duration::from_secs(10),
+        || std::fs::read_to_string(&out).is_ok_and(|s| s.contains("trap-set")),
+    )
+    .await;
     assert_eq!(kill_wait(&mut c, "", 15).await, 42);
     let err = c
         .kill(kill_req("", 9))

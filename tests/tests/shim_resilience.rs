@@ -1,5 +1,6 @@
 //! berth-shim under stress: the starter's process group and session SIGKILLed, the shim
-//! itself SIGKILLed then `berth-shim delete`, and hostile requests.
+//! itself SIGKILLed then `berth-shim delete`, and hostile requests. The `sleep 1000` commands are
+//! workloads (running until killed), never waits.
 
 use berth_tests::shim_fixture as support;
 
@@ -65,7 +66,14 @@ async fn shim_survives_its_starters_session_being_killed() {
         .expect("kill -9 -PGID of the starter");
     let _ = starter.wait();
     drop(c);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Nothing must happen now: a window, not a wait. Had the group's SIGKILL (or a SIGHUP from the
+    // session's end) reached them, they would be gone within it.
+    holds_for(
+        "the shim and its container living on after their starter died",
+        Duration::from_millis(200),
+        || proc::alive(shim_pid) && proc::alive(pid),
+    )
+    .await;
     assert!(proc::alive(shim_pid), "the shim died with its starter");
     assert!(proc::alive(pid), "the container died with the starter");
 

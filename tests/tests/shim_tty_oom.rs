@@ -9,12 +9,24 @@ use berth_proto::shim::{ResizePtyRequest, Status, Stdio};
 use support::*;
 use tonic::Code;
 
+/// A shell snippet that waits (bounded: ~1000 checks, 10 ms apart) until its terminal is `size`
+/// ("ROWS COLS"), then prints the size it has: the container waits for the resize on its own, so the
+/// test never guesses how long the resize takes, and a resize that never lands prints the wrong size.
+fn print_size_once_resized_to(size: &str) -> String {
+    format!(
+        "i=0; while [ \"$(stty size)\" != '{size}' ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done; \
+         stty size"
+    )
+}
+
 #[tokio::test]
 async fn shim_terminal_with_resize() {
     if !berth_tests::require_root() {
         return;
     }
-    let fx = ShimFixture::new("shim-tty", &["sh", "-c", "sleep 1; stty size; sleep 1000"]);
+    // Then `sleep 1000`: init keeps running (the workload) while the test uses its terminal.
+    let script = format!("{}; sleep 1000", print_size_once_resized_to("33 101"));
+    let fx = ShimFixture::new("shim-tty", &["sh", "-c", &script]);
     fx.bundle
         .edit_spec(|s| s["process"]["terminal"] = true.into());
     let (_, mut c) = fx.start_and_connect().await;
@@ -48,8 +60,8 @@ async fn shim_terminal_with_resize() {
         terminal: true,
         ..Default::default()
     };
-    let args = ["sh", "-c", "sleep 0.5; stty size; exit 6"];
-    exec_start(&mut c, exec_req("tty1", stdio, &args)).await;
+    let script = format!("{}; exit 6", print_size_once_resized_to("22 77"));
+    exec_start(&mut c, exec_req("tty1", stdio, &["sh", "-c", &script])).await;
     c.resize_pty(ResizePtyRequest {
         exec_id: "tty1".into(),
         width: 77,
@@ -101,11 +113,10 @@ async fn shim_reports_oom() {
     );
     let evs = collect_until(&mut ev, "exited", Duration::from_secs(10)).await;
     let mut k = kinds(&evs);
-    // The OOM event may trail the exit by a moment.
+    // The OOM event may trail the exit: wait for it (until no event has come for 2 s).
     if !k.contains(&"oom") {
-        if let Some(e) = next_event(&mut ev, Duration::from_secs(2)).await {
-            k.push(kind_name(&e));
-        }
+        let more = collect_until(&mut ev, "oom", Duration::from_secs(2)).await;
+        k.extend(kinds(&more));
     }
     assert!(k.contains(&"oom"), "no oom event in {k:?}");
     delete_shutdown(&mut c).await;
@@ -150,8 +161,18 @@ async fn shim_terminal_stdin_reaches_the_process() {
     })
     .await;
     // The client closed its end, yet the process still waits: EOF only comes with CloseIO
-    // (on a terminal it arrives as ^D from the line discipline).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // (on a terminal it arrives as ^D from the line discipline). A window in which nothing must
+    // happen: an early EOF would make `read y` return, print eof-1 and exit.
+    let pid = state(&mut c, "").await.pid as i32;
+    holds_for(
+        "the process waiting for EOF until CloseIO",
+        Duration::from_millis(300),
+        || {
+            read_available(&mut reader, &mut text);
+            !text.contains("eof-") && berth_tests::proc::alive(pid)
+        },
+    )
+    .await;
     assert_eq!(state(&mut c, "").await.status, Status::Running as i32);
     close_stdin(&mut c, "").await;
     assert_eq!(wait(&mut c, "").await.exit_status, 0);
