@@ -88,6 +88,16 @@ pub enum Command {
     Tasks(TasksCmd),
     /// Run a container from an image: create it, start it, attach to it.
     Run(Box<RunArgs>),
+    /// Remove containers, their stopped tasks and snapshots (same as `containers rm`).
+    #[command(after_help = "Examples:\n  berth rm web\n  berth rm -f web db")]
+    Rm {
+        /// Kill a running task first.
+        #[arg(short, long)]
+        force: bool,
+        /// Container ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
     /// Print events as berthd publishes them (or replay them from its journal).
     Events(EventsArgs),
     /// Manage leases (what keeps content and snapshots from garbage collection).

@@ -277,28 +277,50 @@ fn cap_name(name: &str) -> Result<String> {
     }
 }
 
+/// Every capability berth itself may pass on: the names in its own bounding set (in a
+/// container or a restricted sandbox that is less than all the kernel knows, and asking for
+/// more fails at capset). As ctr, `--privileged` means "all the caps I have".
+fn grantable() -> Vec<String> {
+    let all = berth_oci::caps::all_names();
+    let bounding = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        });
+    match bounding {
+        Some(mask) => all
+            .into_iter()
+            .filter(|n| berth_oci::caps::number(n).is_some_and(|b| b < 64 && mask & (1u64 << b) != 0))
+            .collect(),
+        None => all,
+    }
+}
+
 /// The capability set after `--privileged`, `--cap-add` and `--cap-drop`.
 pub fn capabilities(f: &SpecFlags) -> Result<Vec<String>> {
-    let all = berth_oci::caps::all_names();
+    let all = grantable();
     let mut caps: Vec<String> = if f.privileged {
         all.clone()
     } else {
         DEFAULT_CAPS.iter().map(|c| c.to_string()).collect()
     };
-    for c in &f.cap_add {
-        let c = cap_name(c)?;
-        if c == "CAP_ALL" {
-            caps = all.clone();
-        } else if !caps.contains(&c) {
-            caps.push(c);
-        }
-    }
+    // As Docker: drops first (ALL empties the set), then adds, which win.
     for c in &f.cap_drop {
         let c = cap_name(c)?;
         if c == "CAP_ALL" {
             caps.clear();
         } else {
             caps.retain(|x| *x != c);
+        }
+    }
+    for c in &f.cap_add {
+        let c = cap_name(c)?;
+        if c == "CAP_ALL" {
+            caps = all.clone();
+        } else if !caps.contains(&c) {
+            caps.push(c);
         }
     }
     Ok(caps)

@@ -2,8 +2,9 @@
 //! (`<fifo-dir>/<random>/<id>-stdin|stdout|stderr`), opened non-blocking; outputs copied to
 //! berth's stdout/stderr until EOF, berth's stdin copied in and `CloseIO` sent at its EOF.
 //!
-//! The output FIFOs are opened only after `Tasks.Create` returned (a writer exists from then
-//! on, so EOF means the container closed them). This module must never remove anything but
+//! The output FIFOs are opened before the process exists, with a write end of berth's own
+//! held until the process runs, so EOF means the process closed them; stdin is opened once the
+//! process started (the shim opens its end by then). This module must never remove anything but
 //! FIFOs and the (then empty) directories it made.
 
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
@@ -122,33 +123,63 @@ pub fn remove_paths(paths: &[&str]) {
     }
 }
 
-/// Copy the output FIFO `path` to `out` until EOF. Opened now: call after Tasks.Create.
-pub fn copy_output<W>(path: &str, mut out: W) -> Result<JoinHandle<()>>
-where
-    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let mut rx = pipe::OpenOptions::new()
-        .open_receiver(path)
-        .map_err(Error::io("open output FIFO", path))?;
-    Ok(tokio::spawn(async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            use tokio::io::AsyncReadExt;
-            match rx.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if out.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                    let _ = out.flush().await;
-                }
-            }
-        }
-        let _ = out.flush().await;
-    }))
+/// An output FIFO berth reads, opened before the process exists: berth holds a write end
+/// of its own too (so the read does not see EOF before the process has opened the FIFO) and
+/// drops it with [`Output::release`] once the process runs.
+pub struct Output {
+    keep: Option<std::fs::File>,
+    task: JoinHandle<()>,
 }
 
-/// Open the stdin FIFO for writing (after Tasks.Create: the shim holds a reader).
+impl Output {
+    /// Open `path` and copy it to `out` until EOF.
+    pub fn open<W>(path: &str, mut out: W) -> Result<Output>
+    where
+        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut rx = pipe::OpenOptions::new()
+            .open_receiver(path)
+            .map_err(Error::io("open output FIFO", path))?;
+        let keep = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(Error::io("open output FIFO", path))?;
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                use tokio::io::AsyncReadExt;
+                match rx.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if out.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        let _ = out.flush().await;
+                    }
+                }
+            }
+            let _ = out.flush().await;
+        });
+        Ok(Output {
+            keep: Some(keep),
+            task,
+        })
+    }
+
+    /// The process has the FIFO open now: EOF will mean it closed it.
+    pub fn release(&mut self) {
+        self.keep = None;
+    }
+
+    /// Wait until the copy reached EOF.
+    pub async fn finished(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Open the stdin FIFO for writing (once the process started: the shim holds a reader).
 pub fn open_stdin(path: &str) -> Result<pipe::Sender> {
     pipe::OpenOptions::new()
         .open_sender(path)

@@ -42,6 +42,7 @@
 
 pub mod archive;
 pub mod bundle;
+pub mod cli_fixture;
 pub mod containerd;
 pub mod daemon;
 pub mod grpc;

@@ -38,9 +38,31 @@ const FORWARDED: [(i32, &str); 6] = [
     (libc::SIGUSR2, "SIGUSR2"),
 ];
 
-/// Attach to `fifos` (made by berth), optionally start the process, forward signals and window
-/// changes until it exits; returns its exit status. `fifos` must have been passed to
-/// Tasks.Create / Exec already (so the outputs have a writer).
+/// Berth's ends of a process's FIFOs, opened before the process starts.
+pub struct Attached {
+    outputs: Vec<stdio::Output>,
+    stdin: String,
+}
+
+/// Open the output FIFOs of `fifos` (made by berth) for copying; call before Tasks.Create or
+/// Exec, then [`wait`] after them.
+pub fn open(fifos: &Fifos) -> Result<Attached> {
+    let mut outputs = Vec::new();
+    if fifos.dir.is_some() {
+        if !fifos.stdout.is_empty() {
+            outputs.push(stdio::Output::open(&fifos.stdout, tokio::io::stdout())?);
+        }
+        if !fifos.stderr.is_empty() {
+            outputs.push(stdio::Output::open(&fifos.stderr, tokio::io::stderr())?);
+        }
+    }
+    Ok(Attached {
+        outputs,
+        stdin: if fifos.dir.is_some() { fifos.stdin.clone() } else { String::new() },
+    })
+}
+
+/// Attach to an existing process's FIFOs and wait for it.
 pub async fn attach_and_wait(
     client: &Client,
     target: &Target,
@@ -48,40 +70,18 @@ pub async fn attach_and_wait(
     terminal: bool,
     start: bool,
 ) -> Result<u32> {
-    let ours = fifos.dir.is_some();
-    let mut outputs = Vec::new();
-    if ours && !fifos.stdout.is_empty() {
-        outputs.push(stdio::copy_output(&fifos.stdout, tokio::io::stdout())?);
-    }
-    if ours && !fifos.stderr.is_empty() {
-        outputs.push(stdio::copy_output(&fifos.stderr, tokio::io::stderr())?);
-    }
-    if ours && !fifos.stdin.is_empty() {
-        let tx = stdio::open_stdin(&fifos.stdin)?;
-        let c = client.clone();
-        let t = target.clone();
-        tokio::spawn(async move {
-            stdio::copy_stdin(tx).await;
-            let _ = c
-                .tasks()
-                .close_io(c.req(CloseIoRequest {
-                    container_id: t.container,
-                    exec_id: t.exec_id,
-                    stdin: true,
-                }))
-                .await;
-        });
-    }
-    wait_with_signals(client, target, terminal, start, outputs).await
+    let attached = open(fifos)?;
+    wait(client, target, attached, terminal, start).await
 }
 
-/// Wait (issued before Start), then the signal loop; drains `outputs` after the exit.
-async fn wait_with_signals(
+/// Optionally start the process, copy stdin in, forward signals and window changes until it
+/// exits; returns its exit status.
+pub async fn wait(
     client: &Client,
     target: &Target,
+    mut attached: Attached,
     terminal: bool,
     start: bool,
-    outputs: Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<u32> {
     let c = client.clone();
     let t = target.clone();
@@ -104,15 +104,44 @@ async fn wait_with_signals(
     } else {
         None
     };
+    if terminal && start {
+        // The pty exists once the process is created: size it before the process looks.
+        resize(client, target).await;
+    }
     if start {
-        client
+        let started = client
             .tasks()
             .start(client.req(StartRequest {
                 container_id: target.container.clone(),
                 exec_id: target.exec_id.clone(),
             }))
             .await
-            .map_err(Error::rpc(format!("start {}", describe(target))))?;
+            .map_err(Error::rpc(format!("start {}", describe(target))));
+        if let Err(e) = started {
+            wait.abort();
+            return Err(e);
+        }
+    }
+    for o in attached.outputs.iter_mut() {
+        o.release();
+    }
+    if !attached.stdin.is_empty() {
+        // A process that is already gone has no stdin to feed: not an error.
+        if let Ok(tx) = stdio::open_stdin(&attached.stdin) {
+            let c = client.clone();
+            let t = target.clone();
+            tokio::spawn(async move {
+                stdio::copy_stdin(tx).await;
+                let _ = c
+                    .tasks()
+                    .close_io(c.req(CloseIoRequest {
+                        container_id: t.container,
+                        exec_id: t.exec_id,
+                        stdin: true,
+                    }))
+                    .await;
+            });
+        }
     }
     if terminal {
         if tty::stdin_is_tty() {
@@ -166,8 +195,8 @@ async fn wait_with_signals(
         }
     };
     let drain = async {
-        for o in outputs {
-            let _ = o.await;
+        for o in attached.outputs {
+            o.finished().await;
         }
     };
     let _ = tokio::time::timeout(DRAIN, drain).await;

@@ -83,6 +83,9 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             Command::Containers(c) => containers::run(&ctx, c).await,
             Command::Tasks(c) => tasks::run(&ctx, c).await,
             Command::Run(a) => run::run(&ctx, *a).await,
+            Command::Rm { force, ids } => {
+                containers::run(&ctx, containers::ContainersCmd::Rm { force, ids }).await
+            }
             Command::Events(a) => events::run(&ctx, a).await,
             Command::Leases(c) => leases::run(&ctx, c).await,
             Command::Version => system::version(&ctx).await,

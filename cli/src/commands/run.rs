@@ -13,7 +13,7 @@ use containerd_client::services::v1::{CreateTaskRequest, DeleteTaskRequest, Star
 use containerd_client::types::Mount;
 
 use super::create::ContainerFlags;
-use super::exec::{attach_and_wait, exit_code, Target};
+use super::exec::{self, exit_code, Target};
 use super::Ctx;
 use crate::client::Client;
 use crate::error::{Error, Result};
@@ -104,6 +104,7 @@ async fn start_task(client: &Client, a: &RunArgs, mounts: Vec<Mount>) -> Result<
     } else {
         Fifos::create(&a.fifo_dir, &a.id, true, tty)?
     };
+    let attached = if a.detach { None } else { Some(exec::open(&fifos)?) };
     let created = create_task(client, &a.id, mounts, &fifos, tty).await;
     if let Err(e) = created {
         fifos.remove();
@@ -124,7 +125,10 @@ async fn start_task(client: &Client, a: &RunArgs, mounts: Vec<Mount>) -> Result<
             .map_err(Error::rpc(format!("start container {}", a.id)));
         return started.map(|_| 0);
     }
-    let status = attach_and_wait(client, &target, &fifos, tty, true).await;
+    let Some(attached) = attached else {
+        return Ok(0);
+    };
+    let status = exec::wait(client, &target, attached, tty, true).await;
     let deleted = client
         .tasks()
         .delete(client.req(DeleteTaskRequest {

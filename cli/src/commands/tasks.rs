@@ -16,7 +16,7 @@ use containerd_client::types::v1::Process;
 use prost::Message;
 use serde_json::{json, Value};
 
-use super::exec::{attach_and_wait, describe, exit_code, parse_signal, Target};
+use super::exec::{self, attach_and_wait, describe, exit_code, parse_signal, Target};
 use super::{check_identifier, Ctx};
 use crate::client::Client;
 use crate::error::{Error, Result};
@@ -72,7 +72,7 @@ pub enum TasksCmd {
         #[arg(short, long)]
         signal: Option<String>,
         /// Signal every process in the container.
-        #[arg(short, long)]
+        #[arg(long)]
         all: bool,
         /// Signal this exec process instead of the init process.
         #[arg(long, default_value = "")]
@@ -382,6 +382,7 @@ async fn start(
     } else {
         Fifos::create(fifo_dir, id, true, tty)?
     };
+    let attached = exec::open(&fifos)?;
     if let Err(e) = super::run::create_task(client, id, mounts, &fifos, tty).await {
         fifos.remove();
         return Err(e);
@@ -398,7 +399,7 @@ async fn start(
             .map_err(Error::rpc(format!("start container {id}")))?;
         return Ok(0);
     }
-    let status = attach_and_wait(client, &target, &fifos, tty, true).await?;
+    let status = exec::wait(client, &target, attached, tty, true).await?;
     Ok(exit_code(status))
 }
 
@@ -447,6 +448,7 @@ async fn exec(client: &Client, id: &str, exec_id: &str, args: Vec<String>, o: Ex
         Fifos::create(&o.fifo_dir, exec_id, true, o.tty)?
     };
     let body = serde_json::to_vec(&process).map_err(|e| Error::invalid("process spec", e))?;
+    let attached = exec::open(&fifos)?;
     let target = Target { container: id.to_string(), exec_id: exec_id.to_string() };
     let added = client
         .tasks()
@@ -480,7 +482,7 @@ async fn exec(client: &Client, id: &str, exec_id: &str, args: Vec<String>, o: Ex
         println!("{exec_id}");
         return Ok(0);
     }
-    let status = attach_and_wait(client, &target, &fifos, o.tty, true).await;
+    let status = exec::wait(client, &target, attached, o.tty, true).await;
     let _ = client
         .tasks()
         .delete_process(client.req(DeleteProcessRequest {
