@@ -72,6 +72,9 @@ pub async fn start(ctx: &DaemonContext, escalate: Escalate) -> Tree {
         task_supervisor,
     )
     .await;
+    if let Err(e) = tasks.ready().await {
+        tracing::error!(error = %e, "the task supervisor did not come up");
+    }
 
     let (store, images) = (ctx.store.clone(), ctx.images.clone());
     let _ = add(

@@ -465,7 +465,7 @@ async fn hostile_layers_through_diff_apply_change_nothing_outside_the_snapshot()
             .expect("snapshot root")
             .to_path_buf();
         let marker = berth_tests::unique_id("m");
-        let mut next_id: u64 = probe_dir
+        let first_id: u64 = probe_dir
             .parent()
             .and_then(|p| p.file_name())
             .and_then(|n| n.to_str())
@@ -483,16 +483,18 @@ async fn hostile_layers_through_diff_apply_change_nothing_outside_the_snapshot()
             v.sort();
             v
         };
-        let target = base.join(next_id.to_string()).join("fs");
-        let layers = berth_tests::hostile::hostile_layers(&target, &marker);
-        for layer in layers {
-            let target = base.join(next_id.to_string()).join("fs");
-            next_id += 1;
+        let names: Vec<&str> =
+            berth_tests::hostile::hostile_layers(&base.join("x").join("fs"), &marker)
+                .iter()
+                .map(|l| l.name)
+                .collect();
+        // Each Prepare gets the next snapshot number: aim each attack at the snapshot it will hit.
+        for (id, name) in (first_id..).zip(names) {
+            let target = base.join(id.to_string()).join("fs");
             let victim = berth_tests::hostile::hardlink_victim(&target, &marker);
-            // Layers aimed at a later snapshot number are rebuilt for it (same attack, right paths).
             let layer = berth_tests::hostile::hostile_layers(&target, &marker)
                 .into_iter()
-                .find(|l| l.name == layer.name)
+                .find(|l| l.name == name)
                 .expect("same layer");
             let gz = berth_tests::archive::gzip(&layer.tar);
             let digest = sha256_digest(&gz);

@@ -499,3 +499,31 @@ async fn a_dead_redb_writer_thread_is_restarted() {
             .expect("delete namespace");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_are_known_as_soon_as_a_restarted_berthd_answers() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let mut fx = TaskFixture::new("dt-known", "");
+    let ids: Vec<String> = (0..10)
+        .map(|i| berth_tests::unique_id(&format!("dt-kn{i}")))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        let b = fx.bundle(&format!("kn{i}"), &["sleep", "1000"]);
+        fx.run(id, &b).await;
+    }
+    fx.daemon.kill();
+    // A slow scan of the task directories must not make tasks look absent meanwhile.
+    write_config(&fx.config_path, "task_supervisor.scan=sleep(700)");
+    fx.daemon.start_again();
+    // The very first calls after the socket answers: every task exists (its actor may still be rebuilding).
+    for id in &ids {
+        let p = fx.get(id, "").await.expect("known right after the restart");
+        assert_eq!(p.status, Status::Running as i32, "{id}");
+    }
+    for id in &ids {
+        fx.kill_and_delete(id).await;
+    }
+    fx.guard.assert_clean();
+}

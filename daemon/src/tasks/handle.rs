@@ -344,6 +344,16 @@ impl Tasks {
         }
     }
 
+    /// Wait until every task on disk is registered (its actor may still be rebuilding): berthd serves the
+    /// Tasks API only after this, so no call right after a restart is told a live task does not exist.
+    pub async fn ready(&self) -> Result<(), TaskError> {
+        self.supervisor()
+            .await?
+            .send(super::supervisor::Ready)
+            .await
+            .map_err(|_| TaskError::ActorFailed("the task supervisor stopped".into()))
+    }
+
     /// How long start-up recovery took (None while it runs or when there was nothing to recover).
     pub fn recovery_took(&self) -> Option<Duration> {
         self.shared.recovery.took()

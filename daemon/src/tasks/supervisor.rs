@@ -155,11 +155,16 @@ impl TaskSupervisor {
     fn reconcile(&mut self, ctx: &mut Context<Self>) {
         let root = self.shared.ctx.config.state.join("tasks");
         let scan = async move {
-            tokio::task::spawn_blocking(move || super::recovery::scan(&root))
-                .await
-                .unwrap_or_default()
+            tokio::task::spawn_blocking(move || {
+                crate::failpoint::hit("task_supervisor.scan");
+                super::recovery::scan(&root)
+            })
+            .await
+            .unwrap_or_default()
         };
-        ctx.spawn(scan.into_actor(self).map(|found, act, ctx| {
+        // `wait`: no message is handled before every task on disk has its slot, so a call right after
+        // berthd's start finds a (possibly still rebuilding) actor instead of NotFound.
+        ctx.wait(scan.into_actor(self).map(|found, act, ctx| {
             let _ = act.handle_guarded(ctx, "reconcile", |act, _| {
                 act.apply_scan(found);
                 Ok(())
@@ -208,6 +213,17 @@ impl Actor for TaskSupervisor {
     fn stopped(&mut self, _: &mut Self::Context) {
         self.link.stopped();
     }
+}
+
+/// Answered once the supervisor has registered every task found on disk (see `reconcile`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Ready;
+
+impl Handler<Ready> for TaskSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: Ready, _: &mut Self::Context) {}
 }
 
 /// Start the actor of a new task (Tasks.Create); it then gets [`CreateTask`](super::container::messages::CreateTask).
