@@ -104,8 +104,12 @@ pub async fn wait(
     } else {
         None
     };
-    if terminal && start {
-        // The pty exists once the process is created: size it before the process looks.
+    if terminal {
+        // Raw before the process can write, and the pty (it exists once the process is
+        // created) sized before the process looks.
+        if tty::stdin_is_tty() {
+            tty::make_raw()?;
+        }
         resize(client, target).await;
     }
     if start {
@@ -143,10 +147,7 @@ pub async fn wait(
             });
         }
     }
-    if terminal {
-        if tty::stdin_is_tty() {
-            tty::make_raw()?;
-        }
+    if terminal && start {
         resize(client, target).await;
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<i32>();

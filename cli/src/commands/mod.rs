@@ -74,7 +74,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         .enable_all()
         .build()
         .map_err(|e| Error::Usage(format!("cannot start the async runtime: {e}")))?;
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         match cli.command {
             Command::Namespaces(c) => namespaces::run(&ctx, c).await,
             Command::Images(c) => images::run(&ctx, c).await,
@@ -93,7 +93,11 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             Command::Info { format } => system::info(&ctx, format).await,
             Command::Networks(_) | Command::Completion { .. } => Ok(0),
         }
-    })
+    });
+    // A blocking stdin reader (attached runs) never returns while the terminal is idle: do not
+    // wait for it.
+    rt.shutdown_background();
+    code
 }
 
 /// Validate an identifier as containerd does (container ids, exec ids, namespaces).
