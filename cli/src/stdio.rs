@@ -38,8 +38,22 @@ impl Fifos {
         Fifos::default()
     }
 
+    /// Check a `--log-uri` value without touching anything.
+    pub fn check_log_uri(uri: &str) -> Result<()> {
+        let path = uri.strip_prefix("file://").ok_or_else(|| {
+            Error::Usage(format!("--log-uri {uri:?}: only file:///ABSOLUTE/PATH is supported"))
+        })?;
+        if !path.starts_with('/') {
+            return Err(Error::Usage(format!(
+                "--log-uri {uri:?}: the path must be absolute (file:///var/log/x.log)"
+            )));
+        }
+        Ok(())
+    }
+
     /// stdout and stderr appended to a file (`--log-uri file:///PATH`).
     pub fn log_file(uri: &str) -> Result<Fifos> {
+        Fifos::check_log_uri(uri)?;
         let path = uri
             .strip_prefix("file://")
             .ok_or_else(|| {

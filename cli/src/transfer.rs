@@ -153,7 +153,16 @@ async fn transfer(
     display: Display,
 ) -> Result<Display> {
     let sid = stream_id("progress");
-    let (ptx, mut presp) = open_stream(client, &sid).await?;
+    let (ptx, mut presp) = open_stream(client, &sid).await.map_err(|e| match e {
+        Error::Rpc { status, .. } if status.code() == tonic::Code::Unimplemented => Error::Rpc {
+            what: what.to_string(),
+            status: tonic::Status::unimplemented(
+                "this berthd does not serve containerd's Transfer and Streaming services \
+                 (pull, push, import, export and tag need them)",
+            ),
+        },
+        other => other,
+    })?;
     let progress = tokio::spawn(async move {
         let mut display = display;
         while let Ok(Some(a)) = presp.message().await {

@@ -76,10 +76,10 @@ pub struct ContainerFlags {
     #[arg(long, value_name = "SIZE")]
     pub memory_limit: Option<String>,
     /// CPU limit in CPUs (e.g. 0.5, 2).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub cpus: Option<f64>,
-    /// Most processes the container may have (0: no limit).
-    #[arg(long, default_value_t = spec::DEFAULT_PIDS_LIMIT)]
+    /// Most processes the container may have (0 or less: no limit).
+    #[arg(long, default_value_t = spec::DEFAULT_PIDS_LIMIT, allow_negative_numbers = true)]
     pub pids_limit: i64,
     /// Mount the root filesystem read-only.
     #[arg(long)]

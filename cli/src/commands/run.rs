@@ -73,6 +73,9 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
     if a.container.tty && (a.null_io || a.log_uri.is_some()) {
         return Err(Error::Usage("-t needs attached stdio (no --null-io or --log-uri)".into()));
     }
+    if let Some(uri) = &a.log_uri {
+        Fifos::check_log_uri(uri)?;
+    }
     let prepared = a.container.prepare(&ctx.namespace, &a.id, &a.args)?;
     let client = ctx.client().await?;
     let img = super::create::image_for_run(

@@ -69,8 +69,8 @@ pub enum TasksCmd {
     #[command(after_help = "Examples:\n  berth tasks kill web\n  berth tasks kill -s SIGKILL --all web\n  berth t kill -s HUP --exec-id sh1 web")]
     Kill {
         /// Signal name or number.
-        #[arg(short, long)]
-        signal: Option<String>,
+        #[arg(short, long, value_parser = signal_arg)]
+        signal: Option<u32>,
         /// Signal every process in the container.
         #[arg(long)]
         all: bool,
@@ -172,6 +172,11 @@ pub enum TasksCmd {
     },
 }
 
+/// clap value parser for `--signal`.
+fn signal_arg(s: &str) -> std::result::Result<u32, String> {
+    parse_signal(s).map_err(|e| e.to_string())
+}
+
 /// The task's init process, or NotFound as an error naming the container.
 pub async fn get_task(client: &Client, id: &str, exec_id: &str) -> Result<Process> {
     client
@@ -229,7 +234,7 @@ pub async fn run(ctx: &Ctx, cmd: TasksCmd) -> Result<i32> {
             id,
         } => {
             let sig = match signal {
-                Some(s) => parse_signal(&s)?,
+                Some(s) => s,
                 None => {
                     let c = super::containers::get(&client, &id).await?;
                     let name = c
