@@ -116,6 +116,25 @@ fn stream_id(prefix: &str) -> String {
     format!("{prefix}-{}", crate::image::unique_suffix())
 }
 
+/// An error of a step of `what`, reworded as `what` failing; a berthd without the Streaming
+/// service says so plainly.
+fn as_part_of(what: &str) -> impl FnOnce(Error) -> Error + '_ {
+    move |e| match e {
+        Error::Rpc { status, .. } if status.code() == tonic::Code::Unimplemented => Error::Rpc {
+            what: what.to_string(),
+            status: tonic::Status::unimplemented(
+                "this berthd does not serve containerd's Transfer and Streaming services \
+                 (pull, push, import, export and tag need them)",
+            ),
+        },
+        Error::Rpc { status, .. } => Error::Rpc {
+            what: what.to_string(),
+            status,
+        },
+        other => other,
+    }
+}
+
 /// Open a Streaming stream: send `StreamInit{id}`, wait for berthd's ack.
 async fn open_stream(client: &Client, id: &str) -> Result<(mpsc::Sender<Any>, Streaming<Any>)> {
     let (tx, rx) = mpsc::channel::<Any>(16);
@@ -153,16 +172,7 @@ async fn transfer(
     display: Display,
 ) -> Result<Display> {
     let sid = stream_id("progress");
-    let (ptx, mut presp) = open_stream(client, &sid).await.map_err(|e| match e {
-        Error::Rpc { status, .. } if status.code() == tonic::Code::Unimplemented => Error::Rpc {
-            what: what.to_string(),
-            status: tonic::Status::unimplemented(
-                "this berthd does not serve containerd's Transfer and Streaming services \
-                 (pull, push, import, export and tag need them)",
-            ),
-        },
-        other => other,
-    })?;
+    let (ptx, mut presp) = open_stream(client, &sid).await.map_err(as_part_of(what))?;
     let progress = tokio::spawn(async move {
         let mut display = display;
         while let Ok(Some(a)) = presp.message().await {
@@ -221,7 +231,9 @@ async fn registry(client: &Client, reference: &str, o: &PullOptions) -> Result<(
             None => (user.clone(), std::env::var("BERTH_REGISTRY_PASSWORD").unwrap_or_default()),
         };
         let sid = stream_id("creds");
-        let (tx, mut resp) = open_stream(client, &sid).await?;
+        let (tx, mut resp) = open_stream(client, &sid)
+            .await
+            .map_err(as_part_of(&format!("registry credentials for {reference}")))?;
         resolver.auth_stream = sid;
         let task = tokio::spawn(async move {
             while let Ok(Some(a)) = resp.message().await {
@@ -339,7 +351,9 @@ pub async fn import(client: &Client, input: &Path, o: &ImportOptions) -> Result<
         )
     };
     let sid = stream_id("import");
-    let (tx, resp) = open_stream(client, &sid).await?;
+    let (tx, resp) = open_stream(client, &sid)
+        .await
+        .map_err(as_part_of(&format!("import {}", input.display())))?;
     let sender = Side {
         task: tokio::spawn(send_stream(tx, resp, reader, input.to_path_buf())),
         must_finish: false,
@@ -422,7 +436,9 @@ pub async fn export(
         .map(|p| parse_platform(p))
         .collect::<Result<Vec<_>>>()?;
     let sid = stream_id("export");
-    let (tx, resp) = open_stream(client, &sid).await?;
+    let (tx, resp) = open_stream(client, &sid)
+        .await
+        .map_err(as_part_of(&format!("export {}", images.join(" "))))?;
     let receiver = Side {
         task: tokio::spawn(receive_stream(tx, resp, writer, output.to_path_buf())),
         must_finish: true,
