@@ -177,7 +177,10 @@ mod tests {
     fn every_command_has_an_example() {
         fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
             let name = format!("{path} {}", cmd.get_name());
-            let subs: Vec<_> = cmd.get_subcommands().filter(|c| c.get_name() != "help").collect();
+            let subs: Vec<_> = cmd
+                .get_subcommands()
+                .filter(|c| c.get_name() != "help")
+                .collect();
             if subs.is_empty() {
                 let help = cmd
                     .get_after_help()
@@ -193,6 +196,9 @@ mod tests {
         }
         let mut missing = Vec::new();
         walk(&Cli::command(), "", &mut missing);
-        assert!(missing.is_empty(), "commands without an example: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "commands without an example: {missing:?}"
+        );
     }
 }

@@ -13,8 +13,8 @@ use containerd_client::services::v1::{
     events_client::EventsClient, images_client::ImagesClient,
     introspection_client::IntrospectionClient, leases_client::LeasesClient,
     namespaces_client::NamespacesClient, snapshots::snapshots_client::SnapshotsClient,
-    streaming_client::StreamingClient, tasks_client::TasksClient,
-    transfer_client::TransferClient, version_client::VersionClient,
+    streaming_client::StreamingClient, tasks_client::TasksClient, transfer_client::TransferClient,
+    version_client::VersionClient,
 };
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};

@@ -64,7 +64,9 @@ impl J for Vec<Mount> {
 impl J for Option<TaskIo> {
     fn j(&self) -> Value {
         match self {
-            Some(io) => json!({ "stdin": io.stdin, "stdout": io.stdout, "stderr": io.stderr, "terminal": io.terminal }),
+            Some(io) => {
+                json!({ "stdin": io.stdin, "stdout": io.stdout, "stderr": io.stderr, "terminal": io.terminal })
+            }
             None => Value::Null,
         }
     }
@@ -140,13 +142,19 @@ mod tests {
             id: "c".into(),
             pid: 7,
             exit_status: 3,
-            exited_at: Some(Timestamp { seconds: 1_767_225_600, nanos: 0 }),
+            exited_at: Some(Timestamp {
+                seconds: 1_767_225_600,
+                nanos: 0,
+            }),
         };
         let any = berth_proto::to_any(&exit);
         let v = decode(&any).expect("decoded");
         assert_eq!(v["exit_status"], json!(3));
         assert_eq!(v["exited_at"], json!("2026-01-01T00:00:00.000000000Z"));
-        let unknown = Any { type_url: "x.Y".into(), value: vec![] };
+        let unknown = Any {
+            type_url: "x.Y".into(),
+            value: vec![],
+        };
         assert!(decode(&unknown).is_none());
     }
 }

@@ -179,9 +179,7 @@ pub async fn resolve(client: &Client, image: Image) -> Result<Resolved> {
         let arch = host_arch();
         let pick = manifests
             .iter()
-            .find(|m| {
-                m["platform"]["os"] == "linux" && m["platform"]["architecture"] == arch
-            })
+            .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == arch)
             .or_else(|| (manifests.len() == 1).then(|| &manifests[0]))
             .ok_or_else(|| {
                 Error::invalid(
@@ -200,7 +198,11 @@ pub async fn resolve(client: &Client, image: Image) -> Result<Resolved> {
     let config = read_json(client, &config_desc.digest).await?;
     let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     if diff_ids.len() != layers.len() {
         return Err(Error::invalid(
@@ -256,7 +258,11 @@ pub async fn unpack(client: &Client, img: &Resolved, snapshotter: &str) -> Resul
         if snapshot_exists(client, snapshotter, chain).await? {
             continue;
         }
-        let parent = if i == 0 { String::new() } else { chains[i - 1].clone() };
+        let parent = if i == 0 {
+            String::new()
+        } else {
+            chains[i - 1].clone()
+        };
         let key = format!("extract-{} {chain}", unique_suffix());
         let mounts = client
             .snapshots()
@@ -267,7 +273,10 @@ pub async fn unpack(client: &Client, img: &Resolved, snapshotter: &str) -> Resul
                 labels: HashMap::new(),
             }))
             .await
-            .map_err(Error::rpc(format!("prepare snapshot for layer {}", img.layers[i].digest)))?
+            .map_err(Error::rpc(format!(
+                "prepare snapshot for layer {}",
+                img.layers[i].digest
+            )))?
             .into_inner()
             .mounts;
         let applied = apply_and_commit(client, img, i, snapshotter, &key, chain, mounts).await;

@@ -227,7 +227,10 @@ pub fn now_ts() -> prost_types::Timestamp {
 
 /// Labels as `k=v,k=v` (sorted), `-` when none.
 pub fn labels_cell<'a>(labels: impl IntoIterator<Item = (&'a String, &'a String)>) -> String {
-    let mut v: Vec<String> = labels.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut v: Vec<String> = labels
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     if v.is_empty() {
         return "-".into();
     }
@@ -266,7 +269,10 @@ mod tests {
     fn tables_align() {
         let t = table(
             &["ID", "STATUS"],
-            &[vec!["a".into(), "RUNNING".into()], vec!["long-id".into(), "x".into()]],
+            &[
+                vec!["a".into(), "RUNNING".into()],
+                vec!["long-id".into(), "x".into()],
+            ],
         );
         assert_eq!(t, "ID        STATUS\na         RUNNING\nlong-id   x\n");
     }

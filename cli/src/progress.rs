@@ -18,7 +18,14 @@ pub struct Display {
 }
 
 /// Events after which an item is done.
-const DONE: [&str; 6] = ["complete", "done", "exists", "extracted", "saved", "unpacked"];
+const DONE: [&str; 6] = [
+    "complete",
+    "done",
+    "exists",
+    "extracted",
+    "saved",
+    "unpacked",
+];
 
 impl Display {
     /// Bars when `terminal`, quiet otherwise.

@@ -41,7 +41,9 @@ impl Fifos {
     /// Check a `--log-uri` value without touching anything.
     pub fn check_log_uri(uri: &str) -> Result<()> {
         let path = uri.strip_prefix("file://").ok_or_else(|| {
-            Error::Usage(format!("--log-uri {uri:?}: only file:///ABSOLUTE/PATH is supported"))
+            Error::Usage(format!(
+                "--log-uri {uri:?}: only file:///ABSOLUTE/PATH is supported"
+            ))
         })?;
         if !path.starts_with('/') {
             return Err(Error::Usage(format!(
@@ -54,13 +56,11 @@ impl Fifos {
     /// stdout and stderr appended to a file (`--log-uri file:///PATH`).
     pub fn log_file(uri: &str) -> Result<Fifos> {
         Fifos::check_log_uri(uri)?;
-        let path = uri
-            .strip_prefix("file://")
-            .ok_or_else(|| {
-                Error::Usage(format!(
-                    "--log-uri {uri:?}: only file:///ABSOLUTE/PATH is supported"
-                ))
-            })?;
+        let path = uri.strip_prefix("file://").ok_or_else(|| {
+            Error::Usage(format!(
+                "--log-uri {uri:?}: only file:///ABSOLUTE/PATH is supported"
+            ))
+        })?;
         if !path.starts_with('/') {
             return Err(Error::Usage(format!(
                 "--log-uri {uri:?}: the path must be absolute (file:///var/log/x.log)"
@@ -100,7 +100,11 @@ impl Fifos {
         let fifos = Fifos {
             stdin: if stdin { make("stdin")? } else { String::new() },
             stdout: make("stdout")?,
-            stderr: if terminal { String::new() } else { make("stderr")? },
+            stderr: if terminal {
+                String::new()
+            } else {
+                make("stderr")?
+            },
             dir: Some(dir),
         };
         Ok(fifos)

@@ -96,7 +96,9 @@ impl CliFixture {
         let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
         v.as_array().into_iter().flatten().any(|p| {
             p["type"] == "io.containerd.transfer.v1" && p["status"] == "ok"
-                || p["type"] == "io.containerd.grpc.v1" && p["id"] == "transfer" && p["status"] == "ok"
+                || p["type"] == "io.containerd.grpc.v1"
+                    && p["id"] == "transfer"
+                    && p["status"] == "ok"
         })
     }
 
@@ -139,7 +141,10 @@ impl CliFixture {
                 layout.config.digest.clone(),
             );
             for (i, l) in layout.layers.iter().enumerate() {
-                manifest_labels.insert(format!("containerd.io/gc.ref.content.l.{i}"), l.digest.clone());
+                manifest_labels.insert(
+                    format!("containerd.io/gc.ref.content.l.{i}"),
+                    l.digest.clone(),
+                );
             }
             blobs.push((
                 layout.manifest.digest.clone(),
@@ -167,7 +172,10 @@ impl CliFixture {
             );
             req.metadata_mut()
                 .insert("containerd-lease", lease_id.parse().expect("ascii"));
-            ImagesClient::new(ch.clone()).create(req).await.expect("create image");
+            ImagesClient::new(ch.clone())
+                .create(req)
+                .await
+                .expect("create image");
             LeasesClient::new(ch)
                 .delete(crate::grpc::req(
                     ns,
@@ -251,7 +259,9 @@ pub fn one_line_error(out: &Output) -> String {
         text(&out.stdout)
     );
     assert!(
-        !stderr.contains("panicked") && !stderr.contains("backtrace") && !stderr.contains("RUST_BACKTRACE"),
+        !stderr.contains("panicked")
+            && !stderr.contains("backtrace")
+            && !stderr.contains("RUST_BACKTRACE"),
         "a panic instead of an error: {stderr}"
     );
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();

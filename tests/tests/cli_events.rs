@@ -83,7 +83,10 @@ fn events_show_a_run_and_the_journal_replays_it() {
     f.seed_busybox();
     let live = Events::start(&f, &[]);
     // Only task events of this namespace.
-    let tasks_only = Events::start(&f, &[&format!("topic~=\"/tasks/.*\",namespace=={}", f.ns())]);
+    let tasks_only = Events::start(
+        &f,
+        &[&format!("topic~=\"/tasks/.*\",namespace=={}", f.ns())],
+    );
     // The subscriptions are up once a namespace event made by us shows in both.
     let marker = berth_tests::unique_id("mark");
     let mut ns = f.berth();
@@ -92,7 +95,11 @@ fn events_show_a_run_and_the_journal_replays_it() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let first = loop {
         let out = berth_tests::run_timeout(&mut ns, Duration::from_secs(30));
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         if let Ok(l) = live.lines.recv_timeout(Duration::from_millis(300)) {
             break l;
         }
@@ -100,35 +107,70 @@ fn events_show_a_run_and_the_journal_replays_it() {
     };
     assert!(first.contains("/namespaces/update"), "{first}");
 
-    let out = f.run(&["run", "--rm", "--net", "none", BUSYBOX, "ev1", "sh", "-c", "exit 4"]);
+    let out = f.run(&[
+        "run", "--rm", "--net", "none", BUSYBOX, "ev1", "sh", "-c", "exit 4",
+    ]);
     assert_eq!(out.status.code(), Some(4));
     let lines = live.until("/containers/delete", Duration::from_secs(30));
     let topics = topics_of(&lines, "ev1");
-    let order = ["/containers/create", "/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete", "/containers/delete"];
+    let order = [
+        "/containers/create",
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exit",
+        "/tasks/delete",
+        "/containers/delete",
+    ];
     let positions: Vec<usize> = order
         .iter()
-        .map(|t| topics.iter().position(|x| x == t).unwrap_or_else(|| panic!("no {t} in {topics:?}")))
+        .map(|t| {
+            topics
+                .iter()
+                .position(|x| x == t)
+                .unwrap_or_else(|| panic!("no {t} in {topics:?}"))
+        })
         .collect();
-    assert!(positions.windows(2).all(|w| w[0] < w[1]), "order {topics:?}");
-    let exit = lines.iter().find(|l| l.contains("/tasks/exit")).expect("exit line");
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "order {topics:?}"
+    );
+    let exit = lines
+        .iter()
+        .find(|l| l.contains("/tasks/exit"))
+        .expect("exit line");
     // `<RFC 3339 time> <namespace> <topic> <json>`
     let fields: Vec<&str> = exit.splitn(4, ' ').collect();
-    assert!(fields[0].ends_with('Z') && fields[0].contains('T'), "{exit}");
+    assert!(
+        fields[0].ends_with('Z') && fields[0].contains('T'),
+        "{exit}"
+    );
     assert_eq!(fields[1], f.ns());
     let ev: serde_json::Value = serde_json::from_str(fields[3]).expect("json event");
     assert_eq!(ev["container_id"], "ev1");
     assert_eq!(ev["exit_status"], 4);
 
     let filtered = tasks_only.until("/tasks/delete", Duration::from_secs(30));
-    assert!(filtered.iter().all(|l| l.contains(" /tasks/")), "{filtered:#?}");
+    assert!(
+        filtered.iter().all(|l| l.contains(" /tasks/")),
+        "{filtered:#?}"
+    );
 
     // Replay from the journal's start, as JSON, with sequence numbers.
     let replay = Events::start(&f, &["--from", "1", "--format", "json"]);
     let lines = replay.until("\"/containers/delete\"", Duration::from_secs(30));
-    let docs: Vec<serde_json::Value> = lines.iter().map(|l| serde_json::from_str(l).expect("json line")).collect();
-    let seqs: Vec<u64> = docs.iter().map(|d| d["seq"].as_u64().expect("seq")).collect();
+    let docs: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let seqs: Vec<u64> = docs
+        .iter()
+        .map(|d| d["seq"].as_u64().expect("seq"))
+        .collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
-    let exit = docs.iter().find(|d| d["topic"] == "/tasks/exit").expect("exit replayed");
+    let exit = docs
+        .iter()
+        .find(|d| d["topic"] == "/tasks/exit")
+        .expect("exit replayed");
     assert_eq!(exit["event"]["exit_status"], 4);
     assert_eq!(exit["namespace"], f.ns());
     f.fx.guard.assert_clean();

@@ -24,11 +24,16 @@ fn ls_check_mount_unmount_and_rm() {
     assert_eq!(v[0]["digest"], layout.manifest.digest.as_str());
     assert_eq!(v[0]["platform"], format!("linux/{}", host_arch()));
     let size = v[0]["size"].as_u64().expect("size");
-    let expect: u64 = layout.manifest.size + layout.config.size + layout.layers.iter().map(|l| l.size).sum::<u64>();
+    let expect: u64 = layout.manifest.size
+        + layout.config.size
+        + layout.layers.iter().map(|l| l.size).sum::<u64>();
     assert_eq!(size, expect);
     assert_eq!(f.ok(&["images", "ls", "-q"]).trim(), BUSYBOX);
     let table = f.ok(&["images", "ls"]);
-    assert!(table.starts_with("REF ") && table.contains(BUSYBOX), "{table}");
+    assert!(
+        table.starts_with("REF ") && table.contains(BUSYBOX),
+        "{table}"
+    );
 
     let check = json(&f.ok(&["images", "check", "--format", "json"]));
     assert_eq!(check[0]["status"], "complete");
@@ -39,7 +44,10 @@ fn ls_check_mount_unmount_and_rm() {
     let target_s = target.display().to_string();
     f.fx.guard.mount(&target);
     f.ok(&["images", "mount", "busybox", &target_s]);
-    assert!(target.join("bin/busybox").is_file(), "the image's files are there");
+    assert!(
+        target.join("bin/busybox").is_file(),
+        "the image's files are there"
+    );
     assert!(std::fs::write(target.join("x"), "x").is_err(), "read-only");
     assert!(berth_tests::is_mounted(&target));
     f.ok(&["images", "unmount", &target_s]);
@@ -52,8 +60,14 @@ fn ls_check_mount_unmount_and_rm() {
 
     f.ok(&["images", "rm", "--sync", "busybox"]);
     assert!(f.ok(&["images", "ls", "-q"]).trim().is_empty());
-    assert!(f.ok(&["content", "ls", "-q"]).trim().is_empty(), "content collected");
-    assert!(f.ok(&["snapshots", "ls", "-q"]).trim().is_empty(), "snapshots collected");
+    assert!(
+        f.ok(&["content", "ls", "-q"]).trim().is_empty(),
+        "content collected"
+    );
+    assert!(
+        f.ok(&["snapshots", "ls", "-q"]).trim().is_empty(),
+        "snapshots collected"
+    );
     let out = f.run(&["images", "rm", "busybox"]);
     assert_eq!(out.status.code(), Some(1), "removing a missing image fails");
     f.fx.guard.assert_clean();
@@ -80,7 +94,11 @@ fn pull_run_pull_missing_tag_export_import_through_transfer() {
 
     let out = f.run(&["images", "pull", "--plain-http", &reference]);
     assert!(out.status.success(), "pull: {}", text(&out.stderr));
-    assert!(text(&out.stdout).contains(&layout.manifest.digest), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains(&layout.manifest.digest),
+        "{}",
+        text(&out.stdout)
+    );
     let v = json(&f.ok(&["images", "ls", "--format", "json"]));
     assert_eq!(v[0]["name"], reference.as_str());
     assert_eq!(v[0]["digest"], layout.manifest.digest.as_str());
@@ -89,28 +107,80 @@ fn pull_run_pull_missing_tag_export_import_through_transfer() {
 
     // An absent image is pulled by `run` (default --pull missing).
     let absent = registry.reference("busybox:absent");
-    let out = f.run(&["run", "--rm", "--plain-http", "--net", "none", &absent, "pm", "echo", "pulled-and-ran"]);
+    let out = f.run(&[
+        "run",
+        "--rm",
+        "--plain-http",
+        "--net",
+        "none",
+        &absent,
+        "pm",
+        "echo",
+        "pulled-and-ran",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).ends_with("pulled-and-ran\n"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).ends_with("pulled-and-ran\n"),
+        "{}",
+        text(&out.stdout)
+    );
     assert!(f.ok(&["images", "ls", "-q"]).contains(&absent));
 
     f.ok(&["images", "tag", &reference, "docker.io/library/copy:1"]);
-    assert!(f.ok(&["images", "ls", "-q"]).contains("docker.io/library/copy:1"));
+    assert!(f
+        .ok(&["images", "ls", "-q"])
+        .contains("docker.io/library/copy:1"));
 
     let archive = f.fx.dir.join("export.tar");
     let archive_s = archive.display().to_string();
     f.ok(&["images", "export", &archive_s, "docker.io/library/copy:1"]);
-    let listing = std::process::Command::new("tar").arg("tf").arg(&archive).output().expect("tar");
+    let listing = std::process::Command::new("tar")
+        .arg("tf")
+        .arg(&archive)
+        .output()
+        .expect("tar");
     let names = text(&listing.stdout);
-    assert!(names.contains("index.json") && names.contains(&layout.manifest.digest.replace("sha256:", "blobs/sha256/")), "{names}");
+    assert!(
+        names.contains("index.json")
+            && names.contains(&layout.manifest.digest.replace("sha256:", "blobs/sha256/")),
+        "{names}"
+    );
 
-    f.ok(&["images", "rm", "--sync", "docker.io/library/copy:1", &reference, &absent]);
+    f.ok(&[
+        "images",
+        "rm",
+        "--sync",
+        "docker.io/library/copy:1",
+        &reference,
+        &absent,
+    ]);
     assert!(f.ok(&["images", "ls", "-q"]).trim().is_empty());
-    let out = f.ok(&["images", "import", "--base-name", "docker.io/library/copy", &archive_s]);
+    let out = f.ok(&[
+        "images",
+        "import",
+        "--base-name",
+        "docker.io/library/copy",
+        &archive_s,
+    ]);
     assert!(out.contains("docker.io/library/copy:1"), "{out}");
     let v = json(&f.ok(&["images", "ls", "--format", "json"]));
-    assert_eq!(v[0]["digest"], layout.manifest.digest.as_str(), "same digest after the round trip");
-    let out = f.run(&["run", "--rm", "--pull", "never", "--net", "none", "docker.io/library/copy:1", "imp", "echo", "ok"]);
+    assert_eq!(
+        v[0]["digest"],
+        layout.manifest.digest.as_str(),
+        "same digest after the round trip"
+    );
+    let out = f.run(&[
+        "run",
+        "--rm",
+        "--pull",
+        "never",
+        "--net",
+        "none",
+        "docker.io/library/copy:1",
+        "imp",
+        "echo",
+        "ok",
+    ]);
     assert_eq!(text(&out.stdout), "ok\n", "{}", text(&out.stderr));
     f.fx.guard.assert_clean();
 }

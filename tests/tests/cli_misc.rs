@@ -17,22 +17,46 @@ fn json(s: &str) -> serde_json::Value {
 
 #[test]
 fn completions_generate_and_help_has_examples() {
-    for (shell, needle) in [("bash", "complete -F"), ("zsh", "#compdef berth"), ("fish", "complete -c berth")] {
+    for (shell, needle) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef berth"),
+        ("fish", "complete -c berth"),
+    ] {
         let out = berth(&["completion", shell]);
         assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
         let script = text(&out.stdout);
-        assert!(script.contains(needle), "{shell}: {}", &script[..script.len().min(300)]);
-        assert!(script.contains("images") && script.contains("snapshots"), "{shell} completes the nouns");
+        assert!(
+            script.contains(needle),
+            "{shell}: {}",
+            &script[..script.len().min(300)]
+        );
+        assert!(
+            script.contains("images") && script.contains("snapshots"),
+            "{shell} completes the nouns"
+        );
     }
     let out = berth(&["--help"]);
     assert!(text(&out.stdout).contains("Examples:"));
-    for cmd in [&["run", "--help"][..], &["images", "pull", "--help"], &["tasks", "exec", "--help"], &["events", "--help"]] {
+    for cmd in [
+        &["run", "--help"][..],
+        &["images", "pull", "--help"],
+        &["tasks", "exec", "--help"],
+        &["events", "--help"],
+    ] {
         let out = berth(cmd);
         assert!(out.status.success());
-        assert!(text(&out.stdout).contains("Examples:\n  berth "), "{cmd:?}: {}", text(&out.stdout));
+        assert!(
+            text(&out.stdout).contains("Examples:\n  berth "),
+            "{cmd:?}: {}",
+            text(&out.stdout)
+        );
     }
     let out = berth(&["--version"]);
-    assert!(text(&out.stdout).starts_with("berth "), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).starts_with("berth "),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]
@@ -55,7 +79,11 @@ fn networks_are_read_from_the_conf_dir() {
     assert!(text(&out.stdout).contains("\"portmap\""));
     let out = berth(&["networks", "inspect", "--conf-dir", &conf_s, "nope"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).starts_with("berth: network \"nope\" not found"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).starts_with("berth: network \"nope\" not found"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -65,30 +93,69 @@ fn version_info_plugins_namespaces_leases_content_snapshots() {
     }
     let f = CliFixture::new("cli-misc");
     let v = f.ok(&["version"]);
-    assert!(v.contains("Client:") && v.contains("Server:") && v.contains("UUID:"), "{v}");
+    assert!(
+        v.contains("Client:") && v.contains("Server:") && v.contains("UUID:"),
+        "{v}"
+    );
     let plugins = json(&f.ok(&["plugins", "ls", "--format", "json"]));
-    assert!(plugins.as_array().expect("array").iter().any(|p| p["id"] == "overlayfs" && p["status"] == "ok"), "{plugins}");
+    assert!(
+        plugins
+            .as_array()
+            .expect("array")
+            .iter()
+            .any(|p| p["id"] == "overlayfs" && p["status"] == "ok"),
+        "{plugins}"
+    );
 
     // Namespaces: create, label, ls, rm.
     let ns = berth_tests::unique_id("cli-misc-extra");
-    assert_eq!(f.ok(&["namespaces", "create", &ns, "team=infra"]).trim(), ns);
+    assert_eq!(
+        f.ok(&["namespaces", "create", &ns, "team=infra"]).trim(),
+        ns
+    );
     f.ok(&["ns", "label", &ns, "tier=1"]);
     let all = json(&f.ok(&["namespaces", "ls", "--format", "json"]));
-    let mine = all.as_array().expect("array").iter().find(|n| n["name"] == ns.as_str()).expect("listed").clone();
+    let mine = all
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|n| n["name"] == ns.as_str())
+        .expect("listed")
+        .clone();
     assert_eq!(mine["labels"]["team"], "infra");
     assert_eq!(mine["labels"]["tier"], "1");
     let out = f.run(&["namespaces", "create", &ns]);
-    assert!(text(&out.stderr).contains("(AlreadyExists)"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("(AlreadyExists)"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(f.ok(&["ns", "rm", &ns]).trim(), ns);
     assert!(!f.ok(&["ns", "ls", "-q"]).contains(&ns));
 
     // Leases.
-    let id = f.ok(&["leases", "create", "--id", "l1", "--expires-in", "1h", "k=v"]);
+    let id = f.ok(&[
+        "leases",
+        "create",
+        "--id",
+        "l1",
+        "--expires-in",
+        "1h",
+        "k=v",
+    ]);
     assert_eq!(id.trim(), "l1");
     let leases = json(&f.ok(&["leases", "ls", "--format", "json"]));
-    let l1 = leases.as_array().expect("array").iter().find(|l| l["id"] == "l1").expect("l1").clone();
+    let l1 = leases
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|l| l["id"] == "l1")
+        .expect("l1")
+        .clone();
     assert_eq!(l1["labels"]["k"], "v");
-    assert!(l1["labels"]["containerd.io/gc.expire"].as_str().is_some_and(|s| s.ends_with('Z')));
+    assert!(l1["labels"]["containerd.io/gc.expire"]
+        .as_str()
+        .is_some_and(|s| s.ends_with('Z')));
     f.ok(&["leases", "rm", "l1"]);
     assert!(!f.ok(&["leases", "ls", "-q"]).contains("l1"));
 
@@ -96,13 +163,26 @@ fn version_info_plugins_namespaces_leases_content_snapshots() {
     let data = b"hello blob\n";
     let digest = berth_tests::oci_layout::sha256_digest(data);
     let mut c = f.berth();
-    c.args(["content", "ingest", "--expected-digest", &digest, "--label", "containerd.io/gc.root=test", "blob1"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped());
+    c.args([
+        "content",
+        "ingest",
+        "--expected-digest",
+        &digest,
+        "--label",
+        "containerd.io/gc.root=test",
+        "blob1",
+    ])
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped());
     let mut child = c.spawn().expect("spawn");
     {
         use std::io::Write;
-        child.stdin.take().expect("stdin").write_all(data).expect("write");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(data)
+            .expect("write");
     }
     let out = child.wait_with_output().expect("ingest");
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -120,7 +200,9 @@ fn version_info_plugins_namespaces_leases_content_snapshots() {
     let info = json(&f.ok(&["snapshots", "info", "s1"]));
     assert_eq!(info["Kind"], "Active");
     assert!(info["Labels"]["containerd.io/gc.root"].is_string());
-    assert!(f.ok(&["snapshots", "mounts", "/mnt/x", "s1"]).contains("/mnt/x"));
+    assert!(f
+        .ok(&["snapshots", "mounts", "/mnt/x", "s1"])
+        .contains("/mnt/x"));
     let usage = json(&f.ok(&["snapshots", "usage", "--format", "json", "s1"]));
     assert_eq!(usage[0]["key"], "s1");
     f.ok(&["snapshots", "commit", "c1", "s1"]);

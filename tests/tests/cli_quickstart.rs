@@ -35,15 +35,28 @@ fn install_twice_then_uninstall() {
     let stage = dir.join("stage");
     let script = berth_tests::workspace_root().join("deploy/install.sh");
     // The binaries the tests use (bin() checks they are fresh).
-    let bin_dir = berth_tests::bin("berth").parent().map(Path::to_path_buf).expect("bin dir");
+    let bin_dir = berth_tests::bin("berth")
+        .parent()
+        .map(Path::to_path_buf)
+        .expect("bin dir");
     for b in ["berthd", "berth-shim", "berth-runc"] {
         berth_tests::bin(b);
     }
     let install = |extra: &[&str]| {
         let mut c = Command::new("bash");
-        c.arg(&script).arg("--bin-dir").arg(&bin_dir).arg("--destdir").arg(&stage).args(extra);
+        c.arg(&script)
+            .arg("--bin-dir")
+            .arg(&bin_dir)
+            .arg("--destdir")
+            .arg(&stage)
+            .args(extra);
         let out = run_timeout(&mut c, Duration::from_secs(120));
-        assert!(out.status.success(), "install.sh {extra:?}: {}{}", text(&out.stdout), text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "install.sh {extra:?}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
         text(&out.stdout)
     };
     install(&[]);
@@ -58,7 +71,10 @@ fn install_twice_then_uninstall() {
     ];
     assert_eq!(files(&stage), expect);
     let again = install(&[]);
-    assert!(!again.contains("  installed "), "a second run changes nothing: {again}");
+    assert!(
+        !again.contains("  installed "),
+        "a second run changes nothing: {again}"
+    );
     assert_eq!(files(&stage), expect);
     // A local edit of the config survives a reinstall and the uninstall.
     let config = stage.join("etc/berth/config.toml");
@@ -97,7 +113,10 @@ fn the_quickstart_runs_and_leaves_nothing_behind() {
     if !berth_tests::require_root() || berth_tests::tool("busybox").is_none() {
         return;
     }
-    let bin_dir = berth_tests::bin("berth").parent().map(Path::to_path_buf).expect("bin dir");
+    let bin_dir = berth_tests::bin("berth")
+        .parent()
+        .map(Path::to_path_buf)
+        .expect("bin dir");
     for b in ["berthd", "berth-shim", "berth-runc"] {
         berth_tests::bin(b);
     }
@@ -120,19 +139,37 @@ fn the_quickstart_runs_and_leaves_nothing_behind() {
     assert!(tmp.starts_with("/tmp/berth-quickstart."), "{tmp}");
     // Whatever happened, nothing is left.
     assert!(!Path::new(&tmp).exists(), "{tmp} left behind");
-    assert!(berth_tests::mounts_below(Path::new(&tmp)).is_empty(), "mounts left below {tmp}");
+    assert!(
+        berth_tests::mounts_below(Path::new(&tmp)).is_empty(),
+        "mounts left below {tmp}"
+    );
     assert_eq!(processes_with(&tmp), Vec::<String>::new(), "processes left");
-    assert!(berth_tests::guard::cgroup_dirs("quickstart").is_empty(), "cgroup left");
+    assert!(
+        berth_tests::guard::cgroup_dirs("quickstart").is_empty(),
+        "cgroup left"
+    );
     if !out.status.success() && stderr.contains("(Unimplemented)") {
         // Not a pass of the quickstart: the import needs berthd's Transfer service (branch
         // `pull`), not merged yet. The failure path above still had to clean up.
         eprintln!("NOTE: quickstart stopped at the import (no Transfer service yet):\n{stderr}");
         return;
     }
-    assert!(out.status.success(), "quickstart failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "quickstart failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("Hello from a Berth container!"), "{stdout}");
-    for topic in ["/images/create", "/containers/create", "/tasks/start", "/tasks/exit", "/containers/delete"] {
-        assert!(stdout.contains(&format!(" quickstart {topic} ")), "{topic} shown:\n{stdout}");
+    for topic in [
+        "/images/create",
+        "/containers/create",
+        "/tasks/start",
+        "/tasks/exit",
+        "/containers/delete",
+    ] {
+        assert!(
+            stdout.contains(&format!(" quickstart {topic} ")),
+            "{topic} shown:\n{stdout}"
+        );
     }
     assert!(stdout.contains("nothing left behind"), "{stdout}");
 }

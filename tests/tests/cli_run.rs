@@ -31,7 +31,11 @@ fn active_snapshots(f: &CliFixture) -> Vec<String> {
 /// Entries of the FIFO dir (berth removes its FIFO dirs when a task goes).
 fn fifo_dirs(f: &CliFixture) -> Vec<String> {
     std::fs::read_dir(&f.fifo_dir)
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -43,19 +47,35 @@ fn run_rm_splits_streams_returns_the_exit_code_and_leaves_nothing() {
     let f = CliFixture::new("cli-run-rm");
     f.seed_busybox();
     let out = f.run(&[
-        "run", "--rm", "--net", "none", BUSYBOX, "hello", "sh", "-c",
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        BUSYBOX,
+        "hello",
+        "sh",
+        "-c",
         "echo out-line; echo err-line >&2; exit 3",
     ]);
     assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "out-line\n");
     assert_eq!(text(&out.stderr), "err-line\n");
     // A short name works as Docker users expect.
-    let out = f.run(&["run", "--rm", "--net", "none", "busybox", "short", "echo", "hi"]);
+    let out = f.run(&[
+        "run", "--rm", "--net", "none", "busybox", "short", "echo", "hi",
+    ]);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "hi\n");
     assert!(containers(&f).is_empty(), "no container left");
-    assert!(active_snapshots(&f).is_empty(), "no container snapshot left");
-    assert!(fifo_dirs(&f).is_empty(), "no FIFO dir left: {:?}", fifo_dirs(&f));
+    assert!(
+        active_snapshots(&f).is_empty(),
+        "no container snapshot left"
+    );
+    assert!(
+        fifo_dirs(&f).is_empty(),
+        "no FIFO dir left: {:?}",
+        fifo_dirs(&f)
+    );
     // The image was unpacked by the first run: `images check` says so.
     let check = f.ok(&["images", "check", "--format", "json"]);
     let v: serde_json::Value = serde_json::from_str(&check).expect("json");
@@ -73,7 +93,17 @@ fn run_copies_stdin_and_closes_it_at_eof() {
     f.seed_busybox();
     let mut child = f
         .berth()
-        .args(["run", "--rm", "--net", "none", BUSYBOX, "cat1", "sh", "-c", "cat; echo done"])
+        .args([
+            "run",
+            "--rm",
+            "--net",
+            "none",
+            BUSYBOX,
+            "cat1",
+            "sh",
+            "-c",
+            "cat; echo done",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -101,7 +131,11 @@ fn wait_output(mut child: std::process::Child, limit: Duration) -> std::process:
         if Instant::now() > deadline {
             let _ = child.kill();
             let out = child.wait_with_output().expect("output");
-            panic!("berth did not exit in {limit:?}: stdout {} stderr {}", text(&out.stdout), text(&out.stderr));
+            panic!(
+                "berth did not exit in {limit:?}: stdout {} stderr {}",
+                text(&out.stdout),
+                text(&out.stderr)
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -114,7 +148,9 @@ fn detached_container_then_tasks_ls_exec_kill_wait_and_rm() {
     }
     let f = CliFixture::new("cli-run-detach");
     f.seed_busybox();
-    let out = f.run(&["run", "-d", "--net", "none", BUSYBOX, "web", "sleep", "1000"]);
+    let out = f.run(&[
+        "run", "-d", "--net", "none", BUSYBOX, "web", "sleep", "1000",
+    ]);
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     let tasks = f.ok(&["tasks", "ls", "--format", "json"]);
     let v: serde_json::Value = serde_json::from_str(&tasks).expect("json");
@@ -122,7 +158,16 @@ fn detached_container_then_tasks_ls_exec_kill_wait_and_rm() {
     assert_eq!(v[0]["status"], "RUNNING", "{tasks}");
     assert!(f.ok(&["tasks", "ls"]).contains("RUNNING"));
 
-    let out = f.run(&["tasks", "exec", "--exec-id", "e1", "web", "sh", "-c", "echo in-exec; exit 7"]);
+    let out = f.run(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "e1",
+        "web",
+        "sh",
+        "-c",
+        "echo in-exec; exit 7",
+    ]);
     assert_eq!(out.status.code(), Some(7), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "in-exec\n");
     let ps = f.ok(&["tasks", "ps", "web"]);
@@ -131,7 +176,11 @@ fn detached_container_then_tasks_ls_exec_kill_wait_and_rm() {
     // A running container is not removed without --force.
     let out = f.run(&["rm", "web"]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("is running"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is running"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // busybox sleep as PID 1 ignores SIGTERM: kill it for real, wait sees 128+9.
     f.ok(&["tasks", "kill", "-s", "SIGKILL", "web"]);
@@ -143,7 +192,11 @@ fn detached_container_then_tasks_ls_exec_kill_wait_and_rm() {
     assert!(containers(&f).is_empty());
     assert!(active_snapshots(&f).is_empty());
     assert!(f.ok(&["tasks", "ls", "-q"]).trim().is_empty());
-    assert!(fifo_dirs(&f).is_empty(), "FIFOs of the detached task removed: {:?}", fifo_dirs(&f));
+    assert!(
+        fifo_dirs(&f).is_empty(),
+        "FIFOs of the detached task removed: {:?}",
+        fifo_dirs(&f)
+    );
     f.fx.guard.assert_clean();
 }
 
@@ -164,7 +217,16 @@ fn the_default_spec_is_locked_down_and_flags_relax_it() {
     }
     let f = CliFixture::new("cli-run-spec");
     f.seed_busybox();
-    let status = f.ok(&["run", "--rm", "--net", "none", BUSYBOX, "sec", "cat", "/proc/self/status"]);
+    let status = f.ok(&[
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        BUSYBOX,
+        "sec",
+        "cat",
+        "/proc/self/status",
+    ]);
     assert_eq!(status_field(&status, "NoNewPrivs"), "1");
     assert_eq!(status_field(&status, "Seccomp"), "2", "seccomp filter on");
     // containerd's 14 default capabilities: 0x00000000a80425fb.
@@ -174,20 +236,66 @@ fn the_default_spec_is_locked_down_and_flags_relax_it() {
     let out = f.run(&["run", "--rm", "--net", "none", BUSYBOX, "masked", "sh", "-c",
         "grep -E ' /proc/(keys|timer_list|sys) ' /proc/self/mountinfo; echo 1 > /proc/sys/kernel/domainname && echo wrote"]);
     let mounts = text(&out.stdout);
-    assert!(!mounts.contains("wrote"), "/proc/sys is read-only: {mounts}");
-    assert!(mounts.contains("/null /proc/keys "), "/proc/keys masked with a null device: {mounts}");
-    assert!(mounts.contains(" /proc/sys ro,"), "/proc/sys mounted read-only: {mounts}");
+    assert!(
+        !mounts.contains("wrote"),
+        "/proc/sys is read-only: {mounts}"
+    );
+    assert!(
+        mounts.contains("/null /proc/keys "),
+        "/proc/keys masked with a null device: {mounts}"
+    );
+    assert!(
+        mounts.contains(" /proc/sys ro,"),
+        "/proc/sys mounted read-only: {mounts}"
+    );
 
-    let status = f.ok(&["run", "--rm", "--net", "none", "--privileged", BUSYBOX, "priv", "cat", "/proc/self/status"]);
+    let status = f.ok(&[
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        "--privileged",
+        BUSYBOX,
+        "priv",
+        "cat",
+        "/proc/self/status",
+    ]);
     assert_eq!(status_field(&status, "Seccomp"), "0");
     assert_eq!(status_field(&status, "NoNewPrivs"), "0");
     assert_ne!(status_field(&status, "CapEff"), "00000000a80425fb");
 
-    let status = f.ok(&["run", "--rm", "--net", "none", "--cap-drop", "ALL", "--cap-add", "NET_ADMIN",
-        BUSYBOX, "caps", "cat", "/proc/self/status"]);
-    assert_eq!(status_field(&status, "CapEff"), "0000000000001000", "only NET_ADMIN (12)");
+    let status = f.ok(&[
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        "--cap-drop",
+        "ALL",
+        "--cap-add",
+        "NET_ADMIN",
+        BUSYBOX,
+        "caps",
+        "cat",
+        "/proc/self/status",
+    ]);
+    assert_eq!(
+        status_field(&status, "CapEff"),
+        "0000000000001000",
+        "only NET_ADMIN (12)"
+    );
 
-    let out = f.run(&["run", "--rm", "--net", "none", "--read-only", BUSYBOX, "ro", "sh", "-c", "touch /x && echo wrote"]);
+    let out = f.run(&[
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        "--read-only",
+        BUSYBOX,
+        "ro",
+        "sh",
+        "-c",
+        "touch /x && echo wrote",
+    ]);
     assert_ne!(out.status.code(), Some(0));
     assert!(!text(&out.stdout).contains("wrote"));
 
@@ -204,9 +312,27 @@ fn the_default_spec_is_locked_down_and_flags_relax_it() {
     assert_eq!(out, "65534\n65534\n1 yes\n/tmp\nh1\nfrom the host\nro\n");
 
     // The pids limit and the cgroup path /<ns>/<id>, seen from the host while it runs.
-    f.ok(&["run", "-d", "--net", "none", "--pids-limit", "77", "--memory-limit", "64m", BUSYBOX, "lim", "sleep", "100"]);
-    let pids_max = std::fs::read_to_string(format!("/sys/fs/cgroup/pids/{}/lim/pids.max", f.ns())).unwrap_or_default();
-    let mem = std::fs::read_to_string(format!("/sys/fs/cgroup/memory/{}/lim/memory.limit_in_bytes", f.ns())).unwrap_or_default();
+    f.ok(&[
+        "run",
+        "-d",
+        "--net",
+        "none",
+        "--pids-limit",
+        "77",
+        "--memory-limit",
+        "64m",
+        BUSYBOX,
+        "lim",
+        "sleep",
+        "100",
+    ]);
+    let pids_max = std::fs::read_to_string(format!("/sys/fs/cgroup/pids/{}/lim/pids.max", f.ns()))
+        .unwrap_or_default();
+    let mem = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory/{}/lim/memory.limit_in_bytes",
+        f.ns()
+    ))
+    .unwrap_or_default();
     f.ok(&["rm", "-f", "lim"]);
     assert_eq!(pids_max.trim(), "77");
     assert_eq!(mem.trim(), (64u64 << 20).to_string());
@@ -223,8 +349,17 @@ fn signals_to_berth_reach_the_container_and_its_exit_code_comes_back() {
     f.seed_busybox();
     let mut child = f
         .berth()
-        .args(["run", "--rm", "--net", "none", BUSYBOX, "sig", "sh", "-c",
-            "trap 'echo got-term; exit 9' TERM; echo ready; while true; do sleep 0.1; done"])
+        .args([
+            "run",
+            "--rm",
+            "--net",
+            "none",
+            BUSYBOX,
+            "sig",
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 9' TERM; echo ready; while true; do sleep 0.1; done",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -251,17 +386,41 @@ fn containers_create_then_tasks_start_info_and_label() {
     }
     let f = CliFixture::new("cli-create");
     f.seed_busybox();
-    assert_eq!(f.ok(&["containers", "create", "--net", "none", "--label", "tier=front", BUSYBOX, "c1", "echo", "started"]).trim(), "c1");
+    assert_eq!(
+        f.ok(&[
+            "containers",
+            "create",
+            "--net",
+            "none",
+            "--label",
+            "tier=front",
+            BUSYBOX,
+            "c1",
+            "echo",
+            "started"
+        ])
+        .trim(),
+        "c1"
+    );
     let info = f.ok(&["containers", "info", "c1"]);
     let v: serde_json::Value = serde_json::from_str(&info).expect("json");
-    assert_eq!(v["Spec"]["process"]["args"], serde_json::json!(["echo", "started"]));
+    assert_eq!(
+        v["Spec"]["process"]["args"],
+        serde_json::json!(["echo", "started"])
+    );
     assert_eq!(v["Labels"]["tier"], "front");
     assert_eq!(v["Labels"]["berth.io/networks"], "none");
-    assert_eq!(v["Labels"]["io.containerd.image.config.stop-signal"], "SIGTERM");
+    assert_eq!(
+        v["Labels"]["io.containerd.image.config.stop-signal"],
+        "SIGTERM"
+    );
     assert_eq!(v["Spec"]["linux"]["cgroupsPath"], format!("/{}/c1", f.ns()));
     f.ok(&["containers", "label", "c1", "tier=back", "extra=1"]);
     let ls = f.ok(&["containers", "ls", "--format", "json"]);
-    assert!(ls.contains("tier=back") || ls.contains("\"tier\": \"back\""), "{ls}");
+    assert!(
+        ls.contains("tier=back") || ls.contains("\"tier\": \"back\""),
+        "{ls}"
+    );
     let out = f.run(&["tasks", "start", "c1"]);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "started\n");

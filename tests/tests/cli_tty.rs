@@ -43,7 +43,12 @@ fn open_pty() -> Pty {
 
 /// `stty -F TTY ARGS`; returns its output.
 fn stty(tty: &str, args: &[&str]) -> String {
-    let out = Command::new("stty").arg("-F").arg(tty).args(args).output().expect("stty");
+    let out = Command::new("stty")
+        .arg("-F")
+        .arg(tty)
+        .args(args)
+        .output()
+        .expect("stty");
     assert!(out.status.success(), "stty {args:?}: {}", text(&out.stderr));
     text(&out.stdout)
 }
@@ -58,7 +63,9 @@ fn collect(mut master: File) -> Arc<Mutex<Vec<u8>>> {
             if n == 0 {
                 break;
             }
-            b.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&chunk[..n]);
+            b.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(&chunk[..n]);
         }
     });
     buf
@@ -72,7 +79,10 @@ fn wait_for(buf: &Arc<Mutex<Vec<u8>>>, needle: &str, limit: Duration) {
         if s.contains(needle) {
             return;
         }
-        assert!(Instant::now() < deadline, "never saw {needle:?}; terminal shows {s:?}");
+        assert!(
+            Instant::now() < deadline,
+            "never saw {needle:?}; terminal shows {s:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -120,13 +130,19 @@ fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::
 
 #[test]
 fn a_tty_session_follows_resizes_and_restores_the_terminal() {
-    if !berth_tests::require_root() || berth_tests::tool("setsid").is_none() || berth_tests::tool("stty").is_none() {
+    if !berth_tests::require_root()
+        || berth_tests::tool("setsid").is_none()
+        || berth_tests::tool("stty").is_none()
+    {
         return;
     }
     let f = CliFixture::new("cli-tty");
     f.seed_busybox();
     let pty = open_pty();
-    stty(&pty.slave, &["rows", "30", "cols", "100", "icanon", "echo", "isig"]);
+    stty(
+        &pty.slave,
+        &["rows", "30", "cols", "100", "icanon", "echo", "isig"],
+    );
     let before = stty(&pty.slave, &["-g"]);
     let out = collect(pty.master.try_clone().expect("dup master"));
     let mut child = spawn_on(
@@ -137,22 +153,50 @@ fn a_tty_session_follows_resizes_and_restores_the_terminal() {
     );
     wait_for(&out, "30 100", Duration::from_secs(60));
     let during = stty(&pty.slave, &["-a"]);
-    assert!(during.contains("-icanon") && during.contains("-echo"), "raw while attached: {during}");
+    assert!(
+        during.contains("-icanon") && during.contains("-echo"),
+        "raw while attached: {during}"
+    );
     // Resizing the terminal sends berth SIGWINCH; berth forwards the size to the container's pty.
     stty(&pty.slave, &["rows", "40", "cols", "120"]);
     wait_for(&out, "40 120", Duration::from_secs(30));
     let status = wait_exit(&mut child, Duration::from_secs(60));
-    assert_eq!(status.code(), Some(5), "terminal: {}", text(&out.lock().unwrap_or_else(|e| e.into_inner())));
+    assert_eq!(
+        status.code(),
+        Some(5),
+        "terminal: {}",
+        text(&out.lock().unwrap_or_else(|e| e.into_inner()))
+    );
     let shown = text(&out.lock().unwrap_or_else(|e| e.into_inner()));
-    assert!(shown.contains("/dev/pts/"), "the container has a terminal: {shown}");
+    assert!(
+        shown.contains("/dev/pts/"),
+        "the container has a terminal: {shown}"
+    );
     assert_eq!(stty(&pty.slave, &["-g"]), before, "terminal modes restored");
     assert!(f.ok(&["containers", "ls", "-q"]).trim().is_empty());
 
     // A run that fails after the terminal went raw restores it too.
-    let mut child = spawn_on(&f, &pty, &["run", "--rm", "-t", "--net", "none", BUSYBOX, "tty2", "/no/such/binary"]);
+    let mut child = spawn_on(
+        &f,
+        &pty,
+        &[
+            "run",
+            "--rm",
+            "-t",
+            "--net",
+            "none",
+            BUSYBOX,
+            "tty2",
+            "/no/such/binary",
+        ],
+    );
     let status = wait_exit(&mut child, Duration::from_secs(60));
     assert!(!status.success());
-    assert_eq!(stty(&pty.slave, &["-g"]), before, "restored after a failure");
+    assert_eq!(
+        stty(&pty.slave, &["-g"]),
+        before,
+        "restored after a failure"
+    );
     assert!(f.ok(&["containers", "ls", "-q"]).trim().is_empty());
     f.fx.guard.assert_clean();
 }

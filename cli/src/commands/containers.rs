@@ -51,7 +51,9 @@ pub enum ContainersCmd {
         list: ListOpts,
     },
     /// Print a container's record (spec decoded) as JSON.
-    #[command(after_help = "Examples:\n  berth containers info web\n  berth c info web | jq .Spec.process")]
+    #[command(
+        after_help = "Examples:\n  berth containers info web\n  berth c info web | jq .Spec.process"
+    )]
     Info {
         /// Container id.
         id: String,
@@ -70,7 +72,9 @@ pub enum ContainersCmd {
         ids: Vec<String>,
     },
     /// Set (or, with an empty value, remove) labels on a container.
-    #[command(after_help = "Examples:\n  berth containers label web tier=front\n  berth c label web tier=")]
+    #[command(
+        after_help = "Examples:\n  berth containers label web tier=front\n  berth c label web tier="
+    )]
     Label {
         /// Container id.
         id: String,
@@ -115,8 +119,16 @@ pub async fn run(ctx: &Ctx, cmd: ContainersCmd) -> Result<i32> {
             all.sort_by(|a, b| a.id.cmp(&b.id));
             let mut out = Listing::new(&["ID", "IMAGE", "RUNTIME", "CREATED", "LABELS"]);
             for c in all {
-                let runtime = c.runtime.as_ref().map(|r| r.name.clone()).unwrap_or_default();
-                let image = if c.image.is_empty() { "-".to_string() } else { c.image.clone() };
+                let runtime = c
+                    .runtime
+                    .as_ref()
+                    .map(|r| r.name.clone())
+                    .unwrap_or_default();
+                let image = if c.image.is_empty() {
+                    "-".to_string()
+                } else {
+                    c.image.clone()
+                };
                 out.push(
                     c.id.clone(),
                     vec![

@@ -49,7 +49,9 @@ pub enum ContentCmd {
         digests: Vec<String>,
     },
     /// Download an image's blobs without unpacking them.
-    #[command(after_help = "Examples:\n  berth content fetch --plain-http 127.0.0.1:5000/busybox:latest")]
+    #[command(
+        after_help = "Examples:\n  berth content fetch --plain-http 127.0.0.1:5000/busybox:latest"
+    )]
     Fetch {
         /// Talk plain HTTP to the registry.
         #[arg(long)]
@@ -67,7 +69,9 @@ pub enum ContentCmd {
         reference: String,
     },
     /// Store stdin as a blob; the digest and size must match.
-    #[command(after_help = "Examples:\n  berth content ingest --expected-digest sha256:0123... --label containerd.io/gc.root=1 my-ref < blob")]
+    #[command(
+        after_help = "Examples:\n  berth content ingest --expected-digest sha256:0123... --label containerd.io/gc.root=1 my-ref < blob"
+    )]
     Ingest {
         /// The digest the data must have.
         #[arg(long)]
@@ -178,7 +182,14 @@ pub async fn run(ctx: &Ctx, cmd: ContentCmd) -> Result<i32> {
                     )));
                 }
             }
-            let digest = ingest(&client, &reference, &expected_digest, data, parse_labels(&labels)).await?;
+            let digest = ingest(
+                &client,
+                &reference,
+                &expected_digest,
+                data,
+                parse_labels(&labels),
+            )
+            .await?;
             println!("{digest}");
         }
     }
@@ -204,7 +215,12 @@ async fn ingest(
     let feeder = {
         let base = base.clone();
         tokio::spawn(async move {
-            let _ = tx.send(WriteContentRequest { action: 0, ..base.clone() }).await;
+            let _ = tx
+                .send(WriteContentRequest {
+                    action: 0,
+                    ..base.clone()
+                })
+                .await;
             let mut offset = 0usize;
             for chunk in data.chunks(1 << 20) {
                 let msg = WriteContentRequest {
@@ -255,5 +271,9 @@ async fn ingest(
         }
     }
     feeder.abort();
-    Ok(if digest.is_empty() { expected.to_string() } else { digest })
+    Ok(if digest.is_empty() {
+        expected.to_string()
+    } else {
+        digest
+    })
 }

@@ -171,15 +171,22 @@ impl ContainerFlags {
             }
         }
         env.extend(self.env.iter().map(|e| expand_env(e)));
-        let memory_limit = match &self.memory_limit {
-            None => None,
-            Some(s) => Some(crate::output::parse_size(s).filter(|n| *n > 0).ok_or_else(|| {
-                Error::Usage(format!("invalid --memory-limit {s:?} (use bytes or 512m, 1g)"))
-            })?),
-        };
+        let memory_limit =
+            match &self.memory_limit {
+                None => None,
+                Some(s) => Some(crate::output::parse_size(s).filter(|n| *n > 0).ok_or_else(
+                    || {
+                        Error::Usage(format!(
+                            "invalid --memory-limit {s:?} (use bytes or 512m, 1g)"
+                        ))
+                    },
+                )?),
+            };
         if let Some(c) = self.cpus {
             if !(c > 0.0 && c.is_finite()) {
-                return Err(Error::Usage(format!("invalid --cpus {c}: give a positive number")));
+                return Err(Error::Usage(format!(
+                    "invalid --cpus {c}: give a positive number"
+                )));
             }
         }
         let nets: Vec<String> = self
@@ -211,7 +218,11 @@ impl ContainerFlags {
         let mut labels = crate::output::parse_labels(&self.labels);
         labels.insert(
             NETWORKS_LABEL.into(),
-            if nets.is_empty() { "berth".into() } else { nets.join(",") },
+            if nets.is_empty() {
+                "berth".into()
+            } else {
+                nets.join(",")
+            },
         );
         if !self.ports.is_empty() {
             labels.insert(PORTS_LABEL.into(), self.ports.join(","));
@@ -457,10 +468,22 @@ mod tests {
 
     #[test]
     fn ports() {
-        for ok in ["8080:80", "127.0.0.1:8080:80", "8080:80/udp", "[::1]:53:53/udp"] {
+        for ok in [
+            "8080:80",
+            "127.0.0.1:8080:80",
+            "8080:80/udp",
+            "[::1]:53:53/udp",
+        ] {
             assert!(check_port(ok).is_ok(), "{ok}");
         }
-        for bad in ["80", "x:80", "8080:0", "8080:80/icmp", "nope:8080:80", "70000:80"] {
+        for bad in [
+            "80",
+            "x:80",
+            "8080:0",
+            "8080:80/icmp",
+            "nope:8080:80",
+            "70000:80",
+        ] {
             assert!(check_port(bad).is_err(), "{bad}");
         }
     }

@@ -35,15 +35,25 @@ pub struct EventsArgs {
 }
 
 /// Print one event.
-fn print_event(format: Format, seq: Option<u64>, ts: Option<&prost_types::Timestamp>, ns: &str, topic: &str, any: Option<&prost_types::Any>) {
+fn print_event(
+    format: Format,
+    seq: Option<u64>,
+    ts: Option<&prost_types::Timestamp>,
+    ns: &str,
+    topic: &str,
+    any: Option<&prost_types::Any>,
+) {
     let (event, type_url) = match any {
         Some(a) => (crate::events_json::decode(a), a.type_url.clone()),
         None => (None, String::new()),
     };
-    let body = event.clone().unwrap_or_else(|| json!({ "type_url": type_url }));
+    let body = event
+        .clone()
+        .unwrap_or_else(|| json!({ "type_url": type_url }));
     let line = match format {
         Format::Json => {
-            let mut o = json!({ "timestamp": rfc3339(ts), "namespace": ns, "topic": topic, "event": body });
+            let mut o =
+                json!({ "timestamp": rfc3339(ts), "namespace": ns, "topic": topic, "event": body });
             if let Some(s) = seq {
                 o["seq"] = Value::from(s);
             }
@@ -70,8 +80,17 @@ pub async fn run(ctx: &Ctx, a: EventsArgs) -> Result<i32> {
                 .into_inner();
             loop {
                 match stream.message().await {
-                    Ok(Some(e)) => print_event(a.format, None, e.timestamp.as_ref(), &e.namespace, &e.topic, e.event.as_ref()),
-                    Ok(None) => return Err(Error::Unsupported("events: berthd ended the stream".into())),
+                    Ok(Some(e)) => print_event(
+                        a.format,
+                        None,
+                        e.timestamp.as_ref(),
+                        &e.namespace,
+                        &e.topic,
+                        e.event.as_ref(),
+                    ),
+                    Ok(None) => {
+                        return Err(Error::Unsupported("events: berthd ended the stream".into()))
+                    }
                     Err(s) => return Err(Error::rpc("events")(s)),
                 }
             }
@@ -90,8 +109,17 @@ pub async fn run(ctx: &Ctx, a: EventsArgs) -> Result<i32> {
                 .into_inner();
             loop {
                 match stream.message().await {
-                    Ok(Some(e)) => print_event(a.format, Some(e.seq), e.timestamp.as_ref(), &e.namespace, &e.topic, e.event.as_ref()),
-                    Ok(None) => return Err(Error::Unsupported("events: berthd ended the stream".into())),
+                    Ok(Some(e)) => print_event(
+                        a.format,
+                        Some(e.seq),
+                        e.timestamp.as_ref(),
+                        &e.namespace,
+                        &e.topic,
+                        e.event.as_ref(),
+                    ),
+                    Ok(None) => {
+                        return Err(Error::Unsupported("events: berthd ended the stream".into()))
+                    }
                     Err(s) => return Err(Error::rpc(format!("replay events from {from}"))(s)),
                 }
             }

@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use containerd_client::services::v1::{CloseIoRequest, KillRequest, ResizePtyRequest, StartRequest, WaitRequest};
+use containerd_client::services::v1::{
+    CloseIoRequest, KillRequest, ResizePtyRequest, StartRequest, WaitRequest,
+};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::client::Client;
@@ -58,7 +60,11 @@ pub fn open(fifos: &Fifos) -> Result<Attached> {
     }
     Ok(Attached {
         outputs,
-        stdin: if fifos.dir.is_some() { fifos.stdin.clone() } else { String::new() },
+        stdin: if fifos.dir.is_some() {
+            fifos.stdin.clone()
+        } else {
+            String::new()
+        },
     })
 }
 
@@ -242,7 +248,11 @@ pub fn parse_signal(s: &str) -> Result<u32> {
         }
     }
     let up = s.to_ascii_uppercase();
-    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
     name.parse::<nix::sys::signal::Signal>()
         .map(|sig| sig as u32)
         .map_err(|_| Error::Usage(format!("unknown signal {s:?}")))

@@ -28,7 +28,9 @@ pub enum LeasesCmd {
         list: ListOpts,
     },
     /// Create a lease and print its id.
-    #[command(after_help = "Examples:\n  berth leases create\n  berth leases create --id build-1 --expires-in 1h team=ci")]
+    #[command(
+        after_help = "Examples:\n  berth leases create\n  berth leases create --id build-1 --expires-in 1h team=ci"
+    )]
     Create {
         /// The lease id (berthd makes one when empty).
         #[arg(long, default_value = "")]

@@ -4,8 +4,8 @@
 //! need berthd; a verb returns the exit code berth ends with (a container's, for `run`).
 
 pub mod containers;
-pub mod create;
 pub mod content;
+pub mod create;
 pub mod events;
 pub mod exec;
 pub mod images;

@@ -27,7 +27,9 @@ pub enum NamespacesCmd {
         list: ListOpts,
     },
     /// Create a namespace, with optional labels.
-    #[command(after_help = "Examples:\n  berth namespaces create dev\n  berth ns create dev team=infra")]
+    #[command(
+        after_help = "Examples:\n  berth namespaces create dev\n  berth ns create dev team=infra"
+    )]
     Create {
         /// The namespace.
         name: String,
@@ -45,7 +47,9 @@ pub enum NamespacesCmd {
         names: Vec<String>,
     },
     /// Set (or, with an empty value, remove) labels on a namespace.
-    #[command(after_help = "Examples:\n  berth namespaces label dev team=infra\n  berth ns label dev team=")]
+    #[command(
+        after_help = "Examples:\n  berth namespaces label dev team=infra\n  berth ns label dev team="
+    )]
     Label {
         /// The namespace.
         name: String,
@@ -100,7 +104,10 @@ pub async fn run(ctx: &Ctx, cmd: NamespacesCmd) -> Result<i32> {
                     Ok(_) => println!("{name}"),
                     Err(s) => {
                         failed = true;
-                        eprintln!("berth: {}", Error::rpc(format!("remove namespace {name}"))(s));
+                        eprintln!(
+                            "berth: {}",
+                            Error::rpc(format!("remove namespace {name}"))(s)
+                        );
                     }
                 }
             }

@@ -51,14 +51,26 @@ fn load(dir: &Path) -> Result<Vec<(String, PathBuf, Value)>> {
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(rd) => rd.flatten().map(|e| e.path()).collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(Error::Io { what: "read network directory", path: dir.into(), source: e }),
+        Err(e) => {
+            return Err(Error::Io {
+                what: "read network directory",
+                path: dir.into(),
+                source: e,
+            })
+        }
     };
-    files.retain(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("conflist" | "conf" | "json")));
+    files.retain(|p| {
+        matches!(
+            p.extension().and_then(|e| e.to_str()),
+            Some("conflist" | "conf" | "json")
+        )
+    });
     files.sort();
     let mut out = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(&f).map_err(Error::io("read network file", &f))?;
-        let doc: Value = serde_json::from_str(&text).map_err(|e| Error::invalid(f.display().to_string(), e))?;
+        let doc: Value =
+            serde_json::from_str(&text).map_err(|e| Error::invalid(f.display().to_string(), e))?;
         let name = doc["name"].as_str().unwrap_or_default().to_string();
         if !name.is_empty() && !out.iter().any(|(n, _, _)| *n == name) {
             out.push((name, f, doc));
@@ -82,8 +94,15 @@ pub fn run(cmd: &NetworksCmd) -> Result<i32> {
             let mut out = Listing::new(&["NAME", "PLUGINS", "BRIDGE", "SUBNET", "FILE"]);
             for (name, file, doc) in load(conf_dir)? {
                 let ps = plugins(&doc);
-                let types: Vec<String> = ps.iter().filter_map(|p| p["type"].as_str().map(String::from)).collect();
-                let bridge = ps.iter().find_map(|p| p["bridge"].as_str()).unwrap_or("-").to_string();
+                let types: Vec<String> = ps
+                    .iter()
+                    .filter_map(|p| p["type"].as_str().map(String::from))
+                    .collect();
+                let bridge = ps
+                    .iter()
+                    .find_map(|p| p["bridge"].as_str())
+                    .unwrap_or("-")
+                    .to_string();
                 let subnets: Vec<String> = ps
                     .iter()
                     .flat_map(|p| {

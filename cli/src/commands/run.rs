@@ -68,10 +68,14 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
         return Err(Error::Usage("--rm and -d cannot be used together".into()));
     }
     if a.null_io && a.log_uri.is_some() {
-        return Err(Error::Usage("--null-io and --log-uri cannot be used together".into()));
+        return Err(Error::Usage(
+            "--null-io and --log-uri cannot be used together".into(),
+        ));
     }
     if a.container.tty && (a.null_io || a.log_uri.is_some()) {
-        return Err(Error::Usage("-t needs attached stdio (no --null-io or --log-uri)".into()));
+        return Err(Error::Usage(
+            "-t needs attached stdio (no --null-io or --log-uri)".into(),
+        ));
     }
     if let Some(uri) = &a.log_uri {
         Fifos::check_log_uri(uri)?;
@@ -107,7 +111,11 @@ async fn start_task(client: &Client, a: &RunArgs, mounts: Vec<Mount>) -> Result<
     } else {
         Fifos::create(&a.fifo_dir, &a.id, true, tty)?
     };
-    let attached = if a.detach { None } else { Some(exec::open(&fifos)?) };
+    let attached = if a.detach {
+        None
+    } else {
+        Some(exec::open(&fifos)?)
+    };
     let created = create_task(client, &a.id, mounts, &fifos, tty).await;
     if let Err(e) = created {
         fifos.remove();

@@ -22,7 +22,10 @@ use crate::output::{ago, human_size, now_ts, parse_labels, rfc3339, ListOpts, Li
 #[derive(Debug, Subcommand)]
 pub enum SnapshotsCmd {
     /// List snapshots.
-    #[command(visible_alias = "list", after_help = "Examples:\n  berth snapshots ls\n  berth snapshots --snapshotter native ls")]
+    #[command(
+        visible_alias = "list",
+        after_help = "Examples:\n  berth snapshots ls\n  berth snapshots --snapshotter native ls"
+    )]
     Ls {
         #[arg(long, default_value = "overlayfs")]
         snapshotter: String,
@@ -69,7 +72,9 @@ pub enum SnapshotsCmd {
         key: String,
     },
     /// Create an active snapshot (on a parent) and print its mount command.
-    #[command(after_help = "Examples:\n  berth snapshots prepare --target /mnt/x my-key sha256:<chain id>")]
+    #[command(
+        after_help = "Examples:\n  berth snapshots prepare --target /mnt/x my-key sha256:<chain id>"
+    )]
     Prepare {
         #[arg(long, default_value = "overlayfs")]
         snapshotter: String,
@@ -155,7 +160,11 @@ pub async fn run(ctx: &Ctx, cmd: SnapshotsCmd) -> Result<i32> {
     let client = ctx.client().await?;
     let snaps = || client.snapshots();
     match cmd {
-        SnapshotsCmd::Ls { snapshotter, filters, list } => {
+        SnapshotsCmd::Ls {
+            snapshotter,
+            filters,
+            list,
+        } => {
             let mut out = Listing::new(&["KEY", "PARENT", "KIND", "CREATED"]);
             for i in list_all(&client, &snapshotter, filters).await? {
                 out.push(
@@ -176,7 +185,10 @@ pub async fn run(ctx: &Ctx, cmd: SnapshotsCmd) -> Result<i32> {
             let mut failed = false;
             for key in keys {
                 match snaps()
-                    .remove(client.req(RemoveSnapshotRequest { snapshotter: snapshotter.clone(), key: key.clone() }))
+                    .remove(client.req(RemoveSnapshotRequest {
+                        snapshotter: snapshotter.clone(),
+                        key: key.clone(),
+                    }))
                     .await
                 {
                     Ok(_) => println!("{key}"),
@@ -188,22 +200,37 @@ pub async fn run(ctx: &Ctx, cmd: SnapshotsCmd) -> Result<i32> {
             }
             return Ok(i32::from(failed));
         }
-        SnapshotsCmd::Usage { snapshotter, keys, list } => {
+        SnapshotsCmd::Usage {
+            snapshotter,
+            keys,
+            list,
+        } => {
             let keys = if keys.is_empty() {
-                list_all(&client, &snapshotter, Vec::new()).await?.into_iter().map(|i| i.name).collect()
+                list_all(&client, &snapshotter, Vec::new())
+                    .await?
+                    .into_iter()
+                    .map(|i| i.name)
+                    .collect()
             } else {
                 keys
             };
             let mut out = Listing::new(&["KEY", "SIZE", "INODES"]);
             for key in keys {
                 let u = snaps()
-                    .usage(client.req(UsageRequest { snapshotter: snapshotter.clone(), key: key.clone() }))
+                    .usage(client.req(UsageRequest {
+                        snapshotter: snapshotter.clone(),
+                        key: key.clone(),
+                    }))
                     .await
                     .map_err(Error::rpc(format!("usage of snapshot {key}")))?
                     .into_inner();
                 out.push(
                     key.clone(),
-                    vec![key.clone(), human_size(u.size.max(0) as u64), u.inodes.to_string()],
+                    vec![
+                        key.clone(),
+                        human_size(u.size.max(0) as u64),
+                        u.inodes.to_string(),
+                    ],
                     json!({ "key": key, "size": u.size, "inodes": u.inodes }),
                 );
             }
@@ -211,7 +238,10 @@ pub async fn run(ctx: &Ctx, cmd: SnapshotsCmd) -> Result<i32> {
         }
         SnapshotsCmd::Info { snapshotter, key } => {
             let i = snaps()
-                .stat(client.req(StatSnapshotRequest { snapshotter, key: key.clone() }))
+                .stat(client.req(StatSnapshotRequest {
+                    snapshotter,
+                    key: key.clone(),
+                }))
                 .await
                 .map_err(Error::rpc(format!("snapshot {key}")))?
                 .into_inner()
@@ -221,16 +251,29 @@ pub async fn run(ctx: &Ctx, cmd: SnapshotsCmd) -> Result<i32> {
                               "Created": rfc3339(i.created_at.as_ref()), "Updated": rfc3339(i.updated_at.as_ref()) });
             println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         }
-        SnapshotsCmd::Mounts { snapshotter, target, key } => {
+        SnapshotsCmd::Mounts {
+            snapshotter,
+            target,
+            key,
+        } => {
             let mounts = snaps()
-                .mounts(client.req(MountsRequest { snapshotter, key: key.clone() }))
+                .mounts(client.req(MountsRequest {
+                    snapshotter,
+                    key: key.clone(),
+                }))
                 .await
                 .map_err(Error::rpc(format!("mounts of snapshot {key}")))?
                 .into_inner()
                 .mounts;
             print!("{}", mount_commands(&mounts, &target));
         }
-        SnapshotsCmd::Prepare { snapshotter, target, labels, key, parent } => {
+        SnapshotsCmd::Prepare {
+            snapshotter,
+            target,
+            labels,
+            key,
+            parent,
+        } => {
             let mut labels: HashMap<String, String> = parse_labels(&labels);
             labels
                 .entry("containerd.io/gc.root".into())
@@ -251,10 +294,22 @@ pub async fn run(ctx: &Ctx, cmd: SnapshotsCmd) -> Result<i32> {
                 None => println!("{key}"),
             }
         }
-        SnapshotsCmd::Commit { snapshotter, name, key } => {
-            let labels = HashMap::from([("containerd.io/gc.root".to_string(), rfc3339(Some(&now_ts())))]);
+        SnapshotsCmd::Commit {
+            snapshotter,
+            name,
+            key,
+        } => {
+            let labels = HashMap::from([(
+                "containerd.io/gc.root".to_string(),
+                rfc3339(Some(&now_ts())),
+            )]);
             snaps()
-                .commit(client.req(CommitSnapshotRequest { snapshotter, name: name.clone(), key, labels }))
+                .commit(client.req(CommitSnapshotRequest {
+                    snapshotter,
+                    name: name.clone(),
+                    key,
+                    labels,
+                }))
                 .await
                 .map_err(Error::rpc(format!("commit snapshot {name}")))?;
             println!("{name}");
@@ -264,10 +319,19 @@ pub async fn run(ctx: &Ctx, cmd: SnapshotsCmd) -> Result<i32> {
             let mut children: BTreeMap<String, Vec<String>> = BTreeMap::new();
             let names: Vec<String> = all.iter().map(|i| i.name.clone()).collect();
             for i in &all {
-                let parent = if names.contains(&i.parent) { i.parent.clone() } else { String::new() };
+                let parent = if names.contains(&i.parent) {
+                    i.parent.clone()
+                } else {
+                    String::new()
+                };
                 children.entry(parent).or_default().push(i.name.clone());
             }
-            fn walk(node: &str, depth: usize, children: &BTreeMap<String, Vec<String>>, out: &mut String) {
+            fn walk(
+                node: &str,
+                depth: usize,
+                children: &BTreeMap<String, Vec<String>>,
+                out: &mut String,
+            ) {
                 for c in children.get(node).into_iter().flatten() {
                     out.push_str(&format!("{}{c}\n", "  ".repeat(depth)));
                     walk(c, depth + 1, children, out);

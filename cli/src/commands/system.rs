@@ -177,7 +177,11 @@ pub async fn info(ctx: &Ctx, format: Format) -> Result<i32> {
             println!("Address:        {}", client.address().display());
             println!(
                 "Namespaces:     {}",
-                if ns_names.is_empty() { "-".into() } else { ns_names.join(", ") }
+                if ns_names.is_empty() {
+                    "-".into()
+                } else {
+                    ns_names.join(", ")
+                }
             );
             println!("Namespace:      {}", ctx.namespace);
             println!("  Containers:   {}", containers.len());

@@ -13,6 +13,12 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 
+#[cfg(test)]
+mod tests;
+mod user;
+
+pub use user::{needs_lookup, resolve_user, User};
+
 /// containerd's (and Docker's) default capability set.
 pub const DEFAULT_CAPS: [&str; 14] = [
     "CAP_CHOWN",
@@ -64,8 +70,18 @@ impl std::str::FromStr for MountFlag {
                 "type" => kind = v.to_string(),
                 "src" | "source" => source = Some(v.to_string()),
                 "dst" | "destination" | "target" => destination = Some(v.to_string()),
-                "options" => options = v.split(':').filter(|o| !o.is_empty()).map(String::from).collect(),
-                _ => return Err(format!("unknown mount field {k:?} (in {s:?}; use type=, src=, dst=, options=)")),
+                "options" => {
+                    options = v
+                        .split(':')
+                        .filter(|o| !o.is_empty())
+                        .map(String::from)
+                        .collect()
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown mount field {k:?} (in {s:?}; use type=, src=, dst=, options=)"
+                    ))
+                }
             }
         }
         let destination = destination.ok_or_else(|| format!("dst= is missing (in {s:?})"))?;
@@ -91,102 +107,6 @@ impl std::str::FromStr for MountFlag {
             options,
         })
     }
-}
-
-/// The user a container process runs as.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct User {
-    /// uid.
-    pub uid: u32,
-    /// Primary gid.
-    pub gid: u32,
-    /// Supplementary gids.
-    pub additional_gids: Vec<u32>,
-}
-
-/// Whether `user` (a `--user` or image `User` value) needs the image's /etc/passwd or
-/// /etc/group: anything but empty or a numeric `uid:gid`.
-pub fn needs_lookup(user: &str) -> bool {
-    if user.is_empty() {
-        return false;
-    }
-    match user.split_once(':') {
-        Some((u, g)) => u.parse::<u32>().is_err() || g.parse::<u32>().is_err(),
-        None => true,
-    }
-}
-
-/// Resolve `user` (`name`, `uid`, `name:group`, `uid:gid`) against the image's passwd and
-/// group files, as Docker does: a numeric uid missing from passwd gets gid 0; a name must
-/// exist; supplementary groups are those in /etc/group that list the user's name.
-pub fn resolve_user(user: &str, passwd: &str, group: &str) -> Result<User> {
-    if user.is_empty() {
-        return Ok(User::default());
-    }
-    let (u, g) = match user.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (user, None),
-    };
-    let entries: Vec<Vec<&str>> = passwd
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .map(|l| l.split(':').collect())
-        .filter(|f: &Vec<&str>| f.len() >= 4)
-        .collect();
-    let by_name = entries.iter().find(|f| f[0] == u);
-    let numeric = u.parse::<u32>().ok();
-    let entry = by_name.or_else(|| {
-        numeric.and_then(|n| entries.iter().find(|f| f[2].parse::<u32>().ok() == Some(n)))
-    });
-    let (uid, mut gid, name) = match (entry, numeric) {
-        (Some(f), _) => (
-            f[2].parse::<u32>().unwrap_or(0),
-            f[3].parse::<u32>().unwrap_or(0),
-            Some(f[0]),
-        ),
-        (None, Some(n)) => (n, 0, None),
-        (None, None) => {
-            return Err(Error::Usage(format!(
-                "user {u:?} is not in the image's /etc/passwd"
-            )))
-        }
-    };
-    let groups: Vec<Vec<&str>> = group
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .map(|l| l.split(':').collect())
-        .filter(|f: &Vec<&str>| f.len() >= 3)
-        .collect();
-    if let Some(g) = g {
-        gid = match g.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => groups
-                .iter()
-                .find(|f| f[0] == g)
-                .and_then(|f| f[2].parse::<u32>().ok())
-                .ok_or_else(|| {
-                    Error::Usage(format!("group {g:?} is not in the image's /etc/group"))
-                })?,
-        };
-    }
-    let mut additional_gids = Vec::new();
-    if let Some(name) = name {
-        for f in &groups {
-            let members = f.get(3).copied().unwrap_or("");
-            if members.split(',').any(|m| m == name) {
-                if let Ok(n) = f[2].parse::<u32>() {
-                    if n != gid && !additional_gids.contains(&n) {
-                        additional_gids.push(n);
-                    }
-                }
-            }
-        }
-    }
-    Ok(User {
-        uid,
-        gid,
-        additional_gids,
-    })
 }
 
 /// Everything the flags say about the spec.
@@ -232,7 +152,11 @@ pub struct SpecFlags {
 pub fn process_args(image_config: &Value, args: &[String]) -> Result<Vec<String>> {
     let strings = |v: &Value| -> Vec<String> {
         v.as_array()
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let mut out = strings(&image_config["Entrypoint"]);
@@ -263,13 +187,20 @@ pub fn merge_env(lists: &[&[String]]) -> Vec<String> {
             values.insert(key, kv.clone());
         }
     }
-    order.into_iter().filter_map(|k| values.remove(&k)).collect()
+    order
+        .into_iter()
+        .filter_map(|k| values.remove(&k))
+        .collect()
 }
 
 /// Normalise a capability name to `CAP_X`.
 fn cap_name(name: &str) -> Result<String> {
     let up = name.to_ascii_uppercase();
-    let full = if up.starts_with("CAP_") { up } else { format!("CAP_{up}") };
+    let full = if up.starts_with("CAP_") {
+        up
+    } else {
+        format!("CAP_{up}")
+    };
     if full == "CAP_ALL" || berth_oci::caps::number(&full).is_some() {
         Ok(full)
     } else {
@@ -292,7 +223,9 @@ fn grantable() -> Vec<String> {
     match bounding {
         Some(mask) => all
             .into_iter()
-            .filter(|n| berth_oci::caps::number(n).is_some_and(|b| b < 64 && mask & (1u64 << b) != 0))
+            .filter(|n| {
+                berth_oci::caps::number(n).is_some_and(|b| b < 64 && mask & (1u64 << b) != 0)
+            })
             .collect(),
         None => all,
     }
@@ -332,7 +265,11 @@ pub fn build(image_config: &Value, f: &SpecFlags) -> Result<Value> {
     let args = process_args(image_config, &f.args)?;
     let image_env: Vec<String> = image_config["Env"]
         .as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     let mut base = vec![DEFAULT_PATH.to_string()];
     if f.tty {
@@ -370,8 +307,10 @@ pub fn build(image_config: &Value, f: &SpecFlags) -> Result<Value> {
     spec["hostname"] = json!(hostname);
 
     let mut mounts = spec["mounts"].as_array().cloned().unwrap_or_default();
-    mounts.push(json!({"destination": "/run", "type": "tmpfs", "source": "tmpfs",
-        "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}));
+    mounts.push(
+        json!({"destination": "/run", "type": "tmpfs", "source": "tmpfs",
+        "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+    );
     if f.privileged {
         for m in mounts.iter_mut() {
             if m["type"] == "sysfs" || m["type"] == "cgroup" {
@@ -442,7 +381,10 @@ fn host_devices() -> Vec<Value> {
             let ft = meta.file_type();
             if ft.is_dir() {
                 let name = e.file_name();
-                if !matches!(name.to_str(), Some("pts" | "shm" | "fd" | "mqueue" | ".lxc" | ".udev")) {
+                if !matches!(
+                    name.to_str(),
+                    Some("pts" | "shm" | "fd" | "mqueue" | ".lxc" | ".udev")
+                ) {
                     dirs.push(path);
                 }
                 continue;
@@ -466,114 +408,4 @@ fn host_devices() -> Vec<Value> {
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn flags() -> SpecFlags {
-        SpecFlags {
-            id: "web".into(),
-            namespace: "default".into(),
-            pids_limit: DEFAULT_PIDS_LIMIT,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn the_default_is_locked_down() {
-        let cfg = json!({"Cmd": ["sh"], "Env": ["PATH=/bin", "A=1"]});
-        let s = build(&cfg, &flags()).expect("spec");
-        assert_eq!(s["process"]["args"], json!(["sh"]));
-        assert_eq!(s["process"]["env"], json!(["PATH=/bin", "A=1"]));
-        assert_eq!(s["process"]["noNewPrivileges"], json!(true));
-        assert_eq!(s["process"]["terminal"], json!(false));
-        let caps = s["process"]["capabilities"]["bounding"].as_array().expect("caps");
-        assert_eq!(caps.len(), 14);
-        assert!(!caps.contains(&json!("CAP_SYS_ADMIN")));
-        assert_eq!(s["linux"]["cgroupsPath"], json!("/default/web"));
-        assert_eq!(s["linux"]["resources"]["pids"]["limit"], json!(4096));
-        assert!(s["linux"]["seccomp"]["syscalls"].is_array());
-        assert!(s["linux"]["maskedPaths"].as_array().expect("masked").contains(&json!("/proc/kcore")));
-        assert!(s["linux"]["readonlyPaths"].as_array().expect("ro").contains(&json!("/proc/sys")));
-        assert_eq!(s["root"]["readonly"], json!(false));
-        assert_eq!(s["hostname"], json!("web"));
-        let ns: Vec<_> = s["linux"]["namespaces"].as_array().expect("ns").iter().map(|n| n["type"].clone()).collect();
-        assert!(ns.contains(&json!("network")));
-    }
-
-    #[test]
-    fn flags_relax_it() {
-        let cfg = json!({"Entrypoint": ["/bin/app"], "Cmd": ["--default"], "WorkingDir": "/srv"});
-        let mut f = flags();
-        f.args = vec!["--x".into()];
-        f.privileged = true;
-        f.read_only = true;
-        f.host_network = true;
-        f.tty = true;
-        f.cap_drop = vec!["net_raw".into()];
-        f.memory_limit = Some(1 << 20);
-        f.cpus = Some(0.5);
-        f.env = vec!["A=2".into()];
-        let s = build(&cfg, &f).expect("spec");
-        assert_eq!(s["process"]["args"], json!(["/bin/app", "--x"]));
-        assert_eq!(s["process"]["cwd"], json!("/srv"));
-        assert_eq!(s["process"]["noNewPrivileges"], json!(false));
-        assert!(s["linux"]["seccomp"].is_null());
-        assert_eq!(s["linux"]["maskedPaths"], json!([]));
-        let caps = s["process"]["capabilities"]["bounding"].as_array().expect("caps");
-        assert!(caps.contains(&json!("CAP_SYS_ADMIN")));
-        assert!(!caps.contains(&json!("CAP_NET_RAW")));
-        assert_eq!(s["root"]["readonly"], json!(true));
-        assert_eq!(s["linux"]["resources"]["memory"]["limit"], json!(1 << 20));
-        assert_eq!(s["linux"]["resources"]["cpu"]["quota"], json!(50000));
-        assert!(s["process"]["env"].as_array().expect("env").contains(&json!("TERM=xterm")));
-        let ns: Vec<_> = s["linux"]["namespaces"].as_array().expect("ns").iter().map(|n| n["type"].clone()).collect();
-        assert!(!ns.contains(&json!("network")));
-    }
-
-    #[test]
-    fn no_command_is_an_error() {
-        assert!(build(&json!({}), &flags()).is_err());
-    }
-
-    #[test]
-    fn mount_flags() {
-        let m: MountFlag = "type=bind,src=/a,dst=/b,options=ro".parse().expect("mount");
-        assert_eq!(m.options, vec!["ro", "rbind"]);
-        let m: MountFlag = "src=/a,dst=/b".parse().expect("mount");
-        assert_eq!(m.options, vec!["rbind", "rw"]);
-        assert!("src=/a".parse::<MountFlag>().is_err());
-        assert!("src=a,dst=/b".parse::<MountFlag>().is_err());
-        assert!("src=/a,dst=b".parse::<MountFlag>().is_err());
-        assert!("bogus".parse::<MountFlag>().is_err());
-        assert!("src=/a,dst=/b,color=red".parse::<MountFlag>().is_err());
-    }
-
-    #[test]
-    fn users() {
-        let passwd = "root:x:0:0::/root:/bin/sh\nwww:x:33:44::/var/www:/bin/false\n";
-        let group = "root:x:0:\nstaff:x:50:www,bob\nwww:x:44:\n";
-        assert_eq!(resolve_user("", passwd, group).expect("root"), User::default());
-        let u = resolve_user("www", passwd, group).expect("www");
-        assert_eq!((u.uid, u.gid, u.additional_gids), (33, 44, vec![50]));
-        let u = resolve_user("1000", passwd, group).expect("numeric");
-        assert_eq!((u.uid, u.gid), (1000, 0));
-        let u = resolve_user("www:staff", passwd, group).expect("group");
-        assert_eq!(u.gid, 50);
-        assert!(resolve_user("nobody", passwd, group).is_err());
-        assert!(resolve_user("www:nogroup", passwd, group).is_err());
-        assert!(needs_lookup("www"));
-        assert!(needs_lookup("1000"));
-        assert!(!needs_lookup("1000:1000"));
-        assert!(!needs_lookup(""));
-    }
-
-    #[test]
-    fn env_merging() {
-        let a = vec!["PATH=/bin".to_string(), "A=1".into()];
-        let b = vec!["A=2".to_string(), "B=3".into()];
-        assert_eq!(merge_env(&[&a, &b]), vec!["PATH=/bin", "A=2", "B=3"]);
-    }
 }

@@ -8,20 +8,24 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use containerd_client::services::v1::snapshots::MountsRequest;
 use containerd_client::services::v1::{
-    DeleteProcessRequest, DeleteTaskRequest, ExecProcessRequest, GetRequest, KillRequest,
-    ListPidsRequest, ListTasksRequest, MetricsRequest, PauseTaskRequest, ResumeTaskRequest,
-    WaitRequest,
+    DeleteTaskRequest, GetRequest, KillRequest, ListPidsRequest, ListTasksRequest,
+    PauseTaskRequest, ResumeTaskRequest, WaitRequest,
 };
 use containerd_client::types::v1::Process;
-use prost::Message;
 use serde_json::{json, Value};
 
 use super::exec::{self, attach_and_wait, describe, exit_code, parse_signal, Target};
 use super::{check_identifier, Ctx};
 use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::output::{human_size, ListOpts, Listing};
+use crate::output::{ListOpts, Listing};
 use crate::stdio::{Fifos, DEFAULT_FIFO_DIR};
+
+mod exec_process;
+mod metrics;
+
+use exec_process::{exec, ExecOpts};
+use metrics::metrics;
 
 /// Task status names by their enum value.
 pub fn status_name(s: i32) -> &'static str {
@@ -39,7 +43,9 @@ pub fn status_name(s: i32) -> &'static str {
 #[derive(Debug, Subcommand)]
 pub enum TasksCmd {
     /// Start a container's task (created with `containers create`) and attach to it.
-    #[command(after_help = "Examples:\n  berth tasks start web\n  berth tasks start -d web\n  berth t start -t shell")]
+    #[command(
+        after_help = "Examples:\n  berth tasks start web\n  berth tasks start -d web\n  berth t start -t shell"
+    )]
     Start {
         /// Return once it runs (no output shown).
         #[arg(short = 'd', long)]
@@ -66,7 +72,9 @@ pub enum TasksCmd {
         list: ListOpts,
     },
     /// Send a signal to a task (default: the image's stop signal, else SIGTERM).
-    #[command(after_help = "Examples:\n  berth tasks kill web\n  berth tasks kill -s SIGKILL --all web\n  berth t kill -s HUP --exec-id sh1 web")]
+    #[command(
+        after_help = "Examples:\n  berth tasks kill web\n  berth tasks kill -s SIGKILL --all web\n  berth t kill -s HUP --exec-id sh1 web"
+    )]
     Kill {
         /// Signal name or number.
         #[arg(short, long, value_parser = signal_arg)]
@@ -134,7 +142,9 @@ pub enum TasksCmd {
         id: String,
     },
     /// Print a task's cgroup statistics.
-    #[command(after_help = "Examples:\n  berth tasks metrics web\n  berth t metrics web --format json")]
+    #[command(
+        after_help = "Examples:\n  berth tasks metrics web\n  berth t metrics web --format json"
+    )]
     Metrics {
         /// Output format.
         #[arg(long, value_enum, default_value_t = crate::output::Format::Table)]
@@ -214,7 +224,11 @@ pub async fn run(ctx: &Ctx, cmd: TasksCmd) -> Result<i32> {
             all.sort_by(|a, b| a.id.cmp(&b.id));
             let mut out = Listing::new(&["TASK", "PID", "STATUS"]);
             for t in all {
-                let id = if t.id.is_empty() { t.container_id.clone() } else { t.id.clone() };
+                let id = if t.id.is_empty() {
+                    t.container_id.clone()
+                } else {
+                    t.id.clone()
+                };
                 out.push(
                     id.clone(),
                     vec![id.clone(), t.pid.to_string(), status_name(t.status).into()],
@@ -255,7 +269,10 @@ pub async fn run(ctx: &Ctx, cmd: TasksCmd) -> Result<i32> {
                 .await
                 .map_err(Error::rpc(format!(
                     "signal {}",
-                    describe(&Target { container: id, exec_id })
+                    describe(&Target {
+                        container: id,
+                        exec_id
+                    })
                 )))?;
             Ok(0)
         }
@@ -270,8 +287,16 @@ pub async fn run(ctx: &Ctx, cmd: TasksCmd) -> Result<i32> {
                 .processes;
             let mut out = Listing::new(&["PID", "INFO"]);
             for p in procs {
-                let info = p.info.as_ref().map(|a| a.type_url.clone()).unwrap_or_else(|| "-".into());
-                out.push(p.pid.to_string(), vec![p.pid.to_string(), info.clone()], json!({ "pid": p.pid, "info": info }));
+                let info = p
+                    .info
+                    .as_ref()
+                    .map(|a| a.type_url.clone())
+                    .unwrap_or_else(|| "-".into());
+                out.push(
+                    p.pid.to_string(),
+                    vec![p.pid.to_string(), info.clone()],
+                    json!({ "pid": p.pid, "info": info }),
+                );
             }
             out.print(&list);
             Ok(0)
@@ -287,21 +312,33 @@ pub async fn run(ctx: &Ctx, cmd: TasksCmd) -> Result<i32> {
             id,
             args,
         } => {
-            let exec_id = exec_id.unwrap_or_else(|| format!("exec-{}", crate::image::unique_suffix()));
+            let exec_id =
+                exec_id.unwrap_or_else(|| format!("exec-{}", crate::image::unique_suffix()));
             check_identifier("exec id", &exec_id)?;
-            let opts = ExecOpts { tty, detach, cwd, user, env, fifo_dir };
+            let opts = ExecOpts {
+                tty,
+                detach,
+                cwd,
+                user,
+                env,
+                fifo_dir,
+            };
             exec(&client, &id, &exec_id, args, opts).await
         }
         TasksCmd::Pause { id } => {
             tasks()
-                .pause(client.req(PauseTaskRequest { container_id: id.clone() }))
+                .pause(client.req(PauseTaskRequest {
+                    container_id: id.clone(),
+                }))
                 .await
                 .map_err(Error::rpc(format!("pause {id}")))?;
             Ok(0)
         }
         TasksCmd::Resume { id } => {
             tasks()
-                .resume(client.req(ResumeTaskRequest { container_id: id.clone() }))
+                .resume(client.req(ResumeTaskRequest {
+                    container_id: id.clone(),
+                }))
                 .await
                 .map_err(Error::rpc(format!("resume {id}")))?;
             Ok(0)
@@ -326,12 +363,17 @@ pub async fn run(ctx: &Ctx, cmd: TasksCmd) -> Result<i32> {
                 return Err(Error::Usage(format!("task {id} has no stdio to attach to")));
             }
             let fifos = Fifos {
-                dir: std::path::Path::new(&p.stdout).parent().map(|d| d.to_path_buf()),
+                dir: std::path::Path::new(&p.stdout)
+                    .parent()
+                    .map(|d| d.to_path_buf()),
                 stdin: p.stdin.clone(),
                 stdout: p.stdout.clone(),
                 stderr: p.stderr.clone(),
             };
-            let target = Target { container: id, exec_id: String::new() };
+            let target = Target {
+                container: id,
+                exec_id: String::new(),
+            };
             let status = attach_and_wait(&client, &target, &fifos, p.terminal, false).await?;
             Ok(exit_code(status))
         }
@@ -342,7 +384,13 @@ pub async fn run(ctx: &Ctx, cmd: TasksCmd) -> Result<i32> {
                     exec_id: exec_id.clone(),
                 }))
                 .await
-                .map_err(Error::rpc(format!("wait for {}", describe(&Target { container: id, exec_id }))))?
+                .map_err(Error::rpc(format!(
+                    "wait for {}",
+                    describe(&Target {
+                        container: id,
+                        exec_id
+                    })
+                )))?
                 .into_inner();
             println!("{}", r.exit_status);
             Ok(exit_code(r.exit_status))
@@ -392,7 +440,10 @@ async fn start(
         fifos.remove();
         return Err(e);
     }
-    let target = Target { container: id.to_string(), exec_id: String::new() };
+    let target = Target {
+        container: id.to_string(),
+        exec_id: String::new(),
+    };
     if detach || fifos.dir.is_none() {
         client
             .tasks()
@@ -406,97 +457,6 @@ async fn start(
     }
     let status = exec::wait(client, &target, attached, tty, true).await?;
     Ok(exit_code(status))
-}
-
-/// Flags of `tasks exec`.
-struct ExecOpts {
-    tty: bool,
-    detach: bool,
-    cwd: Option<String>,
-    user: Option<String>,
-    env: Vec<String>,
-    fifo_dir: PathBuf,
-}
-
-/// `tasks exec`: the container's process spec with these args, attached unless detached.
-async fn exec(client: &Client, id: &str, exec_id: &str, args: Vec<String>, o: ExecOpts) -> Result<i32> {
-    let c = super::containers::get(client, id).await?;
-    let spec: Value = c
-        .spec
-        .as_ref()
-        .and_then(|s| serde_json::from_slice(&s.value).ok())
-        .ok_or_else(|| Error::invalid(format!("container {id}"), "its spec is not OCI JSON"))?;
-    let mut process = spec["process"].clone();
-    process["args"] = json!(args);
-    process["terminal"] = json!(o.tty);
-    if let Some(cwd) = o.cwd {
-        process["cwd"] = json!(cwd);
-    }
-    if let Some(u) = o.user {
-        let (uid, gid) = match u.split_once(':') {
-            Some((a, b)) => (a.parse::<u32>(), b.parse::<u32>()),
-            None => (u.parse::<u32>(), Ok(0)),
-        };
-        match (uid, gid) {
-            (Ok(uid), Ok(gid)) => process["user"] = json!({ "uid": uid, "gid": gid }),
-            _ => return Err(Error::Usage(format!("invalid --user {u:?}: give uid or uid:gid"))),
-        }
-    }
-    let env: Vec<String> = process["env"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
-        .unwrap_or_default();
-    process["env"] = json!(crate::spec::merge_env(&[&env, &o.env]));
-    let fifos = if o.detach {
-        Fifos::null()
-    } else {
-        Fifos::create(&o.fifo_dir, exec_id, true, o.tty)?
-    };
-    let body = serde_json::to_vec(&process).map_err(|e| Error::invalid("process spec", e))?;
-    let attached = exec::open(&fifos)?;
-    let target = Target { container: id.to_string(), exec_id: exec_id.to_string() };
-    let added = client
-        .tasks()
-        .exec(client.req(ExecProcessRequest {
-            container_id: id.to_string(),
-            exec_id: exec_id.to_string(),
-            stdin: fifos.stdin.clone(),
-            stdout: fifos.stdout.clone(),
-            stderr: fifos.stderr.clone(),
-            terminal: o.tty,
-            spec: Some(prost_types::Any {
-                type_url: berth_proto::PROCESS_TYPE_URL.into(),
-                value: body,
-            }),
-        }))
-        .await
-        .map_err(Error::rpc(format!("add {}", describe(&target))));
-    if let Err(e) = added {
-        fifos.remove();
-        return Err(e);
-    }
-    if o.detach {
-        client
-            .tasks()
-            .start(client.req(containerd_client::services::v1::StartRequest {
-                container_id: id.to_string(),
-                exec_id: exec_id.to_string(),
-            }))
-            .await
-            .map_err(Error::rpc(format!("start {}", describe(&target))))?;
-        println!("{exec_id}");
-        return Ok(0);
-    }
-    let status = exec::wait(client, &target, attached, o.tty, true).await;
-    let _ = client
-        .tasks()
-        .delete_process(client.req(DeleteProcessRequest {
-            container_id: id.to_string(),
-            exec_id: exec_id.to_string(),
-        }))
-        .await;
-    fifos.remove();
-    Ok(exit_code(status?))
 }
 
 /// Delete a stopped task (kill it first with `force`); returns its exit status.
@@ -513,59 +473,12 @@ async fn remove_task(client: &Client, id: &str, force: bool) -> Result<u32> {
     }
     let r = client
         .tasks()
-        .delete(client.req(DeleteTaskRequest { container_id: id.to_string() }))
+        .delete(client.req(DeleteTaskRequest {
+            container_id: id.to_string(),
+        }))
         .await
         .map_err(Error::rpc(format!("delete the task of {id}")))?
         .into_inner();
     crate::stdio::remove_paths(&[&p.stdin, &p.stdout, &p.stderr]);
     Ok(r.exit_status)
-}
-
-/// `tasks metrics`: the cgroup v1 metrics berth-shim reports.
-async fn metrics(client: &Client, id: &str, format: crate::output::Format) -> Result<i32> {
-    let metrics = client
-        .tasks()
-        .metrics(client.req(MetricsRequest { filters: vec![format!("id=={id}")] }))
-        .await
-        .map_err(Error::rpc(format!("metrics of {id}")))?
-        .into_inner()
-        .metrics;
-    let data = metrics
-        .first()
-        .and_then(|m| m.data.as_ref())
-        .ok_or_else(|| Error::invalid(format!("metrics of {id}"), "berthd returned none"))?;
-    if data.type_url != "io.containerd.cgroups.v1.Metrics" {
-        return Err(Error::Unsupported(format!(
-            "metrics of {id}: type {} is not supported",
-            data.type_url
-        )));
-    }
-    let m = berth_proto::cgroups::Metrics::decode(data.value.as_slice())
-        .map_err(|e| Error::invalid(format!("metrics of {id}"), e))?;
-    let mem = m.memory.unwrap_or_default();
-    let usage = mem.usage.unwrap_or_default();
-    let cpu = m.cpu.unwrap_or_default().usage.unwrap_or_default();
-    let pids = m.pids.unwrap_or_default();
-    let doc = json!({
-        "memory": { "usage": usage.usage, "limit": usage.limit, "max": usage.max, "rss": mem.total_rss, "cache": mem.total_cache },
-        "cpu": { "total_ns": cpu.total, "user_ns": cpu.user, "kernel_ns": cpu.kernel },
-        "pids": { "current": pids.current, "limit": pids.limit },
-    });
-    match format {
-        crate::output::Format::Json => println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default()),
-        crate::output::Format::Table => {
-            let limit = |n: u64| if n == 0 || n >= (1 << 62) { "unlimited".to_string() } else { human_size(n) };
-            println!("METRIC          VALUE");
-            println!("memory.usage    {}", human_size(usage.usage));
-            println!("memory.limit    {}", limit(usage.limit));
-            println!("memory.max      {}", human_size(usage.max));
-            println!("cpu.total       {:.3}s", cpu.total as f64 / 1e9);
-            println!("cpu.user        {:.3}s", cpu.user as f64 / 1e9);
-            println!("cpu.kernel      {:.3}s", cpu.kernel as f64 / 1e9);
-            let plimit = if pids.limit == 0 { "unlimited".to_string() } else { pids.limit.to_string() };
-            println!("pids.current    {}", pids.current);
-            println!("pids.limit      {plimit}");
-        }
-    }
-    Ok(0)
 }
