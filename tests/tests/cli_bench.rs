@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use berth_tests::cli_fixture::{text, CliFixture, BUSYBOX};
 use berth_tests::containerd::Containerd;
-use berth_tests::oci_layout::busybox_layout;
 
 /// CPU seconds (user + system) of the children this process has waited for.
 fn children_cpu() -> Duration {
