@@ -5,7 +5,6 @@
 //! This module only draws; it must never decide whether a transfer succeeded.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use containerd_client::types::transfer::Progress;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -50,6 +49,15 @@ impl Display {
         }
         let bar = self.items.entry(p.name.clone()).or_insert_with(|| {
             let bar = multi.add(ProgressBar::new(0));
+            // Until a size is known (or for the image itself): name and event only.
+            bar.set_style(
+                ProgressStyle::with_template("{prefix:30!} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.set_prefix(short_name(&p.name));
+            bar
+        });
+        if p.total > 0 && bar.length() != Some(p.total as u64) {
             bar.set_style(
                 ProgressStyle::with_template(
                     "{prefix:30!} {msg:12} [{bar:30}] {bytes:>10}/{total_bytes:10} {bytes_per_sec:>12}",
@@ -57,11 +65,6 @@ impl Display {
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
             );
-            bar.set_prefix(short_name(&p.name));
-            bar.enable_steady_tick(Duration::from_millis(200));
-            bar
-        });
-        if p.total > 0 {
             bar.set_length(p.total as u64);
         }
         if p.progress > 0 {
