@@ -430,3 +430,53 @@ fn containers_create_then_tasks_start_info_and_label() {
     assert!(containers(&f).is_empty());
     f.fx.guard.assert_clean();
 }
+
+#[test]
+fn pause_resume_metrics_and_attach_to_a_detached_task() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let f = CliFixture::new("cli-attach");
+    f.seed_busybox();
+    f.ok(&[
+        "run",
+        "-d",
+        "--net",
+        "none",
+        BUSYBOX,
+        "att",
+        "sh",
+        "-c",
+        "read line; echo got $line; exit 6",
+    ]);
+    f.ok(&["tasks", "pause", "att"]);
+    assert!(f.ok(&["tasks", "ls"]).contains("PAUSED"));
+    f.ok(&["tasks", "resume", "att"]);
+    assert!(f.ok(&["tasks", "ls"]).contains("RUNNING"));
+    let m: serde_json::Value =
+        serde_json::from_str(&f.ok(&["tasks", "metrics", "--format", "json", "att"]))
+            .expect("json");
+    assert_eq!(m["pids"]["limit"], 4096, "{m}");
+    assert!(m["pids"]["current"].as_u64().unwrap_or(0) >= 1, "{m}");
+    // Attach: our stdin goes in, the output comes back, and so does the exit code.
+    let mut child = f
+        .berth()
+        .args(["tasks", "attach", "att"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn attach");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(b"hello\n").expect("write");
+    }
+    let out = wait_output(child, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(6), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "got hello\n");
+    f.ok(&["rm", "att"]);
+    assert!(containers(&f).is_empty());
+    assert!(fifo_dirs(&f).is_empty());
+    f.fx.guard.assert_clean();
+}
