@@ -58,7 +58,7 @@ pub struct Cli {
     /// Time limit of each request to berthd (e.g. 10s, 500ms, 2m); 0 or unset: none.
     #[arg(long, global = true, value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
-    /// Print what berth sends and receives to stderr.
+    /// Print every request berth sends to berthd on stderr.
     #[arg(long, global = true)]
     pub debug: bool,
     #[command(subcommand)]

@@ -35,6 +35,7 @@ pub struct Client {
     timeout: Option<Duration>,
     lease: Option<String>,
     address: PathBuf,
+    debug: bool,
 }
 
 impl Client {
@@ -72,12 +73,18 @@ impl Client {
             timeout,
             lease: None,
             address: address.to_path_buf(),
+            debug: false,
         })
     }
 
     /// The socket path.
     pub fn address(&self) -> &Path {
         &self.address
+    }
+
+    /// Print every request to stderr (`--debug`).
+    pub fn set_debug(&mut self, on: bool) {
+        self.debug = on;
     }
 
     /// A copy of this client whose calls carry `containerd-lease: <lease>`.
@@ -88,7 +95,7 @@ impl Client {
     }
 
     /// A request with the namespace (and lease) headers and the unary timeout.
-    pub fn req<T>(&self, msg: T) -> tonic::Request<T> {
+    pub fn req<T: std::fmt::Debug>(&self, msg: T) -> tonic::Request<T> {
         let mut r = self.stream_req(msg);
         if let Some(t) = self.timeout {
             r.set_timeout(t);
@@ -97,7 +104,26 @@ impl Client {
     }
 
     /// A request for a long-lived call (streams, Wait, Transfer): headers but no timeout.
-    pub fn stream_req<T>(&self, msg: T) -> tonic::Request<T> {
+    pub fn stream_req<T: std::fmt::Debug>(&self, msg: T) -> tonic::Request<T> {
+        if self.debug {
+            let name = std::any::type_name::<T>()
+                .rsplit("::")
+                .next()
+                .unwrap_or("?");
+            let mut text = format!("{msg:?}");
+            if text.len() > 2000 {
+                text.truncate(2000);
+                text.push_str("...");
+            }
+            eprintln!(
+                "berth: -> {name} (namespace {}{}) {text}",
+                self.namespace,
+                self.lease
+                    .as_deref()
+                    .map(|l| format!(", lease {l}"))
+                    .unwrap_or_default()
+            );
+        }
         let mut r = tonic::Request::new(msg);
         if let Ok(v) = MetadataValue::try_from(self.namespace.as_str()) {
             r.metadata_mut().insert("containerd-namespace", v);

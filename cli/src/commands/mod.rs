@@ -42,7 +42,8 @@ pub struct Ctx {
 impl Ctx {
     /// Connect to berthd.
     pub async fn client(&self) -> Result<Client> {
-        let c = Client::connect(&self.address, &self.namespace, self.timeout).await?;
+        let mut c = Client::connect(&self.address, &self.namespace, self.timeout).await?;
+        c.set_debug(self.debug);
         if self.debug {
             eprintln!(
                 "berth: connected to {} (namespace {})",
