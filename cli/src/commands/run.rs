@@ -44,6 +44,9 @@ pub struct RunArgs {
     /// Start the container and return at once (no output is shown).
     #[arg(short = 'd', long)]
     pub detach: bool,
+    /// Keep stdin attached: always so (as ctr); accepted for Docker habits (`-it`).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
     /// Give the container no stdin, stdout or stderr.
     #[arg(long)]
     pub null_io: bool,

@@ -111,6 +111,9 @@ pub enum TasksCmd {
         /// Start it and return (no output shown).
         #[arg(short = 'd', long)]
         detach: bool,
+        /// Keep stdin attached: always so; accepted for Docker habits (`-it`).
+        #[arg(short = 'i', long)]
+        interactive: bool,
         /// Working directory.
         #[arg(long)]
         cwd: Option<String>,
@@ -305,6 +308,7 @@ pub async fn run(ctx: &Ctx, cmd: TasksCmd) -> Result<i32> {
             exec_id,
             tty,
             detach,
+            interactive: _,
             cwd,
             user,
             env,
