@@ -166,16 +166,18 @@ impl Output {
             .map_err(Error::io("open output FIFO", path))?;
         let task = tokio::spawn(async move {
             let mut buf = vec![0u8; 64 * 1024];
+            // When berth's own output goes away (`berth run ... | head -1`), keep draining: a
+            // full FIFO would block the container forever.
+            let mut sink_ok = true;
             loop {
                 use tokio::io::AsyncReadExt;
                 match rx.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if out.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                        let _ = out.flush().await;
+                    Ok(n) if sink_ok => {
+                        sink_ok =
+                            out.write_all(&buf[..n]).await.is_ok() && out.flush().await.is_ok();
                     }
+                    Ok(_) => {}
                 }
             }
             let _ = out.flush().await;
