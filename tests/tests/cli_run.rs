@@ -480,3 +480,42 @@ fn pause_resume_metrics_and_attach_to_a_detached_task() {
     assert!(fifo_dirs(&f).is_empty());
     f.fx.guard.assert_clean();
 }
+
+#[test]
+fn a_reader_that_goes_away_does_not_block_the_container() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let f = CliFixture::new("cli-run-pipe");
+    f.seed_busybox();
+    // As `berth run ... | head -c 4`: berth's stdout closes early; the container still ends.
+    let mut child = f
+        .berth()
+        .args([
+            "run",
+            "--rm",
+            "--net",
+            "none",
+            BUSYBOX,
+            "yes1",
+            "sh",
+            "-c",
+            "yes | head -c 2000000; exit 3",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn berth");
+    {
+        use std::io::Read;
+        let mut out = child.stdout.take().expect("stdout");
+        let mut first = [0u8; 4];
+        out.read_exact(&mut first).expect("read");
+        assert_eq!(&first, b"y\ny\n");
+    } // the read end is closed here
+    let out = wait_output(child, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
+    assert!(containers(&f).is_empty());
+    f.fx.guard.assert_clean();
+}
