@@ -36,6 +36,7 @@ pub struct Client {
     lease: Option<String>,
     address: PathBuf,
     debug: bool,
+    started: std::time::Instant,
 }
 
 impl Client {
@@ -74,6 +75,7 @@ impl Client {
             lease: None,
             address: address.to_path_buf(),
             debug: false,
+            started: std::time::Instant::now(),
         })
     }
 
@@ -116,7 +118,8 @@ impl Client {
                 text.push_str("...");
             }
             eprintln!(
-                "berth: -> {name} (namespace {}{}) {text}",
+                "berth: {:8.2} ms -> {name} (namespace {}{}) {text}",
+                self.started.elapsed().as_secs_f64() * 1000.0,
                 self.namespace,
                 self.lease
                     .as_deref()

@@ -103,7 +103,8 @@ pub async fn run(ctx: &Ctx, cmd: ContainersCmd) -> Result<i32> {
                 container.plain_http,
             )
             .await?;
-            super::create::create_container(&client, &img, &id, prepared).await?;
+            let (_, lease) = super::create::create_container(&client, &img, &id, prepared).await?;
+            let _ = lease.await;
             println!("{id}");
             Ok(0)
         }
@@ -259,25 +260,40 @@ pub async fn remove(client: &Client, id: &str, force: bool) -> Result<()> {
         Err(s) if s.code() == tonic::Code::NotFound => {}
         Err(s) => return Err(Error::rpc(format!("get the task of {id}"))(s)),
     }
-    if !c.snapshot_key.is_empty() {
+    remove_record(client, id, &c.snapshotter, &c.snapshot_key).await
+}
+
+/// Remove the snapshot `key` and the record of container `id` (its task is gone already).
+pub async fn remove_record(client: &Client, id: &str, snapshotter: &str, key: &str) -> Result<()> {
+    // The snapshot and the record go together (ctr removes the snapshot first; berthd needs
+    // no order, and doing both at once saves a metadata commit's wait).
+    let snapshot = async {
+        if key.is_empty() {
+            return Ok(());
+        }
         match client
             .snapshots()
             .remove(client.req(RemoveSnapshotRequest {
-                snapshotter: c.snapshotter.clone(),
-                key: c.snapshot_key.clone(),
+                snapshotter: snapshotter.to_string(),
+                key: key.to_string(),
             }))
             .await
         {
-            Ok(_) => {}
-            Err(s) if s.code() == tonic::Code::NotFound => {}
-            Err(s) => return Err(Error::rpc(format!("remove the snapshot of {id}"))(s)),
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+            Err(s) => Err(Error::rpc(format!("remove the snapshot of {id}"))(s)),
         }
-    }
-    client
-        .containers()
-        .delete(client.req(DeleteContainerRequest { id: id.to_string() }))
-        .await
-        .map_err(Error::rpc(format!("delete container {id}")))?;
+    };
+    let record = async {
+        client
+            .containers()
+            .delete(client.req(DeleteContainerRequest { id: id.to_string() }))
+            .await
+            .map_err(Error::rpc(format!("delete container {id}")))
+    };
+    let (snapshot, record) = tokio::join!(snapshot, record);
+    record?;
+    snapshot?;
     Ok(())
 }
 

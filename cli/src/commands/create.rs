@@ -304,13 +304,18 @@ pub async fn image_for_run(
     image::resolve(client, img).await
 }
 
-/// Create container `id` from `img` with the prepared flags; returns the rootfs mounts.
+/// The lease's removal, still in flight: the container record holds the snapshot already, so
+/// nothing waits for it but berth's exit.
+pub type LeaseDrop = tokio::task::JoinHandle<()>;
+
+/// Create container `id` from `img` with the prepared flags; returns the rootfs mounts and the
+/// pending removal of the creation lease (await it before exiting).
 pub async fn create_container(
     client: &Client,
     img: &Resolved,
     id: &str,
     mut p: Prepared,
-) -> Result<Vec<Mount>> {
+) -> Result<(Vec<Mount>, LeaseDrop)> {
     match client
         .containers()
         .get(client.req(GetContainerRequest { id: id.to_string() }))
@@ -341,14 +346,23 @@ pub async fn create_container(
         .unwrap_or_default();
     let leased = client.with_lease(&lease.id);
     let result = create_leased(&leased, img, id, &mut p, &snapshotter).await;
-    let _ = client
-        .leases()
-        .delete(client.req(DeleteRequest {
-            id: lease.id,
-            sync: false,
-        }))
-        .await;
-    result
+    let c = client.clone();
+    let drop_lease = tokio::spawn(async move {
+        let _ = c
+            .leases()
+            .delete(c.req(DeleteRequest {
+                id: lease.id,
+                sync: false,
+            }))
+            .await;
+    });
+    match result {
+        Ok(mounts) => Ok((mounts, drop_lease)),
+        Err(e) => {
+            let _ = drop_lease.await;
+            Err(e)
+        }
+    }
 }
 
 async fn create_leased(

@@ -93,10 +93,16 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
         a.container.plain_http,
     )
     .await?;
-    let mounts = super::create::create_container(&client, &img, &a.id, prepared).await?;
+    let (mounts, lease) = super::create::create_container(&client, &img, &a.id, prepared).await?;
     let result = start_task(&client, &a, mounts).await;
+    let _ = lease.await;
     if a.rm {
-        let removed = super::containers::remove(&client, &a.id, true).await;
+        // After a clean run the task is gone and the record's snapshot key is the id.
+        let removed = if result.is_ok() {
+            super::containers::remove_record(&client, &a.id, &a.container.snapshotter, &a.id).await
+        } else {
+            super::containers::remove(&client, &a.id, true).await
+        };
         if let (Ok(_), Err(e)) = (&result, removed) {
             return Err(e);
         }
