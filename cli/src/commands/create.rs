@@ -316,34 +316,40 @@ pub async fn create_container(
     id: &str,
     mut p: Prepared,
 ) -> Result<(Vec<Mount>, LeaseDrop)> {
-    match client
-        .containers()
-        .get(client.req(GetContainerRequest { id: id.to_string() }))
-        .await
-    {
-        Ok(_) => {
-            return Err(Error::Usage(format!(
-                "container {id} already exists (remove it with `berth containers rm {id}`, or pick another id)"
-            )))
+    // The existence check and the lease (a metadata commit) at once.
+    let lease_id = format!("berth-run-{}", image::unique_suffix());
+    let (mut containers, mut leases) = (client.containers(), client.leases());
+    let existing = containers.get(client.req(GetContainerRequest { id: id.to_string() }));
+    let lease = leases.create(client.req(CreateRequest {
+        id: lease_id.clone(),
+        labels: HashMap::from([(
+            "containerd.io/gc.expire".to_string(),
+            super::leases::expiry(std::time::Duration::from_secs(3600)),
+        )]),
+    }));
+    let (existing, lease) = tokio::join!(existing, lease);
+    let lease = lease.map_err(Error::rpc("create lease"));
+    let exists = match existing {
+        Ok(_) => Some(Error::Usage(format!(
+            "container {id} already exists (remove it with `berth containers rm {id}`, or pick another id)"
+        ))),
+        Err(s) if s.code() == tonic::Code::NotFound => None,
+        Err(s) => Some(Error::rpc(format!("get container {id}"))(s)),
+    };
+    if let Some(e) = exists {
+        if lease.is_ok() {
+            let _ = client
+                .leases()
+                .delete(client.req(DeleteRequest {
+                    id: lease_id,
+                    sync: false,
+                }))
+                .await;
         }
-        Err(s) if s.code() == tonic::Code::NotFound => {}
-        Err(s) => return Err(Error::rpc(format!("get container {id}"))(s)),
+        return Err(e);
     }
+    let lease = lease?.into_inner().lease.unwrap_or_default();
     let snapshotter = p.flags.snapshotter.clone();
-    let lease = client
-        .leases()
-        .create(client.req(CreateRequest {
-            id: format!("berth-run-{}", image::unique_suffix()),
-            labels: HashMap::from([(
-                "containerd.io/gc.expire".to_string(),
-                super::leases::expiry(std::time::Duration::from_secs(3600)),
-            )]),
-        }))
-        .await
-        .map_err(Error::rpc("create lease"))?
-        .into_inner()
-        .lease
-        .unwrap_or_default();
     let leased = client.with_lease(&lease.id);
     let result = create_leased(&leased, img, id, &mut p, &snapshotter).await;
     let c = client.clone();
