@@ -87,6 +87,22 @@ fn wait_for(buf: &Arc<Mutex<Vec<u8>>>, needle: &str, limit: Duration) {
     }
 }
 
+/// Wait until the output after its first `from` bytes contains `needle`.
+fn wait_for_after(buf: &Arc<Mutex<Vec<u8>>>, from: usize, needle: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let s = text(&buf.lock().unwrap_or_else(|e| e.into_inner())[from..]);
+        if s.contains(needle) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never saw {needle:?}; terminal shows {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Spawn `berth ARGS` on the pty's slave as its controlling terminal (`setsid -c`).
 fn spawn_on(f: &CliFixture, pty: &Pty, args: &[&str]) -> std::process::Child {
     let open = || {
@@ -144,6 +160,14 @@ fn a_tty_session_follows_resizes_and_restores_the_terminal() {
         &["rows", "30", "cols", "100", "icanon", "echo", "isig"],
     );
     let before = stty(&pty.slave, &["-g"]);
+    // Hold a slave end for the whole test: when the last one closes (between sessions), reads
+    // on the master fail with EIO and the collector would stop.
+    let _hold = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(&pty.slave)
+        .expect("hold the slave");
     let out = collect(pty.master.try_clone().expect("dup master"));
     let mut child = spawn_on(
         &f,
@@ -174,6 +198,30 @@ fn a_tty_session_follows_resizes_and_restores_the_terminal() {
     );
     assert_eq!(stty(&pty.slave, &["-g"]), before, "terminal modes restored");
     assert!(f.ok(&["containers", "ls", "-q"]).trim().is_empty());
+
+    // `tasks exec -t`: the exec's terminal has the local size from its first instruction.
+    f.ok(&["run", "-d", "--net", "none", BUSYBOX, "bg", "sleep", "300"]);
+    let seen = out.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let mut child = spawn_on(
+        &f,
+        &pty,
+        &[
+            "tasks",
+            "exec",
+            "-t",
+            "--exec-id",
+            "sz",
+            "bg",
+            "sh",
+            "-c",
+            "stty size; exit 2",
+        ],
+    );
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(2));
+    wait_for_after(&out, seen, "40 120", Duration::from_secs(10));
+    assert_eq!(stty(&pty.slave, &["-g"]), before, "restored after exec -t");
+    f.ok(&["rm", "-f", "bg"]);
 
     // A run that fails after the terminal went raw restores it too.
     let mut child = spawn_on(

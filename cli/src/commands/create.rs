@@ -246,6 +246,11 @@ impl ContainerFlags {
             cap_drop: self.cap_drop.clone(),
             privileged: self.privileged,
             host_network,
+            console_size: if self.tty {
+                crate::tty::window_size()
+            } else {
+                None
+            },
         };
         spec::capabilities(&spec)?;
         Ok(Prepared {

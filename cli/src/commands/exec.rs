@@ -110,13 +110,19 @@ pub async fn wait(
     } else {
         None
     };
+    // The process's spec carries the terminal's size (`consoleSize`), so its pty has it from
+    // the start; one resize here covers a change since (an init's pty exists once the task is
+    // created; an exec's only once it started, and the runtime sized it). No second resize
+    // after Start: in flight, it could land after a SIGWINCH's.
+    let exec = !target.exec_id.is_empty();
     if terminal {
-        // Raw before the process can write, and the pty (it exists once the process is
-        // created) sized before the process looks.
+        // Raw before the process can write.
         if tty::stdin_is_tty() {
             tty::make_raw()?;
         }
-        resize(client, target).await;
+        if !exec || !start {
+            resize(client, target).await;
+        }
     }
     if start {
         let started = client
@@ -152,9 +158,6 @@ pub async fn wait(
                     .await;
             });
         }
-    }
-    if terminal && start {
-        resize(client, target).await;
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<i32>();
     for (n, mut s) in signals {

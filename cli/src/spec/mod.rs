@@ -146,6 +146,8 @@ pub struct SpecFlags {
     pub privileged: bool,
     /// `--net host`: share the host's network namespace.
     pub host_network: bool,
+    /// The local terminal's (columns, rows) for `-t`: the pty's size from the start.
+    pub console_size: Option<(u16, u16)>,
 }
 
 /// The image's Entrypoint + Cmd with the flags' command replacing Cmd, as Docker does.
@@ -301,6 +303,9 @@ pub fn build(image_config: &Value, f: &SpecFlags) -> Result<Value> {
         "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024 }],
         "noNewPrivileges": !f.privileged,
     });
+    if let (true, Some((cols, rows))) = (f.tty, f.console_size) {
+        spec["process"]["consoleSize"] = json!({ "height": rows, "width": cols });
+    }
     spec["root"] = json!({ "path": "rootfs", "readonly": f.read_only });
     let mut hostname = f.hostname.clone().unwrap_or_else(|| f.id.clone());
     hostname.truncate(63);

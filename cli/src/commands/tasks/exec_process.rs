@@ -40,6 +40,16 @@ pub async fn exec(
     let mut process = spec["process"].clone();
     process["args"] = json!(args);
     process["terminal"] = json!(o.tty);
+    match (o.tty, crate::tty::window_size()) {
+        (true, Some((cols, rows))) => {
+            process["consoleSize"] = json!({ "height": rows, "width": cols });
+        }
+        _ => {
+            if let Some(p) = process.as_object_mut() {
+                p.remove("consoleSize");
+            }
+        }
+    }
     if let Some(cwd) = o.cwd {
         process["cwd"] = json!(cwd);
     }
