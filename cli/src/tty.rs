@@ -83,10 +83,3 @@ pub fn window_size() -> Option<(u16, u16)> {
     }
     None
 }
-
-/// Borrow fd 0 for termios calls from tests.
-#[cfg(test)]
-fn _stdin_fd() -> BorrowedFd<'static> {
-    // SAFETY: fd 0 is open for the life of the test process.
-    unsafe { BorrowedFd::borrow_raw(0) }
-}
