@@ -93,6 +93,9 @@ pub struct Config {
     pub failpoints: String,
     /// Seconds an ingest (an interrupted write) that no lease holds may sit idle before GC removes it.
     pub ingest_expiry_secs: u64,
+    /// containerd-style registry hosts directory (`<dir>/<host>/hosts.toml`: mirrors, CAs, credentials)
+    /// for server-side pulls; a Transfer request's `host_dir` overrides it.
+    pub registry_hosts_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -112,6 +115,7 @@ impl Default for Config {
             max_batch: 1024,
             failpoints: String::new(),
             ingest_expiry_secs: 3600,
+            registry_hosts_dir: PathBuf::from("/etc/berth/certs.d"),
         }
     }
 }
