@@ -53,6 +53,10 @@ struct State {
     /// digest → (cut after this many bytes, for this many more responses).
     cuts: Mutex<HashMap<String, (usize, usize)>>,
     delay: Mutex<Option<Duration>>,
+    /// digest → pause before answering its GETs.
+    waits: Mutex<HashMap<String, Duration>>,
+    /// digest → status answered to its GETs (after a cut, until healed).
+    broken: Mutex<HashMap<String, u16>>,
     down: AtomicBool,
     client: Client<HttpConnector, Incoming>,
 }
@@ -91,6 +95,8 @@ impl Proxy {
             next_token: AtomicU64::new(1),
             cuts: Mutex::new(HashMap::new()),
             delay: Mutex::new(None),
+            waits: Mutex::new(HashMap::new()),
+            broken: Mutex::new(HashMap::new()),
             down: AtomicBool::new(false),
             client: Client::builder(TokioExecutor::new()).build_http(),
         });
@@ -138,6 +144,32 @@ impl Proxy {
             .lock()
             .expect("cuts")
             .insert(digest.to_string(), (after, times));
+    }
+
+    /// Answer blob `digest`'s next GET with `after` bytes and a broken connection, and every GET after that
+    /// with HTTP `then` until [`Proxy::heal`].
+    pub fn break_blob(&self, digest: &str, after: usize, then: u16) {
+        self.cut_blob(digest, after, 1);
+        self.state
+            .broken
+            .lock()
+            .expect("broken")
+            .insert(digest.to_string(), then);
+    }
+
+    /// Serve blob `digest` normally again.
+    pub fn heal(&self, digest: &str) {
+        self.state.broken.lock().expect("broken").remove(digest);
+        self.state.cuts.lock().expect("cuts").remove(digest);
+    }
+
+    /// Wait `d` before answering each GET of blob `digest`.
+    pub fn delay_blob(&self, digest: &str, d: Duration) {
+        self.state
+            .waits
+            .lock()
+            .expect("waits")
+            .insert(digest.to_string(), d);
     }
 
     /// Pause this long before each chunk of a blob body (None: full speed).
@@ -258,6 +290,12 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let blob = (req.method() == http::Method::GET)
         .then(|| path.rsplit_once("/blobs/").map(|(_, d)| d.to_string()))
         .flatten();
+    if let Some(d) = &blob {
+        let wait = st.waits.lock().expect("waits").get(d).copied();
+        if let Some(w) = wait {
+            tokio::time::sleep(w).await;
+        }
+    }
     let cut = blob.as_ref().and_then(|d| {
         let mut cuts = st.cuts.lock().expect("cuts");
         match cuts.get_mut(d) {
@@ -268,6 +306,15 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             _ => None,
         }
     });
+    if cut.is_none() {
+        if let Some(status) = blob
+            .as_ref()
+            .and_then(|d| st.broken.lock().expect("broken").get(d).copied())
+        {
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::NOT_FOUND);
+            return full(code, r#"{"errors":[{"code":"BLOB_UNKNOWN"}]}"#);
+        }
+    }
     let delay = if blob.is_some() {
         *st.delay.lock().expect("delay")
     } else {
