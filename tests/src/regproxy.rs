@@ -1,7 +1,7 @@
 //! A counting HTTP/1.1 proxy in front of a loopback registry, for pull tests (modelled on berth-registry's
 //! test proxy): it counts and logs every request (method, path, Range), can play a bearer-token registry
 //! with its own `/token` realm, can cut a blob's response after some bytes (a broken connection) a number of
-//! times, can slow blob bodies down (to keep a pull in flight), and can refuse every request (a registry
+//! times, can slow blob bodies down to a byte rate (to keep a pull in flight), and can refuse every request (a registry
 //! that is down).
 //!
 //! A task of the test's tokio runtime on a loopback port; it stops when dropped. Loopback only.
@@ -52,7 +52,8 @@ struct State {
     next_token: AtomicU64,
     /// digest → (cut after this many bytes, for this many more responses).
     cuts: Mutex<HashMap<String, (usize, usize)>>,
-    delay: Mutex<Option<Duration>>,
+    /// Blob bodies are sent at most this fast (bytes per second).
+    rate: Mutex<Option<u64>>,
     /// digest → pause before answering its GETs.
     waits: Mutex<HashMap<String, Duration>>,
     /// digest → status answered to its GETs (after a cut, until healed).
@@ -94,7 +95,7 @@ impl Proxy {
             tokens: Mutex::new(HashSet::new()),
             next_token: AtomicU64::new(1),
             cuts: Mutex::new(HashMap::new()),
-            delay: Mutex::new(None),
+            rate: Mutex::new(None),
             waits: Mutex::new(HashMap::new()),
             broken: Mutex::new(HashMap::new()),
             down: AtomicBool::new(false),
@@ -172,9 +173,9 @@ impl Proxy {
             .insert(digest.to_string(), d);
     }
 
-    /// Pause this long before each chunk of a blob body (None: full speed).
-    pub fn slow_blobs(&self, delay: Option<Duration>) {
-        *self.state.delay.lock().expect("delay") = delay;
+    /// Send blob bodies at most `bytes_per_sec` (None: full speed).
+    pub fn slow_blobs(&self, bytes_per_sec: Option<u64>) {
+        *self.state.rate.lock().expect("rate") = bytes_per_sec;
     }
 
     /// Refuse every request (503) while `down`.
@@ -208,8 +209,9 @@ fn scope_of(path: &str, method: &http::Method) -> String {
     format!("repository:{name}:{actions}")
 }
 
-/// The upstream body, possibly slowed down and cut after `cut` bytes (then an error: the connection breaks).
-fn shaped(body: Incoming, cut: Option<usize>, delay: Option<Duration>) -> Body {
+/// The upstream body, possibly slowed down to `rate` bytes per second and cut after `cut` bytes (then an
+/// error: the connection breaks).
+fn shaped(body: Incoming, cut: Option<usize>, rate: Option<u64>) -> Body {
     enum S {
         Go(Incoming, usize),
         Break,
@@ -226,8 +228,9 @@ fn shaped(body: Incoming, cut: Option<usize>, delay: Option<Duration>) -> Body {
                 None => None,
                 Some(Err(e)) => Some((Err(e.into()), S::Done)),
                 Some(Ok(frame)) => {
-                    if let Some(d) = delay {
-                        tokio::time::sleep(d).await;
+                    if let (Some(r), Some(d)) = (rate, frame.data_ref()) {
+                        let secs = d.len() as f64 / r.max(1) as f64;
+                        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
                     }
                     match frame.into_data() {
                         Ok(data) => match cut {
@@ -315,8 +318,8 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             return full(code, r#"{"errors":[{"code":"BLOB_UNKNOWN"}]}"#);
         }
     }
-    let delay = if blob.is_some() {
-        *st.delay.lock().expect("delay")
+    let rate = if blob.is_some() {
+        *st.rate.lock().expect("rate")
     } else {
         None
     };
@@ -329,8 +332,8 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     match st.client.request(Request::from_parts(parts, body)).await {
         Ok(resp) => {
             let (parts, body) = resp.into_parts();
-            let body = if cut.is_some() || delay.is_some() {
-                shaped(body, cut, delay)
+            let body = if cut.is_some() || rate.is_some() {
+                shaped(body, cut, rate)
             } else {
                 body.map_err(|e| -> BoxError { e.into() }).boxed()
             };

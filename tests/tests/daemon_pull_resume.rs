@@ -177,7 +177,7 @@ async fn concurrent_pulls_of_one_reference_fetch_each_blob_once() {
         return;
     };
     let proxy = Proxy::start(&registry.addr, None).await;
-    proxy.slow_blobs(Some(Duration::from_millis(3)));
+    proxy.slow_blobs(Some(8 << 20));
     let reference = format!("{}/img:latest", proxy.addr);
     let channel = fx.channel().await;
     let a = {

@@ -109,8 +109,9 @@ async fn drop_unfinished_snapshots(shared: &Shared, ns: &str, lease: &LeaseRecor
         let rec = blocking(move || store.get_snapshot(&sn2, &ns2, &key)).await;
         if let Ok(Some(rec)) = rec {
             if rec.kind != SnapshotKind::Committed {
-                if let Err(e) = super::unpack::remove_snapshot(shared, ns, sn, &r.id).await {
-                    tracing::warn!(snapshot = %r.id, error = %e.message(), "removing a half-applied snapshot");
+                match super::unpack::remove_snapshot(shared, ns, sn, &r.id).await {
+                    Ok(()) => tracing::info!(snapshot = %r.id, namespace = ns, "removed a half-applied snapshot of an interrupted pull"),
+                    Err(e) => tracing::warn!(snapshot = %r.id, error = %e.message(), "removing a half-applied snapshot"),
                 }
             }
         }

@@ -241,6 +241,7 @@ pub(super) async fn unpack_layers(
                 )));
             }
         };
+        crate::failpoint::hit_async("pull.unpack.before_commit").await;
         match store
             .commit_snapshot(
                 sn_name,
