@@ -322,7 +322,11 @@ impl Transfer {
                 window -= n as i64;
                 rest = &rest[n..];
             }
-            // Closing our side ends the archive.
+            // Closing our side (only: the server still reads) ends the archive, as containerd's CloseSend;
+            // then wait for the server to close the stream.
+            let ClientStream { tx, mut rx, .. } = data;
+            drop(tx);
+            while let Ok(Some(_)) = rx.message().await {}
         });
         let res = self.run(any(&src), any(&store), Some(progress)).await;
         sender.abort();

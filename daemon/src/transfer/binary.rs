@@ -27,6 +27,7 @@ pub fn receive(mut stream: StreamHandle) -> ChannelReader {
     let (tx, rx) = mpsc::channel::<Result<Vec<u8>, String>>(QUEUE);
     tokio::spawn(async move {
         let mut window: i32 = 0;
+        let mut total: u64 = 0;
         loop {
             if window < WINDOW {
                 let upd = WindowUpdate { update: WINDOW };
@@ -53,10 +54,12 @@ pub fn receive(mut stream: StreamHandle) -> ChannelReader {
                 }
             };
             window -= data.data.len() as i32;
+            total += data.data.len() as u64;
             if tx.send(Ok(data.data)).await.is_err() {
                 return; // the reader gave up
             }
         }
+        tracing::debug!(stream = %stream.id(), bytes = total, "received a binary stream");
         stream.close();
     });
     ChannelReader {
