@@ -96,6 +96,8 @@ pub struct Config {
     /// containerd-style registry hosts directory (`<dir>/<host>/hosts.toml`: mirrors, CAs, credentials)
     /// for server-side pulls; a Transfer request's `host_dir` overrides it.
     pub registry_hosts_dir: PathBuf,
+    /// Layer downloads one server-side pull runs at once.
+    pub max_concurrent_downloads: usize,
 }
 
 impl Default for Config {
@@ -116,6 +118,7 @@ impl Default for Config {
             failpoints: String::new(),
             ingest_expiry_secs: 3600,
             registry_hosts_dir: PathBuf::from("/etc/berth/certs.d"),
+            max_concurrent_downloads: 3,
         }
     }
 }
@@ -150,6 +153,11 @@ impl Config {
         if self.subscriber_queue == 0 {
             return Err(ConfigError::Invalid(
                 "subscriber_queue must be at least 1".into(),
+            ));
+        }
+        if self.max_concurrent_downloads == 0 {
+            return Err(ConfigError::Invalid(
+                "max_concurrent_downloads must be at least 1".into(),
             ));
         }
         if self.max_batch == 0 {

@@ -278,15 +278,20 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             .and_then(|v| v.strip_prefix("Bearer "))
             .is_some_and(|t| st.tokens.lock().expect("tokens").contains(t));
         if !ok {
-            let mut r = full(StatusCode::UNAUTHORIZED, r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#);
+            let mut r = full(
+                StatusCode::UNAUTHORIZED,
+                r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#,
+            );
             let challenge = format!(
                 r#"Bearer realm="http://{}/token",service="{}",scope="{}""#,
                 st.addr,
                 b.service,
                 scope_of(&path, req.method())
             );
-            r.headers_mut()
-                .insert(http::header::WWW_AUTHENTICATE, challenge.parse().expect("header"));
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                challenge.parse().expect("header"),
+            );
             return r;
         }
     }
@@ -323,7 +328,11 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     } else {
         None
     };
-    let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    let query = req
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
     let (mut parts, body) = req.into_parts();
     parts.uri = format!("http://{}{path}{query}", st.upstream)
         .parse()
@@ -348,7 +357,10 @@ fn token(st: &State, req: Request<Incoming>) -> Response<Body> {
         return full(StatusCode::NOT_FOUND, "no token service");
     };
     let query = req.uri().query().unwrap_or_default().to_string();
-    if !query.split('&').any(|kv| kv == format!("service={}", b.service)) {
+    if !query
+        .split('&')
+        .any(|kv| kv == format!("service={}", b.service))
+    {
         return full(StatusCode::BAD_REQUEST, "wrong service");
     }
     if let Some((u, p)) = &b.basic {
@@ -366,5 +378,8 @@ fn token(st: &State, req: Request<Incoming>) -> Response<Body> {
     let n = st.next_token.fetch_add(1, Ordering::SeqCst);
     let t = format!("tok-{n}");
     st.tokens.lock().expect("tokens").insert(t.clone());
-    full(StatusCode::OK, format!(r#"{{"token":"{t}","expires_in":300}}"#))
+    full(
+        StatusCode::OK,
+        format!(r#"{{"token":"{t}","expires_in":300}}"#),
+    )
 }

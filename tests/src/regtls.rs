@@ -209,7 +209,11 @@ pub fn htpasswd(dir: &Path, user: &str, password: &str) -> Option<PathBuf> {
         Command::new(bin).args(["-Bbn", user, password]),
         Duration::from_secs(60),
     );
-    assert!(out.status.success(), "htpasswd: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "htpasswd: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let p = dir.join("htpasswd");
     std::fs::write(&p, &out.stdout).expect("write htpasswd");
     Some(p)

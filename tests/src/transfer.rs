@@ -68,14 +68,21 @@ pub struct ClientStream {
 }
 
 /// Open a stream: send `StreamInit{id}`, wait for the server's ack (as containerd's stream creator does).
-pub async fn open_stream(channel: &Channel, ns: &str, prefix: &str) -> Result<ClientStream, Status> {
+pub async fn open_stream(
+    channel: &Channel,
+    ns: &str,
+    prefix: &str,
+) -> Result<ClientStream, Status> {
     let id = stream_id(prefix);
     let (tx, rx) = mpsc::channel::<Any>(64);
     tx.send(any(&StreamInit { id: id.clone() }))
         .await
         .map_err(|_| Status::internal("stream sender closed"))?;
     let req = crate::grpc::req_with(ns, tokio_stream::wrappers::ReceiverStream::new(rx), None);
-    let mut rx = StreamingClient::new(channel.clone()).stream(req).await?.into_inner();
+    let mut rx = StreamingClient::new(channel.clone())
+        .stream(req)
+        .await?
+        .into_inner();
     rx.message()
         .await?
         .ok_or_else(|| Status::internal("stream closed before its ack"))?;
@@ -206,7 +213,9 @@ impl Transfer {
         let progress = match collector {
             Some(c) => tokio::time::timeout(Duration::from_secs(30), c)
                 .await
-                .map_err(|_| Status::internal("the progress stream did not end after the transfer"))?
+                .map_err(|_| {
+                    Status::internal("the progress stream did not end after the transfer")
+                })?
                 .map_err(|e| Status::internal(e.to_string()))?,
             None => Vec::new(),
         };
@@ -405,7 +414,12 @@ impl Transfer {
     }
 
     /// Push an image to a registry reference (`ctr images push` 2.x).
-    pub async fn push(&self, image: &str, reference: &str, plain_http: bool) -> Result<Outcome, Status> {
+    pub async fn push(
+        &self,
+        image: &str,
+        reference: &str,
+        plain_http: bool,
+    ) -> Result<Outcome, Status> {
         let src = ImageStore {
             name: image.into(),
             ..Default::default()
@@ -413,7 +427,11 @@ impl Transfer {
         let dst = OciRegistry {
             reference: reference.into(),
             resolver: Some(RegistryResolver {
-                default_scheme: if plain_http { "http".into() } else { String::new() },
+                default_scheme: if plain_http {
+                    "http".into()
+                } else {
+                    String::new()
+                },
                 ..Default::default()
             }),
         };

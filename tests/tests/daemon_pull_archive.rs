@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use berth_proto::containerd_client::types::transfer::{ImageExportStream, ImageReference, ImageStore, UnpackConfiguration};
+use berth_proto::containerd_client::types::transfer::{
+    ImageExportStream, ImageReference, ImageStore, UnpackConfiguration,
+};
 use berth_tests::oci_layout::{busybox_layout, sha256_digest};
 use berth_tests::registry::Registry;
 use berth_tests::task_fixture::TaskFixture;
@@ -74,12 +76,24 @@ async fn import_export_round_trips_oci_and_docker_archives() {
     // OCI archive.
     let oci_tar = fx.dir.join("in-oci.tar");
     let _ = std::fs::remove_file(&oci_tar);
-    skopeo(&["copy", "--quiet", &src, &format!("oci-archive:{}:busybox:v1", oci_tar.display())]);
-    let raw_in = skopeo(&["inspect", "--raw", &format!("oci-archive:{}", oci_tar.display())])
-        .expect("skopeo");
+    skopeo(&[
+        "copy",
+        "--quiet",
+        &src,
+        &format!("oci-archive:{}:busybox:v1", oci_tar.display()),
+    ]);
+    let raw_in = skopeo(&[
+        "inspect",
+        "--raw",
+        &format!("oci-archive:{}", oci_tar.display()),
+    ])
+    .expect("skopeo");
     assert_eq!(sha256_digest(&raw_in), layout.manifest.digest);
     let out = t
-        .import(std::fs::read(&oci_tar).expect("archive"), import_store("import-oci"))
+        .import(
+            std::fs::read(&oci_tar).expect("archive"),
+            import_store("import-oci"),
+        )
         .await
         .expect("import the OCI archive");
     let saved = out.saved();
@@ -92,14 +106,19 @@ async fn import_export_round_trips_oci_and_docker_archives() {
         .expect("export");
     let oci_out = fx.dir.join("out-oci.tar");
     write(&oci_out, &exported);
-    let raw_out = skopeo(&["inspect", "--raw", &format!("oci-archive:{}", oci_out.display())])
-        .expect("skopeo");
+    let raw_out = skopeo(&[
+        "inspect",
+        "--raw",
+        &format!("oci-archive:{}", oci_out.display()),
+    ])
+    .expect("skopeo");
     assert_eq!(
         sha256_digest(&raw_out),
         layout.manifest.digest,
         "the exported manifest is the imported one"
     );
-    let info = json(&skopeo(&["inspect", &format!("oci-archive:{}", oci_out.display())]).expect("skopeo"));
+    let info =
+        json(&skopeo(&["inspect", &format!("oci-archive:{}", oci_out.display())]).expect("skopeo"));
     let layers: Vec<String> = info["Layers"]
         .as_array()
         .expect("layers")
@@ -117,17 +136,36 @@ async fn import_export_round_trips_oci_and_docker_archives() {
         &src,
         &format!("docker-archive:{}:berth/busybox:v2", docker_tar.display()),
     ]);
-    let want = json(&skopeo(&["inspect", &format!("docker-archive:{}", docker_tar.display())]).expect("skopeo"));
+    let want = json(
+        &skopeo(&[
+            "inspect",
+            &format!("docker-archive:{}", docker_tar.display()),
+        ])
+        .expect("skopeo"),
+    );
     let want_config = json(
-        &skopeo(&["inspect", "--config", "--raw", &format!("docker-archive:{}", docker_tar.display())])
-            .expect("skopeo"),
+        &skopeo(&[
+            "inspect",
+            "--config",
+            "--raw",
+            &format!("docker-archive:{}", docker_tar.display()),
+        ])
+        .expect("skopeo"),
     );
     let out = t
-        .import(std::fs::read(&docker_tar).expect("archive"), import_store("import-docker"))
+        .import(
+            std::fs::read(&docker_tar).expect("archive"),
+            import_store("import-docker"),
+        )
         .await
         .expect("import the docker archive");
     let saved = out.saved();
-    assert_eq!(saved, vec!["docker.io/berth/busybox:v2".to_string()], "{:?}", out.progress);
+    assert_eq!(
+        saved,
+        vec!["docker.io/berth/busybox:v2".to_string()],
+        "{:?}",
+        out.progress
+    );
     assert_eq!(run_in(&fx, &saved[0]), "imported\n");
     let exported = t
         .export(&[&saved[0]], ImageExportStream::default())
@@ -135,11 +173,22 @@ async fn import_export_round_trips_oci_and_docker_archives() {
         .expect("export");
     let docker_out = fx.dir.join("out-docker.tar");
     write(&docker_out, &exported);
-    let got = json(&skopeo(&["inspect", &format!("docker-archive:{}", docker_out.display())]).expect("skopeo"));
+    let got = json(
+        &skopeo(&[
+            "inspect",
+            &format!("docker-archive:{}", docker_out.display()),
+        ])
+        .expect("skopeo"),
+    );
     assert_eq!(got["Layers"], want["Layers"], "same layer digests");
     let got_config = json(
-        &skopeo(&["inspect", "--config", "--raw", &format!("docker-archive:{}", docker_out.display())])
-            .expect("skopeo"),
+        &skopeo(&[
+            "inspect",
+            "--config",
+            "--raw",
+            &format!("docker-archive:{}", docker_out.display()),
+        ])
+        .expect("skopeo"),
     );
     assert_eq!(got_config, want_config, "same config");
 

@@ -10,8 +10,11 @@ use std::time::Duration;
 
 use berth_proto::containerd_client::services::v1::content_client::ContentClient;
 use berth_proto::containerd_client::services::v1::events_client::EventsClient;
+use berth_proto::containerd_client::services::v1::introspection_client::IntrospectionClient;
 use berth_proto::containerd_client::services::v1::leases_client::LeasesClient;
-use berth_proto::containerd_client::services::v1::{InfoRequest, ListRequest, SubscribeRequest};
+use berth_proto::containerd_client::services::v1::{
+    InfoRequest, ListRequest, PluginsRequest, SubscribeRequest,
+};
 use berth_tests::oci_layout::{busybox_layer_tar, busybox_layout, write_image, TarBuilder};
 use berth_tests::registry::Registry;
 use berth_tests::run_timeout;
@@ -88,6 +91,25 @@ async fn transfer_pull_then_ctr_lists_runs_and_removes() {
     let multi_ref = registry.reference("multi:v1");
 
     let channel = fx.channel().await;
+    // containerd's Go client pulls through Transfer only when these plugins work.
+    let plugins = IntrospectionClient::new(channel.clone())
+        .plugins(berth_tests::grpc::req(
+            &fx.ns,
+            PluginsRequest {
+                filters: vec!["type==io.containerd.grpc.v1".into()],
+            },
+        ))
+        .await
+        .expect("introspection")
+        .into_inner()
+        .plugins;
+    for id in ["transfer", "streaming"] {
+        let p = plugins
+            .iter()
+            .find(|p| p.id == id)
+            .unwrap_or_else(|| panic!("no {id} plugin: {plugins:?}"));
+        assert!(p.init_err.is_none(), "{id} reported broken: {p:?}");
+    }
     let mut events = EventsClient::new(channel.clone())
         .subscribe(berth_tests::grpc::req_with(
             &fx.ns,
@@ -123,7 +145,10 @@ async fn transfer_pull_then_ctr_lists_runs_and_removes() {
     let layer_events = out.events_of(&layer_node);
     assert_eq!(layer_events.first().map(String::as_str), Some("waiting"));
     assert_eq!(layer_events.last().map(String::as_str), Some("complete"));
-    assert!(out.auth_requests.is_empty(), "no auth asked of an open registry");
+    assert!(
+        out.auth_requests.is_empty(),
+        "no auth asked of an open registry"
+    );
     let ev = tokio::time::timeout(Duration::from_secs(10), events.message())
         .await
         .expect("an /images/create event")
@@ -156,7 +181,8 @@ async fn transfer_pull_then_ctr_lists_runs_and_removes() {
         Some(&busybox.layers[0].digest)
     );
     assert_eq!(
-        m.get("containerd.io/distribution.source.127.0.0.1").map(String::as_str),
+        m.get("containerd.io/distribution.source.127.0.0.1")
+            .map(String::as_str),
         Some("busybox")
     );
     let c = info(&busybox.config.digest).await;
@@ -166,14 +192,20 @@ async fn transfer_pull_then_ctr_lists_runs_and_removes() {
         "one layer: the chain id is the diff id"
     );
     let l = info(&busybox.layers[0].digest).await;
-    assert_eq!(l.get("containerd.io/uncompressed"), Some(&busybox.diff_ids[0]));
+    assert_eq!(
+        l.get("containerd.io/uncompressed"),
+        Some(&busybox.diff_ids[0])
+    );
     drop(content);
 
     // Debian's ctr 1.6 sees and runs it.
     let listed = ok(&ctr(&fx, &["images", "ls", "-q"]), "ctr images ls");
     assert_eq!(listed.trim(), bb_ref);
     let id = berth_tests::unique_id("dp-run");
-    let out = ctr(&fx, &["run", "--rm", &bb_ref, &id, "sh", "-c", "echo hi; exit 5"]);
+    let out = ctr(
+        &fx,
+        &["run", "--rm", &bb_ref, &id, "sh", "-c", "echo hi; exit 5"],
+    );
     assert_eq!(out.status.code(), Some(5), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
 
@@ -206,7 +238,10 @@ async fn transfer_pull_then_ctr_lists_runs_and_removes() {
         "three committed chains (busybox's is shared): {snaps}"
     );
     // A second pull finds everything there.
-    let again = t.pull(&multi_ref, &PullOptions::default()).await.expect("re-pull");
+    let again = t
+        .pull(&multi_ref, &PullOptions::default())
+        .await
+        .expect("re-pull");
     assert!(
         again
             .events_of(&format!("layer-{}", multi.layers[1].digest))

@@ -63,7 +63,10 @@ async fn corrupt_layer_fails_naming_its_digest_and_leaves_nothing() {
         .await
         .expect_err("a corrupt layer must fail the pull");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
-    assert!(err.message().contains(&victim.digest), "names the digest: {err:?}");
+    assert!(
+        err.message().contains(&victim.digest),
+        "names the digest: {err:?}"
+    );
 
     let ns = fx.ns.clone();
     let images = ImagesClient::new(channel.clone())
@@ -84,9 +87,12 @@ async fn corrupt_layer_fails_naming_its_digest_and_leaves_nothing() {
     }
     assert!(blobs.is_empty(), "no blob recorded: {blobs:?}");
     let ingests = ContentClient::new(channel.clone())
-        .list_statuses(berth_tests::grpc::req(&ns, ListStatusesRequest {
-            filters: vec![String::new()],
-        }))
+        .list_statuses(berth_tests::grpc::req(
+            &ns,
+            ListStatusesRequest {
+                filters: vec![String::new()],
+            },
+        ))
         .await
         .expect("statuses")
         .into_inner()
@@ -94,10 +100,13 @@ async fn corrupt_layer_fails_naming_its_digest_and_leaves_nothing() {
     assert!(ingests.is_empty(), "no ingest: {ingests:?}");
     let mut snaps = Vec::new();
     let mut s = SnapshotsClient::new(channel.clone())
-        .list(berth_tests::grpc::req(&ns, ListSnapshotsRequest {
-            snapshotter: "overlayfs".into(),
-            filters: Vec::new(),
-        }))
+        .list(berth_tests::grpc::req(
+            &ns,
+            ListSnapshotsRequest {
+                snapshotter: "overlayfs".into(),
+                filters: Vec::new(),
+            },
+        ))
         .await
         .expect("snapshots")
         .into_inner();

@@ -63,7 +63,10 @@ fn blobs_verified(root: &Path) {
                 }
                 continue;
             }
-            if p.parent().and_then(|x| x.file_name()).is_some_and(|n| n == "sha256") {
+            if p.parent()
+                .and_then(|x| x.file_name())
+                .is_some_and(|n| n == "sha256")
+            {
                 let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
                 let data = std::fs::read(&p).expect("read blob");
                 assert_eq!(
@@ -129,11 +132,12 @@ async fn sigkill_mid_pull_then_the_next_pull_resumes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         active = active_snapshots(&fx).await;
     }
-    assert!(active.is_empty(), "half-applied snapshots visible: {active:?}");
     assert!(
-        fx.daemon
-            .log()
-            .contains(removed),
+        active.is_empty(),
+        "half-applied snapshots visible: {active:?}"
+    );
+    assert!(
+        fx.daemon.log().contains(removed),
         "the dead pull had a snapshot being applied, removed at the restart"
     );
     blobs_verified(fx.daemon.root());
@@ -159,7 +163,13 @@ async fn sigkill_mid_pull_then_the_next_pull_resumes() {
     let id = berth_tests::unique_id("dp-crash-run");
     let mut c = fx.daemon.ctr();
     c.arg("-n").arg(&fx.ns).args([
-        "run", "--rm", &reference, &id, "sh", "-c", "wc -c < /big.bin",
+        "run",
+        "--rm",
+        &reference,
+        &id,
+        "sh",
+        "-c",
+        "wc -c < /big.bin",
     ]);
     let out = berth_tests::run_timeout(&mut c, Duration::from_secs(120));
     assert_eq!(

@@ -66,7 +66,12 @@ async fn hostile_layers_are_refused_or_neutralised() {
         }
         match &res {
             Ok(_) => {
-                assert!(target.is_dir(), "{}: unpacked at {}", layer.name, target.display());
+                assert!(
+                    target.is_dir(),
+                    "{}: unpacked at {}",
+                    layer.name,
+                    target.display()
+                );
             }
             Err(e) => {
                 assert!(
@@ -85,7 +90,10 @@ async fn hostile_layers_are_refused_or_neutralised() {
                 );
             }
         }
-        outcomes.push((layer.name, res.map(|_| ()).map_err(|e| e.message().to_string())));
+        outcomes.push((
+            layer.name,
+            res.map(|_| ()).map_err(|e| e.message().to_string()),
+        ));
     }
     eprintln!("hostile layers: {outcomes:#?}");
     // Still serving: version, and a normal pull.

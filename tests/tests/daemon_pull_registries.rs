@@ -83,14 +83,25 @@ async fn basic_auth_credentials_come_from_the_auth_stream() {
         credentials: Some(("alice".into(), "nope".into())),
         ..Default::default()
     };
-    let err = t.pull(&reference, &wrong).await.expect_err("wrong credentials");
+    let err = t
+        .pull(&reference, &wrong)
+        .await
+        .expect_err("wrong credentials");
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     let good = PullOptions {
         credentials: Some(("alice".into(), "s3cret".into())),
         ..Default::default()
     };
-    let out = t.pull(&reference, &good).await.expect("pull with credentials");
-    assert_eq!(out.auth_requests.len(), 1, "asked once: {:?}", out.auth_requests);
+    let out = t
+        .pull(&reference, &good)
+        .await
+        .expect("pull with credentials");
+    assert_eq!(
+        out.auth_requests.len(),
+        1,
+        "asked once: {:?}",
+        out.auth_requests
+    );
     assert_eq!(out.auth_requests[0].host, reg.addr);
     assert_eq!(out.auth_requests[0].reference, reference);
     assert_eq!(run_in(&fx, &reference, "echo ok"), "ok\n");
@@ -106,7 +117,8 @@ async fn tls_with_a_ca_from_hosts_toml() {
     let Some(certs) = make_certs(&fx.dir.subdir("certs")) else {
         return;
     };
-    let Some(reg) = RegistryProc::start(&fx.dir.subdir("reg"), Some((&certs.cert, &certs.key)), None)
+    let Some(reg) =
+        RegistryProc::start(&fx.dir.subdir("reg"), Some((&certs.cert, &certs.key)), None)
     else {
         return;
     };
@@ -198,7 +210,11 @@ async fn multi_platform_index_resolves_to_this_host_and_by_digest() {
     // The registry really serves an index (skopeo without --all would have flattened it).
     let served = registry.get("/v2/multi/manifests/latest");
     assert_eq!(served.status, 200);
-    assert_eq!(served.header("content-type"), Some(media::INDEX), "{served:?}");
+    assert_eq!(
+        served.header("content-type"),
+        Some(media::INDEX),
+        "{served:?}"
+    );
     assert_eq!(served.json()["manifests"].as_array().map(Vec::len), Some(2));
 
     let t = Transfer::new(fx.channel().await, &fx.ns);
@@ -214,7 +230,10 @@ async fn multi_platform_index_resolves_to_this_host_and_by_digest() {
     let content = ContentClient::new(fx.channel().await);
     let info = |d: String| {
         let (mut c, ns) = (content.clone(), fx.ns.clone());
-        async move { c.info(berth_tests::grpc::req(&ns, InfoRequest { digest: d })).await }
+        async move {
+            c.info(berth_tests::grpc::req(&ns, InfoRequest { digest: d }))
+                .await
+        }
     };
     let index = info(layout.index.digest.clone())
         .await
@@ -231,9 +250,15 @@ async fn multi_platform_index_resolves_to_this_host_and_by_digest() {
         Some(&other.manifest.digest)
     );
     // all_metadata (ctr's default): the other platform's manifest and config, not its layer.
-    info(other.manifest.digest.clone()).await.expect("other manifest");
-    info(other.config.digest.clone()).await.expect("other config");
-    let missing = info(other.layers[0].digest.clone()).await.expect_err("other layer");
+    info(other.manifest.digest.clone())
+        .await
+        .expect("other manifest");
+    info(other.config.digest.clone())
+        .await
+        .expect("other config");
+    let missing = info(other.layers[0].digest.clone())
+        .await
+        .expect_err("other layer");
     assert_eq!(missing.code(), tonic::Code::NotFound);
 
     // By digest: the same index, named by its digest.
@@ -290,9 +315,16 @@ async fn mirror_from_hosts_toml() {
         hosts_dir: Some(hosts.display().to_string()),
         ..Default::default()
     };
-    t.pull(&reference, &o).await.expect("pull through the mirror");
+    t.pull(&reference, &o)
+        .await
+        .expect("pull through the mirror");
     let gets = proxy.blob_gets(&layout.layers[0].digest);
-    assert_eq!(gets.len(), 1, "the layer came from the mirror: {:?}", proxy.seen());
+    assert_eq!(
+        gets.len(),
+        1,
+        "the layer came from the mirror: {:?}",
+        proxy.seen()
+    );
     assert_eq!(run_in(&fx, &reference, "echo mirrored"), "mirrored\n");
     fx.guard.assert_clean();
 }

@@ -167,7 +167,11 @@ async fn interrupted_pull_is_resumed_by_the_next_one() {
         "wc -c < /big.bin",
     ]);
     let out = berth_tests::run_timeout(&mut c, Duration::from_secs(120));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), (6 << 20).to_string(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        (6 << 20).to_string(),
+        "{out:?}"
+    );
     fx.guard.assert_clean();
 }
 
@@ -192,7 +196,10 @@ async fn concurrent_pulls_of_one_reference_fetch_each_blob_once() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(!proxy.blob_gets(&big).is_empty(), "the first pull never started");
+    assert!(
+        !proxy.blob_gets(&big).is_empty(),
+        "the first pull never started"
+    );
     let b = {
         let (t, r) = (Transfer::new(channel.clone(), &fx.ns), reference.clone());
         tokio::spawn(async move { t.pull(&r, &PullOptions::default()).await })

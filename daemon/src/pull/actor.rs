@@ -195,7 +195,7 @@ impl PullActor {
             handle: handle.abort_handle(),
         });
         ctx.spawn(
-            async move { handle.await }
+            handle
                 .into_actor(self)
                 .map(|res, act, ctx| act.finished(res, ctx)),
         );
@@ -248,7 +248,12 @@ impl PullActor {
         ctx.stop();
     }
 
-    fn guarded(&mut self, ctx: &mut Context<Self>, what: &str, f: impl FnOnce(&mut Self, &mut Context<Self>)) {
+    fn guarded(
+        &mut self,
+        ctx: &mut Context<Self>,
+        what: &str,
+        f: impl FnOnce(&mut Self, &mut Context<Self>),
+    ) {
         let point = format!("pull_actor.{what}");
         let res = crate::supervision::catch(|| {
             crate::failpoint::hit(&point);

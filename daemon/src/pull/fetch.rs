@@ -33,8 +33,9 @@ const MAX_TRIES: u32 = 5;
 const BACKOFF: Duration = Duration::from_millis(200);
 /// How long to wait for another writer of the same ingest before giving up.
 const LOCKED_WAIT: Duration = Duration::from_secs(600);
-/// Chunks queued between the network and the blob's writer thread.
-const CHUNK_QUEUE: usize = 64;
+/// Chunks queued between the network and the blob's writer thread (hyper's chunks reach a few hundred KiB:
+/// this bounds a download's memory to a few MiB; the socket holds the rest back).
+const CHUNK_QUEUE: usize = 8;
 /// The writer thread coalesces chunks up to this size per write.
 const WRITE_BATCH: usize = 1 << 20;
 
@@ -122,7 +123,14 @@ impl JobCtx {
             )));
         }
         let hub = &self.js.hub;
-        hub.send(progress::node("waiting", &name, parents, 0, desc.size, Some(desc)));
+        hub.send(progress::node(
+            "waiting",
+            &name,
+            parents,
+            0,
+            desc.size,
+            Some(desc),
+        ));
         let d = parse_digest(desc)?;
         if self.have(&desc.digest).await? {
             let content = self.content().clone();
@@ -327,7 +335,10 @@ impl JobCtx {
                 self.record(&desc.digest, &client).await?;
                 drop(hold);
             }
-            Err(e @ (berth_image::Error::DigestMismatch { .. } | berth_image::Error::SizeMismatch { .. })) => {
+            Err(
+                e @ (berth_image::Error::DigestMismatch { .. }
+                | berth_image::Error::SizeMismatch { .. }),
+            ) => {
                 drop(hold);
                 let err = self.corrupt(&desc, &e.to_string());
                 cell.failed(err.message().to_string());
@@ -336,6 +347,7 @@ impl JobCtx {
             Err(e) => return Err(image_status(e)),
         }
         cell.done(self.content().blob_path(&d));
+        tracing::debug!(digest = %desc.digest, secs = self.started.elapsed().as_secs_f64(), "layer fetched");
         self.label_source(&desc.digest).await?;
         hub.send(progress::node(
             "complete",
@@ -404,6 +416,8 @@ impl JobCtx {
                     }
                 }
                 sent += chunk.len() as u64;
+                self.downloaded
+                    .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 if tx.send(chunk).await.is_err() {
                     // The writer failed: its error is reported by the caller.
                     return Ok(());
@@ -411,9 +425,9 @@ impl JobCtx {
             }
             match broken {
                 None => return Ok(()),
-                Some(e @ (RegistryError::SizeMismatch { .. } | RegistryError::DigestMismatch { .. })) => {
-                    return Err(self.corrupt(desc, &e.to_string()))
-                }
+                Some(
+                    e @ (RegistryError::SizeMismatch { .. } | RegistryError::DigestMismatch { .. }),
+                ) => return Err(self.corrupt(desc, &e.to_string())),
                 Some(e) if e.is_retryable() => {
                     if sent > before {
                         failures = 0;
@@ -429,7 +443,11 @@ impl JobCtx {
                 }
                 Some(e) => return Err(self.status(&e)),
             }
-            if self.js.cancel_flag().load(std::sync::atomic::Ordering::SeqCst) {
+            if self
+                .js
+                .cancel_flag()
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
                 return Err(Status::cancelled(format!(
                     "pull of {} cancelled",
                     self.plan.reference

@@ -60,7 +60,9 @@ async fn adopt(shared: &Shared, ns: &str, reference: &str, into: &str) -> Result
         }
         drop_unfinished_snapshots(shared, ns, &l).await;
         for r in &l.resources {
-            if r.r#type.starts_with("snapshots/") && !snapshot_committed(shared, ns, &r.r#type, &r.id).await {
+            if r.r#type.starts_with("snapshots/")
+                && !snapshot_committed(shared, ns, &r.r#type, &r.id).await
+            {
                 continue;
             }
             shared
@@ -110,8 +112,12 @@ async fn drop_unfinished_snapshots(shared: &Shared, ns: &str, lease: &LeaseRecor
         if let Ok(Some(rec)) = rec {
             if rec.kind != SnapshotKind::Committed {
                 match super::unpack::remove_snapshot(shared, ns, sn, &r.id).await {
-                    Ok(()) => tracing::info!(snapshot = %r.id, namespace = ns, "removed a half-applied snapshot of an interrupted pull"),
-                    Err(e) => tracing::warn!(snapshot = %r.id, error = %e.message(), "removing a half-applied snapshot"),
+                    Ok(()) => {
+                        tracing::info!(snapshot = %r.id, namespace = ns, "removed a half-applied snapshot of an interrupted pull")
+                    }
+                    Err(e) => {
+                        tracing::warn!(snapshot = %r.id, error = %e.message(), "removing a half-applied snapshot")
+                    }
                 }
             }
         }

@@ -6,8 +6,8 @@
 //!   restarted within a limit, then its clients get an error naming the reference.
 //! - `actor.rs`: PullActor: runs one job at a time for its reference (joined requests share it, requests with
 //!   another plan queue behind it), fans progress out, answers every client.
-//! - `job.rs`: one pull: resolve, walk index → manifests → config and layers, record content with
-//!   containerd's labels, write the image records; `fetch.rs` streams blobs into resumable ingests,
+//! - `job.rs`: one pull: resolve, then `walk.rs` (index → manifests → config and layers, content recorded
+//!   with containerd's labels), then the image records; `fetch.rs` streams blobs into resumable ingests,
 //!   `cell.rs` lets the unpacker follow a layer while it downloads, `unpack.rs` applies layers into snapshots
 //!   named by chain ids, `lease.rs` keeps what a pull wrote (and what an interrupted one left) under a lease.
 //!
@@ -23,6 +23,7 @@ pub mod lease;
 pub mod progress;
 mod supervisor;
 pub mod unpack;
+mod walk;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;

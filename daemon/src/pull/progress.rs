@@ -162,7 +162,10 @@ mod tests {
     fn ref_keys_are_containerds() {
         use berth_image::oci::media;
         assert_eq!(ref_key(&desc(media::OCI_MANIFEST)), "manifest-sha256:ab");
-        assert_eq!(ref_key(&desc(media::DOCKER_MANIFEST_LIST)), "index-sha256:ab");
+        assert_eq!(
+            ref_key(&desc(media::DOCKER_MANIFEST_LIST)),
+            "index-sha256:ab"
+        );
         assert_eq!(ref_key(&desc(media::OCI_LAYER_GZIP)), "layer-sha256:ab");
         assert_eq!(ref_key(&desc(media::DOCKER_CONFIG)), "config-sha256:ab");
         assert_eq!(ref_key(&desc("text/plain")), "unknown-sha256:ab");

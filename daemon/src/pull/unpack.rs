@@ -190,10 +190,12 @@ pub(super) async fn unpack_layers(
     let store = &t.shared.ctx.store;
     for (i, (desc, cell)) in layers.iter().enumerate() {
         let chain = chains[i].clone();
-        let parent = if i == 0 { String::new() } else { chains[i - 1].clone() };
-        let lock = t
-            .shared
-            .chain_lock(format!("{}/{sn_name}/{chain}", t.ns));
+        let parent = if i == 0 {
+            String::new()
+        } else {
+            chains[i - 1].clone()
+        };
+        let lock = t.shared.chain_lock(format!("{}/{sn_name}/{chain}", t.ns));
         let _one = lock.lock().await;
         let exists = {
             let (s, ns, c) = (store.clone(), t.ns.to_string(), chain.clone());
@@ -202,10 +204,14 @@ pub(super) async fn unpack_layers(
         if exists.is_some() {
             if let Some(l) = t.lease {
                 store
-                    .add_lease_resource(t.ns, l, LeaseResource {
-                        id: chain.clone(),
-                        r#type: res_snapshots(sn_name),
-                    })
+                    .add_lease_resource(
+                        t.ns,
+                        l,
+                        LeaseResource {
+                            id: chain.clone(),
+                            r#type: res_snapshots(sn_name),
+                        },
+                    )
                     .await?;
             }
             continue;
@@ -274,6 +280,7 @@ pub(super) async fn unpack_layers(
                 return Err(e.into());
             }
         }
+        tracing::debug!(chain = %chain, layer = %desc.digest, "layer unpacked");
         store
             .update_content(
                 t.ns,
@@ -341,10 +348,7 @@ pub(super) async fn unpack_pulled(cx: Arc<JobCtx>, u: Unpack, full: Full) -> Res
     .map(|_| ())
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(
-    shared: &Shared,
-    d: &Descriptor,
-) -> Result<T, Status> {
+fn read_json<T: serde::de::DeserializeOwned>(shared: &Shared, d: &Descriptor) -> Result<T, Status> {
     let dg = Digest::parse(&d.digest).map_err(|e| Status::invalid_argument(e.to_string()))?;
     let size = usize::try_from(d.size).unwrap_or(0).max(1);
     let bytes = shared
@@ -384,7 +388,8 @@ pub(super) async fn unpack_stored(
         let mut layers = Vec::new();
         for l in &m.layers {
             let cell = BlobCell::new(l.clone());
-            let dg = Digest::parse(&l.digest).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let dg =
+                Digest::parse(&l.digest).map_err(|e| Status::invalid_argument(e.to_string()))?;
             cell.done(content.blob_path(&dg));
             layers.push((l.clone(), cell));
         }

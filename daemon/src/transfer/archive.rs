@@ -98,7 +98,12 @@ fn tree(
 }
 
 /// Record every stored blob reachable from `roots` in `ns` under `lease`, with gc labels.
-async fn record_trees(pulls: &Pulls, ns: &str, lease: &str, roots: &[Descriptor]) -> Result<(), Status> {
+async fn record_trees(
+    pulls: &Pulls,
+    ns: &str,
+    lease: &str,
+    roots: &[Descriptor],
+) -> Result<(), Status> {
     let content = pulls.ctx().images.content().clone();
     let roots2 = roots.to_vec();
     let blobs = tokio::task::spawn_blocking(move || {
@@ -146,7 +151,9 @@ fn prefixed_names(store: &ImageStore, img: &ArchiveImage) -> Vec<String> {
 
 async fn temp_lease(pulls: &Pulls, ns: &str) -> Result<String, Status> {
     let id = generate_lease_id();
-    let expire = prost_types::Timestamp::from(std::time::SystemTime::now() + std::time::Duration::from_secs(3600));
+    let expire = prost_types::Timestamp::from(
+        std::time::SystemTime::now() + std::time::Duration::from_secs(3600),
+    );
     let labels = HashMap::from([(
         LABEL_EXPIRE.to_string(),
         crate::util::rfc3339::format(&expire),
@@ -200,10 +207,11 @@ async fn import_with(
         // Blobs land before their records: GC must wait until they are recorded.
         let _hold = images.hold().await;
         let content = images.content().clone();
-        let found = tokio::task::spawn_blocking(move || berth_image::archive::import(&content, reader))
-            .await
-            .map_err(join_err)?
-            .map_err(|e| Status::invalid_argument(format!("importing the archive: {e}")))?;
+        let found =
+            tokio::task::spawn_blocking(move || berth_image::archive::import(&content, reader))
+                .await
+                .map_err(join_err)?
+                .map_err(|e| Status::invalid_argument(format!("importing the archive: {e}")))?;
         let roots: Vec<Descriptor> = found.iter().map(|i| i.descriptor.clone()).collect();
         record_trees(pulls, ns, lease, &roots).await?;
         found
@@ -213,7 +221,11 @@ async fn import_with(
     if !store.name.is_empty() {
         whole.push(image_name(&store.name));
     }
-    for r in store.extra_references.iter().filter(|r| !r.is_prefix && !r.name.is_empty()) {
+    for r in store
+        .extra_references
+        .iter()
+        .filter(|r| !r.is_prefix && !r.name.is_empty())
+    {
         whole.push(image_name(&r.name));
     }
     if !whole.is_empty() {
@@ -300,7 +312,11 @@ async fn index_of(
 }
 
 /// Find the images an ImageStore names (its name and full extra references).
-pub(super) async fn lookup(pulls: &Pulls, ns: &str, store: &ImageStore) -> Result<Vec<Image>, Status> {
+pub(super) async fn lookup(
+    pulls: &Pulls,
+    ns: &str,
+    store: &ImageStore,
+) -> Result<Vec<Image>, Status> {
     let mut names: Vec<String> = Vec::new();
     if !store.name.is_empty() {
         names.push(store.name.clone());
@@ -372,7 +388,10 @@ fn exportable(
             Status::failed_precondition(format!(
                 "index {}: no complete manifest for {} to export",
                 target.digest,
-                want.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+                want.iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
         })
 }
@@ -401,11 +420,9 @@ pub async fn export(
     let content = images.content().clone();
     let mut archive_images = Vec::new();
     for img in &imgs {
-        let target = img
-            .target
-            .as_ref()
-            .map(descriptor_of)
-            .ok_or_else(|| Status::failed_precondition(format!("image {:?} has no target", img.name)))?;
+        let target = img.target.as_ref().map(descriptor_of).ok_or_else(|| {
+            Status::failed_precondition(format!("image {:?} has no target", img.name))
+        })?;
         let (c, p) = (content.clone(), platforms.clone());
         let descriptor = tokio::task::spawn_blocking(move || exportable(&c, &target, &p))
             .await
@@ -434,7 +451,10 @@ pub async fn export(
     written?;
     sent?;
     for img in &imgs {
-        send(&sink, progress::node("exported", &img.name, &[], 0, 0, None));
+        send(
+            &sink,
+            progress::node("exported", &img.name, &[], 0, 0, None),
+        );
     }
     send(&sink, progress::status("Completed export"));
     Ok(())
@@ -455,10 +475,9 @@ pub async fn tag(
         .into_iter()
         .next()
         .ok_or_else(|| Status::not_found("no source image"))?;
-    let target = img
-        .target
-        .clone()
-        .ok_or_else(|| Status::failed_precondition(format!("image {:?} has no target", img.name)))?;
+    let target = img.target.clone().ok_or_else(|| {
+        Status::failed_precondition(format!("image {:?} has no target", img.name))
+    })?;
     let mut names: Vec<String> = Vec::new();
     if !to.name.is_empty() {
         names.push(image_name(&to.name));
@@ -481,7 +500,10 @@ pub async fn tag(
             ..Default::default()
         };
         pulls.store_image(ns, new).await?;
-        send(&sink, progress::node("saved", &name, &[], 0, 0, Some(&descriptor_of(&target))));
+        send(
+            &sink,
+            progress::node("saved", &name, &[], 0, 0, Some(&descriptor_of(&target))),
+        );
     }
     Ok(())
 }

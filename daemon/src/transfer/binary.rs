@@ -39,7 +39,9 @@ pub fn receive(mut stream: StreamHandle) -> ChannelReader {
                 Ok(Some(m)) => m,
                 Ok(None) => break,
                 Err(e) => {
-                    let _ = tx.send(Err(format!("receiving the archive: {}", e.message()))).await;
+                    let _ = tx
+                        .send(Err(format!("receiving the archive: {}", e.message())))
+                        .await;
                     return;
                 }
             };

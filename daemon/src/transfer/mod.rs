@@ -177,7 +177,8 @@ impl TransferService {
         let plan = Plan {
             reference: reference.to_string(),
             resolver: Resolver {
-                hosts_dir: (!resolver.host_dir.is_empty()).then(|| PathBuf::from(&resolver.host_dir)),
+                hosts_dir: (!resolver.host_dir.is_empty())
+                    .then(|| PathBuf::from(&resolver.host_dir)),
                 plain_http,
             },
             platforms: store.platforms.iter().map(platform_of).collect(),

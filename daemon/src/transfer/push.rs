@@ -42,7 +42,8 @@ fn order(
     if media::is_index(&d.media_type) {
         let idx: Index = read_json(content, d)?;
         for c in &idx.manifests {
-            let cd = Digest::parse(&c.digest).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let cd =
+                Digest::parse(&c.digest).map_err(|e| Status::invalid_argument(e.to_string()))?;
             if content.exists(&cd) {
                 order(content, c, out)?;
             }
@@ -50,7 +51,8 @@ fn order(
     } else if media::is_manifest(&d.media_type) {
         let m: Manifest = read_json(content, d)?;
         for c in std::iter::once(&m.config).chain(m.layers.iter()) {
-            let cd = Digest::parse(&c.digest).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let cd =
+                Digest::parse(&c.digest).map_err(|e| Status::invalid_argument(e.to_string()))?;
             if !content.exists(&cd) {
                 return Err(Status::failed_precondition(format!(
                     "cannot push manifest {}: blob {} is not in the content store",
@@ -95,12 +97,11 @@ pub async fn push(
         .into_iter()
         .next()
         .ok_or_else(|| Status::not_found("no image to push"))?;
-    let target = img
-        .target
-        .as_ref()
-        .map(descriptor_of)
-        .ok_or_else(|| Status::failed_precondition(format!("image {:?} has no target", img.name)))?;
-    let hosts_dir = (!resolver.host_dir.is_empty()).then(|| std::path::PathBuf::from(&resolver.host_dir));
+    let target = img.target.as_ref().map(descriptor_of).ok_or_else(|| {
+        Status::failed_precondition(format!("image {:?} has no target", img.name))
+    })?;
+    let hosts_dir =
+        (!resolver.host_dir.is_empty()).then(|| std::path::PathBuf::from(&resolver.host_dir));
     let client = pulls.client(hosts_dir.as_ref());
     let mut opts = RequestOptions {
         plain_http: resolver.default_scheme == "http",
@@ -112,7 +113,10 @@ pub async fn push(
         .map_err(|e| job_status(&name, &e))?;
     let ir = format!("OCI Registry ({name})");
     send(&sink, progress::status(format!("Pushing to {ir}")));
-    send(&sink, progress::node("pushing content", &img.name, &[], 0, 0, Some(&target)));
+    send(
+        &sink,
+        progress::node("pushing content", &img.name, &[], 0, 0, Some(&target)),
+    );
     let images = pulls.ctx().images.clone();
     let _hold = images.hold().await;
     let content = images.content().clone();
@@ -127,7 +131,10 @@ pub async fn push(
     let mut asked = false;
     for d in &blobs {
         let key = progress::ref_key(d);
-        send(&sink, progress::node("uploading", &key, &[], 0, d.size, Some(d)));
+        send(
+            &sink,
+            progress::node("uploading", &key, &[], 0, d.size, Some(d)),
+        );
         let dg = Digest::parse(&d.digest).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let size = usize::try_from(d.size).unwrap_or(0);
         let c = content.clone();
@@ -167,9 +174,15 @@ pub async fn push(
                 Err(e) => return Err(job_status(&name, &e)),
             }
         }
-        send(&sink, progress::node("complete", &key, &[], d.size, d.size, Some(d)));
+        send(
+            &sink,
+            progress::node("complete", &key, &[], d.size, d.size, Some(d)),
+        );
     }
-    send(&sink, progress::node("pushed content", &img.name, &[], 0, 0, Some(&target)));
+    send(
+        &sink,
+        progress::node("pushed content", &img.name, &[], 0, 0, Some(&target)),
+    );
     send(&sink, progress::status(format!("Completed push to {ir}")));
     Ok(())
 }

@@ -51,9 +51,8 @@ pub fn decode_any<T: Message + prost::Name + Default>(any: &Any) -> Result<T, St
             any.type_url
         )));
     }
-    T::decode(any.value.as_slice()).map_err(|e| {
-        Status::invalid_argument(format!("cannot decode {}: {e}", T::full_name()))
-    })
+    T::decode(any.value.as_slice())
+        .map_err(|e| Status::invalid_argument(format!("cannot decode {}: {e}", T::full_name())))
 }
 
 type Key = (String, String);
