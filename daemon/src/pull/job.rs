@@ -68,6 +68,8 @@ pub(super) struct Full {
     pub config: ImageConfig,
     /// The platform it is for (the index's, else the config's).
     pub platform: Platform,
+    /// Listed in an index (else: the reference named this manifest itself).
+    pub from_index: bool,
 }
 
 /// The state of one job, shared by its tasks.

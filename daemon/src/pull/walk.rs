@@ -105,6 +105,7 @@ impl JobCtx {
                     if let Some(p) = &child.platform {
                         f.platform = p.clone();
                     }
+                    f.from_index = true;
                     fulls.push(f);
                 }
             }
@@ -146,6 +147,7 @@ impl JobCtx {
             platform: config.platform(),
             manifest: m,
             config,
+            from_index: false,
         }))
     }
 
@@ -241,7 +243,23 @@ impl JobCtx {
     ) -> Result<Vec<(super::Unpack, Full)>, Status> {
         let mut out: Vec<(super::Unpack, Full)> = Vec::new();
         for u in &self.plan.unpacks {
-            let Some(f) = fulls.iter().find(|f| u.platform.matches(&f.platform)) else {
+            // A reference naming a single manifest is unpacked as it is, whatever its config says.
+            let single = match fulls {
+                [only] if !only.from_index => Some(only),
+                _ => None,
+            };
+            let found = fulls.iter().find(|f| u.platform.matches(&f.platform));
+            if found.is_none() {
+                if let Some(f) = single {
+                    tracing::warn!(
+                        reference = %self.plan.reference,
+                        image = %f.platform,
+                        unpack = %u.platform,
+                        "unpacking an image of another platform"
+                    );
+                }
+            }
+            let Some(f) = found.or(single) else {
                 return Err(Status::not_found(format!(
                     "{}: nothing to unpack for platform {} (fetched: {})",
                     self.plan.reference,
