@@ -94,7 +94,9 @@ impl JobCtx {
                 if !is_full && !self.plan.all_metadata {
                     continue;
                 }
-                let bytes = self.fetch_small(child, std::slice::from_ref(&parent)).await?;
+                let bytes = self
+                    .fetch_small(child, std::slice::from_ref(&parent))
+                    .await?;
                 if media::is_index(&child.media_type) {
                     if is_full {
                         self.walk_index(child, &bytes, fulls, depth + 1).await?;

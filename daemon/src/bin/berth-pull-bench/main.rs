@@ -18,7 +18,7 @@ mod image;
 mod procs;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
@@ -228,6 +228,5 @@ async fn run(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
         unpack.0,
         unpack.1 as f64 / 1e6
     );
-    let _ = Duration::ZERO;
     Ok(())
 }
