@@ -2,7 +2,8 @@
 //! credentials answered on the client's auth stream as ctr 2.x does), TLS with a CA the test makes (named in
 //! hosts.toml `ca`), a bearer-token registry (a proxy with its own token realm), a multi-platform index
 //! pushed with `skopeo copy --all` resolving to this host's platform, a pull by digest, and a mirror from
-//! hosts.toml in front of a registry that does not exist. Root only (the pulls unpack).
+//! hosts.toml in front of a registry that does not exist (named by the request, then by berthd's
+//! `registry_hosts_dir`). Root only (the pulls unpack).
 
 use std::process::Command;
 use std::time::Duration;
@@ -326,5 +327,29 @@ async fn mirror_from_hosts_toml() {
         proxy.seen()
     );
     assert_eq!(run_in(&fx, &reference, "echo mirrored"), "mirrored\n");
+
+    // The same through berthd's own `registry_hosts_dir` (the request names no hosts dir).
+    let mut fx = fx;
+    let mut config = std::fs::read_to_string(&fx.config_path).expect("config");
+    config.push_str(&format!(
+        "registry_hosts_dir = {:?}\n",
+        hosts.display().to_string()
+    ));
+    std::fs::write(&fx.config_path, config).expect("write config");
+    fx.daemon.restart();
+    registry.push_oci_layout(&layout.path, "busybox:other");
+    let other = format!("{dead}/busybox:other");
+    Transfer::new(fx.channel().await, &fx.ns)
+        .pull(&other, &PullOptions::default())
+        .await
+        .expect("pull through the mirror named by berthd's config");
+    assert!(
+        proxy
+            .seen()
+            .iter()
+            .any(|s| s.path == "/v2/busybox/manifests/other"),
+        "resolved at the mirror: {:?}",
+        proxy.seen()
+    );
     fx.guard.assert_clean();
 }
