@@ -93,6 +93,11 @@ pub struct Config {
     pub failpoints: String,
     /// Seconds an ingest (an interrupted write) that no lease holds may sit idle before GC removes it.
     pub ingest_expiry_secs: u64,
+    /// containerd-style registry hosts directory (`<dir>/<host>/hosts.toml`: mirrors, CAs, credentials)
+    /// for server-side pulls; a Transfer request's `host_dir` overrides it.
+    pub registry_hosts_dir: PathBuf,
+    /// Layer downloads one server-side pull runs at once.
+    pub max_concurrent_downloads: usize,
 }
 
 impl Default for Config {
@@ -112,6 +117,8 @@ impl Default for Config {
             max_batch: 1024,
             failpoints: String::new(),
             ingest_expiry_secs: 3600,
+            registry_hosts_dir: PathBuf::from("/etc/berth/certs.d"),
+            max_concurrent_downloads: 3,
         }
     }
 }
@@ -146,6 +153,11 @@ impl Config {
         if self.subscriber_queue == 0 {
             return Err(ConfigError::Invalid(
                 "subscriber_queue must be at least 1".into(),
+            ));
+        }
+        if self.max_concurrent_downloads == 0 {
+            return Err(ConfigError::Invalid(
+                "max_concurrent_downloads must be at least 1".into(),
             ));
         }
         if self.max_batch == 0 {

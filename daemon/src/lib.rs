@@ -8,6 +8,8 @@
 //! - [`services`]: the gRPC services (thin: validate, convert, call the store/bus/actors, map errors).
 //! - [`tree`]: the supervision tree, in one function.
 //! - [`tasks`]: tasks, shims and recovery (TaskSupervisor, ContainerActor, ShimActor).
+//! - [`pull`]: server-side pulls (PullSupervisor, a PullActor per reference); [`transfer`]: containerd's
+//!   Transfer and Streaming services (pull, import, export, tag, push).
 //! - [`supervision`], [`failpoint`], [`namespace`], [`util`]: supervision vocabulary, fault injection,
 //!   request helpers, time formats.
 //! - [`server`]: startup (dirs, single-instance lock, socket), the runtimes, serving and shutdown.
@@ -19,10 +21,12 @@ pub mod events;
 pub mod failpoint;
 pub mod images;
 pub mod namespace;
+pub mod pull;
 pub mod server;
 pub mod services;
 pub mod store;
 pub mod supervision;
 pub mod tasks;
+pub mod transfer;
 pub mod tree;
 pub mod util;

@@ -316,6 +316,8 @@ async fn serve(
     use berth_proto::containerd::leases::leases_server::LeasesServer;
     use berth_proto::containerd::namespaces::namespaces_server::NamespacesServer;
     use berth_proto::containerd::snapshots::snapshots_server::SnapshotsServer;
+    use berth_proto::containerd::streaming::streaming_server::StreamingServer;
+    use berth_proto::containerd::transfer::transfer_server::TransferServer;
     use berth_proto::containerd::version::version_server::VersionServer;
 
     let mut signals = StopSignals::install()?;
@@ -338,6 +340,7 @@ async fn serve(
     )
     .await;
     let tasks = tree.tasks.clone();
+    let streams = crate::transfer::streams::Streams::default();
     let listener = tokio::net::UnixListener::from_std(listener)
         .map_err(io_err("listening on", &config.address))?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
@@ -383,7 +386,13 @@ async fn serve(
         )))
         .add_service(limits!(DiffServer::new(services::diff::DiffService::new(
             ctx.clone()
-        ))));
+        ))))
+        .add_service(limits!(TransferServer::new(
+            crate::transfer::TransferService::new(tree.pulls.clone(), streams.clone())
+        )))
+        .add_service(limits!(StreamingServer::new(
+            crate::transfer::streams::StreamingService::new(streams)
+        )));
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = stop_rx.await;
     }));

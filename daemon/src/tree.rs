@@ -5,7 +5,7 @@
 //! ├─ store-writer     WriterWatcher: the meta.redb writer thread (restarted if it dies)
 //! ├─ journal-writer   WriterWatcher: the events.redb writer thread (restarted if it dies)
 //! ├─ tasks            TaskSupervisor ── ContainerActor per task ── ShimActor (its shim's event pump)
-//! ├─ pulls            PullSupervisor ── PullActor per image reference      (images issue: not yet)
+//! ├─ pulls            PullSupervisor ── PullActor per (namespace, image reference)
 //! ├─ networks         NetworkSupervisor ── AttachmentActor per attachment  (networks issue: not yet)
 //! └─ gc               GcActor: leases and gc labels, after deletes, on a timer, on demand
 //! ```
@@ -30,6 +30,8 @@ pub struct Tree {
     pub root: Addr<RootSupervisor>,
     /// The task subsystem's handle.
     pub tasks: crate::tasks::Tasks,
+    /// The pull subsystem's handle.
+    pub pulls: crate::pull::Pulls,
 }
 
 /// Build the tree on `ctx.actors` (the actix arbiter). `escalate` is called with a child's name when it
@@ -87,9 +89,18 @@ pub async fn start(ctx: &DaemonContext, escalate: Escalate) -> Tree {
     )
     .await;
 
-    // Slots the next issues fill: "pulls" (PullSupervisor), "networks" (NetworkSupervisor).
+    let (pulls, pull_supervisor) = crate::pull::new(ctx.clone());
+    let _ = add(
+        "pulls",
+        RestartPolicy::Permanent,
+        RestartLimit::new(5, Duration::from_secs(60)),
+        pull_supervisor,
+    )
+    .await;
 
-    Tree { root, tasks }
+    // Slots the next issues fill: "networks" (NetworkSupervisor).
+
+    Tree { root, tasks, pulls }
 }
 
 /// The factory of a [`WriterWatcher`].

@@ -52,10 +52,13 @@ pub mod mounts;
 pub mod oci_layout;
 pub mod proc;
 pub mod registry;
+pub mod regproxy;
+pub mod regtls;
 pub mod run;
 pub mod runc_fixture;
 pub mod shim_fixture;
 pub mod task_fixture;
+pub mod transfer;
 
 use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;

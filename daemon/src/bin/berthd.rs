@@ -1,7 +1,8 @@
 //! berthd entry point: flags and config, logging, then `server::prepare` + `server::run`.
 //!
 //! `berthd [--config FILE] [--root DIR] [--state DIR] [--address SOCK] [--log-level LEVEL] [--log-format
-//! text|json]`, and `berthd config default` (prints the full default config). This file must stay thin.
+//! text|json] [--registry-hosts-dir DIR]`, and `berthd config default` (prints the full default config).
+//! This file must stay thin.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -33,6 +34,9 @@ struct Cli {
     /// Log format.
     #[arg(long)]
     log_format: Option<LogFormat>,
+    /// Registry hosts directory (containerd's certs.d layout) for server-side pulls.
+    #[arg(long)]
+    registry_hosts_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -74,6 +78,9 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     }
     if let Some(v) = cli.log_format {
         config.log_format = v;
+    }
+    if let Some(v) = &cli.registry_hosts_dir {
+        config.registry_hosts_dir = v.clone();
     }
     config.validate()?;
     Ok(config)

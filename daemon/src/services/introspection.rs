@@ -14,9 +14,9 @@ use tonic::{Request, Response, Status};
 use super::parse_filters;
 use crate::context::Context;
 
-/// (type, id, requires, init error) of every plugin Berth reports. The Transfer and Streaming services are
-/// listed with an init error until server-side pulls land (containerd's Go client then falls back to
-/// client-side pulls instead of failing).
+/// (type, id, requires, init error) of every plugin Berth reports, all working: containerd 2.x's server-side
+/// Transfer service (pull, import, export, tag, push) and its Streaming service included, which is what makes
+/// containerd's Go client pull through berthd instead of client-side.
 const PLUGINS: &[(&str, &str, &[&str], Option<&str>)] = &[
     ("io.containerd.metadata.v1", "redb", &[], None),
     ("io.containerd.event.v1", "exchange", &[], None),
@@ -102,6 +102,34 @@ const PLUGINS: &[(&str, &str, &[&str], Option<&str>)] = &[
         "io.containerd.grpc.v1",
         "diff",
         &["io.containerd.differ.v1"],
+        None,
+    ),
+    (
+        "io.containerd.streaming.v1",
+        "manager",
+        &["io.containerd.metadata.v1"],
+        None,
+    ),
+    (
+        "io.containerd.transfer.v1",
+        "local",
+        &[
+            "io.containerd.lease.v1",
+            "io.containerd.metadata.v1",
+            "io.containerd.differ.v1",
+        ],
+        None,
+    ),
+    (
+        "io.containerd.grpc.v1",
+        "streaming",
+        &["io.containerd.streaming.v1"],
+        None,
+    ),
+    (
+        "io.containerd.grpc.v1",
+        "transfer",
+        &["io.containerd.transfer.v1", "io.containerd.streaming.v1"],
         None,
     ),
     (
