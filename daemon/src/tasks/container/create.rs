@@ -1,9 +1,11 @@
-//! Tasks.Create as one flow of the task's own actor: read and validate the container, write the bundle and
-//! berthd's record, start and connect the shim, have it create the container, record that it exists. Any
-//! failure undoes what this flow did (shim stopped, task dir removed, the task's journal keys forgotten) and
+//! Tasks.Create as one flow of the task's own actor: read and validate the container (its network labels
+//! too), set up its network (netns and CNI attachments, when it asks for one), write the bundle (with the
+//! netns path and the hosts/resolv.conf/hostname bind mounts) and berthd's record, publish the network files,
+//! start and connect the shim, have it create the container, record that it exists. Any failure undoes what
+//! this flow did (shim stopped, task dir removed, network torn down, the task's journal keys forgotten) and
 //! frees the id before the client hears the error. Nothing is written before the request is known valid.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use berth_proto::containerd_client::services::v1::CreateTaskRequest;
@@ -11,6 +13,7 @@ use berth_proto::shim as shimpb;
 
 use super::messages::CreateTask;
 use super::{ContainerActor, Phase, Reply};
+use crate::network::{Owner, Plan, Setup};
 use crate::tasks::bundle::{self, TaskRecord};
 use crate::tasks::error::TaskError;
 use crate::tasks::shim::{self, ShimClient};
@@ -33,6 +36,10 @@ struct Creating {
     /// Set once the task directory may hold our files.
     wrote: bool,
     client: Option<ShimClient>,
+    /// The task's network, once set up.
+    net: Option<Setup>,
+    /// When the create began (for the "network ready" figure).
+    started: Instant,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -56,7 +63,8 @@ impl Creating {
         .ok_or_else(|| TaskError::ContainerNotFound(self.id.clone()))?;
 
         // Validate everything before touching the disk.
-        let spec_json = bundle::validate_spec(container.spec.as_ref())?;
+        let mut spec_json = bundle::validate_spec(container.spec.as_ref())?;
+        let plan = Plan::from_labels(&container.labels)?;
         let runtime = container.runtime.as_ref();
         let choice = bundle::resolve_runtime(
             runtime.map(|r| r.name.as_str()).unwrap_or(""),
@@ -82,6 +90,7 @@ impl Creating {
             ),
             runtime_root: choice.root.clone(),
             created: false,
+            network: plan.is_some(),
             dead: None,
         };
         let rootfs: Vec<shimpb::Mount> = req
@@ -103,15 +112,49 @@ impl Creating {
             .await
             .map_err(|e| TaskError::Upstream(e.into()))?;
 
+        if let Some(plan) = &plan {
+            let spec: serde_json::Value = serde_json::from_slice(&spec_json)
+                .map_err(|e| TaskError::InvalidArgument(format!("container spec: {e}")))?;
+            let owner = Owner::task(&self.ns, &self.id);
+            let setup = self
+                .shared
+                .networks
+                .setup(&owner, plan, &spec, &self.dir)
+                .await?;
+            spec_json = setup.edit_bundle(&spec_json)?;
+            self.net = Some(setup);
+        }
+
         self.wrote = true;
         let args = self.shared.start_args(&self.ns, &self.id, &record);
         let (d, r) = (self.dir.clone(), record.clone());
-        let address = blocking(move || {
-            bundle::write_bundle(&d, &spec_json)?;
-            bundle::save_record(&d, &r)?;
-            shim::start_shim(&args)
-        })
-        .await?;
+        let address = match &self.net {
+            None => {
+                blocking(move || {
+                    bundle::write_bundle(&d, &spec_json)?;
+                    bundle::save_record(&d, &r)?;
+                    shim::start_shim(&args)
+                })
+                .await?
+            }
+            Some(setup) => {
+                blocking(move || {
+                    bundle::write_bundle(&d, &spec_json)?;
+                    bundle::save_record(&d, &r)
+                })
+                .await?;
+                let t = self.shared.networks.publish(setup).await?;
+                tracing::info!(
+                    networks = %setup.summary(),
+                    netns_us = t.netns.as_micros() as u64,
+                    attach_us = t.attach.as_micros() as u64,
+                    setup_us = t.total.as_micros() as u64,
+                    since_create_us = self.started.elapsed().as_micros() as u64,
+                    "network ready"
+                );
+                blocking(move || shim::start_shim(&args)).await?
+            }
+        };
         if let Some(pid) = bundle::read_shim_pid(&self.dir) {
             shim::set_oom_score_adj(pid, config.shim_oom_score_adj);
         }
@@ -132,6 +175,9 @@ impl Creating {
         record.created = true;
         let (d, r) = (self.dir.clone(), record.clone());
         blocking(move || bundle::save_record(&d, &r)).await?;
+        if let Some(setup) = &mut self.net {
+            setup.durable().await?;
+        }
         Ok(Created {
             client,
             record,
@@ -139,15 +185,20 @@ impl Creating {
         })
     }
 
-    /// Undo a failed create: stop the shim (if any), remove the task dir, forget the task's journal keys.
+    /// Undo a failed create: stop the shim (if any), remove the task dir, tear the network down, forget the
+    /// task's journal keys.
     async fn undo(self) {
         if let Some(mut c) = self.client {
             let _ = c.shutdown(shimpb::ShutdownRequest { now: true }).await;
         }
-        if !self.wrote {
-            return;
+        if self.wrote {
+            undo_dir(&self.shared, &self.ns, &self.id, &self.dir).await;
         }
-        undo_dir(&self.shared, &self.ns, &self.id, &self.dir).await;
+        if let Some(setup) = self.net {
+            if let Err(e) = self.shared.networks.abandon(setup).await {
+                tracing::error!(error = %e, "tearing down the network of a failed create");
+            }
+        }
     }
 }
 
@@ -192,6 +243,8 @@ impl Handler<CreateTask> for ContainerActor {
                     dir: act.dir.clone(),
                     wrote: false,
                     client: None,
+                    net: None,
+                    started: Instant::now(),
                 };
                 let release = act.release();
                 Ok(async move {

@@ -12,7 +12,7 @@ use berth_proto::containerd_client::types::v1::Status as ProcStatus;
 use berth_proto::shim;
 
 use super::create::undo_dir;
-use super::delete::finish;
+use super::delete::{finish, teardown_network};
 use super::shim_events::reap_dead_shim;
 use super::{guarded, ContainerActor, Phase};
 use crate::tasks::bundle::{self, TaskRecord};
@@ -101,6 +101,9 @@ async fn rebuild(
         if let Some(mut c) = connect_shim(&dir).await {
             let _ = c.shutdown(shim::ShutdownRequest { now: true }).await;
         }
+        if record.network {
+            teardown_network(&shared, &ns, &id).await;
+        }
         undo_dir(&shared, &ns, &id, &dir).await;
         return Ok(Rebuilt::Gone);
     }
@@ -112,6 +115,9 @@ async fn rebuild(
         if !record.created && shared.ctx.events.last_shim_seq(&task_key(&ns, &id)).await? == 0 {
             // A create that never got as far as the runtime: nobody saw this task.
             tracing::info!("removing a task whose create never completed");
+            if record.network {
+                teardown_network(&shared, &ns, &id).await;
+            }
             undo_dir(&shared, &ns, &id, &dir).await;
             return Ok(Rebuilt::Gone);
         }
@@ -128,6 +134,9 @@ async fn rebuild(
         Err(s) if s.code() == tonic::Code::NotFound && !record.created => {
             tracing::info!("removing a task whose create never completed");
             let _ = c.shutdown(shim::ShutdownRequest { now: true }).await;
+            if record.network {
+                teardown_network(&shared, &ns, &id).await;
+            }
             undo_dir(&shared, &ns, &id, &dir).await;
             return Ok(Rebuilt::Gone);
         }
