@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use berth_proto::containerd_client::services::v1::containers_client::ContainersClient;
@@ -24,7 +24,30 @@ use tonic::Status;
 use crate::task_fixture::{fifo_reader, read_until, req, write_config, TaskFixture};
 use crate::{run_timeout, DaemonConfig, Guard, TestDir};
 
-static HOST_LOCK: Mutex<()> = Mutex::new(());
+/// Held by one fixture at a time (a guard that can move between threads, unlike a `MutexGuard`).
+static HOST_BUSY: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+
+struct HostLock;
+
+impl HostLock {
+    fn take() -> HostLock {
+        let (busy, freed) = &HOST_BUSY;
+        let mut b = busy.lock().unwrap_or_else(|e| e.into_inner());
+        while *b {
+            b = freed.wait(b).unwrap_or_else(|e| e.into_inner());
+        }
+        *b = true;
+        HostLock
+    }
+}
+
+impl Drop for HostLock {
+    fn drop(&mut self) {
+        let (busy, freed) = &HOST_BUSY;
+        *busy.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        freed.notify_one();
+    }
+}
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 static IP_FORWARD: OnceLock<String> = OnceLock::new();
 
@@ -130,13 +153,13 @@ pub struct NetFixture {
     pub ipam_dir: PathBuf,
     /// berth-net's attachment cache.
     pub cache_dir: PathBuf,
-    _host: MutexGuard<'static, ()>,
+    _host: HostLock,
 }
 
 impl NetFixture {
     /// A berthd for test `name` with its own network settings and `failpoints` (`""` for none).
     pub fn new(name: &str, failpoints: &str) -> NetFixture {
-        let host = HOST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let host = HostLock::take();
         IP_FORWARD.get_or_init(|| {
             std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default()
         });

@@ -54,6 +54,14 @@ async fn broken_configs_missing_plugins_and_plugin_errors_are_clear_and_leave_no
         e.message()
     );
     assert!(e.message().contains("CNI error"), "{}", e.message());
+    // The bridge plugin cleaned up after its failed ADD, but its DEL cannot parse that config either: berth-net
+    // keeps the attachment's cache entry as a DEL still owed (berthd retries it at every start) and the error
+    // says so. Nothing is left on the host.
+    assert!(e.message().contains("stays cached"), "{}", e.message());
+    let owed = nf.cache_entries();
+    assert_eq!(owed.len(), 1, "{owed:?}");
+    std::fs::remove_file(&owed[0]).expect("remove the owed entry");
+    nf.assert_no_leaks();
 
     // A chain naming a plugin that is not installed: bridge is undone, the error names the missing one.
     let mut chain = nf.bridge_plugin(None);

@@ -188,7 +188,7 @@ fn ready_figures(log: &str, id: &str) -> Option<[u64; 4]> {
     };
     Some([
         field("since_create_us")?,
-        field("setup_us")?,
+        field("network_us")?,
         field("attach_us")?,
         field("netns_us")?,
     ])

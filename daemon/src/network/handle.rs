@@ -227,8 +227,9 @@ pub struct Setup {
     names: Vec<String>,
     attached: Vec<Attached>,
     durable: Option<tokio::task::JoinHandle<Result<(), NetError>>>,
-    started: Instant,
     netns_took: Duration,
+    /// setup's own wall time (entry to return).
+    setup_took: Duration,
 }
 
 impl std::fmt::Debug for Setup {
@@ -321,8 +322,9 @@ pub struct Timings {
     pub netns: Duration,
     /// berth-net's ADDs, summed (plugins included).
     pub attach: Duration,
-    /// From `setup` being called to the files being published.
-    pub total: Duration,
+    /// The network's own work: [`Networks::setup`] plus [`Networks::publish`] (the bundle written between
+    /// them is not counted).
+    pub network: Duration,
 }
 
 impl Networks {
@@ -448,8 +450,8 @@ impl Networks {
             names,
             attached: Vec::new(),
             durable: None,
-            started,
             netns_took,
+            setup_took: Duration::ZERO,
         };
         let netns_path = setup.netns.clone().unwrap_or_default();
         for (i, network) in networks.into_iter().enumerate() {
@@ -488,6 +490,7 @@ impl Networks {
                 store.put_net_attachments(records).await.map_err(NetError::from)
             }));
         }
+        setup.setup_took = started.elapsed();
         Ok(setup)
     }
 
@@ -563,6 +566,7 @@ impl Networks {
     /// call after the bundle is written, before the runtime creates the container) and put it into the hosts
     /// files of its networks' members. Returns the create's network timings.
     pub async fn publish(&self, setup: &Setup) -> Result<Timings, NetError> {
+        let started = Instant::now();
         let shared = self.shared.clone();
         let dir = setup.dir.clone();
         let key = setup.owner.key();
@@ -622,14 +626,14 @@ impl Networks {
         let timings = Timings {
             netns: setup.netns_took,
             attach: setup.attached.iter().map(|a| a.took).sum(),
-            total: setup.started.elapsed(),
+            network: setup.setup_took + started.elapsed(),
         };
         tracing::debug!(
             owner = %setup.owner,
             networks = %setup.summary(),
             netns_us = Setup::us(timings.netns),
             attach_us = Setup::us(timings.attach),
-            total_us = Setup::us(timings.total),
+            network_us = Setup::us(timings.network),
             "network published"
         );
         Ok(timings)

@@ -148,7 +148,7 @@ impl Creating {
                     networks = %setup.summary(),
                     netns_us = t.netns.as_micros() as u64,
                     attach_us = t.attach.as_micros() as u64,
-                    setup_us = t.total.as_micros() as u64,
+                    network_us = t.network.as_micros() as u64,
                     since_create_us = self.started.elapsed().as_micros() as u64,
                     "network ready"
                 );
