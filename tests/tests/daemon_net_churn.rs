@@ -32,7 +32,10 @@ async fn fifty_sequential_then_fifty_ten_way_parallel_leave_nothing() {
         let ports = (i % 5 == 0).then_some(publish.as_str());
         cycle(&nf, &format!("s{i}"), ports).await;
     }
-    eprintln!("50 sequential create+start+delete: {:.1} s", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "50 sequential create+start+delete: {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
     nf.assert_no_leaks();
 
     let t0 = Instant::now();
@@ -48,7 +51,10 @@ async fn fifty_sequential_then_fifty_ten_way_parallel_leave_nothing() {
     for w in workers {
         w.await.expect("worker");
     }
-    eprintln!("50 create+start+delete, 10 at a time: {:.1} s", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "50 create+start+delete, 10 at a time: {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
     nf.assert_no_leaks();
     assert!(nf.netns_files().is_empty());
 }

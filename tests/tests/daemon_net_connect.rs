@@ -15,18 +15,32 @@ async fn two_containers_reach_each_other_by_address_and_name_and_the_bridge() {
     let nf = NetFixture::new("net-pair", "");
     let sleep = ["sleep", "1000"];
     assert!(
-        nf.conf_dir.read_dir().map(|mut d| d.next().is_none()).unwrap_or(true),
+        nf.conf_dir
+            .read_dir()
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true),
         "the conf dir starts empty"
     );
-    nf.run("c1", &[(NETWORKS, "berth")], &sleep).await.expect("run c1");
+    nf.run("c1", &[(NETWORKS, "berth")], &sleep)
+        .await
+        .expect("run c1");
     // The default network was written at first use, with the configured bridge and subnet.
-    let conflist = std::fs::read_to_string(nf.conf_dir.join("10-berth.conflist")).expect("default network");
-    assert!(conflist.contains(&nf.bridge) && conflist.contains(&nf.subnet), "{conflist}");
-    nf.run("c2", &[(NETWORKS, "berth")], &sleep).await.expect("run c2");
+    let conflist =
+        std::fs::read_to_string(nf.conf_dir.join("10-berth.conflist")).expect("default network");
+    assert!(
+        conflist.contains(&nf.bridge) && conflist.contains(&nf.subnet),
+        "{conflist}"
+    );
+    nf.run("c2", &[(NETWORKS, "berth")], &sleep)
+        .await
+        .expect("run c2");
 
     let ip1 = nf.ip_of("c1").await;
     let ip2 = nf.ip_of("c2").await;
-    assert!(ip1.starts_with(&nf.prefix) && ip2.starts_with(&nf.prefix), "{ip1} {ip2}");
+    assert!(
+        ip1.starts_with(&nf.prefix) && ip2.starts_with(&nf.prefix),
+        "{ip1} {ip2}"
+    );
     assert_ne!(ip1, ip2);
     // The netns is berthd's named one.
     assert!(nf.netns_path("c1").exists());
@@ -47,16 +61,24 @@ async fn two_containers_reach_each_other_by_address_and_name_and_the_bridge() {
     let (_, hosts1) = nf.exec("c1", "cat /etc/hosts").await;
     assert!(hosts1.contains(&format!("{ip2}\tc2-h c2")), "{hosts1}");
     assert!(hosts1.contains(&format!("{ip1}\tc1-h c1")), "{hosts1}");
-    let (_, own) = nf.exec("c2", "cat /etc/hostname; hostname; cat /etc/resolv.conf").await;
+    let (_, own) = nf
+        .exec("c2", "cat /etc/hostname; hostname; cat /etc/resolv.conf")
+        .await;
     assert!(own.starts_with("c2-h\nc2-h\n"), "{own}");
-    assert!(!own.contains("nameserver"), "no nameserver on Berth's default network: {own}");
+    assert!(
+        !own.contains("nameserver"),
+        "no nameserver on Berth's default network: {own}"
+    );
     // Nothing was written into the image's rootfs (the runtime made an empty mount point there).
     let in_rootfs = nf.fx.dir.join("c1/rootfs/etc/hosts");
     assert_eq!(std::fs::read_to_string(&in_rootfs).unwrap_or_default(), "");
 
     nf.remove("c2").await;
     let (_, hosts1) = nf.exec("c1", "cat /etc/hosts").await;
-    assert!(!hosts1.contains("c2"), "c2 left, c1's hosts file must say so: {hosts1}");
+    assert!(
+        !hosts1.contains("c2"),
+        "c2 left, c1's hosts file must say so: {hosts1}"
+    );
     let (rc, _) = nf.exec("c1", "ping -c 1 -W 1 c2").await;
     assert_ne!(rc, 0, "c2 is gone");
     nf.remove("c1").await;
@@ -70,7 +92,9 @@ async fn none_has_only_loopback_and_no_label_gets_no_attachment() {
     }
     let nf = NetFixture::new("net-none", "");
     let sleep = ["sleep", "1000"];
-    nf.run("lonely", &[(NETWORKS, "none")], &sleep).await.expect("run");
+    nf.run("lonely", &[(NETWORKS, "none")], &sleep)
+        .await
+        .expect("run");
     let (rc, out) = nf.exec("lonely", "ip -o link; ip -o -4 addr").await;
     assert_eq!(rc, 0, "{out}");
     let links: Vec<&str> = out
@@ -119,14 +143,22 @@ async fn host_shares_the_host_namespace() {
     // It sees a host interface that only the host has: a veth pair made for the test.
     let dummy = format!("{}d", nf.bridge);
     let peer = format!("{}p", nf.bridge);
-    let made = berth_tests::net_fixture::sh(&["ip", "link", "add", &dummy, "type", "veth", "peer", "name", &peer]);
+    let made = berth_tests::net_fixture::sh(&[
+        "ip", "link", "add", &dummy, "type", "veth", "peer", "name", &peer,
+    ]);
     assert!(made.0, "{}", made.1);
     let (_, out) = nf.exec("h", "ip -o link").await;
     let _ = berth_tests::net_fixture::sh(&["ip", "link", "del", &dummy]);
     assert!(out.contains(&format!(": {dummy}@{peer}:")), "{out}");
-    assert!(!nf.netns_path("h").exists(), "no netns of berthd's for host");
+    assert!(
+        !nf.netns_path("h").exists(),
+        "no netns of berthd's for host"
+    );
     let (_, hosts) = nf.exec("h", "cat /etc/hosts").await;
-    assert_eq!(hosts, std::fs::read_to_string("/etc/hosts").unwrap_or_default());
+    assert_eq!(
+        hosts,
+        std::fs::read_to_string("/etc/hosts").unwrap_or_default()
+    );
     nf.remove("h").await;
     nf.assert_no_leaks();
 }
@@ -139,14 +171,26 @@ async fn bad_labels_and_unknown_networks_are_refused_before_anything_is_made() {
     let nf = NetFixture::new("net-labels", "");
     let sleep = ["sleep", "1000"];
     for (i, (labels, want, needle)) in [
-        (vec![(NETWORKS, "a,,b")], Code::InvalidArgument, "berth.io/networks=\"a,,b\""),
-        (vec![(NETWORKS, "host,berth")], Code::InvalidArgument, "berth.io/networks=\"host,berth\""),
+        (
+            vec![(NETWORKS, "a,,b")],
+            Code::InvalidArgument,
+            "berth.io/networks=\"a,,b\"",
+        ),
+        (
+            vec![(NETWORKS, "host,berth")],
+            Code::InvalidArgument,
+            "berth.io/networks=\"host,berth\"",
+        ),
         (
             vec![(NETWORKS, "berth"), ("berth.io/ports", "80")],
             Code::InvalidArgument,
             "berth.io/ports=\"80\"",
         ),
-        (vec![(NETWORKS, "nosuchnet")], Code::FailedPrecondition, "network \"nosuchnet\" is not configured"),
+        (
+            vec![(NETWORKS, "nosuchnet")],
+            Code::FailedPrecondition,
+            "network \"nosuchnet\" is not configured",
+        ),
     ]
     .into_iter()
     .enumerate()
@@ -154,7 +198,11 @@ async fn bad_labels_and_unknown_networks_are_refused_before_anything_is_made() {
         let id = format!("bad{i}");
         let err = nf.run(&id, &labels, &sleep).await.expect_err("refused");
         assert_eq!(err.code(), want, "{err:?}");
-        assert!(err.message().contains(needle), "{:?} lacks {needle:?}", err.message());
+        assert!(
+            err.message().contains(needle),
+            "{:?} lacks {needle:?}",
+            err.message()
+        );
         assert_eq!(code(nf.fx.get(&id, "").await), Code::NotFound);
         assert!(!nf.task_dir(&id).exists());
         nf.delete_container(&id).await;

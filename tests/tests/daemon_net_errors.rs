@@ -30,7 +30,11 @@ async fn broken_configs_missing_plugins_and_plugin_errors_are_clear_and_leave_no
 
     // A conflist that is not JSON: the network cannot be found, and the error names the broken file.
     std::fs::create_dir_all(&nf.conf_dir).expect("conf dir");
-    std::fs::write(nf.conf_dir.join("20-broken.conflist"), "{ \"name\": \"broken\", ").expect("write");
+    std::fs::write(
+        nf.conf_dir.join("20-broken.conflist"),
+        "{ \"name\": \"broken\", ",
+    )
+    .expect("write");
     let e = refused(&nf, "c-broken", "broken").await;
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     assert!(
@@ -96,8 +100,18 @@ esac
     );
     let e = refused(&nf, "c-fails", "fails").await;
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-    for needle in ["network fails", "plugin fails", "CNI error 142", "the fabric is down", "link 7"] {
-        assert!(e.message().contains(needle), "{needle:?} not in {}", e.message());
+    for needle in [
+        "network fails",
+        "plugin fails",
+        "CNI error 142",
+        "the fabric is down",
+        "link 7",
+    ] {
+        assert!(
+            e.message().contains(needle),
+            "{needle:?} not in {}",
+            e.message()
+        );
     }
     // CNI's "try again later" is Unavailable.
     nf.write_plugin(
@@ -111,7 +125,10 @@ exit 0
         "60-busy.conflist",
         &json!({"cniVersion": "1.0.0", "name": "busy", "plugins": [{"type": "busy"}]}),
     );
-    assert_eq!(refused(&nf, "c-busy", "busy").await.code(), Code::Unavailable);
+    assert_eq!(
+        refused(&nf, "c-busy", "busy").await.code(),
+        Code::Unavailable
+    );
     nf.assert_no_leaks();
 }
 
@@ -138,7 +155,11 @@ async fn an_exhausted_subnet_refuses_the_next_container_and_leaves_nothing() {
         "{}",
         e.message()
     );
-    assert!(e.message().contains("no IP addresses available"), "{}", e.message());
+    assert!(
+        e.message().contains("no IP addresses available"),
+        "{}",
+        e.message()
+    );
     assert_eq!(nf.veths().len(), 1, "only the first container's veth");
     assert_eq!(nf.ipam_reservations().len(), 1);
     assert_eq!(nf.cache_entries().len(), 1);

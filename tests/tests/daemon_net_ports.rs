@@ -47,7 +47,9 @@ async fn published_port_answers_on_loopback_until_the_container_is_deleted() {
     assert_eq!(body.as_deref(), Some("hello from web\n"));
     // The rules name the container's address and the port.
     assert!(
-        nf.marked_rules().iter().any(|r| r.contains(&format!("--dport {port}"))),
+        nf.marked_rules()
+            .iter()
+            .any(|r| r.contains(&format!("--dport {port}"))),
         "{:#?}",
         nf.marked_rules()
     );

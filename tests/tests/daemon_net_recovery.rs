@@ -14,20 +14,30 @@ async fn sigkilled_berthd_restarted_then_deletes_run_del_for_each() {
     }
     let mut nf = NetFixture::new("net-crash", "");
     let sleep = ["sleep", "1000"];
-    nf.run("a", &[(NETWORKS, "berth")], &sleep).await.expect("run a");
-    nf.run("b", &[(NETWORKS, "berth")], &sleep).await.expect("run b");
+    nf.run("a", &[(NETWORKS, "berth")], &sleep)
+        .await
+        .expect("run a");
+    nf.run("b", &[(NETWORKS, "berth")], &sleep)
+        .await
+        .expect("run b");
     let ip_b = nf.ip_of("b").await;
     assert_eq!(nf.veths().len(), 2);
 
     nf.fx.daemon.kill();
     nf.fx.daemon.start_again();
     // Still attached, still named: the restart DELs nothing of live tasks.
-    assert_eq!(nf.veths().len(), 2, "a restart must not detach live containers");
+    assert_eq!(
+        nf.veths().len(),
+        2,
+        "a restart must not detach live containers"
+    );
     let (rc, out) = nf.exec("a", "ping -c 1 -W 3 b").await;
     assert_eq!(rc, 0, "{out}");
     assert!(out.contains(&ip_b), "{out}");
     // Names are maintained by the restarted berthd: a newcomer shows up in a's hosts file.
-    nf.run("c", &[(NETWORKS, "berth")], &sleep).await.expect("run c");
+    nf.run("c", &[(NETWORKS, "berth")], &sleep)
+        .await
+        .expect("run c");
     let (rc, out) = nf.exec("a", "ping -c 1 -W 3 c").await;
     assert_eq!(rc, 0, "{out}");
 
@@ -49,7 +59,13 @@ async fn a_create_cut_short_after_attaching_is_cleaned_up_at_restart() {
         .run("x", &[(NETWORKS, "berth")], &["sleep", "1000"])
         .await
         .expect_err("berthd died");
-    assert!(matches!(err.code(), Code::Unavailable | Code::Unknown | Code::Cancelled), "{err:?}");
+    assert!(
+        matches!(
+            err.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled
+        ),
+        "{err:?}"
+    );
     assert_eq!(nf.veths().len(), 1, "the ADD had happened");
     assert_eq!(nf.cache_entries().len(), 1);
     let _ = nf.fx.daemon.kill();
@@ -57,7 +73,9 @@ async fn a_create_cut_short_after_attaching_is_cleaned_up_at_restart() {
     nf.fx.daemon.start_again();
     // Recovery DELs in the background; the task never existed.
     assert!(
-        berth_tests::net_fixture::eventually(std::time::Duration::from_secs(20), || nf.leaks().is_empty()),
+        berth_tests::net_fixture::eventually(std::time::Duration::from_secs(20), || nf
+            .leaks()
+            .is_empty()),
         "{:#?}",
         nf.leaks()
     );
@@ -117,7 +135,10 @@ async fn a_delete_cut_short_is_finished_at_restart() {
     );
     assert_eq!(code(nf.fx.get("d", "").await), Code::NotFound);
     let (_, hosts) = nf.exec("e", "cat /etc/hosts").await;
-    assert!(!hosts.contains("d-h"), "d is gone from e's hosts file: {hosts}");
+    assert!(
+        !hosts.contains("d-h"),
+        "d is gone from e's hosts file: {hosts}"
+    );
     nf.delete_container("d").await;
     nf.remove("e").await;
     nf.assert_no_leaks();

@@ -235,7 +235,10 @@ fn direct_chain(
         let t = Instant::now();
         let mut child = Command::new(&bin)
             .env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .env("CNI_COMMAND", verb)
             .env("CNI_PATH", &cni_path)
             .env("CNI_CONTAINERID", cid)
@@ -438,7 +441,10 @@ async fn bench(args: &Args, env: &mut Env, bindir: &Path, rootfs: &Path) -> anyh
     for i in 0..args.samples {
         match ready_figures(&log, &format!("n{i}")) {
             Some(f) => figures.push(f),
-            None => bail!("no \"network ready\" line for n{i} in {}", log_path.display()),
+            None => bail!(
+                "no \"network ready\" line for n{i} in {}",
+                log_path.display()
+            ),
         }
     }
 
@@ -448,14 +454,35 @@ async fn bench(args: &Args, env: &mut Env, bindir: &Path, rootfs: &Path) -> anyh
     let run_with: Vec<f64> = with.iter().map(|(a, b)| ms(*a + *b)).collect();
     let run_without: Vec<f64> = without.iter().map(|(a, b)| ms(*a + *b)).collect();
     println!("one attachment to the default network (bridge + portmap + firewall):");
-    println!("  task create to network ready (berthd)   {}", stats(since_create.clone()));
-    println!("  network setup in berthd                 {}", stats(setup.clone()));
-    println!("    of which netns creation               {}", stats(netns.clone()));
-    println!("    of which berth-net ADD (plugins)      {}", stats(attach.clone()));
-    println!("  same chain exec'd directly               {}", stats(direct_ms.clone()));
+    println!(
+        "  task create to network ready (berthd)   {}",
+        stats(since_create.clone())
+    );
+    println!(
+        "  network setup in berthd                 {}",
+        stats(setup.clone())
+    );
+    println!(
+        "    of which netns creation               {}",
+        stats(netns.clone())
+    );
+    println!(
+        "    of which berth-net ADD (plugins)      {}",
+        stats(attach.clone())
+    );
+    println!(
+        "  same chain exec'd directly               {}",
+        stats(direct_ms.clone())
+    );
     println!("run (Tasks.Create + Start):");
-    println!("  with the network                        {}", stats(run_with.clone()));
-    println!("  without a network                       {}", stats(run_without.clone()));
+    println!(
+        "  with the network                        {}",
+        stats(run_with.clone())
+    );
+    println!(
+        "  without a network                       {}",
+        stats(run_without.clone())
+    );
     println!(
         "  Tasks.Create with / without network     {} / {}",
         stats(with.iter().map(|(a, _)| ms(*a)).collect()),
@@ -474,8 +501,14 @@ async fn bench(args: &Args, env: &mut Env, bindir: &Path, rootfs: &Path) -> anyh
     let in_net: Vec<f64> = attach.iter().zip(&direct_ms).map(|(a, d)| a - d).collect();
     let total: Vec<f64> = setup.iter().zip(&direct_ms).map(|(s, d)| s - d).collect();
     println!("Berth's overhead over the plugins, per attachment (paired samples):");
-    println!("  berthd around berth-net (no netns)      {}", stats(around));
-    println!("  berth-net ADD minus direct chain        {}", stats(in_net));
+    println!(
+        "  berthd around berth-net (no netns)      {}",
+        stats(around)
+    );
+    println!(
+        "  berth-net ADD minus direct chain        {}",
+        stats(in_net)
+    );
     println!("  setup (incl. netns) minus direct chain  {}", stats(total));
     remove_all(&mut c).await;
     Ok(())
@@ -487,7 +520,11 @@ async fn remove_all(c: &mut Clients) {
             remove(c, &t.id).await;
         }
     }
-    if let Ok(list) = c.containers.list(req(ListContainersRequest::default())).await {
+    if let Ok(list) = c
+        .containers
+        .list(req(ListContainersRequest::default()))
+        .await
+    {
         for ctr in list.into_inner().containers {
             let _ = c
                 .containers

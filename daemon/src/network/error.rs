@@ -30,7 +30,10 @@ pub enum NetError {
         why: String,
     },
     /// No loadable config defines the network.
-    #[error("network {network:?} is not configured in {dir}{}", problems_note(problems))]
+    #[error(
+        "network {network:?} is not configured in {dir}{}",
+        problems_note(problems)
+    )]
     UnknownNetwork {
         /// The network asked for.
         network: String,

@@ -90,7 +90,9 @@ fn parse_networks(value: &str) -> Result<Mode, NetError> {
         _ => {}
     }
     if let Some(special) = names.iter().find(|n| matches!(**n, "none" | "host")) {
-        return Err(err(format!("{special:?} cannot be combined with other networks")));
+        return Err(err(format!(
+            "{special:?} cannot be combined with other networks"
+        )));
     }
     if names.len() > MAX_NETWORKS {
         return Err(err(format!(
@@ -116,8 +118,7 @@ fn parse_networks(value: &str) -> Result<Mode, NetError> {
 /// The CNI spec's network name rule.
 fn valid_network_name(n: &str) -> bool {
     n.as_bytes().first().is_some_and(u8::is_ascii_alphanumeric)
-        && n
-            .bytes()
+        && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
@@ -168,18 +169,27 @@ mod tests {
 
     #[test]
     fn modes_and_ports() {
-        let p = plan(&[(NETWORKS_LABEL, " a, b-2 "), (PORTS_LABEL, "127.0.0.1:8080:80,53:53/udp")])
-            .expect("ok")
-            .expect("some");
+        let p = plan(&[
+            (NETWORKS_LABEL, " a, b-2 "),
+            (PORTS_LABEL, "127.0.0.1:8080:80,53:53/udp"),
+        ])
+        .expect("ok")
+        .expect("some");
         assert_eq!(p.mode, Mode::Networks(vec!["a".into(), "b-2".into()]));
         assert_eq!(p.ports.len(), 2);
         assert_eq!(p.ports[0].host_port, 8080);
         assert_eq!(
-            plan(&[(NETWORKS_LABEL, "none")]).expect("ok").expect("some").mode,
+            plan(&[(NETWORKS_LABEL, "none")])
+                .expect("ok")
+                .expect("some")
+                .mode,
             Mode::None
         );
         assert_eq!(
-            plan(&[(NETWORKS_LABEL, "host")]).expect("ok").expect("some").mode,
+            plan(&[(NETWORKS_LABEL, "host")])
+                .expect("ok")
+                .expect("some")
+                .mode,
             Mode::Host
         );
     }
@@ -215,7 +225,10 @@ mod tests {
             );
             assert_eq!(e.status().code(), tonic::Code::InvalidArgument, "{msg}");
         }
-        let many = (0..17).map(|i| format!("n{i}")).collect::<Vec<_>>().join(",");
+        let many = (0..17)
+            .map(|i| format!("n{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
         assert!(plan(&[(NETWORKS_LABEL, &many)]).is_err());
     }
 }

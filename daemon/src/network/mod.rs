@@ -5,10 +5,11 @@
 //! - `labels.rs`: what a container asks for ([`Plan`]): `berth.io/networks` (names, `none`, `host`) and
 //!   `berth.io/ports`; checked before anything is created.
 //! - `handle.rs`: [`Networks`], the handle the task layer holds (cheap to clone). An [`Owner`] (a task today,
-//!   a CRI pod sandbox later: the API takes an owner and a netns path, never a container) is set up with
-//!   [`Networks::setup`] (netns, ADD of each network in order as eth0, eth1, ..., ports on the first), given
-//!   its files with [`Networks::publish`] and taken down with [`Networks::teardown`] (names, DEL of every
-//!   attachment, netns, records). [`Networks::check`] runs CHECK on demand.
+//!   a CRI pod sandbox later: the API takes an owner, whose netns path follows from it, never a container)
+//!   is set up with [`Networks::setup`] (netns, ADD of each network in order as eth0, eth1, ..., ports on the
+//!   first), given its files with [`Networks::publish`] (`setup.rs`) and taken down with
+//!   [`Networks::teardown`] (names, DEL of every attachment, netns, records: `teardown.rs`).
+//!   [`Networks::check`] runs CHECK on demand.
 //! - `supervisor.rs`: NetworkSupervisor, the only writer of the attachment registry: routes every operation
 //!   on (owner, network) to that attachment's actor, starting it on demand and stopping it once it is
 //!   detached and idle, so two operations on one attachment never overlap and an attachment never has two
@@ -41,13 +42,16 @@ mod labels;
 mod names;
 mod owner;
 mod recovery;
+mod setup;
 mod spec;
 mod supervisor;
+mod teardown;
 
 pub use error::NetError;
-pub use handle::{Networks, Setup};
+pub use handle::Networks;
 pub use labels::{Mode, Plan, NETWORKS_LABEL, PORTS_LABEL};
 pub use owner::Owner;
+pub use setup::{Attached, Setup, Timings};
 pub use supervisor::NetworkSupervisor;
 
 use crate::context::Context as DaemonContext;

@@ -244,6 +244,9 @@ mod tests {
             options: vec!["ndots:2".into()],
         };
         let text = resolv_conf(&dns);
-        assert!(text.contains("nameserver 10.0.0.1\nsearch a.b\noptions ndots:2\n"), "{text}");
+        assert!(
+            text.contains("nameserver 10.0.0.1\nsearch a.b\noptions ndots:2\n"),
+            "{text}"
+        );
     }
 }

@@ -73,7 +73,11 @@ pub(crate) fn scan(shared: &Shared) -> Vec<Leftovers> {
         }
     }
     let netns_root = shared.ctx.config.netns_dir();
-    for ns in std::fs::read_dir(&netns_root).into_iter().flatten().flatten() {
+    for ns in std::fs::read_dir(&netns_root)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let ns_name = ns.file_name().to_string_lossy().into_owned();
         for id in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
             let id_name = id.file_name().to_string_lossy().into_owned();
@@ -100,10 +104,7 @@ pub(crate) fn scan(shared: &Shared) -> Vec<Leftovers> {
             live.push((key, m));
         }
     }
-    let mut registry = shared
-        .names
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let mut registry = shared.names.lock().unwrap_or_else(|e| e.into_inner());
     for (key, m) in live {
         registry.adopt(&key, m);
     }

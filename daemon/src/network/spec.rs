@@ -36,7 +36,10 @@ fn has_private_uts(spec: &Value) -> bool {
         .is_some_and(|nss| {
             nss.iter().any(|n| {
                 n.get("type").and_then(Value::as_str) == Some("uts")
-                    && n.get("path").and_then(Value::as_str).unwrap_or("").is_empty()
+                    && n.get("path")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .is_empty()
             })
         })
 }
@@ -98,7 +101,10 @@ pub(crate) fn edit(
     }
     let private_uts = nss.iter().any(|n| {
         n.get("type").and_then(Value::as_str) == Some("uts")
-            && n.get("path").and_then(Value::as_str).unwrap_or("").is_empty()
+            && n.get("path")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .is_empty()
     });
     if set_hostname && private_uts && !hostname.is_empty() {
         obj.insert("hostname".into(), hostname.into());
@@ -167,7 +173,10 @@ mod tests {
             .iter()
             .filter_map(|m| m["destination"].as_str())
             .collect();
-        assert_eq!(dests, ["/proc", "/etc/resolv.conf", "/etc/hosts", "/etc/hostname"]);
+        assert_eq!(
+            dests,
+            ["/proc", "/etc/resolv.conf", "/etc/hosts", "/etc/hostname"]
+        );
         let hosts = &s["mounts"][2];
         assert_eq!(hosts["source"], "/run/berth/tasks/ns/c1/hosts");
         assert_eq!(s["mounts"][1]["source"], "/mine");
@@ -186,6 +195,13 @@ mod tests {
             .any(|n| n["type"] == "network"));
         assert_eq!(s["hostname"], "web");
         let mut bad = json!([]);
-        assert!(edit(&mut bad, &Mode::None, Some(Path::new("/n")), Path::new("/d"), "h").is_err());
+        assert!(edit(
+            &mut bad,
+            &Mode::None,
+            Some(Path::new("/n")),
+            Path::new("/d"),
+            "h"
+        )
+        .is_err());
     }
 }

@@ -116,7 +116,8 @@ impl NetworkSupervisor {
             .or_insert_with(|| {
                 let gen = shared.next_gen();
                 let attached = adopted.is_some();
-                let addr = AttachmentActor::new(shared.clone(), key.clone(), gen, me, adopted).start();
+                let addr =
+                    AttachmentActor::new(shared.clone(), key.clone(), gen, me, adopted).start();
                 Slot {
                     addr,
                     gen,
@@ -151,19 +152,21 @@ impl NetworkSupervisor {
                 "the network supervisor failed; retry".into(),
             ))));
         };
-        Box::pin(async move { addr.send(msg).await }.into_actor(self).map(
-            move |res, act, ctx| {
-                let res = res.unwrap_or_else(|_| {
-                    Err(NetError::ActorFailed(format!(
-                        "the actor of {} on network {} stopped during the call; retry",
-                        key.0, key.1
-                    )))
-                });
-                let attached = after(&res);
-                act.guarded(ctx, "settle", |act, _| act.settle(&key, gen, attached));
-                res
-            },
-        ))
+        Box::pin(
+            async move { addr.send(msg).await }
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    let res = res.unwrap_or_else(|_| {
+                        Err(NetError::ActorFailed(format!(
+                            "the actor of {} on network {} stopped during the call; retry",
+                            key.0, key.1
+                        )))
+                    });
+                    let attached = after(&res);
+                    act.guarded(ctx, "settle", |act, _| act.settle(&key, gen, attached));
+                    res
+                }),
+        )
     }
 
     /// An answer came back: stop the actor when its attachment is gone and nothing else is pending.
@@ -223,7 +226,10 @@ impl NetworkSupervisor {
         let networks = Networks::new(self.shared.clone());
         let shared = self.shared.clone();
         let n = stale.len();
-        tracing::info!(owners = n, "removing network leftovers of tasks that are gone");
+        tracing::info!(
+            owners = n,
+            "removing network leftovers of tasks that are gone"
+        );
         let t0 = std::time::Instant::now();
         ctx.spawn(
             async move {
@@ -271,7 +277,8 @@ impl Actor for NetworkSupervisor {
 }
 
 impl Handler<Attach> for NetworkSupervisor {
-    type Result = ResponseActFuture<Self, Result<(berth_net::AttachResult, std::time::Duration), NetError>>;
+    type Result =
+        ResponseActFuture<Self, Result<(berth_net::AttachResult, std::time::Duration), NetError>>;
 
     fn handle(&mut self, m: Attach, ctx: &mut Self::Context) -> Self::Result {
         let key = m.key.clone();

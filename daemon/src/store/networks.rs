@@ -43,15 +43,13 @@ pub struct NetAttachmentRecord {
 }
 
 fn decode(owner: &str, network: &str, bytes: &[u8]) -> Result<NetAttachmentRecord, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        StoreError::Corrupt(format!("network attachment {owner}/{network}: {e}"))
-    })
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("network attachment {owner}/{network}: {e}")))
 }
 
 fn encode(rec: &NetAttachmentRecord) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(rec).map_err(|e| {
-        StoreError::Corrupt(format!("encoding network attachment {}: {e}", rec.owner))
-    })
+    serde_json::to_vec(rec)
+        .map_err(|e| StoreError::Corrupt(format!("encoding network attachment {}: {e}", rec.owner)))
 }
 
 impl Store {

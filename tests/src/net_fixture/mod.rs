@@ -10,44 +10,25 @@
 //! own markers. On drop it stops berthd, kills what is left, removes the bridge, the netns files, the marked
 //! iptables rules and restores `ip_forward`, then fails the test if it had to clean anything up.
 
-use std::collections::HashMap;
+mod host;
+mod leaks;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub use host::{eventually, free_port, sh};
+use host::{free_third_octet, HostLock};
 
 use berth_proto::containerd_client::services::v1::containers_client::ContainersClient;
 use berth_proto::containerd_client::services::v1::*;
 use tonic::Status;
 
 use crate::task_fixture::{fifo_reader, read_until, req, write_config, TaskFixture};
-use crate::{run_timeout, DaemonConfig, Guard, TestDir};
+use crate::{DaemonConfig, Guard, TestDir};
 
-/// Held by one fixture at a time (a guard that can move between threads, unlike a `MutexGuard`).
-static HOST_BUSY: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
-
-struct HostLock;
-
-impl HostLock {
-    fn take() -> HostLock {
-        let (busy, freed) = &HOST_BUSY;
-        let mut b = busy.lock().unwrap_or_else(|e| e.into_inner());
-        while *b {
-            b = freed.wait(b).unwrap_or_else(|e| e.into_inner());
-        }
-        *b = true;
-        HostLock
-    }
-}
-
-impl Drop for HostLock {
-    fn drop(&mut self) {
-        let (busy, freed) = &HOST_BUSY;
-        *busy.lock().unwrap_or_else(|e| e.into_inner()) = false;
-        freed.notify_one();
-    }
-}
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 static IP_FORWARD: OnceLock<String> = OnceLock::new();
 
@@ -64,46 +45,6 @@ pub const CAPS: [&str; 4] = [
     "CAP_NET_BIND_SERVICE",
     "CAP_NET_RAW",
 ];
-
-/// Run a host command with a time limit; its stdout (stderr appended when it failed).
-pub fn sh(args: &[&str]) -> (bool, String) {
-    let mut cmd = Command::new(args[0]);
-    cmd.args(&args[1..]);
-    let out = run_timeout(&mut cmd, Duration::from_secs(30));
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-    }
-    (out.status.success(), text)
-}
-
-/// Poll `f` until it holds or `limit` passes; its last answer.
-pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A TCP port free on every host address right now (a published port DNATs all its connections).
-pub fn free_port() -> u16 {
-    use std::net::TcpListener;
-    let seed = std::process::id() * 7919 + COUNTER.fetch_add(1, Ordering::Relaxed) * 104_729;
-    for k in 0..2000u32 {
-        let p = 20000 + ((seed + k * 977) % 40000) as u16;
-        if TcpListener::bind(("0.0.0.0", p)).is_ok() && TcpListener::bind(("127.0.0.1", p)).is_ok()
-        {
-            return p;
-        }
-    }
-    panic!("no free port");
-}
 
 /// A fixture's network settings, as written into berthd's config.
 struct NetPaths {
@@ -224,24 +165,26 @@ impl NetFixture {
             self.fx.ns.clone(),
             crate::task_fixture::runtime(),
         );
-        self.fx.guard.on_cleanup("kill shims and delete containers", move || {
-            let tasks = st.join("tasks").join(&ns2);
-            let runc_root = st.join("runc").join(&ns2);
-            for e in std::fs::read_dir(&tasks).into_iter().flatten().flatten() {
-                let id = e.file_name().to_string_lossy().into_owned();
-                let _ = Command::new(&rt)
-                    .arg("--root")
-                    .arg(&runc_root)
-                    .args(["delete", "--force", &id])
-                    .output();
-                if let Ok(pid) = std::fs::read_to_string(e.path().join("shim.pid")) {
-                    if let Ok(pid) = pid.trim().parse::<i32>() {
-                        crate::proc::kill(pid, nix::sys::signal::Signal::SIGKILL);
-                        crate::proc::wait_dead(pid, Duration::from_secs(5));
+        self.fx
+            .guard
+            .on_cleanup("kill shims and delete containers", move || {
+                let tasks = st.join("tasks").join(&ns2);
+                let runc_root = st.join("runc").join(&ns2);
+                for e in std::fs::read_dir(&tasks).into_iter().flatten().flatten() {
+                    let id = e.file_name().to_string_lossy().into_owned();
+                    let _ = Command::new(&rt)
+                        .arg("--root")
+                        .arg(&runc_root)
+                        .args(["delete", "--force", &id])
+                        .output();
+                    if let Ok(pid) = std::fs::read_to_string(e.path().join("shim.pid")) {
+                        if let Ok(pid) = pid.trim().parse::<i32>() {
+                            crate::proc::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                            crate::proc::wait_dead(pid, Duration::from_secs(5));
+                        }
                     }
                 }
-            }
-        });
+            });
     }
 
     /// berthd's `<state>/netns/<ns>/<id>`.
@@ -256,7 +199,12 @@ impl NetFixture {
 
     /// The task dir `<state>/tasks/<ns>/<id>` (its hosts, resolv.conf, hostname files).
     pub fn task_dir(&self, id: &str) -> PathBuf {
-        self.fx.daemon.state().join("tasks").join(&self.fx.ns).join(id)
+        self.fx
+            .daemon
+            .state()
+            .join("tasks")
+            .join(&self.fx.ns)
+            .join(id)
     }
 
     /// The bridge's address (host-local gives the gateway the subnet's first address).
@@ -322,7 +270,12 @@ impl NetFixture {
     }
 
     /// Container, task and Start; the init's pid. A failed Tasks.Create is returned (the container stays).
-    pub async fn run(&self, id: &str, labels: &[(&str, &str)], args: &[&str]) -> Result<u32, Status> {
+    pub async fn run(
+        &self,
+        id: &str,
+        labels: &[(&str, &str)],
+        args: &[&str],
+    ) -> Result<u32, Status> {
         self.create_container(id, labels, args).await;
         self.fx.create_task(id, "", "").await?;
         let mut t = self.fx.tasks().await;
@@ -378,7 +331,8 @@ impl NetFixture {
         ))
         .await
         .expect("start exec");
-        let text = tokio::task::block_in_place(|| read_until(&mut out, "__rc=", Duration::from_secs(30)));
+        let text =
+            tokio::task::block_in_place(|| read_until(&mut out, "__rc=", Duration::from_secs(30)));
         let _ = tokio::time::timeout(Duration::from_secs(10), self.fx.wait(id, &exec_id)).await;
         let _ = t
             .delete_process(req(
@@ -439,132 +393,6 @@ impl NetFixture {
             .delete(req(&self.fx.ns, DeleteContainerRequest { id: id.into() }))
             .await;
     }
-
-    /// host-local reservations (files named by an IP) in the fixture's IPAM dir.
-    pub fn ipam_reservations(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for net in std::fs::read_dir(&self.ipam_dir).into_iter().flatten().flatten() {
-            for f in std::fs::read_dir(net.path()).into_iter().flatten().flatten() {
-                let name = f.file_name().to_string_lossy().into_owned();
-                if name.parse::<std::net::IpAddr>().is_ok() {
-                    out.push(format!("{}/{name}", net.file_name().to_string_lossy()));
-                }
-            }
-        }
-        out
-    }
-
-    /// Links enslaved to the fixture's bridge (the host ends of veths).
-    pub fn veths(&self) -> Vec<String> {
-        let (ok, out) = sh(&["ip", "-o", "link", "show", "master", &self.bridge]);
-        if !ok {
-            return Vec::new(); // no bridge, no veths on it
-        }
-        out.lines()
-            .filter_map(|l| l.split(": ").nth(1))
-            .map(|n| n.split('@').next().unwrap_or(n).to_string())
-            .collect()
-    }
-
-    /// iptables rules (nat and filter) carrying one of the fixture's markers.
-    pub fn marked_rules(&self) -> Vec<String> {
-        let markers = self.markers();
-        let mut out = Vec::new();
-        for table in ["nat", "filter"] {
-            let (_, text) = sh(&["iptables", "-w", "-t", table, "-S"]);
-            out.extend(
-                text.lines()
-                    .filter(|l| markers.iter().any(|m| l.contains(m.as_str())))
-                    .map(|l| format!("{table}: {l}")),
-            );
-        }
-        out
-    }
-
-    fn markers(&self) -> Vec<String> {
-        vec![
-            self.prefix.clone(),
-            format!("\"{}\"", self.bridge),
-            format!(" {} ", self.bridge),
-            format!("{}__", self.fx.ns),
-        ]
-    }
-
-    /// Netns files berthd has under `<state>/netns` (any namespace).
-    pub fn netns_files(&self) -> Vec<PathBuf> {
-        let root = self.fx.daemon.state().join("netns");
-        let mut out = Vec::new();
-        for ns in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-            for f in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
-                out.push(f.path());
-            }
-        }
-        out
-    }
-
-    /// berth-net cache entries left.
-    pub fn cache_entries(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for net in std::fs::read_dir(&self.cache_dir).into_iter().flatten().flatten() {
-            for f in std::fs::read_dir(net.path()).into_iter().flatten().flatten() {
-                if f.file_name().to_string_lossy().ends_with(".json") {
-                    out.push(f.path());
-                }
-            }
-        }
-        out
-    }
-
-    /// Everything of the fixture's networks still on the host (empty = clean).
-    pub fn leaks(&self) -> Vec<String> {
-        let mut left = Vec::new();
-        // The host end of a veth goes with the DEL; give the kernel a moment anyway.
-        eventually(Duration::from_secs(5), || self.veths().is_empty());
-        for v in self.veths() {
-            left.push(format!("veth {v} on bridge {}", self.bridge));
-        }
-        for f in self.netns_files() {
-            left.push(format!("netns file {}", f.display()));
-        }
-        for m in crate::mounts_below(&self.fx.daemon.state().join("netns")) {
-            left.push(format!("mount {}", m.display()));
-        }
-        left.extend(self.marked_rules().into_iter().map(|r| format!("iptables {r}")));
-        for r in self.ipam_reservations() {
-            left.push(format!("IPAM reservation {r}"));
-        }
-        for c in self.cache_entries() {
-            left.push(format!("cache entry {}", c.display()));
-        }
-        left
-    }
-
-    /// Panic with [`NetFixture::leaks`] when not empty.
-    #[track_caller]
-    pub fn assert_no_leaks(&self) {
-        let left = self.leaks();
-        assert!(left.is_empty(), "network leftovers:\n  {}", left.join("\n  "));
-    }
-
-    /// Remove whatever is left (see the module doc); what had to be removed.
-    fn cleanup(&mut self) -> Vec<String> {
-        self.fx.daemon.stop();
-        let mut left = self.fx.guard.cleanup();
-        left.extend(self.leaks());
-        for v in self.veths() {
-            let _ = sh(&["ip", "link", "del", &v]);
-        }
-        let _ = sh(&["ip", "link", "del", &self.bridge]);
-        for f in self.netns_files() {
-            let _ = nix::mount::umount2(&f, nix::mount::MntFlags::MNT_DETACH);
-            let _ = std::fs::remove_file(&f);
-        }
-        remove_marked_rules(&self.markers());
-        if let Some(v) = IP_FORWARD.get().filter(|v| !v.is_empty()) {
-            let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", v);
-        }
-        left
-    }
 }
 
 impl Drop for NetFixture {
@@ -578,60 +406,5 @@ impl Drop for NetFixture {
                 panic!("{msg}");
             }
         }
-    }
-}
-
-/// A third octet K such that 10.215.K.0/24 is used by no host address or route.
-fn free_third_octet(n: u32) -> u32 {
-    let (_, routes) = sh(&["ip", "-o", "-4", "route", "show", "table", "all"]);
-    let (_, addrs) = sh(&["ip", "-o", "-4", "addr"]);
-    for k in 0..250u32 {
-        let third = ((std::process::id().wrapping_mul(7) + n * 13 + k) % 250) + 1;
-        let prefix = format!("10.215.{third}.");
-        if !routes.contains(&prefix) && !addrs.contains(&prefix) {
-            return third;
-        }
-    }
-    panic!("no free /24 in 10.215.0.0/16");
-}
-
-/// Delete iptables rules (nat, filter) carrying a marker, and the chains that only those rules filled.
-fn remove_marked_rules(markers: &[String]) {
-    for table in ["nat", "filter"] {
-        let (_, text) = sh(&["iptables", "-w", "-t", table, "-S"]);
-        let marked = |l: &str| markers.iter().any(|m| l.contains(m.as_str()));
-        let mut script = format!("*{table}\n");
-        let mut emptied: HashMap<String, bool> = HashMap::new();
-        for l in text.lines() {
-            let Some(rule) = l.strip_prefix("-A ") else {
-                continue;
-            };
-            let chain = rule.split(' ').next().unwrap_or("").to_string();
-            let is_marked = marked(l);
-            let e = emptied.entry(chain).or_insert(true);
-            *e &= is_marked;
-            if is_marked {
-                script.push_str(&format!("-D {rule}\n"));
-            }
-        }
-        for (chain, empty) in &emptied {
-            if *empty && chain.starts_with("CNI-DN-") {
-                script.push_str(&format!("-X {chain}\n"));
-            }
-        }
-        script.push_str("COMMIT\n");
-        if script.lines().count() <= 2 {
-            continue;
-        }
-        let mut child = Command::new("iptables-restore")
-            .args(["-w", "--noflush"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .expect("iptables-restore");
-        use std::io::Write;
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(script.as_bytes());
-        }
-        let _ = child.wait();
     }
 }
