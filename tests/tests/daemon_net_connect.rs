@@ -204,7 +204,7 @@ async fn bad_labels_and_unknown_networks_are_refused_before_anything_is_made() {
             err.message()
         );
         assert_eq!(code(nf.fx.get(&id, "").await), Code::NotFound);
-        assert!(!nf.task_dir(&id).exists());
+        assert_eq!(nf.container_leftovers(&id), Vec::<String>::new());
         nf.delete_container(&id).await;
     }
     // Nothing was created: no netns, no bridge, no default network written (no label asked for it).

@@ -15,8 +15,8 @@ async fn refused(nf: &NetFixture, id: &str, network: &str) -> tonic::Status {
         .await
         .expect_err("create must fail");
     assert_eq!(code(nf.fx.get(id, "").await), Code::NotFound, "{err:?}");
-    assert!(!nf.task_dir(id).exists());
-    assert!(!nf.netns_path(id).exists());
+    let left = nf.container_leftovers(id);
+    assert!(left.is_empty(), "after {err:?}: {left:?}");
     nf.delete_container(id).await;
     err
 }

@@ -3,8 +3,10 @@
 //! killed between the ADDs and the bundle (a create cut short) or in the middle of a delete finds and removes
 //! what was left when it starts again. Root only.
 
+use std::time::Duration;
+
 use berth_tests::grpc::code;
-use berth_tests::net_fixture::{NetFixture, NETWORKS};
+use berth_tests::net_fixture::{eventually, NetFixture, NETWORKS};
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,9 +54,12 @@ async fn a_create_cut_short_after_attaching_is_cleaned_up_at_restart() {
     if !berth_tests::require_root() {
         return;
     }
-    // berthd SIGKILLs itself after the ADDs, before the bundle is written: only berth-net's cache, the netns
-    // and (maybe) the store know about the attachment.
-    let mut nf = NetFixture::new("net-cut-create", "network.after_attach=exit");
+    // berthd SIGKILLs itself right after the ADDs, while the bundle is held back: only berth-net's cache,
+    // the netns (and maybe the store) know about the attachment; there is no task dir.
+    let mut nf = NetFixture::new(
+        "net-cut-create",
+        "network.after_attach=exit;container_actor.create.before_bundle=sleep(3000)",
+    );
     let err = nf
         .run("x", &[(NETWORKS, "berth")], &["sleep", "1000"])
         .await
@@ -68,14 +73,13 @@ async fn a_create_cut_short_after_attaching_is_cleaned_up_at_restart() {
     );
     assert_eq!(nf.veths().len(), 1, "the ADD had happened");
     assert_eq!(nf.cache_entries().len(), 1);
+    assert!(!nf.task_dir("x").exists());
     let _ = nf.fx.daemon.kill();
     nf.write_config("");
     nf.fx.daemon.start_again();
     // Recovery DELs in the background; the task never existed.
     assert!(
-        berth_tests::net_fixture::eventually(std::time::Duration::from_secs(20), || nf
-            .leaks()
-            .is_empty()),
+        eventually(Duration::from_secs(20), || nf.leaks().is_empty()),
         "{:#?}",
         nf.leaks()
     );
@@ -83,6 +87,42 @@ async fn a_create_cut_short_after_attaching_is_cleaned_up_at_restart() {
     // The id works again.
     nf.fx.create_task("x", "", "").await.expect("create again");
     nf.remove("x").await;
+    assert_eq!(nf.container_leftovers("x"), Vec::<String>::new());
+    nf.assert_no_leaks();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn berthd_killed_while_the_shim_creates_beside_the_adds() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    // The ADDs and the shim's create run side by side; berthd dies when the ADDs are done, wherever the
+    // shim is. After the restart the task either exists (the runtime had created it) or not; either way it
+    // can be deleted, its id used again, and nothing is left.
+    let mut nf = NetFixture::new("net-cut-mid", "network.after_attach=exit");
+    let _ = nf
+        .run("m", &[(NETWORKS, "berth")], &["sleep", "1000"])
+        .await
+        .expect_err("berthd died");
+    let _ = nf.fx.daemon.kill();
+    nf.write_config("");
+    nf.fx.daemon.start_again();
+    if nf.fx.get("m", "").await.is_ok() {
+        nf.remove("m").await;
+    } else {
+        nf.delete_container("m").await;
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || nf.leaks().is_empty()),
+        "{:#?}",
+        nf.leaks()
+    );
+    assert_eq!(nf.container_leftovers("m"), Vec::<String>::new());
+    nf.run("m", &[(NETWORKS, "berth")], &["sleep", "1000"])
+        .await
+        .expect("the id works again");
+    nf.remove("m").await;
+    assert_eq!(nf.container_leftovers("m"), Vec::<String>::new());
     nf.assert_no_leaks();
 }
 
@@ -127,7 +167,7 @@ async fn a_delete_cut_short_is_finished_at_restart() {
     nf.write_config("");
     nf.fx.daemon.start_again();
     assert!(
-        berth_tests::net_fixture::eventually(std::time::Duration::from_secs(20), || {
+        eventually(Duration::from_secs(20), || {
             !nf.netns_path("d").exists() && nf.veths().len() == 1
         }),
         "the restarted berthd must finish d's delete: {:#?}",

@@ -51,7 +51,7 @@ pub use error::NetError;
 pub use handle::Networks;
 pub use labels::{Mode, Plan, NETWORKS_LABEL, PORTS_LABEL};
 pub use owner::Owner;
-pub use setup::{Attached, Setup, Timings};
+pub use setup::{Attached, Files, Setup, Timings};
 pub use supervisor::NetworkSupervisor;
 
 use crate::context::Context as DaemonContext;

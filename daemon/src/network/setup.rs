@@ -1,8 +1,12 @@
-//! Setting an owner's network up: [`Networks::setup`] (netns, ADD of each network in order, records in the
-//! background), [`Setup::edit_bundle`], [`Networks::publish`] (the owner's files and its names on its
-//! networks), and [`Networks::abandon`] when the create fails later. A setup that fails part way undoes
-//! itself before its error returns; this module must never return an error with an attachment of its own
-//! still made and unreported.
+//! Setting an owner's network up, in steps a create can overlap with its shim start:
+//! [`Networks::prepare`] (config loaded, netns created), [`Setup::edit_bundle`] (config.json),
+//! [`Setup::files`] (the owner's hosts, resolv.conf and hostname files, placed before the runtime binds
+//! them), [`Networks::attach`] (ADD of each network in order, records in the background: it may run while the
+//! runtime creates the container in the netns), [`Networks::publish`] (the files' final content and the
+//! owner's names on its networks, before the container starts); [`Networks::abandon`] when the create fails.
+//! [`Networks::setup`] is prepare + attach in one. An attach that fails part way undoes itself before its
+//! error returns; this module must never return an error with an attachment of its own still made and
+//! unreported.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -41,9 +45,14 @@ pub struct Setup {
     names: Vec<String>,
     attached: Vec<Attached>,
     durable: Option<tokio::task::JoinHandle<Result<(), NetError>>>,
+    /// The networks to attach, loaded by `prepare`.
+    networks: Vec<Network>,
+    /// Published on the first network.
+    ports: Vec<berth_net::PortMapping>,
     netns_took: Duration,
-    /// setup's own wall time (entry to return).
-    setup_took: Duration,
+    /// Wall time of `prepare` and of `attach`.
+    prepare_took: Duration,
+    attach_took: Duration,
 }
 
 impl std::fmt::Debug for Setup {
@@ -123,9 +132,52 @@ impl Setup {
         }
     }
 
-    /// Microseconds since `t`.
+    /// Microseconds of `d`, for the log.
     fn us(d: Duration) -> u64 {
         d.as_micros() as u64
+    }
+
+    /// The owner's files, to place in its task dir before the runtime bind-mounts them.
+    pub fn files(&self) -> Files {
+        Files {
+            dir: self.dir.clone(),
+            mode: self.mode.clone(),
+            hostname: self.hostname.clone(),
+        }
+    }
+}
+
+/// The files of an owner's task dir that its container sees as /etc/hosts, /etc/resolv.conf and
+/// /etc/hostname (see [`Setup::files`]).
+#[derive(Debug, Clone)]
+pub struct Files {
+    dir: PathBuf,
+    mode: Mode,
+    hostname: String,
+}
+
+impl Files {
+    /// Write them as they are before the network is attached: the hostname; loopback only in hosts; no
+    /// nameserver (the host's copies for `host`). [`Networks::publish`] rewrites them in place. Blocking.
+    pub fn place(&self) -> Result<(), NetError> {
+        let io = |what: &str| {
+            let what = format!("writing {what} in {}", self.dir.display());
+            move |e| NetError::io(what, e)
+        };
+        names::write_new(&self.dir.join("hostname"), &format!("{}\n", self.hostname))
+            .map_err(io("hostname"))?;
+        let (hosts, resolv) = match self.mode {
+            Mode::Host => (
+                std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
+                std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            ),
+            Mode::None | Mode::Networks(_) => (
+                names::HOSTS_HEADER.to_string(),
+                names::resolv_conf(&berth_net::Dns::default()),
+            ),
+        };
+        names::write_new(&self.dir.join("hosts"), &hosts).map_err(io("hosts"))?;
+        names::write_new(&self.dir.join("resolv.conf"), &resolv).map_err(io("resolv.conf"))
     }
 }
 
@@ -136,18 +188,29 @@ pub struct Timings {
     pub netns: Duration,
     /// berth-net's ADDs, summed (plugins included).
     pub attach: Duration,
-    /// The network's own work: [`Networks::setup`] plus [`Networks::publish`] (the bundle written between
-    /// them is not counted).
+    /// The network's own work: [`Networks::prepare`], [`Networks::attach`] and [`Networks::publish`] (what
+    /// runs between or beside them, the bundle and the shim, is not counted).
     pub network: Duration,
 }
 
 impl Networks {
-    /// Set `owner` up as `plan` says, before its bundle is written: its netns at `<state>/netns/<ns>/<id>`
-    /// (not for `host`), then each network ADDed in order (eth0, eth1, ...; the ports on the first), then its
-    /// store records written in the background ([`Setup::durable`]). `spec` is the container's spec (for its
-    /// hostname), `dir` the task dir its files will be in. If any step fails, what this call made is undone
-    /// before the error returns.
+    /// [`Networks::prepare`] then [`Networks::attach`].
     pub async fn setup(
+        &self,
+        owner: &Owner,
+        plan: &Plan,
+        spec: &serde_json::Value,
+        dir: &Path,
+    ) -> Result<Setup, NetError> {
+        let mut setup = self.prepare(owner, plan, spec, dir).await?;
+        self.attach(&mut setup).await?;
+        Ok(setup)
+    }
+
+    /// Prepare `owner`'s network as `plan` says, before its bundle is written: load the networks (every
+    /// plugin must be installed), create its netns at `<state>/netns/<ns>/<id>` (not for `host`). `spec` is
+    /// the container's spec (for its hostname), `dir` the task dir its files will be in.
+    pub async fn prepare(
         &self,
         owner: &Owner,
         plan: &Plan,
@@ -183,7 +246,7 @@ impl Networks {
             Ok((nets, t.elapsed()))
         })
         .await?;
-        let mut setup = Setup {
+        Ok(Setup {
             owner: owner.clone(),
             mode: plan.mode.clone(),
             netns,
@@ -192,18 +255,30 @@ impl Networks {
             names,
             attached: Vec::new(),
             durable: None,
+            networks,
+            ports: plan.ports.clone(),
             netns_took,
-            setup_took: Duration::ZERO,
-        };
+            prepare_took: started.elapsed(),
+            attach_took: Duration::ZERO,
+        })
+    }
+
+    /// ADD each network of a prepared setup in order (eth0, eth1, ...; the ports on the first), then write
+    /// its store records in the background ([`Setup::durable`]). It may run while the runtime creates the
+    /// container in the netns. If an ADD fails, what this setup attached is DEL'd and its netns removed
+    /// before the error returns.
+    pub async fn attach(&self, setup: &mut Setup) -> Result<(), NetError> {
+        let started = Instant::now();
         let netns_path = setup.netns.clone().unwrap_or_default();
-        for (i, network) in networks.into_iter().enumerate() {
+        let owner = setup.owner.clone();
+        for (i, network) in std::mem::take(&mut setup.networks).into_iter().enumerate() {
             let attachment = Attachment {
                 container_id: owner.cni_id(),
                 netns: netns_path.clone(),
                 ifname: format!("eth{i}"),
                 args: Vec::new(),
                 port_mappings: if i == 0 {
-                    plan.ports.clone()
+                    setup.ports.clone()
                 } else {
                     Vec::new()
                 },
@@ -223,13 +298,14 @@ impl Networks {
                 }),
                 Err(e) => {
                     tracing::info!(%owner, network = %network.name, error = %e, "attach failed; undoing the setup");
-                    self.undo_setup(&setup, Some((network, attachment))).await;
+                    self.undo_setup(setup, Some((network, attachment))).await;
+                    setup.attached.clear();
                     return Err(e);
                 }
             }
         }
         crate::failpoint::hit_async("network.after_attach").await;
-        let records = self.records(&setup);
+        let records = self.records(setup);
         if !records.is_empty() {
             let store = self.shared.ctx.store.clone();
             setup.durable = Some(tokio::spawn(async move {
@@ -239,8 +315,8 @@ impl Networks {
                     .map_err(NetError::from)
             }));
         }
-        setup.setup_took = started.elapsed();
-        Ok(setup)
+        setup.attach_took = started.elapsed();
+        Ok(())
     }
 
     fn records(&self, setup: &Setup) -> Vec<NetAttachmentRecord> {
@@ -311,21 +387,19 @@ impl Networks {
         }
     }
 
-    /// Write the owner's /etc/hosts, /etc/resolv.conf and /etc/hostname into its task dir (which must exist:
-    /// call after the bundle is written, before the runtime creates the container) and put it into the hosts
-    /// files of its networks' members. Returns the create's network timings.
+    /// Give the owner's files their final content (in place: the runtime may have bind-mounted them already;
+    /// [`Files::place`] must have created them) and put the owner into the hosts files of its networks'
+    /// members. Call after [`Networks::attach`], before the container starts. Returns the network's timings.
     pub async fn publish(&self, setup: &Setup) -> Result<Timings, NetError> {
         let started = Instant::now();
         let shared = self.shared.clone();
         let dir = setup.dir.clone();
         let key = setup.owner.key();
-        let mode = setup.mode.clone();
-        let hostname = setup.hostname.clone();
+        let networked = matches!(setup.mode, Mode::Networks(_));
         let resolv = setup
             .attached
             .first()
-            .map(|a| names::resolv_conf(&a.result.dns))
-            .unwrap_or_else(|| names::resolv_conf(&berth_net::Dns::default()));
+            .map(|a| names::resolv_conf(&a.result.dns));
         let member = Member {
             names: setup.names.clone(),
             hosts_file: dir.join("hosts"),
@@ -341,49 +415,33 @@ impl Networks {
                 })
                 .collect(),
         };
-        blocking(move || {
-            let io = |what: &str| {
-                let what = format!("writing {what} in {}", dir.display());
-                move |e| NetError::io(what, e)
-            };
-            names::write_new(&dir.join("hostname"), &format!("{hostname}\n"))
-                .map_err(io("hostname"))?;
-            match mode {
-                Mode::Host => {
-                    for (file, host) in
-                        [("hosts", "/etc/hosts"), ("resolv.conf", "/etc/resolv.conf")]
-                    {
-                        let text = std::fs::read_to_string(host).unwrap_or_default();
-                        names::write_new(&dir.join(file), &text).map_err(io(file))?;
-                    }
-                }
-                Mode::None => {
-                    names::write_new(&dir.join("hosts"), names::HOSTS_HEADER)
-                        .map_err(io("hosts"))?;
-                    names::write_new(&dir.join("resolv.conf"), &resolv)
+        if networked {
+            blocking(move || {
+                let io = |what: &str| {
+                    let what = format!("writing {what} in {}", dir.display());
+                    move |e| NetError::io(what, e)
+                };
+                if let Some(resolv) = resolv {
+                    names::rewrite_in_place(&dir.join("resolv.conf"), &resolv)
                         .map_err(io("resolv.conf"))?;
                 }
-                Mode::Networks(_) => {
-                    names::write_new(&dir.join("resolv.conf"), &resolv)
-                        .map_err(io("resolv.conf"))?;
-                    let mut registry = lock(&shared.names);
-                    let ((own, text), peers) = registry.join(&key, member);
-                    names::write_new(&own, &text).map_err(io("hosts"))?;
-                    for (path, content) in peers {
-                        if let Err(e) = names::rewrite_in_place(&path, &content) {
-                            tracing::debug!(file = %path.display(), error = %e,
-                                "cannot rewrite a peer's hosts file");
-                        }
+                let mut registry = lock(&shared.names);
+                let ((own, text), peers) = registry.join(&key, member);
+                names::rewrite_in_place(&own, &text).map_err(io("hosts"))?;
+                for (path, content) in peers {
+                    if let Err(e) = names::rewrite_in_place(&path, &content) {
+                        tracing::debug!(file = %path.display(), error = %e,
+                            "cannot rewrite a peer's hosts file");
                     }
                 }
-            }
-            Ok(())
-        })
-        .await?;
+                Ok(())
+            })
+            .await?;
+        }
         let timings = Timings {
             netns: setup.netns_took,
             attach: setup.attached.iter().map(|a| a.took).sum(),
-            network: setup.setup_took + started.elapsed(),
+            network: setup.prepare_took + setup.attach_took + started.elapsed(),
         };
         tracing::debug!(
             owner = %setup.owner,

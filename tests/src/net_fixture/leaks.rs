@@ -99,6 +99,37 @@ impl NetFixture {
         out
     }
 
+    /// What is left of container `id` after its task is gone (or its create failed): the runtime's state for
+    /// it, its cgroup, its task dir, its netns.
+    pub fn container_leftovers(&self, id: &str) -> Vec<String> {
+        let mut left = Vec::new();
+        let runc = self
+            .fx
+            .daemon
+            .state()
+            .join("runc")
+            .join(&self.fx.ns)
+            .join(id);
+        if runc.exists() {
+            left.push(format!("runtime state {}", runc.display()));
+        }
+        let bundle = crate::bundle::Bundle {
+            path: self.fx.dir.join(id),
+            rootfs: self.fx.dir.join(id).join("rootfs"),
+        };
+        if bundle.config_path().exists() {
+            for d in crate::guard::cgroup_dirs(&bundle.cgroups_path()) {
+                left.push(format!("cgroup {}", d.display()));
+            }
+        }
+        for p in [self.task_dir(id), self.netns_path(id)] {
+            if p.exists() {
+                left.push(format!("{}", p.display()));
+            }
+        }
+        left
+    }
+
     /// Everything of the fixture's networks still on the host (empty = clean).
     pub fn leaks(&self) -> Vec<String> {
         let mut left = Vec::new();

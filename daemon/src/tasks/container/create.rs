@@ -1,7 +1,8 @@
 //! Tasks.Create as one flow of the task's own actor: read and validate the container (its network labels
-//! too), set up its network (netns and CNI attachments, when it asks for one), write the bundle (with the
-//! netns path and the hosts/resolv.conf/hostname bind mounts) and berthd's record, publish the network files,
-//! start and connect the shim, have it create the container, record that it exists. Any failure undoes what
+//! too), prepare its network when it asks for one (config, netns), write the bundle (with the netns path and
+//! the hosts/resolv.conf/hostname bind mounts) and berthd's record, start and connect the shim and have it
+//! create the container while the network's ADDs run beside that, publish the network files, record that it
+//! exists. Any failure undoes what
 //! this flow did (shim stopped, task dir removed, network torn down, the task's journal keys forgotten) and
 //! frees the id before the client hears the error. Nothing is written before the request is known valid.
 
@@ -116,62 +117,77 @@ impl Creating {
             let spec: serde_json::Value = serde_json::from_slice(&spec_json)
                 .map_err(|e| TaskError::InvalidArgument(format!("container spec: {e}")))?;
             let owner = Owner::task(&self.ns, &self.id);
-            let setup = self
-                .shared
-                .networks
-                .setup(&owner, plan, &spec, &self.dir)
-                .await?;
-            spec_json = setup.edit_bundle(&spec_json)?;
-            self.net = Some(setup);
+            let net = self.net.insert(
+                self.shared
+                    .networks
+                    .prepare(&owner, plan, &spec, &self.dir)
+                    .await?,
+            );
+            spec_json = net.edit_bundle(&spec_json)?;
         }
 
+        // The ADDs (plugins: tens of ms) run beside the bundle, the shim start and the runtime's create, which
+        // joins the netns by path and does not touch its interfaces; the container cannot run before Start,
+        // and its files get their final content before this create returns.
         self.wrote = true;
         let args = self.shared.start_args(&self.ns, &self.id, &record);
         let (d, r) = (self.dir.clone(), record.clone());
-        let address = match &self.net {
-            None => {
-                blocking(move || {
-                    bundle::write_bundle(&d, &spec_json)?;
-                    bundle::save_record(&d, &r)?;
-                    shim::start_shim(&args)
-                })
-                .await?
+        let files = self.net.as_ref().map(|n| n.files());
+        let networks = self.shared.networks.clone();
+        let (id, dir) = (self.id.clone(), self.dir.clone());
+        let stdio = record.stdio.to_shim();
+        let no_pivot = choice.no_pivot;
+        let client_slot = &mut self.client;
+        let shim_part = async move {
+            crate::failpoint::hit_async("container_actor.create.before_bundle").await;
+            let address = blocking(move || {
+                bundle::write_bundle(&d, &spec_json)?;
+                bundle::save_record(&d, &r)?;
+                if let Some(files) = files {
+                    files.place()?;
+                }
+                shim::start_shim(&args)
+            })
+            .await?;
+            if let Some(pid) = bundle::read_shim_pid(&dir) {
+                shim::set_oom_score_adj(pid, config.shim_oom_score_adj);
             }
-            Some(setup) => {
-                blocking(move || {
-                    bundle::write_bundle(&d, &spec_json)?;
-                    bundle::save_record(&d, &r)
+            let mut client = shim::connect(&address, Duration::from_secs(5)).await?;
+            *client_slot = Some(client.clone());
+            let pid = client
+                .create(shimpb::CreateRequest {
+                    id,
+                    bundle: dir.to_string_lossy().into_owned(),
+                    rootfs,
+                    stdio: Some(stdio),
+                    no_pivot,
                 })
-                .await?;
-                let t = self.shared.networks.publish(setup).await?;
-                tracing::info!(
-                    networks = %setup.summary(),
-                    netns_us = t.netns.as_micros() as u64,
-                    attach_us = t.attach.as_micros() as u64,
-                    network_us = t.network.as_micros() as u64,
-                    since_create_us = self.started.elapsed().as_micros() as u64,
-                    "network ready"
-                );
-                blocking(move || shim::start_shim(&args)).await?
+                .await
+                .map_err(TaskError::Shim)?
+                .into_inner()
+                .pid;
+            Ok::<_, TaskError>((client, pid))
+        };
+        let net_part = async {
+            match self.net.as_mut() {
+                Some(net) => networks.attach(net).await.map_err(TaskError::from),
+                None => Ok(()),
             }
         };
-        if let Some(pid) = bundle::read_shim_pid(&self.dir) {
-            shim::set_oom_score_adj(pid, config.shim_oom_score_adj);
+        let (shim_res, net_res) = tokio::join!(shim_part, net_part);
+        net_res?;
+        let (client, pid) = shim_res?;
+        if let Some(net) = &self.net {
+            let t = self.shared.networks.publish(net).await?;
+            tracing::info!(
+                networks = %net.summary(),
+                netns_us = t.netns.as_micros() as u64,
+                attach_us = t.attach.as_micros() as u64,
+                network_us = t.network.as_micros() as u64,
+                since_create_us = self.started.elapsed().as_micros() as u64,
+                "network ready"
+            );
         }
-        let mut client = shim::connect(&address, Duration::from_secs(5)).await?;
-        self.client = Some(client.clone());
-        let pid = client
-            .create(shimpb::CreateRequest {
-                id: self.id.clone(),
-                bundle: self.dir.to_string_lossy().into_owned(),
-                rootfs,
-                stdio: Some(record.stdio.to_shim()),
-                no_pivot: choice.no_pivot,
-            })
-            .await
-            .map_err(TaskError::Shim)?
-            .into_inner()
-            .pid;
         record.created = true;
         let (d, r) = (self.dir.clone(), record.clone());
         blocking(move || bundle::save_record(&d, &r)).await?;
@@ -189,6 +205,13 @@ impl Creating {
     /// task's journal keys.
     async fn undo(self) {
         if let Some(mut c) = self.client {
+            // The runtime may have created the container (its ADDs ran beside it, or a later step failed):
+            // have the shim delete it (runtime delete --force) before it goes, or the init, blocked until a
+            // Start that never comes, and its cgroup would outlive the failed create.
+            let delete = c.delete(shimpb::DeleteRequest {
+                exec_id: String::new(),
+            });
+            let _ = tokio::time::timeout(Duration::from_secs(10), delete).await;
             let _ = c.shutdown(shimpb::ShutdownRequest { now: true }).await;
         }
         if self.wrote {
