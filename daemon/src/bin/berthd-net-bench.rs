@@ -6,11 +6,13 @@
 //!   setup: netns, berth-net's ADD of the chain, files and names);
 //! - runs the same containers without a network (the baseline create and start);
 //! - execs the same plugin chain (bridge, portmap, firewall) directly with the same JSON and environment in a
-//!   fresh netns, timing only the plugins (the cost any CNI runtime pays).
+//!   fresh netns, timing only the plugins (the cost any CNI runtime pays);
+//! - runs the same chain through berth-net's `Cni::attach` in this process, alone (in berthd the ADDs run
+//!   beside the shim start and share the CPU with it, so their wall time there is not the library's cost).
 //!
-//! It prints medians and p90s, the network's share of `run` (create + start), and Berth's overhead over the
-//! plugins: berthd's setup minus berth-net's ADD (actor hops, config, netns, files), and berth-net's ADD minus
-//! the direct chain (exec plumbing, the cache), per sample.
+//! It prints medians and p90s, the network's share of `run` (create + start: what a network adds to it), and
+//! Berth's overhead over the plugins: berthd's own work around berth-net (config, actor hops, files, names;
+//! netns creation apart), and berth-net's ADD minus the direct chain (exec plumbing, the cache), per sample.
 //!
 //! Build with `cargo build --release -p berth-daemon -p berth-shim -p berth-oci`; run as root:
 //! `target/release/berthd-net-bench [--samples 30] [--runtime PATH]`. It removes everything it made (containers,
@@ -174,8 +176,9 @@ async fn remove(c: &mut Clients, id: &str) {
         .await;
 }
 
-/// berthd's "network ready" figures for container `id` (microseconds): since_create, setup, attach, netns.
-fn ready_figures(log: &str, id: &str) -> Option<[u64; 4]> {
+/// berthd's "network ready" figures for container `id` (microseconds): since_create, network, attach, netns,
+/// prepare, publish.
+fn ready_figures(log: &str, id: &str) -> Option<[u64; 6]> {
     let line = log
         .lines()
         .rev()
@@ -191,6 +194,8 @@ fn ready_figures(log: &str, id: &str) -> Option<[u64; 4]> {
         field("network_us")?,
         field("attach_us")?,
         field("netns_us")?,
+        field("prepare_us")?,
+        field("publish_us")?,
     ])
 }
 
@@ -419,7 +424,14 @@ async fn bench(args: &Args, env: &mut Env, bindir: &Path, rootfs: &Path) -> anyh
     let dirs = vec![PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")];
 
     let (mut with, mut without, mut direct) = (Vec::new(), Vec::new(), Vec::new());
+    let mut library = Vec::new();
     let mut figures = Vec::new();
+    let cni = berth_net::Cni::new(berth_net::NetConfig {
+        // On the tmpfs, like berthd's (<state>/net/cache): the cache's fsyncs cost nothing there.
+        cache_dir: env.state.join("bench-cache"),
+        plugin_dirs: dirs.clone(),
+        ..berth_net::NetConfig::default()
+    });
     for i in 0..args.samples {
         let id = format!("n{i}");
         with.push(run(&mut c, rootfs, &id, true).await?);
@@ -436,6 +448,16 @@ async fn bench(args: &Args, env: &mut Env, bindir: &Path, rootfs: &Path) -> anyh
         berth_net::remove_netns(&ns)?;
         direct.push(add?.0);
         del?;
+        let ns = env.state.join(format!("bench-netns-lib-{i}"));
+        berth_net::create_netns(&ns)?;
+        let att = berth_net::Attachment::new(format!("lib-{i}"), &ns, "eth0");
+        let t = Instant::now();
+        let added = cni.attach(&network, &att);
+        library.push(t.elapsed());
+        let removed = cni.detach(&network, &att);
+        berth_net::remove_netns(&ns)?;
+        added?;
+        removed?;
     }
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     for i in 0..args.samples {
@@ -449,30 +471,52 @@ async fn bench(args: &Args, env: &mut Env, bindir: &Path, rootfs: &Path) -> anyh
     }
 
     let f = |k: usize| -> Vec<f64> { figures.iter().map(|x| x[k] as f64 / 1000.0).collect() };
-    let (since_create, setup, attach, netns) = (f(0), f(1), f(2), f(3));
+    let (since_create, network_ms, attach, netns, prepare, publish) =
+        (f(0), f(1), f(2), f(3), f(4), f(5));
     let direct_ms: Vec<f64> = direct.iter().map(|d| ms(*d)).collect();
+    let library_ms: Vec<f64> = library.iter().map(|d| ms(*d)).collect();
     let run_with: Vec<f64> = with.iter().map(|(a, b)| ms(*a + *b)).collect();
     let run_without: Vec<f64> = without.iter().map(|(a, b)| ms(*a + *b)).collect();
+    let around: Vec<f64> = network_ms
+        .iter()
+        .zip(&attach)
+        .zip(&netns)
+        .map(|((s, a), n)| s - a - n)
+        .collect();
+    let in_lib: Vec<f64> = library_ms
+        .iter()
+        .zip(&direct_ms)
+        .map(|(l, d)| l - d)
+        .collect();
     println!("one attachment to the default network (bridge + portmap + firewall):");
     println!(
         "  task create to network ready (berthd)   {}",
-        stats(since_create.clone())
+        stats(since_create)
     );
     println!(
-        "  network setup in berthd                 {}",
-        stats(setup.clone())
+        "  berthd's network work (wall)            {}",
+        stats(network_ms)
     );
     println!(
-        "    of which netns creation               {}",
-        stats(netns.clone())
+        "    prepare: config, plugins, netns       {}",
+        stats(prepare)
+    );
+    println!("      of which netns creation             {}", stats(netns));
+    println!(
+        "    berth-net ADD, beside the shim start  {}",
+        stats(attach)
     );
     println!(
-        "    of which berth-net ADD (plugins)      {}",
-        stats(attach.clone())
+        "    publish: files and names              {}",
+        stats(publish)
+    );
+    println!(
+        "  berth-net ADD alone (in-process)        {}",
+        stats(library_ms)
     );
     println!(
         "  same chain exec'd directly               {}",
-        stats(direct_ms.clone())
+        stats(direct_ms)
     );
     println!("run (Tasks.Create + Start):");
     println!(
@@ -488,28 +532,26 @@ async fn bench(args: &Args, env: &mut Env, bindir: &Path, rootfs: &Path) -> anyh
         stats(with.iter().map(|(a, _)| ms(*a)).collect()),
         stats(without.iter().map(|(a, _)| ms(*a)).collect())
     );
+    let (rw, ro) = (median(run_with), median(run_without));
     println!(
-        "  network's share of run                  {:.0}% (setup median / run-with median)",
-        100.0 * median(setup.clone()) / median(run_with.clone())
+        "  the network's share of run             {:.1} ms of {:.1} ms ({:.0}%: run with minus run without)",
+        rw - ro,
+        rw,
+        100.0 * (rw - ro) / rw
     );
-    let around: Vec<f64> = setup
-        .iter()
-        .zip(&attach)
-        .zip(&netns)
-        .map(|((s, a), n)| s - a - n)
-        .collect();
-    let in_net: Vec<f64> = attach.iter().zip(&direct_ms).map(|(a, d)| a - d).collect();
-    let total: Vec<f64> = setup.iter().zip(&direct_ms).map(|(s, d)| s - d).collect();
-    println!("Berth's overhead over the plugins, per attachment (paired samples):");
+    println!("Berth's overhead over the plugins, per attachment:");
     println!(
         "  berthd around berth-net (no netns)      {}",
-        stats(around)
+        stats(around.clone())
     );
     println!(
-        "  berth-net ADD minus direct chain        {}",
-        stats(in_net)
+        "  berth-net ADD alone minus direct chain  {}",
+        stats(in_lib.clone())
     );
-    println!("  setup (incl. netns) minus direct chain  {}", stats(total));
+    println!(
+        "  together (medians)                      {:.2} ms",
+        median(around) + median(in_lib)
+    );
     remove_all(&mut c).await;
     Ok(())
 }

@@ -6,9 +6,10 @@
 //!   `berth.io/ports`; checked before anything is created.
 //! - `handle.rs`: [`Networks`], the handle the task layer holds (cheap to clone). An [`Owner`] (a task today,
 //!   a CRI pod sandbox later: the API takes an owner, whose netns path follows from it, never a container)
-//!   is set up with [`Networks::setup`] (netns, ADD of each network in order as eth0, eth1, ..., ports on the
-//!   first), given its files with [`Networks::publish`] (`setup.rs`) and taken down with
-//!   [`Networks::teardown`] (names, DEL of every attachment, netns, records: `teardown.rs`).
+//!   is prepared with [`Networks::prepare`] (config, every plugin present, netns), attached with
+//!   [`Networks::attach`] (ADD of each network in order as eth0, eth1, ..., ports on the first; Tasks.Create
+//!   runs it beside the shim start), given its files with [`Networks::publish`] (`setup.rs`) and taken down
+//!   with [`Networks::teardown`] (names, DEL of every attachment, netns, records: `teardown.rs`).
 //!   [`Networks::check`] runs CHECK on demand.
 //! - `supervisor.rs`: NetworkSupervisor, the only writer of the attachment registry: routes every operation
 //!   on (owner, network) to that attachment's actor, starting it on demand and stopping it once it is

@@ -191,6 +191,10 @@ pub struct Timings {
     /// The network's own work: [`Networks::prepare`], [`Networks::attach`] and [`Networks::publish`] (what
     /// runs between or beside them, the bundle and the shim, is not counted).
     pub network: Duration,
+    /// Of which [`Networks::prepare`] (config, netns).
+    pub prepare: Duration,
+    /// Of which [`Networks::publish`] (files, names).
+    pub publish: Duration,
 }
 
 impl Networks {
@@ -442,6 +446,8 @@ impl Networks {
             netns: setup.netns_took,
             attach: setup.attached.iter().map(|a| a.took).sum(),
             network: setup.prepare_took + setup.attach_took + started.elapsed(),
+            prepare: setup.prepare_took,
+            publish: started.elapsed(),
         };
         tracing::debug!(
             owner = %setup.owner,

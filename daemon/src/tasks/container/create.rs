@@ -184,6 +184,8 @@ impl Creating {
                 netns_us = t.netns.as_micros() as u64,
                 attach_us = t.attach.as_micros() as u64,
                 network_us = t.network.as_micros() as u64,
+                prepare_us = t.prepare.as_micros() as u64,
+                publish_us = t.publish.as_micros() as u64,
                 since_create_us = self.started.elapsed().as_micros() as u64,
                 "network ready"
             );
