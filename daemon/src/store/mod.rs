@@ -17,8 +17,8 @@ pub mod images;
 pub mod journal_marks;
 pub mod leases;
 pub mod namespaces;
-pub mod snapshots;
 pub mod networks;
+pub mod snapshots;
 pub mod tables;
 pub mod writer;
 
