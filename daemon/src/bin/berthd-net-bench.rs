@@ -177,8 +177,8 @@ async fn remove(c: &mut Clients, id: &str) {
 }
 
 /// berthd's "network ready" figures for container `id` (microseconds): since_create, network, attach, netns,
-/// prepare, publish.
-fn ready_figures(log: &str, id: &str) -> Option<[u64; 6]> {
+/// prepare, publish, handoff.
+fn ready_figures(log: &str, id: &str) -> Option<[u64; 7]> {
     let line = log
         .lines()
         .rev()
@@ -196,6 +196,7 @@ fn ready_figures(log: &str, id: &str) -> Option<[u64; 6]> {
         field("netns_us")?,
         field("prepare_us")?,
         field("publish_us")?,
+        field("handoff_us")?,
     ])
 }
 
@@ -471,8 +472,8 @@ async fn bench(args: &Args, env: &mut Env, bindir: &Path, rootfs: &Path) -> anyh
     }
 
     let f = |k: usize| -> Vec<f64> { figures.iter().map(|x| x[k] as f64 / 1000.0).collect() };
-    let (since_create, network_ms, attach, netns, prepare, publish) =
-        (f(0), f(1), f(2), f(3), f(4), f(5));
+    let (since_create, network_ms, attach, netns, prepare, publish, handoff) =
+        (f(0), f(1), f(2), f(3), f(4), f(5), f(6));
     let direct_ms: Vec<f64> = direct.iter().map(|d| ms(*d)).collect();
     let library_ms: Vec<f64> = library.iter().map(|d| ms(*d)).collect();
     let run_with: Vec<f64> = with.iter().map(|(a, b)| ms(*a + *b)).collect();
@@ -505,6 +506,10 @@ async fn bench(args: &Args, env: &mut Env, bindir: &Path, rootfs: &Path) -> anyh
     println!(
         "    berth-net ADD, beside the shim start  {}",
         stats(attach)
+    );
+    println!(
+        "    hand-offs: supervisor, actor, pool    {}",
+        stats(handoff)
     );
     println!(
         "    publish: files and names              {}",

@@ -33,6 +33,9 @@ pub struct Attached {
     pub result: AttachResult,
     /// How long berth-net's ADD took (the plugins and the cache).
     pub took: Duration,
+    /// How long the ADD took as the caller saw it: `took` plus the trip through the supervisor, the
+    /// attachment's actor and the blocking pool, there and back.
+    pub wall: Duration,
 }
 
 /// An owner's network, set up and not yet torn down.
@@ -195,6 +198,9 @@ pub struct Timings {
     pub prepare: Duration,
     /// Of which [`Networks::publish`] (files, names).
     pub publish: Duration,
+    /// The ADDs' trips through the supervisor, the actors and the blocking pool (their wall time minus
+    /// berth-net's).
+    pub handoff: Duration,
 }
 
 impl Networks {
@@ -293,12 +299,14 @@ impl Networks {
                 network: network.clone(),
                 attachment: attachment.clone(),
             };
+            let sent = Instant::now();
             match self.route(msg).await {
                 Ok((result, took)) => setup.attached.push(Attached {
                     network,
                     attachment,
                     result,
                     took,
+                    wall: sent.elapsed(),
                 }),
                 Err(e) => {
                     tracing::info!(%owner, network = %network.name, error = %e, "attach failed; undoing the setup");
@@ -448,6 +456,11 @@ impl Networks {
             network: setup.prepare_took + setup.attach_took + started.elapsed(),
             prepare: setup.prepare_took,
             publish: started.elapsed(),
+            handoff: setup
+                .attached
+                .iter()
+                .map(|a| a.wall.saturating_sub(a.took))
+                .sum(),
         };
         tracing::debug!(
             owner = %setup.owner,

@@ -186,6 +186,7 @@ impl Creating {
                 network_us = t.network.as_micros() as u64,
                 prepare_us = t.prepare.as_micros() as u64,
                 publish_us = t.publish.as_micros() as u64,
+                handoff_us = t.handoff.as_micros() as u64,
                 since_create_us = self.started.elapsed().as_micros() as u64,
                 "network ready"
             );
