@@ -279,11 +279,6 @@ impl Config {
         }
     }
 
-    /// Where a task's network namespace is bind-mounted: `<state>/netns/<ns>/<id>`.
-    pub fn netns_dir(&self) -> PathBuf {
-        self.state.join("netns")
-    }
-
     /// The berth-shim binary to run.
     pub fn shim_binary_path(&self) -> PathBuf {
         if let Some(p) = &self.shim_binary {

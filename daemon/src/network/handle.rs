@@ -11,6 +11,7 @@
 //! and never runs a plugin itself.
 
 use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,6 +43,8 @@ pub(crate) struct Shared {
     pub names: Mutex<Names>,
     /// This kernel boot (records of another boot describe namespaces and rules that are gone).
     pub boot_id: String,
+    /// berthd's state dir, absolute: netns paths are handed to plugins and runtimes, which run elsewhere.
+    pub state: PathBuf,
     supervisor: Mutex<Option<Addr<NetworkSupervisor>>>,
     /// Owners whose leftovers recovery is still removing: a setup for one of them waits.
     recovering: Mutex<HashSet<String>>,
@@ -57,8 +60,21 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Shared {
     pub(crate) fn new(ctx: DaemonContext) -> Shared {
-        let cfg = ctx.config.net_config();
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let mut cfg = ctx.config.net_config();
+        for dir in [
+            &mut cfg.conf_dir,
+            &mut cfg.cache_dir,
+            &mut cfg.ipam_data_dir,
+        ] {
+            *dir = absolute(dir);
+        }
+        for dir in &mut cfg.plugin_dirs {
+            *dir = absolute(dir);
+        }
+        let state = absolute(&ctx.config.state);
         Shared {
+            state,
             cni: Arc::new(Cni::new(cfg.clone())),
             cfg,
             ctx,

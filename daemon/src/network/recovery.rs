@@ -72,7 +72,7 @@ pub(crate) fn scan(shared: &Shared) -> Vec<Leftovers> {
             e.cached.push(c);
         }
     }
-    let netns_root = shared.ctx.config.netns_dir();
+    let netns_root = shared.state.join("netns");
     for ns in std::fs::read_dir(&netns_root)
         .into_iter()
         .flatten()

@@ -237,7 +237,7 @@ impl Networks {
         names.retain(|n| !n.is_empty());
         let netns = match plan.mode {
             Mode::Host => None,
-            Mode::None | Mode::Networks(_) => Some(owner.netns_path(&self.shared.ctx.config.state)),
+            Mode::None | Mode::Networks(_) => Some(owner.netns_path(&self.shared.state)),
         };
         let (shared, mode, ns) = (self.shared.clone(), plan.mode.clone(), netns.clone());
         let (networks, netns_took) = blocking(move || {

@@ -26,7 +26,7 @@ impl Networks {
             let cached = shared.cached_of(&o);
             Ok(Leftovers {
                 key: o.key(),
-                netns: Some(o.netns_path(&shared.ctx.config.state)),
+                netns: Some(o.netns_path(&shared.state)),
                 owner: Some(o),
                 records,
                 cached,
