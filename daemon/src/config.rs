@@ -98,6 +98,51 @@ pub struct Config {
     pub registry_hosts_dir: PathBuf,
     /// Layer downloads one server-side pull runs at once.
     pub max_concurrent_downloads: usize,
+    /// Container networks (the `[network]` table).
+    pub network: NetworkConfig,
+}
+
+/// The `[network]` table: where CNI network configs and plugins are, where attachment state goes, and the
+/// default network written at first use when the conf dir holds none. The berth-net [`NetConfig`] fields,
+/// except that the cache and IPAM dirs default under the state dir (they must share its lifetime: a reboot
+/// clears them together with every netns and veth).
+///
+/// [`NetConfig`]: berth_net::NetConfig
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// CNI network configs (`*.conflist`, `*.conf`, `*.json`).
+    pub conf_dir: PathBuf,
+    /// Plugin executables are looked up here, in order.
+    pub plugin_dirs: Vec<PathBuf>,
+    /// Attachment cache; None = `<state>/net/cache`.
+    pub cache_dir: Option<PathBuf>,
+    /// host-local IPAM's `dataDir` in the default network; None = `<state>/net/ipam`.
+    pub ipam_data_dir: Option<PathBuf>,
+    /// The network written when the conf dir holds none.
+    pub default_network: String,
+    /// Its bridge (at most 15 bytes).
+    pub default_bridge: String,
+    /// Its subnet.
+    pub default_subnet: berth_net::IpNet,
+    /// Longest run of one plugin, in seconds, before it is killed.
+    pub plugin_timeout: u64,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        let n = berth_net::NetConfig::default();
+        NetworkConfig {
+            conf_dir: n.conf_dir,
+            plugin_dirs: n.plugin_dirs,
+            cache_dir: None,
+            ipam_data_dir: None,
+            default_network: n.default_network,
+            default_bridge: n.default_bridge,
+            default_subnet: n.default_subnet,
+            plugin_timeout: n.plugin_timeout.as_secs(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -119,6 +164,7 @@ impl Default for Config {
             ingest_expiry_secs: 3600,
             registry_hosts_dir: PathBuf::from("/etc/berth/certs.d"),
             max_concurrent_downloads: 3,
+            network: NetworkConfig::default(),
         }
     }
 }
@@ -163,6 +209,19 @@ impl Config {
         if self.max_batch == 0 {
             return Err(ConfigError::Invalid("max_batch must be at least 1".into()));
         }
+        let net = self.net_config();
+        berth_net::default_conflist(&net)
+            .map_err(|e| ConfigError::Invalid(format!("[network]: {e}")))?;
+        if self.network.plugin_timeout == 0 {
+            return Err(ConfigError::Invalid(
+                "[network] plugin_timeout must be at least 1 second".into(),
+            ));
+        }
+        if self.network.plugin_dirs.is_empty() {
+            return Err(ConfigError::Invalid(
+                "[network] plugin_dirs must name at least one directory".into(),
+            ));
+        }
         if !(-1000..=1000).contains(&self.oom_score_adj)
             || !(-1000..=1000).contains(&self.shim_oom_score_adj)
         {
@@ -197,6 +256,27 @@ impl Config {
     /// A task's state directory (its bundle): `<state>/tasks/<ns>/<id>`.
     pub fn task_dir(&self, ns: &str, id: &str) -> PathBuf {
         self.state.join("tasks").join(ns).join(id)
+    }
+
+    /// berth-net's settings: the `[network]` table with the cache and IPAM dirs resolved against the state dir.
+    pub fn net_config(&self) -> berth_net::NetConfig {
+        let n = &self.network;
+        berth_net::NetConfig {
+            conf_dir: n.conf_dir.clone(),
+            plugin_dirs: n.plugin_dirs.clone(),
+            cache_dir: n
+                .cache_dir
+                .clone()
+                .unwrap_or_else(|| self.state.join("net/cache")),
+            ipam_data_dir: n
+                .ipam_data_dir
+                .clone()
+                .unwrap_or_else(|| self.state.join("net/ipam")),
+            default_network: n.default_network.clone(),
+            default_bridge: n.default_bridge.clone(),
+            default_subnet: n.default_subnet,
+            plugin_timeout: std::time::Duration::from_secs(n.plugin_timeout),
+        }
     }
 
     /// The berth-shim binary to run.
@@ -237,6 +317,25 @@ mod tests {
     #[test]
     fn unknown_keys_are_refused() {
         assert!(Config::from_toml("nope = 1\n", Path::new("x")).is_err());
+    }
+
+    #[test]
+    fn network_dirs_follow_the_state_dir() {
+        let mut c = Config {
+            state: PathBuf::from("/x/state"),
+            ..Config::default()
+        };
+        let n = c.net_config();
+        assert_eq!(n.cache_dir, PathBuf::from("/x/state/net/cache"));
+        assert_eq!(n.ipam_data_dir, PathBuf::from("/x/state/net/ipam"));
+        assert_eq!(n.conf_dir, PathBuf::from("/etc/berth/net.d"));
+        c.network.ipam_data_dir = Some(PathBuf::from("/var/lib/ipam"));
+        assert_eq!(c.net_config().ipam_data_dir, PathBuf::from("/var/lib/ipam"));
+        let bad = "[network]\ndefault_bridge = \"a-bridge-name-too-long\"\n";
+        let e = Config::from_toml(bad, Path::new("x")).expect_err("refused");
+        assert!(e.to_string().contains("default bridge"), "{e}");
+        let bad = "[network]\ndefault_subnet = \"10.0.0.0\"\n";
+        assert!(Config::from_toml(bad, Path::new("x")).is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`tasks`]: tasks, shims and recovery (TaskSupervisor, ContainerActor, ShimActor).
 //! - [`pull`]: server-side pulls (PullSupervisor, a PullActor per reference); [`transfer`]: containerd's
 //!   Transfer and Streaming services (pull, import, export, tag, push).
+//! - [`network`]: container networks (NetworkSupervisor, AttachmentActor per attachment, over berth-net).
 //! - [`supervision`], [`failpoint`], [`namespace`], [`util`]: supervision vocabulary, fault injection,
 //!   request helpers, time formats.
 //! - [`server`]: startup (dirs, single-instance lock, socket), the runtimes, serving and shutdown.
@@ -21,6 +22,7 @@ pub mod events;
 pub mod failpoint;
 pub mod images;
 pub mod namespace;
+pub mod network;
 pub mod pull;
 pub mod server;
 pub mod services;

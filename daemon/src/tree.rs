@@ -6,7 +6,7 @@
 //! ├─ journal-writer   WriterWatcher: the events.redb writer thread (restarted if it dies)
 //! ├─ tasks            TaskSupervisor ── ContainerActor per task ── ShimActor (its shim's event pump)
 //! ├─ pulls            PullSupervisor ── PullActor per (namespace, image reference)
-//! ├─ networks         NetworkSupervisor ── AttachmentActor per attachment  (networks issue: not yet)
+//! ├─ networks         NetworkSupervisor ── AttachmentActor per (owner, network)
 //! └─ gc               GcActor: leases and gc labels, after deletes, on a timer, on demand
 //! ```
 //!
@@ -32,6 +32,8 @@ pub struct Tree {
     pub tasks: crate::tasks::Tasks,
     /// The pull subsystem's handle.
     pub pulls: crate::pull::Pulls,
+    /// The network layer's handle (the task layer holds a clone).
+    pub networks: crate::network::Networks,
 }
 
 /// Build the tree on `ctx.actors` (the actix arbiter). `escalate` is called with a child's name when it
@@ -66,7 +68,23 @@ pub async fn start(ctx: &DaemonContext, escalate: Escalate) -> Tree {
     )
     .await;
 
-    let (tasks, task_supervisor) = crate::tasks::new(ctx.clone());
+    // Networks before tasks: the tasks' creates and deletes call it, and its recovery must see every task
+    // directory as the previous berthd left it (before task recovery undoes half-made ones), and must queue
+    // the removal of gone owners' leftovers before any request can attach the same owner again.
+    let (networks, network_supervisor) = crate::network::new(ctx.clone());
+    let stale = networks.recover().await;
+    if stale > 0 {
+        tracing::info!(owners = stale, "network leftovers of gone tasks found");
+    }
+    let _ = add(
+        "networks",
+        RestartPolicy::Permanent,
+        RestartLimit::new(5, Duration::from_secs(60)),
+        network_supervisor,
+    )
+    .await;
+
+    let (tasks, task_supervisor) = crate::tasks::new(ctx.clone(), networks.clone());
     let _ = add(
         "tasks",
         RestartPolicy::Permanent,
@@ -98,9 +116,12 @@ pub async fn start(ctx: &DaemonContext, escalate: Escalate) -> Tree {
     )
     .await;
 
-    // Slots the next issues fill: "networks" (NetworkSupervisor).
-
-    Tree { root, tasks, pulls }
+    Tree {
+        root,
+        tasks,
+        pulls,
+        networks,
+    }
 }
 
 /// The factory of a [`WriterWatcher`].

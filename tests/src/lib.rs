@@ -49,6 +49,7 @@ pub mod grpc;
 pub mod guard;
 pub mod hostile;
 pub mod mounts;
+pub mod net_fixture;
 pub mod oci_layout;
 pub mod proc;
 pub mod registry;

@@ -1,8 +1,9 @@
 //! berthd entry point: flags and config, logging, then `server::prepare` + `server::run`.
 //!
 //! `berthd [--config FILE] [--root DIR] [--state DIR] [--address SOCK] [--log-level LEVEL] [--log-format
-//! text|json] [--registry-hosts-dir DIR]`, and `berthd config default` (prints the full default config).
-//! This file must stay thin.
+//! text|json] [--registry-hosts-dir DIR] [--net-conf-dir DIR] [--cni-plugin-dir DIR]... [--net-cache-dir DIR]
+//! [--net-ipam-dir DIR] [--net-bridge NAME] [--net-subnet CIDR]`, and `berthd config default` (prints the full
+//! default config). This file must stay thin.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -37,6 +38,24 @@ struct Cli {
     /// Registry hosts directory (containerd's certs.d layout) for server-side pulls.
     #[arg(long)]
     registry_hosts_dir: Option<PathBuf>,
+    /// CNI network configs dir ([network] conf_dir).
+    #[arg(long)]
+    net_conf_dir: Option<PathBuf>,
+    /// CNI plugin dir; repeat for several, in lookup order ([network] plugin_dirs).
+    #[arg(long)]
+    cni_plugin_dir: Vec<PathBuf>,
+    /// Attachment cache dir ([network] cache_dir).
+    #[arg(long)]
+    net_cache_dir: Option<PathBuf>,
+    /// host-local IPAM data dir of the default network ([network] ipam_data_dir).
+    #[arg(long)]
+    net_ipam_dir: Option<PathBuf>,
+    /// Bridge of the default network ([network] default_bridge).
+    #[arg(long)]
+    net_bridge: Option<String>,
+    /// Subnet of the default network ([network] default_subnet).
+    #[arg(long)]
+    net_subnet: Option<berth_net::IpNet>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -81,6 +100,25 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     }
     if let Some(v) = &cli.registry_hosts_dir {
         config.registry_hosts_dir = v.clone();
+    }
+    let net = &mut config.network;
+    if let Some(v) = &cli.net_conf_dir {
+        net.conf_dir = v.clone();
+    }
+    if !cli.cni_plugin_dir.is_empty() {
+        net.plugin_dirs = cli.cni_plugin_dir.clone();
+    }
+    if let Some(v) = &cli.net_cache_dir {
+        net.cache_dir = Some(v.clone());
+    }
+    if let Some(v) = &cli.net_ipam_dir {
+        net.ipam_data_dir = Some(v.clone());
+    }
+    if let Some(v) = &cli.net_bridge {
+        net.default_bridge = v.clone();
+    }
+    if let Some(v) = cli.net_subnet {
+        net.default_subnet = v;
     }
     config.validate()?;
     Ok(config)

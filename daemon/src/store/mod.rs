@@ -1,5 +1,5 @@
 //! berthd's metadata store: one redb file (`<root>/meta.redb`, on the root dir's disk) holding namespaces,
-//! containers, leases, and the event journal's reserved seq mark. The event journal itself and the shims' seqs
+//! containers, leases, network attachments, and the event journal's reserved seq mark. The event journal itself and the shims' seqs
 //! live in `<state>/events.redb` (see `events::db`): they only need to survive berthd restarts, not reboots.
 //!
 //! Reads run on the caller's thread (blocking: call them from `spawn_blocking` or a blocking thread, never hold
@@ -17,6 +17,7 @@ pub mod images;
 pub mod journal_marks;
 pub mod leases;
 pub mod namespaces;
+pub mod networks;
 pub mod snapshots;
 pub mod tables;
 pub mod writer;
@@ -28,6 +29,7 @@ use redb::{Database, ReadableDatabase};
 use tonic::Status;
 
 pub use leases::LeaseRecord;
+pub use networks::NetAttachmentRecord;
 pub use tables::SCHEMA_VERSION;
 
 /// Store errors; each maps to a gRPC status.

@@ -12,6 +12,8 @@
 //! - `snapshots`: (snapshotter, namespace, key) → JSON [`SnapshotRecord`](super::snapshots::SnapshotRecord);
 //!   the record's number names the snapshot's directory `<root>/snapshots/<snapshotter>/<number>`.
 //! - `meta` also holds `snapshot_next_id` (u64 LE): the next snapshot number.
+//! - `net_attachments`: (owner, network) → JSON [`NetAttachmentRecord`](super::networks::NetAttachmentRecord):
+//!   each CNI attachment berthd made and has not yet removed (a table older berthds simply do not open).
 //!
 //! The event journal and the shims' seqs live in `<state>/events.redb` (`events::db`). Older berthds kept them
 //! here (tables `journal`, `shim_seqs`, meta key `journal_floor`): the event journal takes their seqs over once,
@@ -37,6 +39,8 @@ pub(crate) const IMAGES: TableDefinition<(&str, &str), &[u8]> = TableDefinition:
 pub(crate) const CONTENT: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("content");
 pub(crate) const SNAPSHOTS: TableDefinition<(&str, &str, &str), &[u8]> =
     TableDefinition::new("snapshots");
+pub(crate) const NET_ATTACHMENTS: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("net_attachments");
 /// Journal of older berthds (now in `<state>/events.redb`): read once to migrate, then deleted.
 pub(crate) const LEGACY_JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 /// Shim seqs of older berthds (now in `<state>/events.redb`): read once to migrate, then deleted.
@@ -106,6 +110,7 @@ pub(crate) fn initialise(db: &Database, path: &Path) -> Result<String, StoreErro
     wtx.open_table(IMAGES).map_err(|e| open_err(&e))?;
     wtx.open_table(CONTENT).map_err(|e| open_err(&e))?;
     wtx.open_table(SNAPSHOTS).map_err(|e| open_err(&e))?;
+    wtx.open_table(NET_ATTACHMENTS).map_err(|e| open_err(&e))?;
     wtx.commit().map_err(|e| open_err(&e))?;
     Ok(uuid)
 }

@@ -41,6 +41,10 @@ pub struct TaskRecord {
     /// berthds lack it and were all created.
     #[serde(default = "yes")]
     pub created: bool,
+    /// Whether the create set up a network for the task (its `berth.io/networks` label): whoever removes the
+    /// task (delete, or a rebuild finishing a cut-short create or delete) tears it down.
+    #[serde(default)]
+    pub network: bool,
     /// Set when the shim was found gone: the exit `berth-shim delete` reported (TaskExit and TaskDelete were
     /// journaled then, at most once each: see `events::Once`).
     #[serde(default)]

@@ -74,6 +74,9 @@ pub enum TaskError {
     /// The metadata store or the event journal failed.
     #[error("{0}")]
     Upstream(Status),
+    /// The task's network could not be set up or taken down (its code says why: see `network::error`).
+    #[error(transparent)]
+    Network(#[from] crate::network::NetError),
 }
 
 impl From<crate::events::EventError> for TaskError {
@@ -114,6 +117,7 @@ impl From<TaskError> for Status {
             }
             TaskError::Io { .. } | TaskError::Abandoned { .. } => Status::internal(msg),
             TaskError::Upstream(s) => s,
+            TaskError::Network(e) => e.status(),
         }
     }
 }

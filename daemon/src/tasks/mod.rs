@@ -52,6 +52,8 @@ pub(crate) fn task_key(ns: &str, id: &str) -> String {
 /// What the handle, the supervisor and the actors share. Only the TaskSupervisor writes `registry`.
 pub(crate) struct Shared {
     pub ctx: DaemonContext,
+    /// The network layer: a task's netns and attachments are set up in its create and torn down in its delete.
+    pub networks: crate::network::Networks,
     pub waiters: waiters::Waiters,
     pub registry: supervisor::Registry,
     pub recovery: recovery::Progress,
@@ -63,9 +65,10 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn new(ctx: DaemonContext) -> Self {
+    fn new(ctx: DaemonContext, networks: crate::network::Networks) -> Self {
         Shared {
             ctx,
+            networks,
             waiters: waiters::Waiters::default(),
             registry: supervisor::Registry::default(),
             recovery: recovery::Progress::default(),
@@ -145,10 +148,20 @@ pub(crate) fn resolve_binary(bin: std::path::PathBuf) -> std::path::PathBuf {
         .unwrap_or(bin)
 }
 
+/// Whether the task `<ns>/<id>` exists: its directory holds berthd's record (written before the shim starts,
+/// removed last by a delete). The network layer's recovery asks this about the owners of attachments it finds.
+pub fn task_recorded(config: &crate::config::Config, ns: &str, id: &str) -> bool {
+    config.task_dir(ns, id).join(bundle::RECORD_FILE).exists()
+}
+
 /// Build the task subsystem: the handle, and the factory the supervision tree uses to start (and restart)
-/// the TaskSupervisor. Recovery starts when the first TaskSupervisor does.
-pub fn new(ctx: DaemonContext) -> (Tasks, crate::supervision::StartChild) {
-    let shared = Arc::new(Shared::new(ctx));
+/// the TaskSupervisor. Recovery starts when the first TaskSupervisor does. Tasks reach the network layer
+/// through `networks`.
+pub fn new(
+    ctx: DaemonContext,
+    networks: crate::network::Networks,
+) -> (Tasks, crate::supervision::StartChild) {
+    let shared = Arc::new(Shared::new(ctx, networks));
     let factory = supervisor::factory(shared.clone());
     (Tasks::new(shared), factory)
 }

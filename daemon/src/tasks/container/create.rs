@@ -1,9 +1,12 @@
-//! Tasks.Create as one flow of the task's own actor: read and validate the container, write the bundle and
-//! berthd's record, start and connect the shim, have it create the container, record that it exists. Any
-//! failure undoes what this flow did (shim stopped, task dir removed, the task's journal keys forgotten) and
+//! Tasks.Create as one flow of the task's own actor: read and validate the container (its network labels
+//! too), prepare its network when it asks for one (config, netns), write the bundle (with the netns path and
+//! the hosts/resolv.conf/hostname bind mounts) and berthd's record, start and connect the shim and have it
+//! create the container while the network's ADDs run beside that, publish the network files, record that it
+//! exists. Any failure undoes what
+//! this flow did (shim stopped, task dir removed, network torn down, the task's journal keys forgotten) and
 //! frees the id before the client hears the error. Nothing is written before the request is known valid.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use berth_proto::containerd_client::services::v1::CreateTaskRequest;
@@ -11,6 +14,7 @@ use berth_proto::shim as shimpb;
 
 use super::messages::CreateTask;
 use super::{ContainerActor, Phase, Reply};
+use crate::network::{Owner, Plan, Setup};
 use crate::tasks::bundle::{self, TaskRecord};
 use crate::tasks::error::TaskError;
 use crate::tasks::shim::{self, ShimClient};
@@ -33,6 +37,10 @@ struct Creating {
     /// Set once the task directory may hold our files.
     wrote: bool,
     client: Option<ShimClient>,
+    /// The task's network, once set up.
+    net: Option<Setup>,
+    /// When the create began (for the "network ready" figure).
+    started: Instant,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -56,7 +64,8 @@ impl Creating {
         .ok_or_else(|| TaskError::ContainerNotFound(self.id.clone()))?;
 
         // Validate everything before touching the disk.
-        let spec_json = bundle::validate_spec(container.spec.as_ref())?;
+        let mut spec_json = bundle::validate_spec(container.spec.as_ref())?;
+        let plan = Plan::from_labels(&container.labels)?;
         let runtime = container.runtime.as_ref();
         let choice = bundle::resolve_runtime(
             runtime.map(|r| r.name.as_str()).unwrap_or(""),
@@ -82,6 +91,7 @@ impl Creating {
             ),
             runtime_root: choice.root.clone(),
             created: false,
+            network: plan.is_some(),
             dead: None,
         };
         let rootfs: Vec<shimpb::Mount> = req
@@ -103,35 +113,90 @@ impl Creating {
             .await
             .map_err(|e| TaskError::Upstream(e.into()))?;
 
+        if let Some(plan) = &plan {
+            let spec: serde_json::Value = serde_json::from_slice(&spec_json)
+                .map_err(|e| TaskError::InvalidArgument(format!("container spec: {e}")))?;
+            let owner = Owner::task(&self.ns, &self.id);
+            let net = self.net.insert(
+                self.shared
+                    .networks
+                    .prepare(&owner, plan, &spec, &self.dir)
+                    .await?,
+            );
+            spec_json = net.edit_bundle(&spec_json)?;
+        }
+
+        // The ADDs (plugins: tens of ms) run beside the bundle, the shim start and the runtime's create, which
+        // joins the netns by path and does not touch its interfaces; the container cannot run before Start,
+        // and its files get their final content before this create returns.
         self.wrote = true;
         let args = self.shared.start_args(&self.ns, &self.id, &record);
         let (d, r) = (self.dir.clone(), record.clone());
-        let address = blocking(move || {
-            bundle::write_bundle(&d, &spec_json)?;
-            bundle::save_record(&d, &r)?;
-            shim::start_shim(&args)
-        })
-        .await?;
-        if let Some(pid) = bundle::read_shim_pid(&self.dir) {
-            shim::set_oom_score_adj(pid, config.shim_oom_score_adj);
-        }
-        let mut client = shim::connect(&address, Duration::from_secs(5)).await?;
-        self.client = Some(client.clone());
-        let pid = client
-            .create(shimpb::CreateRequest {
-                id: self.id.clone(),
-                bundle: self.dir.to_string_lossy().into_owned(),
-                rootfs,
-                stdio: Some(record.stdio.to_shim()),
-                no_pivot: choice.no_pivot,
+        let files = self.net.as_ref().map(|n| n.files());
+        let networks = self.shared.networks.clone();
+        let (id, dir) = (self.id.clone(), self.dir.clone());
+        let stdio = record.stdio.to_shim();
+        let no_pivot = choice.no_pivot;
+        let client_slot = &mut self.client;
+        let shim_part = async move {
+            crate::failpoint::hit_async("container_actor.create.before_bundle").await;
+            let address = blocking(move || {
+                bundle::write_bundle(&d, &spec_json)?;
+                bundle::save_record(&d, &r)?;
+                if let Some(files) = files {
+                    files.place()?;
+                }
+                shim::start_shim(&args)
             })
-            .await
-            .map_err(TaskError::Shim)?
-            .into_inner()
-            .pid;
+            .await?;
+            if let Some(pid) = bundle::read_shim_pid(&dir) {
+                shim::set_oom_score_adj(pid, config.shim_oom_score_adj);
+            }
+            let mut client = shim::connect(&address, Duration::from_secs(5)).await?;
+            *client_slot = Some(client.clone());
+            let pid = client
+                .create(shimpb::CreateRequest {
+                    id,
+                    bundle: dir.to_string_lossy().into_owned(),
+                    rootfs,
+                    stdio: Some(stdio),
+                    no_pivot,
+                })
+                .await
+                .map_err(TaskError::Shim)?
+                .into_inner()
+                .pid;
+            Ok::<_, TaskError>((client, pid))
+        };
+        let net_part = async {
+            match self.net.as_mut() {
+                Some(net) => networks.attach(net).await.map_err(TaskError::from),
+                None => Ok(()),
+            }
+        };
+        let (shim_res, net_res) = tokio::join!(shim_part, net_part);
+        net_res?;
+        let (client, pid) = shim_res?;
+        if let Some(net) = &self.net {
+            let t = self.shared.networks.publish(net).await?;
+            tracing::info!(
+                networks = %net.summary(),
+                netns_us = t.netns.as_micros() as u64,
+                attach_us = t.attach.as_micros() as u64,
+                network_us = t.network.as_micros() as u64,
+                prepare_us = t.prepare.as_micros() as u64,
+                publish_us = t.publish.as_micros() as u64,
+                handoff_us = t.handoff.as_micros() as u64,
+                since_create_us = self.started.elapsed().as_micros() as u64,
+                "network ready"
+            );
+        }
         record.created = true;
         let (d, r) = (self.dir.clone(), record.clone());
         blocking(move || bundle::save_record(&d, &r)).await?;
+        if let Some(setup) = &mut self.net {
+            setup.durable().await?;
+        }
         Ok(Created {
             client,
             record,
@@ -139,15 +204,27 @@ impl Creating {
         })
     }
 
-    /// Undo a failed create: stop the shim (if any), remove the task dir, forget the task's journal keys.
+    /// Undo a failed create: stop the shim (if any), remove the task dir, tear the network down, forget the
+    /// task's journal keys.
     async fn undo(self) {
         if let Some(mut c) = self.client {
+            // The runtime may have created the container (its ADDs ran beside it, or a later step failed):
+            // have the shim delete it (runtime delete --force) before it goes, or the init, blocked until a
+            // Start that never comes, and its cgroup would outlive the failed create.
+            let delete = c.delete(shimpb::DeleteRequest {
+                exec_id: String::new(),
+            });
+            let _ = tokio::time::timeout(Duration::from_secs(10), delete).await;
             let _ = c.shutdown(shimpb::ShutdownRequest { now: true }).await;
         }
-        if !self.wrote {
-            return;
+        if self.wrote {
+            undo_dir(&self.shared, &self.ns, &self.id, &self.dir).await;
         }
-        undo_dir(&self.shared, &self.ns, &self.id, &self.dir).await;
+        if let Some(setup) = self.net {
+            if let Err(e) = self.shared.networks.abandon(setup).await {
+                tracing::error!(error = %e, "tearing down the network of a failed create");
+            }
+        }
     }
 }
 
@@ -192,6 +269,8 @@ impl Handler<CreateTask> for ContainerActor {
                     dir: act.dir.clone(),
                     wrote: false,
                     client: None,
+                    net: None,
+                    started: Instant::now(),
                 };
                 let release = act.release();
                 Ok(async move {

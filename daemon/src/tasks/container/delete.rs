@@ -2,7 +2,8 @@
 //! its Delete RPC returns; berthd waits (bounded) for its pump to journal it, then replays whatever the shim
 //! still holds on disk (a slow pump, a shim that died), and finally journals its own TaskDelete, which the
 //! journal drops when the task already has one (`events::Once`). A berthd that dies in the middle finishes the
-//! delete when it rebuilds the task (`rebuild.rs`), through the same [`finish`].
+//! delete when it rebuilds the task (`rebuild.rs`), through the same [`finish`]. The task's network is torn down
+//! after its processes are gone and before its directory goes ([`teardown_network`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -57,6 +58,7 @@ impl Handler<Delete> for ContainerActor {
                     act.dir.clone(),
                 );
                 let release = act.release();
+                let network = act.record.network;
                 Ok(async move {
                     let mut exit = known.unwrap_or_else(|| ExitInfo::new(pid, 0, None));
                     if let Some(mut c) = client {
@@ -83,6 +85,9 @@ impl Handler<Delete> for ContainerActor {
                         let _ = c.shutdown(shim::ShutdownRequest { now: false }).await;
                     } else {
                         finish(&shared, &ns, &id, &dir, exit).await?;
+                    }
+                    if network {
+                        teardown_network(&shared, &ns, &id).await;
                     }
                     remove_dir_retrying(dir).await?;
                     let _ = shared.ctx.events.forget_task(&task_key(&ns, &id)).await;
@@ -132,6 +137,16 @@ pub(super) async fn finish(
         Once::Delete,
     )
     .await
+}
+
+/// Tear the task's network down: its names, DEL of its attachments, its netns, its records. Call once its
+/// processes are gone. A failure does not fail the caller (the task is gone either way): it is logged, the
+/// failed attachments stay recorded, and the next berthd start DELs them.
+pub(super) async fn teardown_network(shared: &Shared, ns: &str, id: &str) {
+    let owner = crate::network::Owner::task(ns, id);
+    if let Err(e) = shared.networks.teardown(&owner).await {
+        tracing::error!(error = %e, "tearing down the task's network failed; the next berthd start retries");
+    }
 }
 
 /// Remove the task directory, retrying while the shim's last writes or a lazy unmount settle.

@@ -12,7 +12,7 @@ use berth_proto::containerd_client::types::v1::Status as ProcStatus;
 use berth_proto::shim;
 
 use super::create::undo_dir;
-use super::delete::finish;
+use super::delete::{finish, teardown_network};
 use super::shim_events::reap_dead_shim;
 use super::{guarded, ContainerActor, Phase};
 use crate::tasks::bundle::{self, TaskRecord};
@@ -72,6 +72,30 @@ async fn connect_shim(dir: &std::path::Path) -> Option<ShimClient> {
     None
 }
 
+/// A create cut short by berthd's death may have left the container in the runtime (berthd died while the
+/// runtime created it): `berth-shim delete` runs the runtime's `delete --force`, so the id can be used again.
+/// Only once the task's shim is gone. Best effort.
+async fn runtime_delete(shared: &Arc<Shared>, ns: &str, id: &str, record: &TaskRecord) {
+    let args = shared.start_args(ns, id, record);
+    match tokio::task::spawn_blocking(move || shimio::delete_shim(&args)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "no runtime container to delete"),
+        Err(e) => tracing::warn!(error = %e, "runtime delete failed"),
+    }
+}
+
+/// Wait (bounded) for a shim told to shut down to be gone.
+async fn wait_shim_gone(dir: &std::path::Path) {
+    for _ in 0..50 {
+        match bundle::read_shim_pid(dir) {
+            Some(pid) if bundle::pid_alive(pid) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            _ => return,
+        }
+    }
+}
+
 async fn rebuild(
     shared: Arc<Shared>,
     ns: String,
@@ -101,6 +125,9 @@ async fn rebuild(
         if let Some(mut c) = connect_shim(&dir).await {
             let _ = c.shutdown(shim::ShutdownRequest { now: true }).await;
         }
+        if record.network {
+            teardown_network(&shared, &ns, &id).await;
+        }
         undo_dir(&shared, &ns, &id, &dir).await;
         return Ok(Rebuilt::Gone);
     }
@@ -112,6 +139,10 @@ async fn rebuild(
         if !record.created && shared.ctx.events.last_shim_seq(&task_key(&ns, &id)).await? == 0 {
             // A create that never got as far as the runtime: nobody saw this task.
             tracing::info!("removing a task whose create never completed");
+            runtime_delete(&shared, &ns, &id, &record).await;
+            if record.network {
+                teardown_network(&shared, &ns, &id).await;
+            }
             undo_dir(&shared, &ns, &id, &dir).await;
             return Ok(Rebuilt::Gone);
         }
@@ -128,6 +159,11 @@ async fn rebuild(
         Err(s) if s.code() == tonic::Code::NotFound && !record.created => {
             tracing::info!("removing a task whose create never completed");
             let _ = c.shutdown(shim::ShutdownRequest { now: true }).await;
+            wait_shim_gone(&dir).await;
+            runtime_delete(&shared, &ns, &id, &record).await;
+            if record.network {
+                teardown_network(&shared, &ns, &id).await;
+            }
             undo_dir(&shared, &ns, &id, &dir).await;
             return Ok(Rebuilt::Gone);
         }
