@@ -21,6 +21,8 @@ use nix::unistd::Pid;
 const MAX_STDOUT: usize = 4 << 20;
 /// stderr beyond this is discarded (it only goes into error messages).
 const MAX_STDERR: usize = 64 << 10;
+/// stdin up to this size is written without a thread: it fits in a pipe's 64 KiB buffer.
+const INLINE_STDIN: usize = 32 << 10;
 /// How long to wait for a plugin's pipes to close after it exited (a helper it forked may
 /// hold them open).
 const PIPE_GRACE: Duration = Duration::from_secs(2);
@@ -90,10 +92,16 @@ pub(crate) fn run(
     let pid = Pid::from_raw(child.id() as i32);
 
     if let Some(mut pipe) = child.stdin.take() {
-        // A plugin may exit without reading stdin: EPIPE is then expected, not an error.
-        std::thread::spawn(move || {
+        // A plugin may exit without reading stdin: EPIPE is then expected, not an error. What fits in
+        // the pipe's buffer is written here (no thread to start); a larger config gets a writer thread,
+        // so a plugin that writes before it reads cannot deadlock us.
+        if stdin.len() <= INLINE_STDIN {
             let _ = pipe.write_all(&stdin);
-        });
+        } else {
+            std::thread::spawn(move || {
+                let _ = pipe.write_all(&stdin);
+            });
+        }
     }
     let out = Collector::start(child.stdout.take(), MAX_STDOUT);
     let err = Collector::start(child.stderr.take(), MAX_STDERR);
@@ -146,15 +154,20 @@ fn poll_exit(child: &mut std::process::Child, deadline: Instant) -> bool {
     false
 }
 
-/// Reads a pipe to EOF on its own thread, keeping at most `max` bytes.
+/// Reads a pipe to EOF on its own thread, keeping at most `max` bytes; says so through a channel
+/// the moment the pipe closes (no polling on the caller's side).
 struct Collector {
-    state: Arc<Mutex<(Vec<u8>, bool)>>,
+    done: mpsc::Receiver<()>,
+    /// What was read so far (all of it once `done` fired; part of it for a pipe a helper the
+    /// plugin forked still holds open at the deadline).
+    read: Arc<Mutex<Vec<u8>>>,
 }
 
 impl Collector {
     fn start(pipe: Option<impl Read + Send + 'static>, max: usize) -> Collector {
-        let state = Arc::new(Mutex::new((Vec::new(), false)));
-        let s = state.clone();
+        let (tx, done) = mpsc::channel();
+        let read = Arc::new(Mutex::new(Vec::new()));
+        let r = read.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 8192];
             if let Some(mut p) = pipe {
@@ -162,27 +175,22 @@ impl Collector {
                     if n == 0 {
                         break;
                     }
-                    let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
-                    let room = max.saturating_sub(g.0.len());
-                    g.0.extend_from_slice(&buf[..n.min(room)]);
+                    let mut g = r.lock().unwrap_or_else(|e| e.into_inner());
+                    let room = max.saturating_sub(g.len());
+                    g.extend_from_slice(&buf[..n.min(room)]);
                 }
             }
-            s.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+            let _ = tx.send(());
         });
-        Collector { state }
+        Collector { done, read }
     }
 
     /// What was read, once the pipe hit EOF or `deadline` passed.
     fn finish(self, deadline: Instant) -> Vec<u8> {
-        loop {
-            {
-                let g = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                if g.1 || Instant::now() >= deadline {
-                    return g.0.clone();
-                }
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        let _ = self
+            .done
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        std::mem::take(&mut *self.read.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
