@@ -66,8 +66,27 @@ fn validate(spec: &Spec, path: &Path) -> Result<()> {
     if spec.domainname().is_some() && !has(LinuxNamespaceType::Uts) {
         return Err(bad("domainname requires a new uts namespace".into()));
     }
+    // Without a mount namespace the container's mounts are made in the caller's (as runc
+    // does); what would change the caller's own mounts is refused.
     if !has(LinuxNamespaceType::Mount) {
-        return Err(bad("linux.namespaces: a mount namespace is required".into()));
+        let l = linux.into_iter();
+        if l.clone().any(|l| {
+            l.masked_paths().as_ref().is_some_and(|p| !p.is_empty())
+                || l.readonly_paths().as_ref().is_some_and(|p| !p.is_empty())
+        }) {
+            return Err(bad(
+                "linux.maskedPaths/readonlyPaths need a mount namespace (runc: unable to restrict sys entries without a private MNT namespace)".into(),
+            ));
+        }
+        if l.clone().any(|l| {
+            l.rootfs_propagation()
+                .as_deref()
+                .is_some_and(|p| !p.is_empty())
+        }) {
+            return Err(bad(
+                "linux.rootfsPropagation needs a mount namespace: it would change the propagation of the host's /".into(),
+            ));
+        }
     }
     let maps = linux.is_some_and(|l| l.uid_mappings().is_some() || l.gid_mappings().is_some());
     if maps && !has(LinuxNamespaceType::User) {
