@@ -45,7 +45,9 @@ pub fn destroy(c: &Container) -> Result<()> {
     }
     if c.status != Status::Stopped {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while c.saved.pid > 0 && !utils::pid_exited(c.saved.pid, c.saved.init_start_time) {
+        // Until init is a zombie (or gone): once delete returns, nothing of the container
+        // runs, as runc's delete --force promises.
+        while c.saved.pid > 0 && utils::pid_alive(c.saved.pid, Some(c.saved.init_start_time)) {
             if Instant::now() > deadline {
                 return Err(Error::Init(format!(
                     "container {} init {} did not die",
