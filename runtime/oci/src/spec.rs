@@ -18,11 +18,17 @@ pub fn load(bundle: &Path) -> Result<Spec> {
             _ => e.to_string(),
         },
     })?;
-    let spec: Spec = serde_json::from_slice(&data).map_err(|e| Error::Config {
-        path: path.clone(),
+    parse(&data, &path)
+}
+
+/// Parse and validate a config.json already read from `path` (named in errors); split from
+/// [`load`] so the fuzz targets reach the same checks without a bundle on disk.
+pub fn parse(data: &[u8], path: &Path) -> Result<Spec> {
+    let spec: Spec = serde_json::from_slice(data).map_err(|e| Error::Config {
+        path: path.to_path_buf(),
         msg: format!("invalid JSON: {e}"),
     })?;
-    validate(&spec, &path)?;
+    validate(&spec, path)?;
     Ok(spec)
 }
 
