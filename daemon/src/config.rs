@@ -237,10 +237,10 @@ impl Config {
         self.root.join("meta.redb")
     }
 
-    /// The event journal database (in the state dir, tmpfs on a normal host: survives berthd restarts, not
-    /// reboots, like the containers and shims whose events it keeps).
+    /// The event journal's directory (in the state dir: it survives berthd restarts, not reboots, like the
+    /// containers and shims whose events it keeps).
     pub fn journal_db_path(&self) -> PathBuf {
-        self.state.join("events.redb")
+        self.state.join("events")
     }
 
     /// How long an unleased ingest may sit idle before GC removes it.

@@ -2,7 +2,7 @@
 //!
 //! [`prepare`] runs before any runtime exists: it creates the root (0700) and state (0711) dirs, takes the
 //! single-instance lock (`<root>/lock`, flock) BEFORE touching the socket, opens the store (`<root>/meta.redb`)
-//! and the event journal (`<state>/events.redb`; a corrupt or newer database refuses to start), removes a stale
+//! and the event journal (`<state>/events/`; a damaged tail is cut off with a warning), removes a stale
 //! socket, binds the new one (0660), raises RLIMIT_NOFILE and sets
 //! oom_score_adj. [`run`] then starts the actix System on its own thread, a 2-worker tokio runtime for tonic,
 //! the supervision tree (`tree.rs`), and serves until SIGTERM/SIGINT (exit 0) or until a

@@ -1,6 +1,6 @@
 //! berthd's metadata store: one redb file (`<root>/meta.redb`, on the root dir's disk) holding namespaces,
 //! containers, leases, network attachments, and the event journal's reserved seq mark. The event journal itself and the shims' seqs
-//! live in `<state>/events.redb` (see `events::db`): they only need to survive berthd restarts, not reboots.
+//! live in `<state>/events/`, an fsync-free log (see `events::db`): they only need to survive berthd restarts, not reboots.
 //!
 //! Reads run on the caller's thread (blocking: call them from `spawn_blocking` or a blocking thread, never hold
 //! them across `.await`). Every write runs on the single writer thread (redb has one writer), batched with others
@@ -77,6 +77,16 @@ pub enum StoreError {
         path: PathBuf,
         /// Why.
         reason: String,
+    },
+    /// Reading or writing an event journal file failed.
+    #[error("cannot {what} the event journal file {path}: {source}")]
+    JournalIo {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
     },
     /// The database was written by a newer berthd.
     #[error("the metadata database {path} has schema version {found}, newer than the {supported} this berthd supports; refusing to start")]
