@@ -80,7 +80,7 @@ impl Journal {
             );
         }
         let acked = contents.acked.max(legacy_ack);
-        let events: VecDeque<Event> = contents
+        let mut events: VecDeque<Event> = contents
             .events
             .into_iter()
             .filter(|e| e.seq > acked)
