@@ -115,6 +115,8 @@ impl JournalDb {
     /// reservation against `meta`. A fresh journal (first start, or the state dir was emptied by a reboot)
     /// starts above meta.redb's reserved mark (and takes over an older berthd's journal in meta.redb or in
     /// `<state>/events.redb`: its last seq and its shims' seqs).
+    ///
+    /// Segments hold up to 25,000 events or 4 MiB (a quarter of the default retention), whatever the retention.
     pub fn open(path: &Path, meta: Store, max_batch: usize) -> Result<JournalDb, StoreError> {
         Self::open_with(
             path,

@@ -339,8 +339,10 @@ impl Log {
         self.file = file;
         self.size = size;
         self.seg_events = 0;
-        let retention = self.shared.retention.load(Ordering::Acquire).max(1);
-        let cutoff = base.saturating_sub(retention);
+        let cutoff = match self.shared.retention.load(Ordering::Acquire) {
+            0 => 0,
+            retention => base.saturating_sub(retention),
+        };
         let removed: Vec<Arc<Segment>> = {
             let mut segs = self
                 .shared

@@ -153,7 +153,8 @@ pub(crate) struct Shared {
     pub segments: RwLock<Vec<Arc<Segment>>>,
     /// Highest seq written (complete on disk).
     pub last: AtomicU64,
-    /// Events kept (cursors before `last - retention` are out of range even while their segment exists).
+    /// Events kept (cursors before `last - retention` are out of range even while their segment exists); 0
+    /// until the event bus sets it: keep everything.
     pub retention: AtomicU64,
 }
 
@@ -175,8 +176,10 @@ impl Shared {
             .map(|s| s.base)
             .unwrap_or(0);
         let last = self.last.load(Ordering::Acquire);
-        let retention = self.retention.load(Ordering::Acquire).max(1);
-        oldest.max(last.saturating_sub(retention))
+        match self.retention.load(Ordering::Acquire) {
+            0 => oldest,
+            retention => oldest.max(last.saturating_sub(retention)),
+        }
     }
 
     /// Up to `limit` events with `after < seq <= upto`, in order (blocking).
