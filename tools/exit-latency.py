@@ -22,6 +22,25 @@ import tempfile
 import time
 
 
+NS = "bench-lat"
+PREFIX = f"lat{os.getpid()}-"
+
+
+def cleanup_ctr_leftovers():
+    """ctr keeps its client-side stdio FIFOs under /run/containerd/fifo/, and runc its per-namespace root
+    under /run/containerd/runc/, whichever daemon it talks to: remove ours (only ours)."""
+    fifo = "/run/containerd/fifo"
+    for d in os.listdir(fifo) if os.path.isdir(fifo) else []:
+        p = os.path.join(fifo, d)
+        names = os.listdir(p)
+        if names and all(n.startswith(PREFIX) for n in names):
+            shutil.rmtree(p, ignore_errors=True)
+    try:
+        os.rmdir(f"/run/containerd/runc/{NS}")
+    except OSError:
+        pass
+
+
 def sh(*args, **kw):
     return subprocess.run(args, check=True, capture_output=True, text=True, **kw)
 
@@ -67,12 +86,13 @@ class Daemon:
         )
 
     def ctr(self, *args, check=True):
-        return subprocess.run(
-            ["ctr", "-a", self.sock, "-n", "bench", *args], capture_output=True, text=True, check=check
-        )
+        r = subprocess.run(["ctr", "-a", self.sock, "-n", NS, *args], capture_output=True, text=True)
+        if check and r.returncode != 0:
+            raise SystemExit(f"{self.name}: ctr {' '.join(args)}: {r.stderr.strip()}")
+        return r
 
     def sample(self, rootfs, cid):
-        self.ctr("run", "-d", "--rootfs", rootfs, cid, "sleep", "1000")
+        self.ctr("run", "-d", "--rootfs", rootfs, cid, "/bin/sleep", "1000")
         pid = None
         for line in self.ctr("task", "ls").stdout.splitlines()[1:]:
             f = line.split()
@@ -86,7 +106,10 @@ class Daemon:
             line = self.events.stdout.readline()
             if not line:
                 raise SystemExit(f"{self.name}: ctr events ended")
-            if "/tasks/exit" in line and cid in line:
+            if os.environ.get("EXITLAT_DEBUG"):
+                print(self.name, f"{(time.monotonic() - t0) * 1000:.3f}", repr(line[:90]), file=sys.stderr)
+            # The topic is a field of its own (a bundle path may contain "/tasks/exit...").
+            if " /tasks/exit " in line and f'"{cid}"' in line:
                 took = time.monotonic() - t0
                 break
         self.ctr("task", "rm", cid, check=False)
@@ -133,11 +156,12 @@ def main():
             daemons.append(Daemon(n, work, a.state, berthd))
         for i in range(a.samples):
             for d in daemons:
-                results[d.name].append(d.sample(rootfs, f"x{i}"))
+                results[d.name].append(d.sample(rootfs, f"{PREFIX}{i}"))
     finally:
         for d in daemons:
             d.stop()
         shutil.rmtree(work, ignore_errors=True)
+        cleanup_ctr_leftovers()
     print(f"exit-to-subscriber via `ctr events`, state dir {a.state}, {a.samples} samples (ms)")
     med = {}
     for n, v in results.items():
