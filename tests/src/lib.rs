@@ -44,6 +44,7 @@ pub mod archive;
 pub mod bundle;
 pub mod cli_fixture;
 pub mod containerd;
+pub mod ctr_fixture;
 pub mod daemon;
 pub mod grpc;
 pub mod guard;
@@ -69,7 +70,7 @@ use std::time::SystemTime;
 
 pub use guard::{Daemon, DaemonConfig, Guard};
 pub use mounts::{is_mounted, mounts, mounts_below, unmount_below};
-pub use run::run_timeout;
+pub use run::{run_timeout, run_timeout_with_stdin};
 
 /// Root of all test dirs; each test gets `<TEST_ROOT>/<name>-<pid>-<n>`.
 pub const TEST_ROOT: &str = "/tmp/berth-test";
