@@ -208,3 +208,52 @@ fn leases_create_ls_filter_rm() {
     assert_eq!(q, "");
     c.fx.guard.assert_clean();
 }
+
+#[test]
+fn plugins_ls_lists_what_ctr_relies_on() {
+    let Some(c) = CtrFixture::new("cc-plugins") else {
+        return;
+    };
+    let ls = ok(&c.ctr(&["plugins", "ls"]), "ctr plugins ls");
+    let mut lines = ls.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    assert_eq!(header, ["TYPE", "ID", "PLATFORMS", "STATUS"], "{ls}");
+    let status = |ty: &str, id: &str| -> Option<String> {
+        ls.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.first() == Some(&ty) && f.get(1) == Some(&id))
+                .then(|| f.last().map(|s| s.to_string()))?
+        })
+    };
+    for (ty, id) in [
+        ("io.containerd.snapshotter.v1", "overlayfs"),
+        ("io.containerd.grpc.v1", "tasks"),
+        ("io.containerd.grpc.v1", "containers"),
+        ("io.containerd.grpc.v1", "content"),
+        ("io.containerd.grpc.v1", "images"),
+        ("io.containerd.grpc.v1", "snapshots"),
+        ("io.containerd.grpc.v1", "leases"),
+        ("io.containerd.grpc.v1", "events"),
+    ] {
+        assert_eq!(
+            status(ty, id).as_deref(),
+            Some("ok"),
+            "{ty} {id} listed ok: {ls}"
+        );
+    }
+    // A filter and the detailed form.
+    let d = ok(
+        &c.ctr(&["plugins", "ls", "-d", "id==overlayfs"]),
+        "ctr plugins ls -d",
+    );
+    assert!(
+        d.contains("Type:") && d.contains("io.containerd.snapshotter.v1"),
+        "{d}"
+    );
+    assert!(d.contains("ID:") && d.contains("overlayfs"), "{d}");
+    assert!(!d.contains("tasks"), "only the filtered plugin: {d}");
+    c.fx.guard.assert_clean();
+}
