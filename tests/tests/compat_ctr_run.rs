@@ -81,6 +81,21 @@ fn run_null_io_and_log_uri() {
     assert!(written.contains("to-stdout\n"), "{written:?}");
     assert!(written.contains("to-stderr\n"), "{written:?}");
 
+    // A binary:// logger is refused by name (Berth's shim writes files only).
+    let id = c.container("logbin");
+    let o = c.run(
+        &["--rm", "--log-uri", "binary:///usr/bin/logger", "--rootfs"],
+        &rootfs,
+        &id,
+        &["true"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("binary:// is not supported"),
+        "{}",
+        text(&o)
+    );
+
     // A second run appends, as containerd's shim does.
     let id = c.container("log2");
     let o = c.run(
@@ -95,6 +110,38 @@ fn run_null_io_and_log_uri() {
         written.contains("to-stdout\n") && written.ends_with("again\n"),
         "{written:?}"
     );
+    c.fx.guard.assert_clean();
+}
+
+#[test]
+fn run_systemd_cgroup_is_refused_not_ignored() {
+    let Some(c) = CtrFixture::new("cc-run-sysd") else {
+        return;
+    };
+    let rootfs = c.rootfs();
+    let id = c.container("sysd");
+    let slice = format!("machine.slice:cc:{id}");
+    let o = c.run(
+        &[
+            "--rm",
+            "--runc-systemd-cgroup",
+            "--cgroup",
+            &slice,
+            "--rootfs",
+        ],
+        &rootfs,
+        &id,
+        &["true"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("systemd_cgroup"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(c.task(&id), None);
+    let ls = ok(&c.ctr(&["containers", "ls", "-q"]), "ctr containers ls");
+    assert!(!ls.contains(&id), "--rm removed the container: {ls}");
     c.fx.guard.assert_clean();
 }
 
