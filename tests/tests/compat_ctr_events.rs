@@ -157,6 +157,9 @@ fn events_of_pull_run_exec_and_namespaces() {
         "exit 2",
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    events.wait_event("the exec's /tasks/exit", |e| {
+        e.topic == "/tasks/exit" && e.event["id"] == "e1"
+    });
     ok(&c.ctr(&["tasks", "pause", &id]), "ctr tasks pause");
     ok(&c.ctr(&["tasks", "resume", &id]), "ctr tasks resume");
     c.kill_and_remove(&id);
