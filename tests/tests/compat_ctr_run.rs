@@ -1,5 +1,5 @@
 //! Debian's `ctr` (1.6) `run` options against berthd, each checked by what the user sees: `-t` through a pty
-//! (the container's stdout is a terminal, the exit code comes back), `--null-io` (nothing printed, exit code
+//! (the container's stdout is a terminal, the exit code comes back; `tasks exec -t` likewise), `--null-io` (nothing printed, exit code
 //! kept), `--log-uri file:///PATH` (the container's stdout and stderr land in that file), `--mount
 //! type=bind,...` read-only and read-write, `--net-host` (the host's network namespace), `--with-ns
 //! network:PATH` (the named one). `--rootfs` (ctr's spec without an image) carries all of them. Root only.
@@ -38,6 +38,37 @@ fn run_t_gives_the_container_a_terminal() {
     assert!(out.contains("/dev/pts/"), "{}", text(&o));
     assert!(out.contains("stdin-is-a-tty"), "{}", text(&o));
     assert_eq!(c.task(&id), None, "--rm removed the task");
+
+    // tasks exec -t into a container without a terminal.
+    let id = c.container("tty-exec");
+    ok(
+        &c.run(&["-d", "--rootfs"], &rootfs, &id, &["sleep", "1000"]),
+        "ctr run -d",
+    );
+    let pid = c.wait_status(&id, "RUNNING");
+    c.fx.guard.pid(pid);
+    let Some(o) = c.ctr_on_tty(&[
+        "tasks",
+        "exec",
+        "-t",
+        "--fifo-dir",
+        &fifo,
+        "--exec-id",
+        "t1",
+        &id,
+        "sh",
+        "-c",
+        "tty; exit 6",
+    ]) else {
+        return;
+    };
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("/dev/pts/"),
+        "{}",
+        text(&o)
+    );
+    c.kill_and_remove(&id);
     c.fx.guard.assert_clean();
 }
 
