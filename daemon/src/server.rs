@@ -307,6 +307,7 @@ async fn serve(
     actors: actix::ArbiterHandle,
 ) -> Result<(), ServerError> {
     use berth_proto::berth::journal_server::JournalServer;
+    use berth_proto::berth::networks_server::NetworksServer;
     use berth_proto::containerd::containers::containers_server::ContainersServer;
     use berth_proto::containerd::content::content_server::ContentServer;
     use berth_proto::containerd::diff::diff_server::DiffServer;
@@ -375,6 +376,9 @@ async fn serve(
             services::events::JournalService::new(ctx.clone())
         )))
         .add_service(tasks.service())
+        .add_service(limits!(NetworksServer::new(
+            services::networks::NetworksService::new(ctx.clone(), tree.networks.clone())
+        )))
         .add_service(limits!(ContentServer::new(
             services::content::ContentService::new(ctx.clone())
         )))
