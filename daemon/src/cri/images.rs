@@ -472,3 +472,47 @@ fn du(dir: &std::path::Path) -> (u64, u64) {
     }
     (bytes, inodes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_config_forms() {
+        let basic = |u: &str, p: &str| {
+            Some(Credentials::Basic {
+                username: u.into(),
+                password: p.into(),
+            })
+        };
+        let with = |a: cri::AuthConfig| credentials(Some(&a)).ok().flatten();
+        assert_eq!(
+            with(cri::AuthConfig {
+                username: "u".into(),
+                password: "p".into(),
+                ..Default::default()
+            }),
+            basic("u", "p")
+        );
+        assert_eq!(
+            with(cri::AuthConfig {
+                auth: "dTpwOng=".into(),
+                ..Default::default()
+            }),
+            basic("u", "p:x")
+        );
+        assert_eq!(
+            with(cri::AuthConfig {
+                registry_token: "t".into(),
+                ..Default::default()
+            }),
+            Some(Credentials::Token("t".into()))
+        );
+        assert!(credentials(Some(&cri::AuthConfig {
+            auth: "!!".into(),
+            ..Default::default()
+        }))
+        .is_err());
+        assert_eq!(credentials(None).ok().flatten(), None);
+    }
+}
