@@ -320,3 +320,67 @@ async fn a_pod_with_two_containers_runs_logs_stops_and_goes() {
     assert!(left.items.is_empty(), "{left:?}");
     fx.nf.fx.guard.assert_clean();
 }
+
+/// Read what `addr` says on connect; None when nothing answers.
+fn hello(addr: std::net::SocketAddr) -> Option<String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf).into_owned()).filter(|t| !t.is_empty())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_port_mapping_answers_on_the_host_until_the_pod_stops() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let Some(fx) = CriFixture::new("cri-port") else {
+        return;
+    };
+    fx.pull_busybox().await;
+    let port = berth_tests::net_fixture::free_port();
+    let mut cfg = fx.pod_config("ported");
+    cfg.port_mappings = vec![cri::PortMapping {
+        protocol: cri::Protocol::Tcp as i32,
+        container_port: 8080,
+        host_port: i32::from(port),
+        host_ip: "127.0.0.1".into(),
+    }];
+    let pod = fx.pod(cfg.clone()).await.expect("pod");
+    fx.container(
+        &pod,
+        &cfg,
+        fx.container_config("srv", "exec nc -ll -p 8080 -e echo hello-port"),
+    )
+    .await
+    .expect("server");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut said = None;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            said = hello(addr);
+            said.is_some()
+        }),
+        "nothing answered on {addr}"
+    );
+    assert_eq!(said.as_deref(), Some("hello-port\n"));
+    let mut rt = fx.runtime().await;
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("stop pod");
+    assert_eq!(
+        hello(addr),
+        None,
+        "the port still answers after StopPodSandbox"
+    );
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .expect("remove pod");
+    fx.nf.assert_no_leaks();
+}

@@ -52,7 +52,7 @@ impl Handler<Op> for PodActor {
 
     fn handle(&mut self, op: Op, _: &mut Context<Self>) -> Self::Result {
         let job = self.rt.spawn(op.0);
-        AtomicResponse::new(Box::pin(async move { job.await }.into_actor(self).map(
+        AtomicResponse::new(Box::pin(job.into_actor(self).map(
             |r, act, ctx| match r {
                 Ok(()) => Ok(()),
                 Err(e) => {

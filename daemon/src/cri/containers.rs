@@ -155,8 +155,7 @@ pub async fn start(cri: &Cri, id: &str) -> Result<(), Status> {
     .await
 }
 
-fn stop_signal(c: &CriContainer, cri: &Cri) -> u32 {
-    let _ = cri;
+fn stop_signal(c: &CriContainer) -> u32 {
     let sig = c
         .labels
         .get(STOP_SIGNAL)
@@ -184,7 +183,7 @@ pub async fn stop(cri: &Cri, id: &str, timeout: i64) -> Result<(), Status> {
     let signal = if timeout <= 0 {
         libc::SIGKILL as u32
     } else {
-        stop_signal(&c, cri)
+        stop_signal(&c)
     };
     kill_and_wait(cri, id, signal, Some(grace)).await
 }

@@ -109,10 +109,9 @@ async fn run(
     }
     let wait = tasks.wait(NAMESPACE, id, exec_id);
     let exit = if timeout > 0 {
-        match tokio::time::timeout(Duration::from_secs(timeout as u64), wait).await {
-            Ok(r) => Some(r),
-            Err(_) => None,
-        }
+        tokio::time::timeout(Duration::from_secs(timeout as u64), wait)
+            .await
+            .ok()
     } else {
         Some(wait.await)
     };

@@ -373,9 +373,8 @@ impl ImageApi for ImageService {
         let r = req.into_inner();
         let name = image_of(r.image.as_ref())?;
         let span = tracing::info_span!("cri_pull", namespace = NAMESPACE, image = name);
-        let _e = span.enter();
-        drop(_e);
-        let resolved = pull(&self.cri, name, r.auth.as_ref()).await?;
+        let resolved =
+            tracing::Instrument::instrument(pull(&self.cri, name, r.auth.as_ref()), span).await?;
         Ok(Response::new(cri::PullImageResponse {
             image_ref: resolved.id,
         }))

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use berth_proto::cri;
 use berth_proto::cri::runtime_service_server::RuntimeService as RuntimeApi;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::{containers, exec, meta, pods, Cri, API_VERSION, NAMESPACE};
 
@@ -30,6 +31,11 @@ impl RuntimeService {
             .and_then(meta::container_of)
             .map(|c| c.sandbox_id))
     }
+}
+
+/// The span of a verb on one pod or container (for a pod, its pause container's id).
+fn span(verb: &'static str, id: &str) -> tracing::Span {
+    tracing::info_span!("cri", verb, namespace = NAMESPACE, container_id = %id)
 }
 
 fn required<'a>(what: &str, v: &'a str) -> Result<&'a str, Status> {
@@ -70,16 +76,16 @@ impl RuntimeApi for RuntimeService {
             .map(meta::pod_name)
             .unwrap_or_default();
         let span = tracing::info_span!("run_pod_sandbox", namespace = NAMESPACE, pod = %name);
-        let _ = span.enter();
         let cri = self.cri.clone();
         // Serialised per pod name: two runs of one pod do not race past the uniqueness check.
         let id = self
             .cri
             .inner
             .pods
-            .run(&format!("name:{name}"), async move {
-                pods::run(&cri, config, &r.runtime_handler).await
-            })
+            .run(
+                &format!("name:{name}"),
+                async move { pods::run(&cri, config, &r.runtime_handler).await }.instrument(span),
+            )
             .await?;
         self.cri.inner.pods.forget(&format!("name:{name}")).await;
         tracing::info!(namespace = NAMESPACE, container_id = %id, pod = %name, "pod sandbox ready");
@@ -99,7 +105,11 @@ impl RuntimeApi for RuntimeService {
         self.cri
             .inner
             .pods
-            .run(&id, async move { pods::stop(&cri, &id2).await })
+            .run(
+                &id,
+                async move { pods::stop(&cri, &id2).await }
+                    .instrument(span("stop_pod_sandbox", &id)),
+            )
             .await?;
         Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
@@ -115,7 +125,11 @@ impl RuntimeApi for RuntimeService {
         self.cri
             .inner
             .pods
-            .run(&id, async move { pods::remove(&cri, &id2).await })
+            .run(
+                &id,
+                async move { pods::remove(&cri, &id2).await }
+                    .instrument(span("remove_pod_sandbox", &id)),
+            )
             .await?;
         self.cri.inner.pods.forget(&id).await;
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
@@ -156,9 +170,11 @@ impl RuntimeApi for RuntimeService {
             .cri
             .inner
             .pods
-            .run(&r.pod_sandbox_id, async move {
-                containers::create(&cri, &pod, config, sandbox_config).await
-            })
+            .run(
+                &r.pod_sandbox_id,
+                async move { containers::create(&cri, &pod, config, sandbox_config).await }
+                    .instrument(span("create_container", &r.pod_sandbox_id)),
+            )
             .await?;
         Ok(Response::new(cri::CreateContainerResponse {
             container_id: id,
@@ -176,10 +192,14 @@ impl RuntimeApi for RuntimeService {
             .await?
             .ok_or_else(|| Status::not_found(format!("container {id:?} not found")))?;
         let cri = self.cri.clone();
+        let sp = span("start_container", &id);
         self.cri
             .inner
             .pods
-            .run(&pod, async move { containers::start(&cri, &id).await })
+            .run(
+                &pod,
+                async move { containers::start(&cri, &id).await }.instrument(sp),
+            )
             .await?;
         Ok(Response::new(cri::StartContainerResponse {}))
     }
@@ -195,12 +215,15 @@ impl RuntimeApi for RuntimeService {
             return Ok(Response::new(cri::StopContainerResponse {}));
         };
         let cri = self.cri.clone();
+        let sp = span("stop_container", &r.container_id);
         self.cri
             .inner
             .pods
-            .run(&pod, async move {
-                containers::stop(&cri, &r.container_id, r.timeout).await
-            })
+            .run(
+                &pod,
+                async move { containers::stop(&cri, &r.container_id, r.timeout).await }
+                    .instrument(sp),
+            )
             .await?;
         Ok(Response::new(cri::StopContainerResponse {}))
     }
@@ -215,10 +238,14 @@ impl RuntimeApi for RuntimeService {
             return Ok(Response::new(cri::RemoveContainerResponse {}));
         };
         let cri = self.cri.clone();
+        let sp = span("remove_container", &id);
         self.cri
             .inner
             .pods
-            .run(&pod, async move { containers::remove(&cri, &id).await })
+            .run(
+                &pod,
+                async move { containers::remove(&cri, &id).await }.instrument(sp),
+            )
             .await?;
         Ok(Response::new(cri::RemoveContainerResponse {}))
     }
@@ -248,7 +275,10 @@ impl RuntimeApi for RuntimeService {
     ) -> Result<Response<cri::ExecSyncResponse>, Status> {
         let r = req.into_inner();
         required("container_id", &r.container_id)?;
-        Ok(Response::new(exec::exec_sync(&self.cri, r).await?))
+        let sp = span("exec_sync", &r.container_id);
+        Ok(Response::new(
+            exec::exec_sync(&self.cri, r).instrument(sp).await?,
+        ))
     }
 
     async fn update_runtime_config(
