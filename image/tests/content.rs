@@ -162,8 +162,10 @@ fn crash_child_writer() {
         let data: Vec<u8> = (0..4 << 20)
             .map(|k: u64| (k.wrapping_mul(i + 7) >> 3) as u8)
             .collect();
+        // A killed round may have left this ref's ingest part written: resume it, as a real client does.
         let mut w = cs.writer(&format!("blob-{i}"), None, None).expect("writer");
-        for c in data.chunks(64 * 1024) {
+        let done = w.offset() as usize;
+        for c in data[done..].chunks(64 * 1024) {
             w.write(c).expect("write");
         }
         w.commit(None, None).expect("commit");

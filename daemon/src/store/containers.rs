@@ -9,7 +9,7 @@ use prost::Message;
 use redb::{ReadableTable, WriteTransaction};
 
 use super::namespaces::{apply_label_mask, ensure_namespace};
-use super::tables::CONTAINERS;
+use super::tables::{each_in_namespace, CONTAINERS};
 use super::{now_timestamp, Store, StoreError};
 
 fn decode(ns: &str, id: &str, bytes: &[u8]) -> Result<Container, StoreError> {
@@ -131,14 +131,10 @@ impl Store {
         let rtx = self.read()?;
         let t = rtx.open_table(CONTAINERS)?;
         let mut out = Vec::new();
-        for item in t.range((ns, "")..)? {
-            let (k, v) = item?;
-            let (kns, id) = k.value();
-            if kns != ns {
-                break;
-            }
-            out.push(decode(ns, id, v.value())?);
-        }
+        each_in_namespace(&t, ns, |id, v| {
+            out.push(decode(ns, id, v)?);
+            Ok(())
+        })?;
         Ok(out)
     }
 

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::leases::{add_resource_in, drop_resource_in, LeaseResource, RES_CONTENT, RES_INGESTS};
 use super::namespaces::{apply_label_mask, ensure_namespace};
-use super::tables::CONTENT;
+use super::tables::{each_in_namespace, CONTENT};
 use super::{Stamp, Store, StoreError};
 
 /// What a namespace knows of a blob besides its bytes.
@@ -41,14 +41,10 @@ pub(crate) fn content_in(
     ns: &str,
 ) -> Result<Vec<(String, ContentRecord)>, StoreError> {
     let mut out = Vec::new();
-    for item in t.range((ns, "")..)? {
-        let (k, v) = item?;
-        let (kns, digest) = k.value();
-        if kns != ns {
-            break;
-        }
-        out.push((digest.to_string(), decode(ns, digest, v.value())?));
-    }
+    each_in_namespace(t, ns, |digest, v| {
+        out.push((digest.to_string(), decode(ns, digest, v)?));
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -155,20 +151,7 @@ impl Store {
 
     /// Put an ingest under a lease (it is kept while the lease lives).
     pub async fn lease_ingest(&self, ns: &str, lease: &str, r#ref: &str) -> Result<(), StoreError> {
-        let (ns, lease, r) = (ns.to_string(), lease.to_string(), r#ref.to_string());
-        self.writer()
-            .write(move |wtx| {
-                add_resource_in(
-                    wtx,
-                    &ns,
-                    &lease,
-                    LeaseResource {
-                        id: r,
-                        r#type: RES_INGESTS.into(),
-                    },
-                )
-            })
-            .await
+        self.lease_resource(ns, lease, r#ref, RES_INGESTS).await
     }
 
     /// Put an existing blob under a lease (a write that found it already stored: containerd leases it too).
@@ -178,19 +161,23 @@ impl Store {
         lease: &str,
         digest: &str,
     ) -> Result<(), StoreError> {
-        let (ns, lease, d) = (ns.to_string(), lease.to_string(), digest.to_string());
+        self.lease_resource(ns, lease, digest, RES_CONTENT).await
+    }
+
+    async fn lease_resource(
+        &self,
+        ns: &str,
+        lease: &str,
+        id: &str,
+        kind: &str,
+    ) -> Result<(), StoreError> {
+        let (ns, lease) = (ns.to_string(), lease.to_string());
+        let res = LeaseResource {
+            id: id.to_string(),
+            r#type: kind.to_string(),
+        };
         self.writer()
-            .write(move |wtx| {
-                add_resource_in(
-                    wtx,
-                    &ns,
-                    &lease,
-                    LeaseResource {
-                        id: d,
-                        r#type: RES_CONTENT.into(),
-                    },
-                )
-            })
+            .write(move |wtx| add_resource_in(wtx, &ns, &lease, res))
             .await
     }
 

@@ -19,7 +19,9 @@ use super::content::content_in;
 use super::images::images_in;
 use super::leases::{decode_lease, LeaseRecord, RES_CONTENT, RES_INGESTS};
 use super::snapshots::snapshots_in;
-use super::tables::{CONTAINERS, CONTENT, IMAGES, LEASES, NAMESPACES, SNAPSHOTS};
+use super::tables::{
+    each_in_namespace, CONTAINERS, CONTENT, IMAGES, LEASES, NAMESPACES, SNAPSHOTS,
+};
 use super::{Store, StoreError};
 
 /// Label that pins an object.
@@ -127,16 +129,11 @@ fn sweep_namespace(
     {
         let mut t = wtx.open_table(LEASES)?;
         let mut gone = Vec::new();
-        for item in t.range((ns, "")..)? {
-            let (k, v) = item?;
-            let (kns, id) = k.value();
-            if kns != ns {
-                break;
-            }
-            let lease = decode_lease(ns, id, v.value())?;
+        each_in_namespace(&t, ns, |id, v| {
+            let lease = decode_lease(ns, id, v)?;
             if expired(&lease, now) {
                 gone.push(id.to_string());
-                continue;
+                return Ok(());
             }
             let is_flat = lease.labels.contains_key(LABEL_FLAT);
             for r in &lease.resources {
@@ -156,7 +153,8 @@ fn sweep_namespace(
                     roots.push(node);
                 }
             }
-        }
+            Ok(())
+        })?;
         for id in gone {
             t.remove((ns, id.as_str()))?;
             out.leases += 1;
@@ -170,13 +168,9 @@ fn sweep_namespace(
     }
     {
         let t = wtx.open_table(CONTAINERS)?;
-        for item in t.range((ns, "")..)? {
-            let (k, v) = item?;
-            if k.value().0 != ns {
-                break;
-            }
-            let c = Container::decode(v.value())
-                .map_err(|e| StoreError::Corrupt(format!("container {ns}/{}: {e}", k.value().1)))?;
+        each_in_namespace(&t, ns, |id, v| {
+            let c = Container::decode(v)
+                .map_err(|e| StoreError::Corrupt(format!("container {ns}/{id}: {e}")))?;
             if !c.snapshot_key.is_empty() {
                 let sn = if c.snapshotter.is_empty() {
                     "overlayfs".to_string()
@@ -186,7 +180,8 @@ fn sweep_namespace(
                 roots.push(Node::Snapshot(sn, c.snapshot_key.clone()));
             }
             roots.extend(label_refs(&c.labels));
-        }
+            Ok(())
+        })?;
     }
     let content: HashMap<String, super::content::ContentRecord> =
         content_in(&wtx.open_table(CONTENT)?, ns)?

@@ -11,7 +11,7 @@ use prost::Message;
 use redb::{ReadableTable, WriteTransaction};
 
 use super::namespaces::{apply_label_mask, ensure_namespace};
-use super::tables::IMAGES;
+use super::tables::{each_in_namespace, IMAGES};
 use super::{now_timestamp, Store, StoreError};
 
 fn decode(ns: &str, name: &str, bytes: &[u8]) -> Result<Image, StoreError> {
@@ -30,14 +30,10 @@ pub(crate) fn images_in(
     ns: &str,
 ) -> Result<Vec<Image>, StoreError> {
     let mut out = Vec::new();
-    for item in t.range((ns, "")..)? {
-        let (k, v) = item?;
-        let (kns, name) = k.value();
-        if kns != ns {
-            break;
-        }
-        out.push(decode(ns, name, v.value())?);
-    }
+    each_in_namespace(t, ns, |name, v| {
+        out.push(decode(ns, name, v)?);
+        Ok(())
+    })?;
     Ok(out)
 }
 

@@ -9,7 +9,7 @@ use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use super::namespaces::ensure_namespace;
-use super::tables::LEASES;
+use super::tables::{each_in_namespace, LEASES};
 use super::{Store, StoreError};
 
 /// One resource held by a lease.
@@ -111,18 +111,14 @@ pub(crate) fn drop_resource_in(
 ) -> Result<(), StoreError> {
     let mut t = wtx.open_table(LEASES)?;
     let mut changed = Vec::new();
-    for item in t.range((ns, "")..)? {
-        let (k, v) = item?;
-        let (kns, id) = k.value();
-        if kns != ns {
-            break;
-        }
-        let mut rec = decode(ns, id, v.value())?;
+    each_in_namespace(&t, ns, |id, v| {
+        let mut rec = decode(ns, id, v)?;
         if rec.resources.contains(res) {
             rec.resources.retain(|r| r != res);
             changed.push((id.to_string(), rec));
         }
-    }
+        Ok(())
+    })?;
     for (id, rec) in changed {
         t.insert((ns, id.as_str()), encode(&rec)?.as_slice())?;
     }
@@ -139,14 +135,10 @@ impl Store {
         let rtx = self.read()?;
         let t = rtx.open_table(LEASES)?;
         let mut out = Vec::new();
-        for item in t.range((ns, "")..)? {
-            let (k, v) = item?;
-            let (kns, id) = k.value();
-            if kns != ns {
-                break;
-            }
-            out.push(decode(ns, id, v.value())?);
-        }
+        each_in_namespace(&t, ns, |id, v| {
+            out.push(decode(ns, id, v)?);
+            Ok(())
+        })?;
         Ok(out)
     }
 

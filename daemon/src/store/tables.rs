@@ -142,6 +142,24 @@ pub(crate) fn u64_le(bytes: &[u8]) -> Option<u64> {
     bytes.try_into().ok().map(u64::from_le_bytes)
 }
 
+/// Visit every entry of namespace `ns` in a table keyed by (namespace, name), in name order. Each
+/// namespace's keys are contiguous, so the scan starts at `(ns, "")` and stops at the first other namespace.
+pub(crate) fn each_in_namespace(
+    t: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    ns: &str,
+    mut f: impl FnMut(&str, &[u8]) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    for item in t.range((ns, "")..)? {
+        let (k, v) = item?;
+        let (kns, name) = k.value();
+        if kns != ns {
+            break;
+        }
+        f(name, v.value())?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
