@@ -34,6 +34,10 @@ pub struct CriFixture {
     pub busybox: String,
     /// The kubelet's pod log root.
     pub logs: PathBuf,
+    /// The pods' cgroup parent (as a kubelet's cgroupfs driver gives one), unique to the fixture.
+    pub cgroup_parent: String,
+    /// Removes the cgroup parent after berthd's guard removed the pods' cgroups below it.
+    _parent_guard: crate::Guard,
     /// The registry's and the layouts' dir (last: removed after the registry stopped).
     _reg_dir: crate::TestDir,
 }
@@ -62,12 +66,17 @@ impl CriFixture {
         let extra = format!("\n[cri]\nenabled = true\nsandbox_image = {pause:?}\n");
         let nf = NetFixture::with_config(name, "", &extra, Some(NS));
         let logs = nf.fx.dir.subdir("pod-logs");
+        let cgroup_parent = format!("/{}", crate::unique_id(&format!("{name}-pods")));
+        let parent_guard = crate::Guard::new();
+        parent_guard.cgroup(cgroup_parent.clone());
         Some(CriFixture {
             registry,
             nf,
             pause,
             busybox,
             logs,
+            cgroup_parent,
+            _parent_guard: parent_guard,
             _reg_dir: dir,
         })
     }
@@ -95,6 +104,10 @@ impl CriFixture {
             log_directory: self.logs.join(name).display().to_string(),
             labels: HashMap::from([("app".to_string(), name.to_string())]),
             annotations: HashMap::from([("note".to_string(), "kept as is".to_string())]),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: self.cgroup_parent.clone(),
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
@@ -160,7 +173,10 @@ impl CriFixture {
             .await?
             .into_inner()
             .pod_sandbox_id;
-        self.nf.fx.guard.cgroup(format!("/{NS}/{id}"));
+        self.nf
+            .fx
+            .guard
+            .cgroup(format!("{}/{id}", self.cgroup_parent));
         Ok(id)
     }
 
@@ -181,7 +197,10 @@ impl CriFixture {
             .await?
             .into_inner()
             .container_id;
-        self.nf.fx.guard.cgroup(format!("/{NS}/{id}"));
+        self.nf
+            .fx
+            .guard
+            .cgroup(format!("{}/{id}", self.cgroup_parent));
         rt.start_container(cri::StartContainerRequest {
             container_id: id.clone(),
         })
