@@ -1,6 +1,6 @@
 //! A pod through the CRI, as a kubelet drives it: RunPodSandbox (pause image pulled from the loopback
 //! registry by berthd itself), two containers that share the pod's IP, localhost, hostname and DNS config,
-//! ExecSync (output, exit code, timeout), logs in the CRI format with both streams, StopContainer with a grace
+//! ExecSync (output, exit code, timeout), stats and a resource update, logs in the CRI format with both streams, StopContainer with a grace
 //! period, statuses with exit codes and reasons, stop and removal of the pod, and nothing left behind (the
 //! fixture checks netns, veths, IPAM, iptables, cgroups, shims). Root only.
 
@@ -159,6 +159,71 @@ async fn a_pod_with_two_containers_runs_logs_stops_and_goes() {
     );
     let late = fx.exec(&client, "sleep 30", 1).await.expect_err("timeout");
     assert_eq!(late.code(), Code::DeadlineExceeded, "{late:?}");
+
+    // Stats from the shim's cgroup metrics; a resource update reaches the cgroup.
+    let st = rt
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: server.clone(),
+        })
+        .await
+        .expect("stats")
+        .into_inner()
+        .stats
+        .expect("stats");
+    assert_eq!(
+        st.attributes
+            .as_ref()
+            .and_then(|a| a.metadata.as_ref())
+            .map(|m| m.name.as_str()),
+        Some("server")
+    );
+    let cpu = st
+        .cpu
+        .and_then(|c| c.usage_core_nano_seconds)
+        .map(|v| v.value)
+        .unwrap_or(0);
+    let mem = st
+        .memory
+        .as_ref()
+        .and_then(|m| m.working_set_bytes.clone())
+        .map(|v| v.value)
+        .unwrap_or(0);
+    assert!(cpu > 0 && mem > 0, "cpu {cpu} memory {mem}");
+    assert!(st.writable_layer.is_some());
+    let listed = rt
+        .list_container_stats(cri::ListContainerStatsRequest {
+            filter: Some(cri::ContainerStatsFilter {
+                pod_sandbox_id: pod.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("list stats")
+        .into_inner()
+        .stats;
+    assert_eq!(listed.len(), 2);
+    rt.update_container_resources(cri::UpdateContainerResourcesRequest {
+        container_id: client.clone(),
+        linux: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        }),
+        annotations: Default::default(),
+    })
+    .await
+    .expect("update resources");
+    let r = fx
+        .exec(
+            &client,
+            "cat /sys/fs/cgroup/memory/memory.limit_in_bytes",
+            10,
+        )
+        .await
+        .expect("exec");
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout).trim(),
+        (64u64 << 20).to_string()
+    );
 
     // Logs in CRI format, both streams.
     let s = fx.status(&server).await;

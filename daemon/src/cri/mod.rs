@@ -10,6 +10,7 @@
 //! - `spec.rs`: the OCI spec of a pause or app container, built as containerd's CRI builds it.
 //! - `pods.rs`, `containers.rs`, `exec.rs`: the RuntimeService verbs, through the [`Tasks`] handle (never a
 //!   second copy of the task machinery) and the in-process containerd services.
+//! - `stats.rs`: container stats from the shim's cgroup metrics, resource updates.
 //! - `actor.rs`: CriSupervisor and a PodActor per sandbox: every verb on one pod (its sandbox and its
 //!   containers) runs in its PodActor, one at a time, so a stop never interleaves with a create.
 //! - `runtime.rs`: the gRPC RuntimeService, thin: validate, call, map errors.
@@ -25,6 +26,7 @@ mod meta;
 mod pods;
 mod runtime;
 mod spec;
+mod stats;
 
 use std::sync::Arc;
 

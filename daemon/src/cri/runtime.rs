@@ -10,7 +10,7 @@ use berth_proto::cri::runtime_service_server::RuntimeService as RuntimeApi;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use super::{containers, exec, meta, pods, Cri, API_VERSION, NAMESPACE};
+use super::{containers, exec, meta, pods, stats, Cri, API_VERSION, NAMESPACE};
 
 /// The RuntimeService.
 #[derive(Clone)]
@@ -279,6 +279,48 @@ impl RuntimeApi for RuntimeService {
         Ok(Response::new(
             exec::exec_sync(&self.cri, r).instrument(sp).await?,
         ))
+    }
+
+    async fn container_stats(
+        &self,
+        req: Request<cri::ContainerStatsRequest>,
+    ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
+        let id = req.into_inner().container_id;
+        required("container_id", &id)?;
+        Ok(Response::new(cri::ContainerStatsResponse {
+            stats: Some(stats::container(&self.cri, &id).await?),
+        }))
+    }
+
+    async fn list_container_stats(
+        &self,
+        req: Request<cri::ListContainerStatsRequest>,
+    ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
+        Ok(Response::new(cri::ListContainerStatsResponse {
+            stats: stats::list(&self.cri, req.into_inner().filter).await?,
+        }))
+    }
+
+    async fn update_container_resources(
+        &self,
+        req: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+        let r = req.into_inner();
+        required("container_id", &r.container_id)?;
+        let pod = self.pod_of(&r.container_id).await?.ok_or_else(|| {
+            Status::not_found(format!("container {:?} not found", r.container_id))
+        })?;
+        let cri = self.cri.clone();
+        let sp = span("update_container_resources", &r.container_id);
+        self.cri
+            .inner
+            .pods
+            .run(
+                &pod,
+                async move { stats::update(&cri, &r.container_id, r.linux).await }.instrument(sp),
+            )
+            .await?;
+        Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
     async fn update_runtime_config(
