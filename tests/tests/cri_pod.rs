@@ -185,7 +185,7 @@ async fn a_pod_with_two_containers_runs_logs_stops_and_goes() {
     let mem = st
         .memory
         .as_ref()
-        .and_then(|m| m.working_set_bytes.clone())
+        .and_then(|m| m.working_set_bytes)
         .map(|v| v.value)
         .unwrap_or(0);
     assert!(cpu > 0 && mem > 0, "cpu {cpu} memory {mem}");
