@@ -11,6 +11,7 @@
 //! - `pods.rs`, `containers.rs`, `exec.rs`: the RuntimeService verbs, through the [`Tasks`] handle (never a
 //!   second copy of the task machinery) and the in-process containerd services.
 //! - `stats.rs`: container stats from the shim's cgroup metrics, resource updates.
+//! - `events.rs`: GetContainerEvents from berthd's durable event journal.
 //! - `actor.rs`: CriSupervisor and a PodActor per sandbox: every verb on one pod (its sandbox and its
 //!   containers) runs in its PodActor, one at a time, so a stop never interleaves with a create.
 //! - `runtime.rs`: the gRPC RuntimeService, thin: validate, call, map errors.
@@ -20,6 +21,7 @@
 
 mod actor;
 mod containers;
+mod events;
 mod exec;
 mod images;
 mod meta;

@@ -10,7 +10,7 @@ use berth_proto::cri::runtime_service_server::RuntimeService as RuntimeApi;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use super::{containers, exec, meta, pods, stats, Cri, API_VERSION, NAMESPACE};
+use super::{containers, events, exec, meta, pods, stats, Cri, API_VERSION, NAMESPACE};
 
 /// The RuntimeService.
 #[derive(Clone)]
@@ -50,6 +50,15 @@ fn required<'a>(what: &str, v: &'a str) -> Result<&'a str, Status> {
 
 #[tonic::async_trait]
 impl RuntimeApi for RuntimeService {
+    type GetContainerEventsStream = events::EventStream;
+
+    async fn get_container_events(
+        &self,
+        _: Request<cri::GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        Ok(Response::new(events::subscribe(&self.cri)?))
+    }
+
     async fn version(
         &self,
         _: Request<cri::VersionRequest>,
