@@ -114,6 +114,8 @@ pub struct CriConfig {
     pub sandbox_image: String,
     /// The network pods are attached to; None = `[network] default_network`.
     pub network: Option<String>,
+    /// hosts.toml directory for the kubelet's pulls (mirrors, CAs, credentials); None = `registry_hosts_dir`.
+    pub registry_config_path: Option<PathBuf>,
     /// Streaming server address (reserved for Exec/Attach/PortForward).
     pub stream_address: String,
     /// Streaming server port (0: any free port).
@@ -126,6 +128,7 @@ impl Default for CriConfig {
             enabled: false,
             sandbox_image: "registry.k8s.io/pause:3.10".to_string(),
             network: None,
+            registry_config_path: None,
             stream_address: "127.0.0.1".to_string(),
             stream_port: 0,
         }

@@ -63,7 +63,19 @@ impl CriFixture {
         );
         let busybox = registry.reference("busybox:1");
         registry.push_oci_layout(&bb_layout.path, "busybox:1");
-        let extra = format!("\n[cri]\nenabled = true\nsandbox_image = {pause:?}\n");
+        // The registry is plain HTTP: say so in a hosts.toml, as a kubelet's node would.
+        let hosts = dir.join("certs.d");
+        let host_dir = hosts.join(&registry.addr);
+        std::fs::create_dir_all(&host_dir).expect("hosts dir");
+        std::fs::write(
+            host_dir.join("hosts.toml"),
+            format!("server = \"http://{}\"\n", registry.addr),
+        )
+        .expect("hosts.toml");
+        let extra = format!(
+            "\n[cri]\nenabled = true\nsandbox_image = {pause:?}\nregistry_config_path = {:?}\n",
+            hosts.display().to_string()
+        );
         let nf = NetFixture::with_config(name, "", &extra, Some(NS));
         let logs = nf.fx.dir.subdir("pod-logs");
         let cgroup_parent = format!("/{}", crate::unique_id(&format!("{name}-pods")));

@@ -263,7 +263,7 @@ pub async fn pull(
     let plan = Plan {
         reference: name.clone(),
         resolver: Resolver {
-            hosts_dir: None,
+            hosts_dir: cri.ctx().config.cri.registry_config_path.clone(),
             // Loopback registries: HTTPS first, then plain HTTP (as containerd treats localhost).
             plain_http: reference.is_loopback(),
         },

@@ -166,18 +166,24 @@ pub(super) async fn kill_and_wait(
         all: false,
     };
     let tasks = cri.tasks();
-    let ignore_gone = |r: Result<(), TaskError>| match r {
-        Ok(()) | Err(TaskError::TaskNotFound(_)) => Ok(()),
-        // A task that exited between Get and Kill.
-        Err(TaskError::FailedPrecondition(_)) | Err(TaskError::ExecNotFound { .. }) => Ok(()),
-        Err(TaskError::Shim(s))
-            if s.code() == Code::NotFound || s.code() == Code::FailedPrecondition =>
-        {
-            Ok(())
+    // A kill that fails because the process exited meanwhile (the runtime says "stopped", the shim may say
+    // NotFound or something vaguer) is a success once the exit is seen.
+    let killed = |r: Result<(), TaskError>| async move {
+        match r {
+            Ok(()) | Err(TaskError::TaskNotFound(_)) => Ok(()),
+            // The task layer may take the exit in a moment after the runtime saw it.
+            Err(e) => match tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                cri.tasks().wait(NAMESPACE, id, ""),
+            )
+            .await
+            {
+                Ok(Ok(_)) | Ok(Err(TaskError::TaskNotFound(_))) => Ok(()),
+                _ => Err(task_status(e)),
+            },
         }
-        Err(e) => Err(task_status(e)),
     };
-    ignore_gone(tasks.kill(NAMESPACE, id, kill(signal)).await)?;
+    killed(tasks.kill(NAMESPACE, id, kill(signal)).await).await?;
     if signal != libc::SIGKILL as u32 {
         let waited = match grace {
             Some(g) => tokio::time::timeout(g, tasks.wait(NAMESPACE, id, ""))
@@ -188,7 +194,7 @@ pub(super) async fn kill_and_wait(
         if waited.is_some() {
             return Ok(());
         }
-        ignore_gone(tasks.kill(NAMESPACE, id, kill(libc::SIGKILL as u32)).await)?;
+        killed(tasks.kill(NAMESPACE, id, kill(libc::SIGKILL as u32)).await).await?;
     }
     match tasks.wait(NAMESPACE, id, "").await {
         Ok(_) | Err(TaskError::TaskNotFound(_)) => Ok(()),
@@ -388,9 +394,15 @@ pub async fn stop(cri: &Cri, id: &str) -> Result<(), Status> {
         Err(e) if e.code() == Code::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
-    for c in containers_of(cri, &sandbox.id).await? {
-        kill_and_wait(cri, &c, libc::SIGKILL as u32, None).await?;
-    }
+    // The containers at once, then the pause container (whose death would kill them under their feet when
+    // they share its PID namespace).
+    let containers = containers_of(cri, &sandbox.id).await?;
+    futures::future::try_join_all(
+        containers
+            .iter()
+            .map(|c| kill_and_wait(cri, c, libc::SIGKILL as u32, None)),
+    )
+    .await?;
     kill_and_wait(cri, id, libc::SIGKILL as u32, None).await?;
     match cri.tasks().delete(NAMESPACE, id).await {
         Ok(_) | Err(TaskError::TaskNotFound(_)) => Ok(()),
@@ -401,9 +413,8 @@ pub async fn stop(cri: &Cri, id: &str) -> Result<(), Status> {
 /// RemovePodSandbox: stop, then remove every container and the pause container. Not found is success.
 pub async fn remove(cri: &Cri, id: &str) -> Result<(), Status> {
     stop(cri, id).await?;
-    for c in containers_of(cri, id).await? {
-        remove_record(cri, &c).await?;
-    }
+    let containers = containers_of(cri, id).await?;
+    futures::future::try_join_all(containers.iter().map(|c| remove_record(cri, c))).await?;
     remove_record(cri, id).await
 }
 
