@@ -27,16 +27,29 @@ impl Rt {
         if !require_root() {
             return None;
         }
+        Self::with_runtime(name, args, bin("berth-runc"))
+    }
+
+    /// The same for another runtime with runc's command line (Debian's runc: pass
+    /// `tool("runc")?`); None (skip) when not root or busybox is missing.
+    pub fn with_runtime(name: &str, args: &[&str], bin: PathBuf) -> Option<Rt> {
+        if !require_root() {
+            return None;
+        }
         tool("busybox")?;
         let dir = TestDir::new(name);
         let bundle = busybox_bundle(&dir.join("bundle"), args);
         let root = dir.join("root");
         let id = unique_id(name);
-        let bin = bin("berth-runc");
         let guard = Guard::new();
         {
             let (b, r, i) = (bin.clone(), root.clone(), id.clone());
-            guard.on_cleanup("berth-runc delete --force", move || {
+            guard.on_cleanup("runtime delete --force", move || {
+                // runc creates --root whatever the verb: once the test dir is gone (dropped
+                // before the guard), a delete would leave an empty root dir behind.
+                if !r.exists() {
+                    return;
+                }
                 let _ = Command::new(&b)
                     .arg("--root")
                     .arg(&r)

@@ -22,7 +22,7 @@ pub enum Error {
     )]
     InvalidId(String),
     /// The verb is not allowed in the container's current status.
-    #[error("cannot {op} container {id} in status {status}")]
+    #[error("cannot {op} container {id} in status {status}{why}")]
     BadStatus {
         /// The verb.
         op: &'static str,
@@ -30,6 +30,8 @@ pub enum Error {
         id: String,
         /// Its current status.
         status: String,
+        /// Why it is in that status (`": ..."`), or empty.
+        why: String,
     },
     /// config.json is missing, unreadable or invalid.
     #[error("{path}: {msg}")]

@@ -41,6 +41,9 @@ pub struct NsPlan {
     pub new_flags: CloneFlags,
     /// Time namespace offsets to write (`/proc/self/timens_offsets` lines).
     pub time_offsets: Vec<String>,
+    /// For exec into a container without a mount namespace of its own (which shares the
+    /// caller's): init's root to chroot into, so the process does not see the host's.
+    pub chroot: Option<PathBuf>,
 }
 
 impl Default for NsPlan {
@@ -50,6 +53,7 @@ impl Default for NsPlan {
             new_user: false,
             new_flags: CloneFlags::empty(),
             time_offsets: Vec::new(),
+            chroot: None,
         }
     }
 }
@@ -108,6 +112,13 @@ impl NsPlan {
             LinuxNamespaceType::Mount => 2,
             _ => 1,
         });
+        if !plan
+            .join
+            .iter()
+            .any(|(t, _)| *t == LinuxNamespaceType::Mount)
+        {
+            plan.chroot = Some(PathBuf::from(format!("/proc/{init_pid}/root")));
+        }
         plan
     }
 
@@ -117,6 +128,15 @@ impl NsPlan {
             return self.new_user;
         }
         self.new_flags.contains(flag(t))
+    }
+
+    /// Whether the process gets a mount namespace other than its caller's (new or joined).
+    pub fn own_mntns(&self) -> bool {
+        self.creates(LinuxNamespaceType::Mount)
+            || self
+                .join
+                .iter()
+                .any(|(t, _)| *t == LinuxNamespaceType::Mount)
     }
 
     /// Whether the process ends up in a user namespace other than the host's.

@@ -66,8 +66,27 @@ fn validate(spec: &Spec, path: &Path) -> Result<()> {
     if spec.domainname().is_some() && !has(LinuxNamespaceType::Uts) {
         return Err(bad("domainname requires a new uts namespace".into()));
     }
+    // Without a mount namespace the container's mounts are made in the caller's (as runc
+    // does); what would change the caller's own mounts is refused.
     if !has(LinuxNamespaceType::Mount) {
-        return Err(bad("linux.namespaces: a mount namespace is required".into()));
+        let some = |v: &Option<Vec<String>>| v.as_ref().is_some_and(|v| !v.is_empty());
+        if linux.is_some_and(|l| some(l.masked_paths()) || some(l.readonly_paths())) {
+            return Err(bad(
+                "linux.maskedPaths/readonlyPaths need a mount namespace (runc: \
+                 unable to restrict sys entries without a private MNT namespace)"
+                    .into(),
+            ));
+        }
+        if linux
+            .and_then(|l| l.rootfs_propagation().as_deref())
+            .is_some_and(|p| !p.is_empty())
+        {
+            return Err(bad(
+                "linux.rootfsPropagation needs a mount namespace: it would \
+                 change the propagation of the host's /"
+                    .into(),
+            ));
+        }
     }
     let maps = linux.is_some_and(|l| l.uid_mappings().is_some() || l.gid_mappings().is_some());
     if maps && !has(LinuxNamespaceType::User) {
@@ -92,4 +111,41 @@ pub fn rootfs(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
         .ok_or_else(|| Error::Spec("root: missing".into()))?;
     let p = bundle.join(root.path());
     std::fs::canonicalize(&p).map_err(|e| Error::io("resolve rootfs", p, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(linux: serde_json::Value) -> Spec {
+        serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": { "path": "rootfs" },
+            "process": { "args": ["true"], "cwd": "/", "user": { "uid": 0, "gid": 0 } },
+            "linux": linux,
+        }))
+        .expect("spec")
+    }
+
+    #[test]
+    fn no_mount_namespace_refuses_only_what_would_touch_the_callers_mounts() {
+        let p = Path::new("config.json");
+        let ok = spec(serde_json::json!({ "namespaces": [{ "type": "pid" }] }));
+        assert!(validate(&ok, p).is_ok());
+        let masked = spec(serde_json::json!({
+            "namespaces": [{ "type": "pid" }], "maskedPaths": ["/proc/kcore"]
+        }));
+        let e = validate(&masked, p).expect_err("masked paths").to_string();
+        assert!(e.contains("maskedPaths"), "{e}");
+        let prop = spec(serde_json::json!({
+            "namespaces": [{ "type": "pid" }], "rootfsPropagation": "shared"
+        }));
+        let e = validate(&prop, p).expect_err("propagation").to_string();
+        assert!(e.contains("rootfsPropagation"), "{e}");
+        let with_mnt = spec(serde_json::json!({
+            "namespaces": [{ "type": "mount" }], "rootfsPropagation": "shared",
+            "maskedPaths": ["/proc/kcore"]
+        }));
+        assert!(validate(&with_mnt, p).is_ok());
+    }
 }

@@ -34,6 +34,20 @@ pub struct ProcStat {
     pub state: char,
     /// Start time in clock ticks since boot (field 22).
     pub start_time: u64,
+    /// Kernel per-process flags (field 9, `PF_*`).
+    pub flags: u64,
+}
+
+/// `PF_EXITING`: the process has called exit and is tearing down; a pid namespace's init
+/// stays in this state (sleeping, not yet a zombie) until every other process of its
+/// namespace has been reaped, which an orphan's lazy reaper can delay indefinitely.
+const PF_EXITING: u64 = 0x4;
+
+impl ProcStat {
+    /// Whether the process has exited: a zombie, dead, or past the point of no return.
+    pub fn exited(&self) -> bool {
+        self.state == 'Z' || self.state == 'X' || self.flags & PF_EXITING != 0
+    }
 }
 
 /// Read /proc/PID/stat; None when the process is gone.
@@ -43,12 +57,17 @@ pub fn proc_stat(pid: i32) -> Option<ProcStat> {
     let rest = &s[s.rfind(')')? + 2..];
     let mut it = rest.split(' ');
     let state = it.next()?.chars().next()?;
-    // after state (field 3) comes field 4; start_time is field 22 => 18 more.
-    let start_time = it.nth(18)?.parse().ok()?;
-    Some(ProcStat { state, start_time })
+    // after state (field 3) come fields 4..; flags is field 9, start_time field 22.
+    let flags = it.nth(5)?.parse().ok()?;
+    let start_time = it.nth(12)?.parse().ok()?;
+    Some(ProcStat {
+        state,
+        start_time,
+        flags,
+    })
 }
 
-/// Whether PID is a live (non-zombie) process, optionally with a given start time.
+/// Whether PID is a live process (not a zombie), optionally with a given start time.
 pub fn pid_alive(pid: i32, start_time: Option<u64>) -> bool {
     if pid <= 0 {
         return false;
@@ -58,6 +77,15 @@ pub fn pid_alive(pid: i32, start_time: Option<u64>) -> bool {
             st.state != 'Z' && st.state != 'X' && start_time.is_none_or(|t| t == st.start_time)
         }
         None => false,
+    }
+}
+
+/// Whether PID (with that start time) is gone or has exited (see [`ProcStat::exited`]):
+/// what a container's status calls stopped.
+pub fn pid_exited(pid: i32, start_time: u64) -> bool {
+    match proc_stat(pid) {
+        Some(st) => st.start_time != start_time || st.exited(),
+        None => true,
     }
 }
 
@@ -229,6 +257,15 @@ pub fn fd_path(fd: &impl AsRawFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
+/// Write `--pid-file` atomically; a failure names the file the caller gave, not the
+/// temp file beside it.
+pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+    write_atomic(path, pid.to_string().as_bytes()).map_err(|e| match e {
+        Error::Io { source, .. } => Error::io("write pid file", path, source),
+        e => e,
+    })
+}
+
 /// Write a file atomically (temp file in the same dir + rename).
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
@@ -268,6 +305,11 @@ mod tests {
     fn own_stat() {
         let st = proc_stat(std::process::id() as i32).expect("own stat");
         assert!(st.start_time > 0);
+        assert!(!st.exited());
+        assert!(!pid_exited(std::process::id() as i32, st.start_time));
+        // field 22 of a process started at boot is small: the parse picked the right field
+        let one = proc_stat(1).expect("pid 1");
+        assert!(one.start_time <= st.start_time);
         assert!(pid_alive(std::process::id() as i32, Some(st.start_time)));
         assert!(!pid_alive(
             std::process::id() as i32,

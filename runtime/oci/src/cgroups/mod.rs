@@ -96,7 +96,13 @@ fn detect_mode_and_mounts() -> Result<(Mode, Vec<fs::MountInfo>), CgroupError> {
             source,
         })?
         .filesystem_type();
-    let mounts = fs::mountinfo()?;
+    // Only the hierarchies under /sys/fs/cgroup: a container without a mount namespace of
+    // its own has its cgroupfs view mounted in ours too, below its rootfs (read-only, and
+    // rooted at its own cgroup); taking those made every other container's create fail.
+    let mounts: Vec<fs::MountInfo> = fs::mountinfo()?
+        .into_iter()
+        .filter(|m| m.mount_point.starts_with(CGROUP_ROOT))
+        .collect();
     if fstype == nix::sys::statfs::CGROUP2_SUPER_MAGIC {
         return Ok((Mode::V2, mounts));
     }

@@ -14,7 +14,7 @@ use crate::error::{Error, Result, SysContext};
 use crate::namespaces::NsPlan;
 use crate::process::channel::Msg;
 use crate::process::{self, ChainSpec, InitOpts};
-use crate::{console, hooks, logging, seccomp, spec, utils};
+use crate::{console, hooks, logging, rootfs, seccomp, spec, utils};
 
 /// Create container `id`; returns it (status created). `relay` is the chain's end of a
 /// console socket pair that berth-runc itself holds (foreground `run` without
@@ -61,6 +61,7 @@ pub fn run(
             annotations: spec.annotations().clone().unwrap_or_default(),
             cgroup,
             config: spec,
+            rootfs_bound: false,
         },
         status: Status::Creating,
     };
@@ -70,10 +71,36 @@ pub fn run(
             Ok(c)
         }
         Err(e) => {
+            let (e, reaped) = explain_init_death(c.saved.pid, e);
+            if reaped {
+                // Never signal a pid we reaped: it may name another process now.
+                c.saved.pid = 0;
+            }
             cleanup(&c);
             Err(e)
         }
     }
+}
+
+/// A chain that broke off (EOF, EPIPE on the channel) usually means init died without a
+/// word, e.g. killed by a hook or the OOM killer: say so, with its exit status (it is our
+/// child by now: berth-runc is its subreaper). Status 1 is init's own error exit, whose
+/// message is already in `e`. Returns the error and whether init was reaped.
+fn explain_init_death(pid: i32, e: Error) -> (Error, bool) {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    if pid <= 0 || !utils::proc_stat(pid).is_some_and(|st| st.exited()) {
+        return (e, false);
+    }
+    let how = match waitpid(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(WaitStatus::Exited(_, code)) if code != 1 => format!("exited with status {code}"),
+        Ok(WaitStatus::Signaled(_, sig, _)) => format!("was killed by {sig}"),
+        Ok(_) => return (e, true),
+        Err(_) => return (e, false),
+    };
+    let e = Error::Init(format!(
+        "container process (pid {pid}) {how} during create ({e})"
+    ));
+    (e, true)
 }
 
 /// Undo a failed create: kill init, remove the cgroup and the state dir.
@@ -85,6 +112,11 @@ fn cleanup(c: &Container) {
     }
     if let Err(e) = c.saved.cgroup.destroy() {
         logging::warn(&format!("remove cgroup of failed container: {e}"));
+    }
+    if c.saved.rootfs_bound {
+        if let Err(e) = rootfs::detach_shared_rootfs(&c.saved.rootfs) {
+            logging::warn(&format!("failed container: {e}"));
+        }
     }
     c.remove_dir();
 }
@@ -103,11 +135,29 @@ fn build(
     let fifo = c.dir.join(EXEC_FIFO);
     nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o622))
         .sys(|| format!("mkfifo {}", fifo.display()))?;
+    // init opens the fifo for writing as the container's root, which a user namespace may
+    // map to an unprivileged host uid: give it the fifo (runc does the same), or that open
+    // fails with EACCES and the container dies before start.
+    let uid = root_host_id(linux.and_then(|l| l.uid_mappings().as_ref()));
+    let gid = root_host_id(linux.and_then(|l| l.gid_mappings().as_ref()));
+    if uid.is_some() || gid.is_some() {
+        nix::unistd::chown(
+            &fifo,
+            uid.map(nix::unistd::Uid::from_raw),
+            gid.map(nix::unistd::Gid::from_raw),
+        )
+        .sys(|| format!("chown {}", fifo.display()))?;
+    }
     let fifo_fd = open_path(&fifo)?;
     logging::debug("create: spec loaded, fifo made");
     c.saved.cgroup.create()?;
     if let Some(r) = linux.and_then(|l| l.resources().as_ref()) {
         c.saved.cgroup.apply(r)?;
+    }
+    let ns = NsPlan::from_spec(spec)?;
+    if !ns.own_mntns() {
+        rootfs::bind_shared_rootfs(&c.saved.rootfs)?;
+        c.saved.rootfs_bound = true;
     }
     c.save()?;
     logging::debug("create: cgroup created and limits applied");
@@ -126,7 +176,6 @@ fn build(
         }
         (_, false) => None,
     };
-    let ns = NsPlan::from_spec(spec)?;
     let uid_map = process::map_text(linux.and_then(|l| l.uid_mappings().as_ref()));
     let gid_map = process::map_text(linux.and_then(|l| l.gid_mappings().as_ref()));
     let cs = ChainSpec {
@@ -164,9 +213,17 @@ fn build(
     logging::debug("create: init ready");
     c.save()?;
     if let Some(p) = &o.pid_file {
-        utils::write_atomic(p, pid.to_string().as_bytes())?;
+        utils::write_pid_file(p, pid)?;
     }
     Ok(())
+}
+
+/// The host id that container id 0 maps to, when the mappings map it.
+fn root_host_id(maps: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>) -> Option<u32> {
+    maps.into_iter()
+        .flatten()
+        .find(|m| m.container_id() == 0 && m.size() > 0)
+        .map(|m| m.host_id())
 }
 
 fn open_path(p: &Path) -> Result<OwnedFd> {

@@ -27,17 +27,26 @@ pub fn run(root: &Path, id: &str, force: bool) -> Result<()> {
 
 /// Kill every process, wait for init, remove cgroup and state, run poststop.
 pub fn destroy(c: &Container) -> Result<()> {
+    // A stopped container without a pid namespace of its own may still have processes in
+    // its cgroup (exec'd ones outlive init): kill them too, as runc 1.1 does, or the cgroup
+    // cannot be removed. With its own pid namespace the cgroup is empty by now.
+    let leftovers = c.saved.cgroup.pids().unwrap_or_default();
+    for p in &leftovers {
+        let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
+    }
+    if c.status != Status::Stopped
+        && c.saved.pid > 0
+        && utils::pid_alive(c.saved.pid, Some(c.saved.init_start_time))
+    {
+        let _ = kill(Pid::from_raw(c.saved.pid), Signal::SIGKILL);
+    }
+    if c.status == Status::Paused || !leftovers.is_empty() {
+        let _ = c.saved.cgroup.thaw();
+    }
     if c.status != Status::Stopped {
-        for p in c.saved.cgroup.pids().unwrap_or_default() {
-            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
-        }
-        if c.saved.pid > 0 && utils::pid_alive(c.saved.pid, Some(c.saved.init_start_time)) {
-            let _ = kill(Pid::from_raw(c.saved.pid), Signal::SIGKILL);
-        }
-        if c.status == Status::Paused {
-            let _ = c.saved.cgroup.thaw();
-        }
         let deadline = Instant::now() + Duration::from_secs(10);
+        // Until init is a zombie (or gone): once delete returns, nothing of the container
+        // runs, as runc's delete --force promises.
         while c.saved.pid > 0 && utils::pid_alive(c.saved.pid, Some(c.saved.init_start_time)) {
             if Instant::now() > deadline {
                 return Err(Error::Init(format!(
@@ -49,6 +58,9 @@ pub fn destroy(c: &Container) -> Result<()> {
         }
     }
     c.saved.cgroup.destroy()?;
+    if c.saved.rootfs_bound {
+        crate::rootfs::detach_shared_rootfs(&c.saved.rootfs)?;
+    }
     c.remove_dir();
     let h = c.saved.config.hooks().as_ref();
     if let Err(e) = hooks::run(

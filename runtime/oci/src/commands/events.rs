@@ -20,6 +20,7 @@ pub fn run(root: &Path, a: &EventsArgs) -> Result<()> {
                 op: "get events of",
                 id: a.id.clone(),
                 status: c.status.to_string(),
+                why: String::new(),
             });
         }
         let stats = c.saved.cgroup.stats()?;

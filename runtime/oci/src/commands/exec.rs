@@ -75,7 +75,7 @@ pub fn run(root: &Path, a: &ExecArgs) -> Result<i32> {
         Err(e) => return Err(e),
     }
     if let Some(p) = &a.pid_file {
-        utils::write_atomic(p, pid.to_string().as_bytes())?;
+        utils::write_pid_file(p, pid)?;
     }
     if a.detach {
         return Ok(0);

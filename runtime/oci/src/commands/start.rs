@@ -27,7 +27,7 @@ pub fn run(root: &Path, id: &str) -> Result<()> {
         match poll(&mut fds, PollTimeout::from(100u16)) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => {
                 if !utils::pid_alive(c.saved.pid, Some(c.saved.init_start_time)) {
-                    return Err(Error::Init("container init exited before start".into()));
+                    return Err(exited_before_start(&c));
                 }
             }
             Ok(_) => break,
@@ -39,7 +39,7 @@ pub fn run(root: &Path, id: &str) -> Result<()> {
         .read(&mut b)
         .map_err(|e| Error::io("read exec fifo", &fifo, e))?;
     if n != 1 {
-        return Err(Error::Init("container init exited before start".into()));
+        return Err(exited_before_start(&c));
     }
     let _ = std::fs::remove_file(&fifo);
     let h = c.saved.config.hooks().as_ref();
@@ -53,4 +53,11 @@ pub fn run(root: &Path, id: &str) -> Result<()> {
         return Err(e);
     }
     Ok(())
+}
+
+fn exited_before_start(c: &Container) -> Error {
+    Error::Init(format!(
+        "container {}: its process (pid {}) exited before start",
+        c.saved.id, c.saved.pid
+    ))
 }

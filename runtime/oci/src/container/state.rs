@@ -63,6 +63,10 @@ pub struct Saved {
     pub cgroup: CgroupManager,
     /// The spec the container was created from (exec and hooks use it).
     pub config: Spec,
+    /// `create` bound the rootfs onto itself in the caller's mount namespace (a container
+    /// without one of its own); `delete` detaches it with everything mounted below.
+    #[serde(default)]
+    pub rootfs_bound: bool,
 }
 
 /// A container loaded from (or about to be written to) its state directory.
@@ -107,11 +111,13 @@ impl Container {
         Ok(c)
     }
 
-    /// Recompute the status from init's /proc entry, the exec fifo and the freezer.
+    /// Recompute the status from init's /proc entry, the exec fifo and the freezer. An
+    /// init that has exited is stopped even before it is a zombie (see
+    /// [`utils::pid_exited`]).
     pub fn refresh(&mut self) {
         self.status = if self.saved.pid <= 0 {
             Status::Creating
-        } else if !utils::pid_alive(self.saved.pid, Some(self.saved.init_start_time)) {
+        } else if utils::pid_exited(self.saved.pid, self.saved.init_start_time) {
             Status::Stopped
         } else if self.dir.join(EXEC_FIFO).exists() {
             Status::Created
@@ -138,14 +144,25 @@ impl Container {
 
     fn guard(&self, op: &'static str, ok: &[Status]) -> Result<()> {
         if ok.contains(&self.status) {
-            Ok(())
-        } else {
-            Err(Error::BadStatus {
-                op,
-                id: self.saved.id.clone(),
-                status: self.status.to_string(),
-            })
+            return Ok(());
         }
+        // Say why: a stopped container's process has exited (maybe before anyone
+        // started it); a running one is still running.
+        let why = match self.status {
+            Status::Stopped if self.saved.pid > 0 => {
+                format!(": its process (pid {}) has exited", self.saved.pid)
+            }
+            Status::Running | Status::Paused => {
+                format!(": its process (pid {}) is still running", self.saved.pid)
+            }
+            _ => String::new(),
+        };
+        Err(Error::BadStatus {
+            op,
+            id: self.saved.id.clone(),
+            status: self.status.to_string(),
+            why,
+        })
     }
 
     /// start needs a created container.
@@ -200,11 +217,19 @@ impl Container {
         })
     }
 
-    /// Hook state for a given status (the OCI `state` shape, pid kept).
+    /// Hook state for a given status (the OCI `state` shape). The pid is the init's host
+    /// pid while it lives; a stopped container's state has none (the spec requires it only
+    /// for created and running; runc omits it too): the pid of a dead process may already
+    /// name another one.
     pub fn hook_state(&self, status: Status) -> String {
         let mut v = self.oci_state();
         v["status"] = serde_json::Value::String(status.to_string());
-        v["pid"] = serde_json::Value::from(self.saved.pid);
+        match (status, v.as_object_mut()) {
+            (Status::Stopped, Some(o)) => {
+                o.remove("pid");
+            }
+            _ => v["pid"] = serde_json::Value::from(self.saved.pid),
+        }
         v.to_string()
     }
 

@@ -18,6 +18,11 @@ use crate::error::{Error, Result, SysContext};
 /// The exec'd (not init) process: session, terminal, rlimits of its own, finalize.
 pub(super) fn exec_process(cs: &ChainSpec, ch: &Channel) -> ! {
     super::child_main(ch, || {
+        if let Some(root) = &cs.ns.chroot {
+            // runc leaves such a process in the host's root; berth-runc puts it where init is.
+            nix::unistd::chroot(root).sys(|| format!("chroot {}", root.display()))?;
+            nix::unistd::chdir("/").sys(|| "chdir /".into())?;
+        }
         nix::unistd::setsid().sys(|| "setsid".into())?;
         if cs.process.terminal().unwrap_or(false) {
             let sock = cs

@@ -17,6 +17,9 @@ use crate::{console, hooks, namespaces, rootfs};
 pub(super) fn run(cs: &ChainSpec, init: &InitOpts, ch: &Channel) -> ! {
     super::child_main(ch, || {
         let spec = cs.spec;
+        if cs.ns.creates(LinuxNamespaceType::Pid) {
+            die_on_termination_signals()?;
+        }
         setsid().sys(|| "setsid".into())?;
         if cs.ns.in_userns() {
             // SAFETY: prctl with integer arguments only.
@@ -36,6 +39,7 @@ pub(super) fn run(cs: &ChainSpec, init: &InitOpts, ch: &Channel) -> ! {
             &init.bundle,
             cs.ns.in_userns(),
             cs.ns.creates(LinuxNamespaceType::Cgroup),
+            cs.ns.own_mntns(),
         )?;
         ch.send(&Msg::CreateHooks)?;
         let state = match ch.expect("HooksDone", |m| matches!(m, Msg::HooksDone(_)))? {
@@ -48,7 +52,7 @@ pub(super) fn run(cs: &ChainSpec, init: &InitOpts, ch: &Channel) -> ! {
             h.and_then(|h| h.create_container().as_ref()),
             &state,
         )?;
-        rootfs::pivot(&init.rootfs, init.no_pivot)?;
+        rootfs::pivot(&init.rootfs, init.no_pivot, cs.ns.own_mntns())?;
         if let Some(name) = spec.hostname() {
             sethostname(name).sys(|| "sethostname".into())?;
         }
@@ -104,6 +108,32 @@ pub(super) fn run(cs: &ChainSpec, init: &InitOpts, ch: &Channel) -> ! {
         )?;
         super::finalize::finalize(cs, Some(prog))
     })
+}
+
+/// As pid 1 of a new pid namespace, init ignores every signal it has no handler for, so
+/// `kill ID TERM` of a created container would be lost and the container would run at
+/// `start`. runc's init (Go) dies of these signals until it execs the container process;
+/// so does ours, with status 128 + signal (finalize resets them before the exec).
+fn die_on_termination_signals() -> Result<()> {
+    use nix::sys::signal::{signal, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
+    extern "C" fn on_signal(sig: libc::c_int) {
+        // SAFETY: _exit is async-signal-safe; init has nothing to flush or undo.
+        unsafe { libc::_exit(128 + sig) }
+    }
+    let mut set = SigSet::empty();
+    for sig in [
+        Signal::SIGHUP,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGABRT,
+        Signal::SIGTERM,
+    ] {
+        // SAFETY: the handler only calls _exit, which is async-signal-safe.
+        unsafe { signal(sig, SigHandler::Handler(on_signal)) }.sys(|| format!("handle {sig}"))?;
+        set.add(sig);
+    }
+    // A foreground `run` blocks them while it creates (to forward them later): unblock.
+    sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None).sys(|| "sigprocmask".into())
 }
 
 /// setrlimit for every spec rlimit.

@@ -39,6 +39,11 @@ fn hierarchies() -> Result<Vec<Hierarchy>> {
             "cgroup2" => true,
             _ => continue,
         };
+        // The host's hierarchies only: another container without a mount namespace of its
+        // own has its cgroupfs view mounted below its rootfs, in our mount table too.
+        if !Path::new(pre[4]).starts_with(crate::cgroups::CGROUP_ROOT) {
+            continue;
+        }
         let controllers = if v2 {
             vec![]
         } else {

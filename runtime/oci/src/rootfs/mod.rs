@@ -29,31 +29,35 @@ fn root_propagation(spec: &Spec) -> Result<MsFlags> {
     }
 }
 
-/// Before pivot: propagation, rootfs bind, spec mounts, devices.
+/// Propagation changes that must wait until the rootfs is "/": a shared "/" would make
+/// pivot_root fail, an unbindable one the rootfs bind (EINVAL, which runc 1.1 hits).
+fn after_pivot(prop: MsFlags) -> bool {
+    prop.intersects(MsFlags::MS_SHARED | MsFlags::MS_UNBINDABLE)
+}
+
+/// Before pivot: propagation, rootfs bind, spec mounts, devices. Without a mount
+/// namespace of its own (`own_mntns` false) this runs in the caller's, as runc does: the
+/// propagation of the caller's "/" is then left alone, and everything is mounted below
+/// the rootfs bind that `create` made (see [`bind_shared_rootfs`]) and `delete` detaches.
 pub fn prepare(
     spec: &Spec,
     rootfs: &Path,
     bundle: &Path,
     in_userns: bool,
     cgroupns: bool,
+    own_mntns: bool,
 ) -> Result<()> {
-    let prop = root_propagation(spec)?;
-    // A shared "/" would make pivot_root fail; shared is applied after the pivot.
-    let first = if prop.contains(MsFlags::MS_SHARED) {
-        MsFlags::MS_REC | MsFlags::MS_SLAVE
-    } else {
-        prop
-    };
-    mount(None::<&str>, "/", None::<&str>, first, None::<&str>)
-        .sys(|| "set propagation of /".into())?;
-    mount(
-        Some(rootfs),
-        rootfs,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .sys(|| format!("bind rootfs {}", rootfs.display()))?;
+    if own_mntns {
+        let prop = root_propagation(spec)?;
+        let first = if after_pivot(prop) {
+            MsFlags::MS_REC | MsFlags::MS_SLAVE
+        } else {
+            prop
+        };
+        mount(None::<&str>, "/", None::<&str>, first, None::<&str>)
+            .sys(|| "set propagation of /".into())?;
+        bind_rootfs(rootfs)?;
+    }
     let root = open_dir(rootfs)?;
     let mut dev_is_bind = false;
     for m in spec.mounts().iter().flatten() {
@@ -80,15 +84,15 @@ pub fn prepare(
 }
 
 fn open_dir(p: &Path) -> Result<OwnedFd> {
+    open_path(p, libc::O_DIRECTORY)
+}
+
+/// An O_PATH fd of `p` (never opens the file itself: no device open, no fifo block).
+fn open_path(p: &Path, flags: i32) -> Result<OwnedFd> {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
-        .map_err(|_| Error::Spec("rootfs path".into()))?;
+        .map_err(|_| Error::Spec(format!("path {} has a NUL byte", p.display())))?;
     // SAFETY: c is a valid C string; the fd is wrapped at once.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | flags | libc::O_CLOEXEC) };
     if fd < 0 {
         return Err(Error::sys(
             format!("open {}", p.display()),
@@ -99,10 +103,13 @@ fn open_dir(p: &Path) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Make the rootfs "/" (pivot_root, or MS_MOVE + chroot with `no_pivot`).
-pub fn pivot(rootfs: &Path, no_pivot: bool) -> Result<()> {
+/// Make the rootfs "/" (pivot_root, or MS_MOVE + chroot with `no_pivot`; only chroot in
+/// the caller's mount namespace, whose "/" must never move).
+pub fn pivot(rootfs: &Path, no_pivot: bool, own_mntns: bool) -> Result<()> {
     chdir(rootfs).sys(|| format!("chdir {}", rootfs.display()))?;
-    if no_pivot {
+    if !own_mntns {
+        chroot(".").sys(|| "chroot".into())?;
+    } else if no_pivot {
         mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
             .sys(|| "move rootfs to /".into())?;
         chroot(".").sys(|| "chroot".into())?;
@@ -146,11 +153,38 @@ pub fn finish(spec: &Spec) -> Result<()> {
             .sys(|| "remount / read-only".into())?;
     }
     let prop = root_propagation(spec)?;
-    if prop.contains(MsFlags::MS_SHARED) {
+    if after_pivot(prop) {
         mount(None::<&str>, "/", None::<&str>, prop, None::<&str>)
             .sys(|| "set propagation of /".into())?;
     }
     Ok(())
+}
+
+fn bind_rootfs(rootfs: &Path) -> Result<()> {
+    mount(
+        Some(rootfs),
+        rootfs,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .sys(|| format!("bind rootfs {}", rootfs.display()))
+}
+
+/// For a container without a mount namespace of its own: bind the rootfs onto itself in
+/// the caller's namespace, from `create` itself, so that what is ours to detach at
+/// `delete` is known for sure (a rootfs that already was a mount point stays mounted).
+pub fn bind_shared_rootfs(rootfs: &Path) -> Result<()> {
+    bind_rootfs(rootfs)
+}
+
+/// Detach the rootfs bind (and every mount below it) that a container without a mount
+/// namespace of its own left in the caller's namespace. Must run in that namespace.
+pub fn detach_shared_rootfs(rootfs: &Path) -> Result<()> {
+    match umount2(rootfs, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(Error::sys(format!("detach rootfs {}", rootfs.display()), e)),
+    }
 }
 
 fn mask(p: &Path) -> Result<()> {
@@ -187,7 +221,9 @@ fn readonly(p: &Path) -> Result<()> {
         None::<&str>,
     )
     .sys(|| format!("bind {} read-only", p.display()))?;
-    let f = std::fs::File::open(p).map_err(|e| Error::io("open", p, e))?;
+    // O_PATH: reading the flags must not open the file itself, which for a device node
+    // the devices cgroup denies (EPERM), as runc's read-only remount of one shows.
+    let f = open_path(p, 0)?;
     let fl = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | mounts::locked_flags(&f);
     mount(None::<&str>, p, None::<&str>, fl, None::<&str>)
         .sys(|| format!("remount {} read-only", p.display()))
