@@ -134,6 +134,7 @@ pub async fn start(ctx: &DaemonContext, escalate: Escalate) -> Tree {
         networks.clone(),
         pods,
     );
+    cri.recover().await;
 
     Tree {
         root,

@@ -17,6 +17,22 @@ use crate::tasks::{Kill, StdioPaths, TaskError};
 /// Most output kept per stream.
 const OUTPUT_CAP: usize = 16 << 20;
 
+/// Where ExecSync's FIFOs go.
+fn exec_root(cri: &Cri) -> PathBuf {
+    cri.ctx().config.state.join("cri-exec")
+}
+
+/// At start: remove FIFO dirs a killed berthd left (their readers died with it; a process still running
+/// keeps its open ends).
+pub async fn remove_leftovers(cri: &Cri) {
+    let root = exec_root(cri);
+    if let Err(e) = tokio::fs::remove_dir_all(&root).await {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(namespace = NAMESPACE, dir = %root.display(), error = %e, "cannot remove old exec FIFOs");
+        }
+    }
+}
+
 /// Read a FIFO until every writer is gone, keeping the first [`OUTPUT_CAP`] bytes.
 async fn drain(path: PathBuf) -> std::io::Result<Vec<u8>> {
     let mut rx = tokio::net::unix::pipe::OpenOptions::new().open_receiver(&path)?;
@@ -60,7 +76,7 @@ pub async fn exec_sync(
     let process_json = serde_json::to_vec(&process).map_err(|e| Status::internal(e.to_string()))?;
 
     let exec_id = format!("exec-{}", &super::new_id()?[..16]);
-    let dir = cri.ctx().config.state.join("cri-exec").join(&exec_id);
+    let dir = exec_root(cri).join(&exec_id);
     tokio::fs::create_dir_all(&dir)
         .await
         .map_err(|e| Status::internal(format!("creating {}: {e}", dir.display())))?;

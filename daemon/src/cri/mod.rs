@@ -110,6 +110,13 @@ impl Cri {
     }
 }
 
+impl Cri {
+    /// Start-up housekeeping, before serving.
+    pub async fn recover(&self) {
+        exec::remove_leftovers(self).await;
+    }
+}
+
 /// The CRI layer's actors: the factory of the CriSupervisor and the handle reaching it.
 pub fn new_supervisor() -> (actor::Pods, crate::supervision::StartChild) {
     actor::new()
