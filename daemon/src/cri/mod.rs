@@ -8,6 +8,7 @@
 //!   recovery, so there is no second store.
 //! - `images.rs`: resolving an image in the content store (manifest, config, chain id) and the ImageService.
 //! - `spec.rs`: the OCI spec of a pause or app container, built as containerd's CRI builds it.
+//! - `records.rs`: the container record, snapshot and task behind each pod and container.
 //! - `pods.rs`, `containers.rs`, `exec.rs`: the RuntimeService verbs, through the [`Tasks`] handle (never a
 //!   second copy of the task machinery) and the in-process containerd services.
 //! - `stats.rs`: container stats from the shim's cgroup metrics, resource updates.
@@ -26,6 +27,7 @@ mod exec;
 mod images;
 mod meta;
 mod pods;
+mod records;
 mod runtime;
 mod spec;
 mod stats;
