@@ -397,6 +397,16 @@ async fn serve(
         .add_service(limits!(StreamingServer::new(
             crate::transfer::streams::StreamingService::new(streams)
         )));
+    let (cri_runtime, cri_images) = match config.cri.enabled {
+        true => {
+            let (r, i) = tree.cri.services();
+            (Some(r), Some(i))
+        }
+        false => (None, None),
+    };
+    let router = router
+        .add_optional_service(cri_runtime)
+        .add_optional_service(cri_images);
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = stop_rx.await;
     }));
