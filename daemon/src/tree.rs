@@ -7,7 +7,8 @@
 //! ├─ tasks            TaskSupervisor ── ContainerActor per task ── ShimActor (its shim's event pump)
 //! ├─ pulls            PullSupervisor ── PullActor per (namespace, image reference)
 //! ├─ networks         NetworkSupervisor ── AttachmentActor per (owner, network)
-//! └─ gc               GcActor: leases and gc labels, after deletes, on a timer, on demand
+//! ├─ gc               GcActor: leases and gc labels, after deletes, on a timer, on demand
+//! └─ cri              CriSupervisor ── PodActor per pod sandbox (its verbs, one at a time)
 //! ```
 //!
 //! Every supervisor catches panics in its handlers, restarts its children within a limit and escalates past
@@ -35,6 +36,8 @@ pub struct Tree {
     pub pulls: crate::pull::Pulls,
     /// The network layer's handle (the task layer holds a clone).
     pub networks: crate::network::Networks,
+    /// The CRI layer (served when `[cri] enabled`).
+    pub cri: crate::cri::Cri,
 }
 
 /// Build the tree on `ctx.actors` (the actix arbiter). `escalate` is called with a child's name when it
@@ -117,11 +120,29 @@ pub async fn start(ctx: &DaemonContext, escalate: Escalate) -> Tree {
     )
     .await;
 
+    let (pods, cri_supervisor) = crate::cri::new_supervisor();
+    let _ = add(
+        "cri",
+        RestartPolicy::Permanent,
+        RestartLimit::new(5, Duration::from_secs(60)),
+        cri_supervisor,
+    )
+    .await;
+    let cri = crate::cri::Cri::new(
+        ctx.clone(),
+        tasks.clone(),
+        pulls.clone(),
+        networks.clone(),
+        pods,
+    );
+    cri.recover().await;
+
     Tree {
         root,
         tasks,
         pulls,
         networks,
+        cri,
     }
 }
 

@@ -62,6 +62,12 @@ pub mod runc {
     include!(concat!(env!("OUT_DIR"), "/containerd.runc.v1.rs"));
 }
 
+/// `runtime.v1`: Kubernetes' CRI (RuntimeService, ImageService), the subset berthd serves.
+#[cfg(feature = "api")]
+pub mod cri {
+    include!(concat!(env!("OUT_DIR"), "/runtime.v1.rs"));
+}
+
 /// `berth.shim.v1`: the shim API.
 #[cfg(feature = "shim")]
 pub mod shim {

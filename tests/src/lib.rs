@@ -44,6 +44,7 @@ pub mod archive;
 pub mod bundle;
 pub mod cli_fixture;
 pub mod containerd;
+pub mod cri_fixture;
 pub mod ctr_fixture;
 pub mod daemon;
 pub mod grpc;

@@ -148,6 +148,8 @@ struct Inner {
     writer: Arc<writer::Writer>,
     path: PathBuf,
     server_uuid: String,
+    /// Snapshot numbers reserved in meta.redb and not yet handed out.
+    snapshot_ids: std::sync::Mutex<snapshots::IdBlock>,
 }
 
 impl std::fmt::Debug for Store {
@@ -190,6 +192,7 @@ impl Store {
                 writer,
                 path: path.to_path_buf(),
                 server_uuid,
+                snapshot_ids: Default::default(),
             }),
         })
     }
@@ -212,6 +215,14 @@ impl Store {
     /// The writer (to submit write jobs).
     pub(crate) fn writer(&self) -> &writer::Writer {
         &self.inner.writer
+    }
+
+    /// The snapshot-number block (poison is ignored: the block is two plain numbers).
+    pub(crate) fn id_block(&self) -> std::sync::MutexGuard<'_, snapshots::IdBlock> {
+        self.inner
+            .snapshot_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// The writer, for its watcher in the supervision tree.

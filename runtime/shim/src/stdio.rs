@@ -121,6 +121,8 @@ pub fn null() -> Result<OwnedFd> {
 /// The shim's handles that keep a process's stdio FIFOs usable.
 #[derive(Default)]
 pub struct Holders {
+    /// The process's CRI log (`crilog://` outputs), whose copies the exit waits for.
+    pub crilog: Option<crate::crilog::CriLog>,
     /// Read ends of output FIFOs, kept for the process's life.
     pub outputs: Vec<OwnedFd>,
     /// The shim's write end of a stdin FIFO, dropped by CloseIO.
@@ -128,7 +130,20 @@ pub struct Holders {
 }
 
 /// Open an output path (stdout/stderr) for the process; FIFO read ends go to `holders`.
-pub fn open_output(what: &str, path: &str, holders: &mut Holders) -> Result<OwnedFd> {
+pub fn open_output(what: &'static str, path: &str, holders: &mut Holders) -> Result<OwnedFd> {
+    if let Some(log) = crate::crilog::log_path(path) {
+        if holders.crilog.as_ref().is_some_and(|l| l.path() != log) {
+            return Err(Error::InvalidArgument(format!(
+                "stdout and stderr must name the same CRI log (got {path})"
+            )));
+        }
+        if holders.crilog.is_none() {
+            holders.crilog = Some(crate::crilog::CriLog::open(log)?);
+        }
+        if let Some(l) = holders.crilog.as_mut() {
+            return l.stream(what);
+        }
+    }
     match kind(what, path)? {
         Kind::Null => null(),
         Kind::Fifo => {
