@@ -579,6 +579,7 @@ fn main() {
     if env::var_os("CARGO_FEATURE_API").is_some() {
         files.push("protos/berth/v1/berth.proto");
         files.push("protos/containerd/runc/v1/options.proto");
+        files.push("protos/cri/api.proto");
     }
     if files.is_empty() {
         return;

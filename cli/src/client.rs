@@ -181,6 +181,10 @@ impl Client {
     pub fn diff(&self) -> DiffClient<Channel> {
         DiffClient::new(self.channel.clone())
     }
+    /// berth.v1 Networks service.
+    pub fn networks(&self) -> berth_proto::berth::networks_client::NetworksClient<Channel> {
+        berth_proto::berth::networks_client::NetworksClient::new(self.channel.clone())
+    }
     /// Leases service.
     pub fn leases(&self) -> LeasesClient<Channel> {
         LeasesClient::new(self.channel.clone())

@@ -100,6 +100,39 @@ pub struct Config {
     pub max_concurrent_downloads: usize,
     /// Container networks (the `[network]` table).
     pub network: NetworkConfig,
+    /// Kubernetes' CRI (the `[cri]` table).
+    pub cri: CriConfig,
+}
+
+/// The `[cri]` table: whether berthd serves the CRI, and what its pods are made of.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CriConfig {
+    /// Serve `runtime.v1` on berthd's socket.
+    pub enabled: bool,
+    /// The pause image of every pod sandbox.
+    pub sandbox_image: String,
+    /// The network pods are attached to; None = `[network] default_network`.
+    pub network: Option<String>,
+    /// hosts.toml directory for the kubelet's pulls (mirrors, CAs, credentials); None = `registry_hosts_dir`.
+    pub registry_config_path: Option<PathBuf>,
+    /// Streaming server address (reserved for Exec/Attach/PortForward).
+    pub stream_address: String,
+    /// Streaming server port (0: any free port).
+    pub stream_port: u16,
+}
+
+impl Default for CriConfig {
+    fn default() -> Self {
+        CriConfig {
+            enabled: false,
+            sandbox_image: "registry.k8s.io/pause:3.10".to_string(),
+            network: None,
+            registry_config_path: None,
+            stream_address: "127.0.0.1".to_string(),
+            stream_port: 0,
+        }
+    }
 }
 
 /// The `[network]` table: where CNI network configs and plugins are, where attachment state goes, and the
@@ -165,6 +198,7 @@ impl Default for Config {
             registry_hosts_dir: PathBuf::from("/etc/berth/certs.d"),
             max_concurrent_downloads: 3,
             network: NetworkConfig::default(),
+            cri: CriConfig::default(),
         }
     }
 }
@@ -237,10 +271,10 @@ impl Config {
         self.root.join("meta.redb")
     }
 
-    /// The event journal database (in the state dir, tmpfs on a normal host: survives berthd restarts, not
-    /// reboots, like the containers and shims whose events it keeps).
+    /// The event journal's directory (in the state dir: it survives berthd restarts, not reboots, like the
+    /// containers and shims whose events it keeps).
     pub fn journal_db_path(&self) -> PathBuf {
-        self.state.join("events.redb")
+        self.state.join("events")
     }
 
     /// How long an unleased ingest may sit idle before GC removes it.

@@ -164,7 +164,8 @@ pub async fn hit_async(name: &str) {
     }
 }
 
-fn perform(name: &str, action: Action) {
+/// Perform `action` as the failpoint `name` (for a caller that looked it up with [`action`] first).
+pub fn perform(name: &str, action: Action) {
     tracing::warn!(failpoint = name, ?action, "failpoint hit");
     match action {
         Action::Panic => panic!("failpoint {name} triggered"),

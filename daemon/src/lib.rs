@@ -10,6 +10,7 @@
 //! - [`tasks`]: tasks, shims and recovery (TaskSupervisor, ContainerActor, ShimActor).
 //! - [`pull`]: server-side pulls (PullSupervisor, a PullActor per reference); [`transfer`]: containerd's
 //!   Transfer and Streaming services (pull, import, export, tag, push).
+//! - [`cri`]: Kubernetes' CRI (runtime.v1) over the above, in namespace `k8s.io`.
 //! - [`network`]: container networks (NetworkSupervisor, AttachmentActor per attachment, over berth-net).
 //! - [`supervision`], [`failpoint`], [`namespace`], [`util`]: supervision vocabulary, fault injection,
 //!   request helpers, time formats.
@@ -18,6 +19,7 @@
 
 pub mod config;
 pub mod context;
+pub mod cri;
 pub mod events;
 pub mod failpoint;
 pub mod images;

@@ -2,7 +2,7 @@
 //!
 //! [`prepare`] runs before any runtime exists: it creates the root (0700) and state (0711) dirs, takes the
 //! single-instance lock (`<root>/lock`, flock) BEFORE touching the socket, opens the store (`<root>/meta.redb`)
-//! and the event journal (`<state>/events.redb`; a corrupt or newer database refuses to start), removes a stale
+//! and the event journal (`<state>/events/`; a damaged tail is cut off with a warning), removes a stale
 //! socket, binds the new one (0660), raises RLIMIT_NOFILE and sets
 //! oom_score_adj. [`run`] then starts the actix System on its own thread, a 2-worker tokio runtime for tonic,
 //! the supervision tree (`tree.rs`), and serves until SIGTERM/SIGINT (exit 0) or until a
@@ -307,6 +307,7 @@ async fn serve(
     actors: actix::ArbiterHandle,
 ) -> Result<(), ServerError> {
     use berth_proto::berth::journal_server::JournalServer;
+    use berth_proto::berth::networks_server::NetworksServer;
     use berth_proto::containerd::containers::containers_server::ContainersServer;
     use berth_proto::containerd::content::content_server::ContentServer;
     use berth_proto::containerd::diff::diff_server::DiffServer;
@@ -375,6 +376,9 @@ async fn serve(
             services::events::JournalService::new(ctx.clone())
         )))
         .add_service(tasks.service())
+        .add_service(limits!(NetworksServer::new(
+            services::networks::NetworksService::new(ctx.clone(), tree.networks.clone())
+        )))
         .add_service(limits!(ContentServer::new(
             services::content::ContentService::new(ctx.clone())
         )))
@@ -393,6 +397,16 @@ async fn serve(
         .add_service(limits!(StreamingServer::new(
             crate::transfer::streams::StreamingService::new(streams)
         )));
+    let (cri_runtime, cri_images) = match config.cri.enabled {
+        true => {
+            let (r, i) = tree.cri.services();
+            (Some(r), Some(i))
+        }
+        false => (None, None),
+    };
+    let router = router
+        .add_optional_service(cri_runtime)
+        .add_optional_service(cri_images);
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = stop_rx.await;
     }));

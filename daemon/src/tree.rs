@@ -3,11 +3,12 @@
 //! ```text
 //! RootSupervisor (OneForOne; a child past its restart limit stops berthd: systemd restarts it)
 //! ├─ store-writer     WriterWatcher: the meta.redb writer thread (restarted if it dies)
-//! ├─ journal-writer   WriterWatcher: the events.redb writer thread (restarted if it dies)
+//! ├─ journal-writer   WriterWatcher: the event journal's writer thread (restarted if it dies)
 //! ├─ tasks            TaskSupervisor ── ContainerActor per task ── ShimActor (its shim's event pump)
 //! ├─ pulls            PullSupervisor ── PullActor per (namespace, image reference)
 //! ├─ networks         NetworkSupervisor ── AttachmentActor per (owner, network)
-//! └─ gc               GcActor: leases and gc labels, after deletes, on a timer, on demand
+//! ├─ gc               GcActor: leases and gc labels, after deletes, on a timer, on demand
+//! └─ cri              CriSupervisor ── PodActor per pod sandbox (its verbs, one at a time)
 //! ```
 //!
 //! Every supervisor catches panics in its handlers, restarts its children within a limit and escalates past
@@ -18,6 +19,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::context::Context as DaemonContext;
+use crate::events::writer::LogWriter;
 use crate::store::writer::Writer;
 use crate::supervision::{
     AddChild, ChildSpec, Escalate, RestartLimit, RestartPolicy, RootSupervisor, StartChild,
@@ -34,6 +36,8 @@ pub struct Tree {
     pub pulls: crate::pull::Pulls,
     /// The network layer's handle (the task layer holds a clone).
     pub networks: crate::network::Networks,
+    /// The CRI layer (served when `[cri] enabled`).
+    pub cri: crate::cri::Cri,
 }
 
 /// Build the tree on `ctx.actors` (the actix arbiter). `escalate` is called with a child's name when it
@@ -56,7 +60,7 @@ pub async fn start(ctx: &DaemonContext, escalate: Escalate) -> Tree {
         "store-writer",
         RestartPolicy::Permanent,
         writers.clone(),
-        watcher("store-writer", move || store.writer_handle()),
+        watcher("store-writer", move || store.writer_handle() as _),
     )
     .await;
     let journal = ctx.events.journal().clone();
@@ -64,7 +68,7 @@ pub async fn start(ctx: &DaemonContext, escalate: Escalate) -> Tree {
         "journal-writer",
         RestartPolicy::Permanent,
         writers,
-        watcher("journal-writer", move || journal.writer_handle()),
+        watcher("journal-writer", move || journal.writer_handle() as _),
     )
     .await;
 
@@ -116,18 +120,36 @@ pub async fn start(ctx: &DaemonContext, escalate: Escalate) -> Tree {
     )
     .await;
 
+    let (pods, cri_supervisor) = crate::cri::new_supervisor();
+    let _ = add(
+        "cri",
+        RestartPolicy::Permanent,
+        RestartLimit::new(5, Duration::from_secs(60)),
+        cri_supervisor,
+    )
+    .await;
+    let cri = crate::cri::Cri::new(
+        ctx.clone(),
+        tasks.clone(),
+        pulls.clone(),
+        networks.clone(),
+        pods,
+    );
+    cri.recover().await;
+
     Tree {
         root,
         tasks,
         pulls,
         networks,
+        cri,
     }
 }
 
 /// The factory of a [`WriterWatcher`].
 fn watcher(
     name: &'static str,
-    writer: impl Fn() -> std::sync::Arc<Writer> + Send + 'static,
+    writer: impl Fn() -> std::sync::Arc<dyn WriterThread> + Send + 'static,
 ) -> StartChild {
     Box::new(move |link| {
         WriterWatcher {
@@ -139,12 +161,38 @@ fn watcher(
     })
 }
 
-/// Watches a redb writer thread. Started (and restarted) by the RootSupervisor: on start it restarts the
+/// A writer thread a [`WriterWatcher`] watches: the metadata store's and the event journal's.
+pub trait WriterThread: Send + Sync {
+    /// Start a new thread if the current one died.
+    fn restart(&self) -> std::io::Result<()>;
+    /// Resolves when the thread ends: `true` when nobody asked it to.
+    fn ended(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
+}
+
+impl WriterThread for Writer {
+    fn restart(&self) -> std::io::Result<()> {
+        Writer::restart(self)
+    }
+    fn ended(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> {
+        Box::pin(Writer::ended(self))
+    }
+}
+
+impl WriterThread for LogWriter {
+    fn restart(&self) -> std::io::Result<()> {
+        LogWriter::restart(self)
+    }
+    fn ended(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> {
+        Box::pin(LogWriter::ended(self))
+    }
+}
+
+/// Watches a writer thread. Started (and restarted) by the RootSupervisor: on start it restarts the
 /// thread if it died, then waits for the thread's end; an end nobody asked for is a failure, reported to the
 /// root (which restarts the watcher, hence the thread, within its limit, then stops berthd).
 pub struct WriterWatcher {
     name: &'static str,
-    writer: std::sync::Arc<Writer>,
+    writer: std::sync::Arc<dyn WriterThread>,
     link: SupervisedBy,
 }
 

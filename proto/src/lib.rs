@@ -11,6 +11,8 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::all)]
 
+pub mod frame;
+
 #[cfg(feature = "api")]
 pub use containerd_client;
 
@@ -60,53 +62,23 @@ pub mod runc {
     include!(concat!(env!("OUT_DIR"), "/containerd.runc.v1.rs"));
 }
 
+/// `runtime.v1`: Kubernetes' CRI (RuntimeService, ImageService), the subset berthd serves.
+#[cfg(feature = "api")]
+pub mod cri {
+    include!(concat!(env!("OUT_DIR"), "/runtime.v1.rs"));
+}
+
 /// `berth.shim.v1`: the shim API.
 #[cfg(feature = "shim")]
 pub mod shim {
     include!(concat!(env!("OUT_DIR"), "/berth.shim.v1.rs"));
 
-    /// The shim's on-disk event journal, `<bundle>/events.log`: frames of a little-endian
-    /// u32 length and a prost-encoded [`Event`]. The shim writes it; berthd reads what a
-    /// dead shim journaled but never delivered.
-    pub mod journal {
-        use prost::Message;
-
-        use super::Event;
-
-        /// The journal's file name in the bundle.
-        pub const LOG_FILE: &str = "events.log";
-        /// The file holding the highest seq berthd acked.
-        pub const ACK_FILE: &str = "events.ack";
-        /// Written by the shim right after it journaled TaskDeleted: the container is deleted, the shim's
-        /// work is done. berthd finishes a delete it was interrupted in when it finds this file.
-        pub const DELETED_MARKER: &str = "init.deleted";
-
-        /// Decode frames; stops at the first torn or undecodable frame (a crash mid-append).
-        pub fn decode_frames(buf: &[u8]) -> Vec<Event> {
-            let mut out = Vec::new();
-            let mut rest = buf;
-            while rest.len() >= 4 {
-                let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-                if rest.len() < 4 + len {
-                    break;
-                }
-                match Event::decode(&rest[4..4 + len]) {
-                    Ok(ev) => out.push(ev),
-                    Err(_) => break,
-                }
-                rest = &rest[4 + len..];
-            }
-            out
-        }
-
-        /// Append one frame to `buf`.
-        pub fn encode_frame(ev: &Event, buf: &mut Vec<u8>) {
-            let len = ev.encoded_len() as u32;
-            buf.extend_from_slice(&len.to_le_bytes());
-            ev.encode(buf).unwrap_or_default();
-        }
-    }
+    pub use crate::shim_journal as journal;
 }
+
+/// The shim's on-disk event journal, `<bundle>/events.log`; also [`shim::journal`].
+#[cfg(feature = "shim")]
+pub mod shim_journal;
 
 /// `io.containerd.cgroups.v1`: what `ctr tasks metrics` decodes.
 #[cfg(feature = "shim")]

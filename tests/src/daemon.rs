@@ -166,11 +166,14 @@ impl Daemon {
             .any(|a| a == "--config" || a.to_string_lossy().starts_with("--config="))
         {
             let empty = c.log.with_file_name("berthd-empty-config.toml");
-            std::fs::write(
-                &empty,
-                "# berth-tests: defaults only, never the host's config\n",
-            )
-            .unwrap_or_else(|e| panic!("cannot write {}: {e}", empty.display()));
+            // Defaults, except the runtime when the test run names one (CI's second runtime).
+            let mut text = String::from("# berth-tests: defaults only, never the host's config\n");
+            if std::env::var_os(crate::DAEMON_RUNTIME_ENV).is_some() {
+                let rt = crate::task_fixture::runtime();
+                text.push_str(&format!("runtime_binary = {rt:?}\n"));
+            }
+            std::fs::write(&empty, text)
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", empty.display()));
             cmd.arg("--config").arg(empty);
         }
         cmd.args(&c.args)

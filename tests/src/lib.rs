@@ -44,6 +44,8 @@ pub mod archive;
 pub mod bundle;
 pub mod cli_fixture;
 pub mod containerd;
+pub mod cri_fixture;
+pub mod ctr_fixture;
 pub mod daemon;
 pub mod grpc;
 pub mod guard;
@@ -69,7 +71,7 @@ use std::time::SystemTime;
 
 pub use guard::{Daemon, DaemonConfig, Guard};
 pub use mounts::{is_mounted, mounts, mounts_below, unmount_below};
-pub use run::run_timeout;
+pub use run::{run_timeout, run_timeout_with_stdin};
 
 /// Root of all test dirs; each test gets `<TEST_ROOT>/<name>-<pid>-<n>`.
 pub const TEST_ROOT: &str = "/tmp/berth-test";
@@ -99,6 +101,29 @@ pub fn require_root() -> bool {
     }
     skip("this test needs root");
     false
+}
+
+/// The environment variable naming the OCI runtime of the berthd tests (default berth-runc); CI runs the
+/// `daemon_*` tests once more with `runc`.
+pub const DAEMON_RUNTIME_ENV: &str = "BERTH_TEST_RUNTIME";
+
+/// The OCI runtime named by environment variable `var` (or `default` when unset or empty): `runc` is
+/// Debian's runc (from PATH), `berth-runc` this workspace's (checked fresh, see [`bin`]), anything else a
+/// path taken as is.
+#[track_caller]
+pub fn runtime_from_env(var: &str, default: &str) -> String {
+    let name = std::env::var(var)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string());
+    match name.as_str() {
+        "berth-runc" => bin("berth-runc").to_string_lossy().into_owned(),
+        "runc" => find_tool("runc")
+            .unwrap_or_else(|| panic!("{var}=runc but no runc in PATH (Debian package runc)"))
+            .to_string_lossy()
+            .into_owned(),
+        path => path.to_string(),
+    }
 }
 
 /// The workspace root (the parent of this crate's directory).

@@ -13,12 +13,22 @@ pub fn run_timeout(
     cmd: &mut std::process::Command,
     timeout: std::time::Duration,
 ) -> std::process::Output {
+    run_timeout_with_stdin(cmd, std::process::Stdio::null(), timeout)
+}
+
+/// [`run_timeout`] with the given stdin (e.g. a file holding what a user would type).
+#[track_caller]
+pub fn run_timeout_with_stdin(
+    cmd: &mut std::process::Command,
+    stdin: std::process::Stdio,
+    timeout: std::time::Duration,
+) -> std::process::Output {
     use std::io::Read;
     use std::process::Stdio;
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -25,13 +25,14 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Streaming;
 
-/// Debian's runc: the shim tests do not depend on berth-runc. Set `BERTH_SHIM_TEST_RUNTIME`
-/// to drive another runtime (e.g. target/debug/berth-runc) through the same tests.
+/// Debian's runc: the shim tests do not depend on berth-runc. Set `BERTH_SHIM_TEST_RUNTIME=berth-runc`
+/// to drive this workspace's runtime through the same tests (CI does both).
 pub const RUNC: &str = "/usr/sbin/runc";
 
-/// The runtime the shim drives in these tests.
+/// The runtime the shim drives in these tests: Debian's runc, or `BERTH_SHIM_TEST_RUNTIME`
+/// (`runc`, `berth-runc` for this workspace's, or a path; see [`crate::runtime_from_env`]).
 pub fn runtime() -> String {
-    std::env::var("BERTH_SHIM_TEST_RUNTIME").unwrap_or_else(|_| RUNC.to_string())
+    crate::runtime_from_env("BERTH_SHIM_TEST_RUNTIME", RUNC)
 }
 /// Per-call timeout of the test client.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(30);

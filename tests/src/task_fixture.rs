@@ -1,7 +1,7 @@
 //! Helpers shared by the berthd task tests (`daemon_tasks_*.rs`, `daemon_ctr_*.rs`).
 //!
-//! A [`TaskFixture`] owns a berthd (berth-runc as the runtime, or `BERTH_TEST_RUNTIME`, via the config key
-//! `runtime_binary`), a cleanup
+//! A [`TaskFixture`] owns a berthd (berth-runc as the runtime, or `BERTH_TEST_RUNTIME=runc|berth-runc|PATH`,
+//! via the config key `runtime_binary`), a cleanup
 //! [`Guard`] that kills every shim and container the test started (also on panic) and checks they are gone, and
 //! the test dir. Clients are containerd-client's, with the `containerd-namespace` header set per request.
 //! This file has the fixture and the Tasks verbs; `events` what a subscriber sees ([`EventLog`]), `journal`
@@ -36,10 +36,10 @@ use berth_proto::containerd_client::services::v1::*;
 use berth_proto::containerd_client::types::v1::Status;
 use tonic::transport::Channel;
 
-/// The OCI runtime the tests drive: berth-runc; `BERTH_TEST_RUNTIME=/usr/sbin/runc` runs them against runc.
+/// The OCI runtime berth-shim drives in the daemon tests: berth-runc, or `BERTH_TEST_RUNTIME` (`runc` for
+/// Debian's, `berth-runc`, or a path; see [`crate::runtime_from_env`]).
 pub fn runtime() -> String {
-    std::env::var("BERTH_TEST_RUNTIME")
-        .unwrap_or_else(|_| crate::bin("berth-runc").to_string_lossy().into_owned())
+    crate::runtime_from_env(crate::DAEMON_RUNTIME_ENV, "berth-runc")
 }
 
 /// A request with the namespace header.

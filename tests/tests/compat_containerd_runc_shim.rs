@@ -9,8 +9,9 @@
 //! and `start` (output, exit codes), `exec --process --detach --pid-file` (output, exit code, a
 //! missing binary), `ps --format json` (`ctr t ps`), `pause`/`resume`, `update --resources=-`
 //! (Tasks.Update), `kill` and `kill --all` (`ctr t rm -f`), `delete` and `delete --force`,
-//! `--console-socket` for `run -t` and `exec -t`, and a failing `create` whose JSON `--log`
-//! error line ctr must show.
+//! `--console-socket` for `run -t` and `exec -t`, a failing `create` whose JSON `--log`
+//! error line ctr must show, containers from an image pulled by containerd (overlay rootfs from
+//! its snapshotter), and `checkpoint`, which berth-runc refuses with one readable line.
 //!
 //! ctr's `--rootfs` spec has no PATH: commands are given as absolute paths.
 
@@ -98,6 +99,17 @@ impl Fx {
             &rootfs,
             id,
         ]);
+        args.extend_from_slice(cmd);
+        self.ctr(&args)
+    }
+
+    /// `ctr run <flags> --fifo-dir F --runc-binary berth-runc IMAGE ID CMD...`.
+    fn run_image(&self, flags: &[&str], image: &str, id: &str, cmd: &[&str]) -> Output {
+        let fifo = self.fifo.to_string_lossy().into_owned();
+        let runc = self.runc.to_string_lossy().into_owned();
+        let mut args = vec!["run"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--fifo-dir", &fifo, "--runc-binary", &runc, image, id]);
         args.extend_from_slice(cmd);
         self.ctr(&args)
     }
@@ -563,4 +575,60 @@ fn tty_run_and_exec_get_a_terminal() {
     let crm = fx.ctr(&["c", "rm", &id]);
     assert!(crm.status.success(), "{}", text(&crm));
     fx.assert_gone(&id, &[pid]);
+}
+
+#[test]
+fn image_run_and_checkpoint_refused() {
+    let Some(fx) = Fx::new("cd-shim-img") else {
+        return;
+    };
+    let Some(registry) = berth_tests::registry::Registry::start(fx.dir.path()) else {
+        return;
+    };
+    let layout = berth_tests::oci_layout::busybox_layout(&fx.dir.join("layout"));
+    registry.push_oci_layout(&layout.path, "busybox:latest");
+    let image = registry.reference("busybox:latest");
+    let o = fx.ctr(&["images", "pull", "--plain-http", &image]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // From the image: containerd's overlay snapshot is the rootfs, the image's PATH finds sh.
+    let id = fx.container("img");
+    let o = fx.run_image(&["--rm"], &image, &id, &["sh", "-c", "echo hi; exit 3"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "hi\n", "{}", text(&o));
+    fx.assert_gone(&id, &[]);
+
+    // checkpoint: refused by berth-runc in one line naming the reason; the task keeps running.
+    let id = fx.container("ckpt");
+    let o = fx.run_image(&["-d"], &image, &id, &["sleep", "1000"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (pid, _) = fx
+        .task(&id)
+        .unwrap_or_else(|| panic!("{id} not in ctr t ls"));
+    fx.guard.pid(pid);
+    for flags in [&[][..], &["--exit"][..]] {
+        let mut args = vec!["t", "checkpoint"];
+        args.extend_from_slice(flags);
+        args.push(&id);
+        let o = fx.ctr(&args);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {}", text(&o));
+        assert!(
+            err.contains("checkpoint/restore is not supported by berth-runc"),
+            "{}",
+            text(&o)
+        );
+        assert_eq!(fx.task(&id), Some((pid, "RUNNING".into())), "{flags:?}");
+    }
+    let k = fx.ctr(&["t", "kill", "-s", "KILL", &id]);
+    assert!(k.status.success(), "{}", text(&k));
+    fx.wait_status(&id, "STOPPED");
+    let rm = fx.ctr(&["t", "rm", &id]);
+    assert!(rm.status.success(), "{}", text(&rm));
+    let crm = fx.ctr(&["c", "rm", &id]);
+    assert!(crm.status.success(), "{}", text(&crm));
+    fx.assert_gone(&id, &[pid]);
+    let o = fx.ctr(&["images", "rm", "--sync", &image]);
+    assert!(o.status.success(), "{}", text(&o));
 }

@@ -250,7 +250,7 @@ async fn reboot_empties_the_journal_but_seqs_go_on_and_old_cursors_are_out_of_ra
     let mut d = Daemon::start(dir.path());
     let ns = berth_tests::unique_id("core-reboot");
     assert!(
-        d.state().join("events.redb").is_file(),
+        d.state().join("events").is_dir(),
         "the journal lives in the state dir"
     );
     for _ in 0..3 {
@@ -272,7 +272,7 @@ async fn reboot_empties_the_journal_but_seqs_go_on_and_old_cursors_are_out_of_ra
     assert!(status.success(), "{status:?}");
     std::fs::remove_dir_all(d.state()).expect("wipe the state dir");
     d.start_again();
-    assert!(d.state().join("events.redb").is_file(), "journal recreated");
+    assert!(d.state().join("events").is_dir(), "journal recreated");
     let mut jc = JournalClient::new(d.channel().await);
     for cursor in [0, 2, last_before_reboot] {
         let r = jc
@@ -523,14 +523,20 @@ async fn crash_before_commit_loses_the_unacked_event_crash_after_keeps_it() {
     if !berth_tests::require_root() {
         return;
     }
-    // The event journal's own writer (`<state>/events.redb`) names its commit failpoints `events.*`.
-    let (before, code) = crash_on_first_commit("events.before_commit").await;
-    assert!(before.is_empty(), "uncommitted event survived: {before:?}");
-    // The connection drops mid-call: tonic reports Unknown or Unavailable; never OK.
-    assert!(
-        matches!(code, tonic::Code::Unknown | tonic::Code::Unavailable),
-        "{code:?}"
-    );
+    // The event journal's own writer (`<state>/events/`) names its write failpoints `events.*`: SIGKILL before
+    // the write, and halfway through it (a torn record), both lose the event; after the write keeps it.
+    for failpoint in ["events.before_commit", "events.torn_write"] {
+        let (before, code) = crash_on_first_commit(failpoint).await;
+        assert!(
+            before.is_empty(),
+            "{failpoint}: unwritten event survived: {before:?}"
+        );
+        // The connection drops mid-call: tonic reports Unknown or Unavailable; never OK.
+        assert!(
+            matches!(code, tonic::Code::Unknown | tonic::Code::Unavailable),
+            "{failpoint}: {code:?}"
+        );
+    }
     let (after, code) = crash_on_first_commit("events.after_commit").await;
     assert_eq!(
         after,

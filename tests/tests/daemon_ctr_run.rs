@@ -2,148 +2,16 @@
 //! tasks ls / exec / kill / rm and containers rm, and `ctr events` showing the run's events. Root only.
 //! (`sleep 1000` is the detached container's workload, not a wait.)
 
-use berth_tests::task_fixture as support;
+use berth_tests::ctr_fixture::{text, CtrEvents};
+use berth_tests::task_fixture::TaskFixture;
 
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use berth_proto::containerd_client::events::TaskOom;
-use berth_proto::containerd_client::services::v1::events_client::EventsClient;
-use berth_proto::containerd_client::services::v1::PublishRequest;
-use prost::Message;
-use support::TaskFixture;
-
-/// The topic of the events that tell when `ctr events` is subscribed.
-const PROBE_TOPIC: &str = "/berth-test/ctr-events-probe";
-
-/// Run a command with a deadline (killed by its pid when it overruns).
-fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ctr");
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            return child.wait_with_output().expect("ctr output");
-        }
-        if Instant::now() >= deadline {
-            berth_tests::proc::kill(child.id() as i32, nix::sys::signal::Signal::SIGKILL);
-            let out = child.wait_with_output().expect("ctr output");
-            panic!(
-                "{cmd:?} timed out; stdout {:?} stderr {:?}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn ctr(fx: &TaskFixture, args: &[&str]) -> Output {
-    let Some(_) = berth_tests::tool("ctr") else {
-        panic!("ctr is required");
-    };
     let mut c = fx.daemon.ctr();
     c.arg("-n").arg(&fx.ns).args(args);
-    run_with_timeout(c, Duration::from_secs(60))
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// `ctr events` running in the background, writing to a file; killed by pid on drop.
-struct CtrEvents {
-    child: std::process::Child,
-    path: std::path::PathBuf,
-}
-
-impl CtrEvents {
-    fn start(fx: &TaskFixture) -> CtrEvents {
-        let path = fx.dir.join("ctr-events.txt");
-        let out = std::fs::File::create(&path).expect("events file");
-        let mut c = fx.daemon.ctr();
-        c.arg("-n").arg(&fx.ns).arg("events");
-        let child = c
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ctr events");
-        let events = CtrEvents { child, path };
-        events.wait_subscribed(fx);
-        events
-    }
-
-    /// ctr prints nothing until the first event, so publish probe events until one shows up in its output:
-    /// then it is subscribed and sees everything the test does next.
-    fn wait_subscribed(&self, fx: &TaskFixture) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        rt.block_on(async {
-            let mut ec = EventsClient::new(fx.channel().await);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                ec.publish(support::req(
-                    &fx.ns,
-                    PublishRequest {
-                        topic: PROBE_TOPIC.into(),
-                        // A type ctr knows (it skips events it cannot decode).
-                        event: Some(prost_types::Any {
-                            type_url: "containerd.events.TaskOOM".into(),
-                            value: TaskOom {
-                                container_id: "ctr-events-probe".into(),
-                            }
-                            .encode_to_vec(),
-                        }),
-                    },
-                ))
-                .await
-                .expect("publish the probe event");
-                let out = std::fs::read_to_string(&self.path).unwrap_or_default();
-                if out.contains(PROBE_TOPIC) {
-                    return;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "ctr events never printed a probe event (not subscribed?):\n{out}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        });
-    }
-
-    fn wait_for(&self, needles: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let s = std::fs::read_to_string(&self.path).unwrap_or_default();
-            if needles.iter().all(|n| s.contains(n)) {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ctr events never showed {needles:?}:\n{s}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for CtrEvents {
-    fn drop(&mut self) {
-        berth_tests::proc::kill(self.child.id() as i32, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
+    berth_tests::run_timeout(&mut c, Duration::from_secs(60))
 }
 
 #[test]

@@ -69,7 +69,9 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         return Ok(0);
     }
     if let Command::Networks(cmd) = &cli.command {
-        return networks::run(cmd);
+        if !matches!(cmd, networks::NetworksCmd::Check { .. }) {
+            return networks::run(cmd);
+        }
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -92,7 +94,8 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             Command::Version => system::version(&ctx).await,
             Command::Plugins(c) => system::plugins(&ctx, c).await,
             Command::Info { format } => system::info(&ctx, format).await,
-            Command::Networks(_) | Command::Completion { .. } => Ok(0),
+            Command::Networks(c) => networks::check(&ctx, c).await,
+            Command::Completion { .. } => Ok(0),
         }
     });
     // A blocking stdin reader (attached runs) never returns while the terminal is idle: do not

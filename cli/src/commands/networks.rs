@@ -1,5 +1,5 @@
-//! `networks ls|inspect`: the CNI network configurations berthd uses, read from its conf dir
-//! (`/etc/berth/net.d` by default) until berthd lists networks over gRPC.
+//! `networks ls|inspect|check`: the CNI network configurations berthd uses, read from its conf dir
+//! (`/etc/berth/net.d` by default) until berthd lists networks over gRPC; `check` asks berthd for a CNI CHECK.
 //!
 //! Read-only; this module must never change a network or its files.
 
@@ -35,6 +35,12 @@ pub enum NetworksCmd {
         conf_dir: PathBuf,
         /// Network name.
         name: String,
+    },
+    /// Run CNI CHECK on a running container's network attachments (through berthd).
+    #[command(after_help = "Examples:\n  berth networks check web")]
+    Check {
+        /// Container id.
+        id: String,
     },
 }
 
@@ -87,7 +93,32 @@ fn plugins(doc: &Value) -> Vec<Value> {
     }
 }
 
-/// Run a `networks` verb (no daemon needed).
+/// `networks check ID`: berthd runs CHECK of each of the container's attachments; prints the networks
+/// that passed, or the plugin's error.
+pub async fn check(ctx: &crate::commands::Ctx, cmd: NetworksCmd) -> Result<i32> {
+    let NetworksCmd::Check { id } = cmd else {
+        return Ok(0);
+    };
+    let client = ctx.client().await?;
+    let checked = client
+        .networks()
+        .check(client.req(berth_proto::berth::NetworkCheckRequest {
+            container_id: id.clone(),
+        }))
+        .await
+        .map_err(Error::rpc("check networks"))?
+        .into_inner()
+        .networks;
+    if checked.is_empty() {
+        println!("{id}: no network attachments to check");
+    }
+    for n in checked {
+        println!("{id}: {n}: ok");
+    }
+    Ok(0)
+}
+
+/// Run a `networks` verb that reads the conf dir (no daemon needed).
 pub fn run(cmd: &NetworksCmd) -> Result<i32> {
     match cmd {
         NetworksCmd::Ls { conf_dir, list } => {
@@ -135,6 +166,8 @@ pub fn run(cmd: &NetworksCmd) -> Result<i32> {
             out.print(list);
             Ok(0)
         }
+        // Needs berthd: dispatched to `check`.
+        NetworksCmd::Check { .. } => Ok(0),
         NetworksCmd::Inspect { conf_dir, name } => {
             let found = load(conf_dir)?.into_iter().find(|(n, _, _)| n == name);
             match found {

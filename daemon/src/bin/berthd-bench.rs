@@ -46,8 +46,9 @@ struct Args {
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Keep the state dir on the work dir's file system instead of a private tmpfs (/run is a tmpfs on a normal
-    /// host, so neither the shims' event journals nor berthd's, `<state>/events.redb`, hit the disk there; the
-    /// root dir, with meta.redb, stays on the work dir's disk either way).
+    /// host, but not on every one: this machine's is on disk). The shims' event journals and berthd's,
+    /// `<state>/events/`, are never fsynced, so the two should differ little; the root dir, with meta.redb, stays
+    /// on the work dir's disk either way.
     #[arg(long)]
     state_on_disk: bool,
 }

@@ -1,62 +1,55 @@
-//! The event journal's own redb database, `<state>/events.redb` (tmpfs on a normal host: /run), with its own
-//! writer thread (group commit, `Durability::Immediate`, quick repair).
+//! The event journal's handle: the append-only log in `<state>/events/` ([`super::log`]) with its writer
+//! thread ([`super::writer`]), and the seq reservation in meta.redb.
 //!
-//! Why here and not in `<root>/meta.redb`: the journal and the shims' seqs only need to survive berthd crashes
-//! and restarts, not host reboots (after a reboot no container or shim survives, and /run is a tmpfs). A durable
-//! commit on tmpfs costs microseconds instead of one disk fsync (4–7 ms on the reference VM), which is what the
-//! exit-to-subscriber latency was made of. Exactly-once is unchanged: a shim event and that shim's seq are
-//! written in one transaction of THIS database, before berthd acks the shim.
+//! Why an fsync-free log in the state dir: the journal and the shims' seqs only need to survive berthd crashes
+//! and restarts, not kernel crashes or reboots (after those no container or shim survives). The page cache
+//! survives a process crash, so a record is safe once `write` returned; an fsync (4–7 ms on the reference
+//! VM's disk, where /run is not a tmpfs) protects nothing more. redb's non-durable commits would not do: redb
+//! rolls them back on reopen. Exactly-once is kept by putting a shim event and that shim's seq in ONE record,
+//! written before berthd acks the shim.
 //!
-//! Seqs never go backwards, also across a reboot that empties the state dir: meta.redb keeps a reserved mark
-//! (`journal_reserved`), raised in blocks of [`SEQ_BLOCK`] seqs BEFORE any seq beyond it is handed out (the
-//! next block is reserved in the background when half the current one is used, so the disk commit is off the
-//! event path). A fresh events.redb starts its journal above that mark, with its floor AT the mark, so any
-//! cursor from before the reboot gets OUT_OF_RANGE.
+//! Seqs never go backwards, also across a reboot that empties (or, on disk, outlives) the state dir: meta.redb
+//! keeps a reserved mark (`journal_reserved`), raised in blocks of [`SEQ_BLOCK`] seqs BEFORE any seq beyond it
+//! is handed out (the next block is reserved in the background when half the current one is used, so the disk
+//! commit is off the event path). A fresh journal, or one written under another boot, starts above that mark,
+//! so any cursor from before the reboot gets OUT_OF_RANGE.
 //!
-//! Layout: `meta` (`schema_version` u32 LE, `journal_floor` u64 LE: highest trimmed seq, or the reserved mark
-//! a fresh journal started from), `journal` (seq → prost `berth.v1.JournalEvent`), `shim_seqs` ("<ns>/<id>" →
-//! last shim seq journaled), `shim_once` (("<ns>/<id>", "init-exit" | "delete") → (): the task's init exit or
-//! delete is journaled, so a second one — from a shim, or synthesised for a dead shim — is dropped).
-//!
-//! This module must never hand out a seq above the durable reserved mark, never open the database twice, and
-//! never drop a journal it cannot read (berthd refuses to start instead).
+//! This module must never hand out a seq above the durable reserved mark, and never let two berthds write one
+//! journal (an exclusive `flock` on `<state>/events/LOCK`).
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use berth_proto::berth::JournalEvent;
-use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use nix::fcntl::{Flock, FlockArg};
 
-use crate::store::writer::Writer;
+use super::log::record::ShimState;
+use super::log::segment::{io_err, Shared};
+use super::log::{boot_id, Limits, Log, Opened};
+use super::writer::{LogWriter, OpenLog};
 use crate::store::{Store, StoreError};
 
 /// Seqs reserved in meta.redb at a time (one disk commit per this many events).
 pub const SEQ_BLOCK: u64 = 10_000;
 
-/// The schema of events.redb this berthd reads and writes.
-pub const JOURNAL_SCHEMA_VERSION: u32 = 1;
+/// The lock file that keeps a second berthd out of the journal.
+const LOCK_FILE: &str = "LOCK";
 
-pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-pub(crate) const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
-pub(crate) const SHIM_SEQS: TableDefinition<&str, u64> = TableDefinition::new("shim_seqs");
-/// (shim key, [`super::Once`] name) → (): which once-per-task events a shim key has journaled.
-pub(crate) const SHIM_ONCE: TableDefinition<(&str, &str), ()> = TableDefinition::new("shim_once");
-const META_SCHEMA: &str = "schema_version";
-pub(crate) const META_JOURNAL_FLOOR: &str = "journal_floor";
-
-/// Handle to the journal database; cheap to clone, Send + Sync.
+/// Handle to the journal; cheap to clone, Send + Sync.
 #[derive(Clone)]
 pub struct JournalDb {
     inner: Arc<DbInner>,
 }
 
 struct DbInner {
-    db: Arc<Database>,
-    writer: Arc<Writer>,
+    writer: Arc<LogWriter>,
+    shared: Arc<Shared>,
     path: PathBuf,
     seqs: Arc<SeqReservation>,
+    /// Held for the life of the journal.
+    _lock: Flock<File>,
 }
 
 impl std::fmt::Debug for JournalDb {
@@ -118,61 +111,113 @@ impl SeqReservation {
 }
 
 impl JournalDb {
-    /// Open (or create) `<state>/events.redb`, start its writer thread, and set up the seq reservation against
-    /// `meta`. A fresh file (first start, or the state dir was emptied by a reboot) starts above meta.redb's
-    /// reserved mark (and above an older berthd's journal in meta.redb, whose shim seqs it takes over).
+    /// Open (or create) the journal in the directory `path`, start its writer thread, and set up the seq
+    /// reservation against `meta`. A fresh journal (first start, or the state dir was emptied by a reboot)
+    /// starts above meta.redb's reserved mark (and takes over an older berthd's journal in meta.redb or in
+    /// `<state>/events.redb`: its last seq and its shims' seqs).
+    ///
+    /// Segments hold up to 25,000 events or 4 MiB (a quarter of the default retention), whatever the retention.
     pub fn open(path: &Path, meta: Store, max_batch: usize) -> Result<JournalDb, StoreError> {
+        Self::open_with(
+            path,
+            meta,
+            max_batch,
+            Limits::for_retention(100_000),
+            &boot_id(),
+        )
+    }
+
+    /// [`JournalDb::open`] with explicit segment limits and boot id (tests).
+    pub(crate) fn open_with(
+        path: &Path,
+        meta: Store,
+        max_batch: usize,
+        limits: Limits,
+        boot: &str,
+    ) -> Result<JournalDb, StoreError> {
         let open_err = |reason: String| StoreError::JournalOpen {
             path: path.to_path_buf(),
             reason,
         };
-        let mut builder = Database::builder();
-        builder.set_cache_size(8 << 20);
-        let shown = path.display().to_string();
-        builder.set_repair_callback(move |s| {
-            tracing::warn!(file = %shown, progress = s.progress(), "repairing the event journal");
-        });
-        let db = builder.create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => {
-                open_err("already open: another berthd uses this state dir".into())
-            }
-            other => open_err(other.to_string()),
-        })?;
+        std::fs::create_dir_all(path).map_err(|e| io_err("creating", path, e))?;
+        let lock_path = path.join(LOCK_FILE);
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_err("opening", &lock_path, e))?;
+        let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock)
+            .map_err(|_| open_err("already open: another berthd uses this state dir".into()))?;
         let reserved = meta.journal_reserved()?;
         let legacy = meta.legacy_journal()?;
-        let fresh =
-            initialise(&db, reserved, legacy.as_ref()).map_err(|e| open_err(e.to_string()))?;
-        if fresh {
-            tracing::info!(file = %path.display(), above = reserved, "event journal created");
+        let old_db = path.with_extension("redb");
+        let older = super::legacy::read(&old_db).map_err(|e| open_err(e.to_string()))?;
+        let mut fresh_state = ShimState::default();
+        let mut fresh_base = reserved;
+        if let Some(l) = &legacy {
+            fresh_base = fresh_base.max(l.last_seq);
+            fresh_state.seqs.extend(l.shim_seqs.iter().cloned());
+        }
+        if let Some((last, state)) = &older {
+            fresh_base = fresh_base.max(*last);
+            fresh_state.seqs.extend(state.seqs.clone());
+            fresh_state.once.extend(state.once.iter().cloned());
+        }
+        let seqs = Arc::new(SeqReservation {
+            reserved: AtomicU64::new(reserved),
+            meta: meta.clone(),
+            pending: AtomicBool::new(false),
+        });
+        let shared = Arc::new(Shared::default());
+        let (log, opened) =
+            Log::open(path, shared.clone(), limits, boot, fresh_base, &fresh_state)?;
+        match &opened {
+            Opened::Fresh => {
+                tracing::info!(dir = %path.display(), above = fresh_base, "event journal created")
+            }
+            Opened::Repaired(why) => {
+                tracing::warn!(dir = %path.display(), last_seq = log.last(), "event journal repaired: {why}")
+            }
+            Opened::Clean | Opened::OtherBoot => {}
         }
         if let Some(l) = &legacy {
             meta.drop_legacy_journal(l.last_seq)?;
         }
-        let db = Arc::new(db);
+        if older.is_some() {
+            // Taken over: the new journal already holds its last seq and its shims' seqs.
+            meta.reserve_journal_seqs(fresh_base)?;
+            if let Err(e) = std::fs::remove_file(&old_db) {
+                tracing::warn!(file = %old_db.display(), error = %e, "cannot remove the older event journal");
+            }
+        }
+        let reserved = meta.journal_reserved()?;
+        seqs.reserved.fetch_max(reserved, Ordering::AcqRel);
+        // Reserve the first block now, in the background, so the first event does not wait for a disk commit.
+        seqs.prefetch(log.last() + 1, reserved);
+        let open = OpenLog {
+            dir: path.to_path_buf(),
+            limits,
+            boot_id: boot.to_string(),
+            shared: shared.clone(),
+            seqs: seqs.clone(),
+        };
         let writer = Arc::new(
-            Writer::start(db.clone(), max_batch, "events")
+            LogWriter::start(log, open, max_batch)
                 .map_err(|e| open_err(format!("cannot start the writer thread: {e}")))?,
         );
-        let reserved = meta.journal_reserved()?;
-        let seqs = Arc::new(SeqReservation {
-            reserved: AtomicU64::new(reserved),
-            meta,
-            pending: AtomicBool::new(false),
-        });
-        // Reserve the first block now, in the background, so the first event does not wait for a disk commit.
-        let next = last_seq(&db).map_err(|e| open_err(e.to_string()))? + 1;
-        seqs.prefetch(next, reserved);
         Ok(JournalDb {
             inner: Arc::new(DbInner {
-                db,
                 writer,
+                shared,
                 path: path.to_path_buf(),
                 seqs,
+                _lock: lock,
             }),
         })
     }
 
-    /// The database file.
+    /// The journal's directory.
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
@@ -182,95 +227,52 @@ impl JournalDb {
         self.inner.writer.close();
     }
 
-    pub(crate) fn writer(&self) -> &Writer {
+    pub(crate) fn writer(&self) -> &LogWriter {
         &self.inner.writer
     }
 
     /// The writer, for its watcher in the supervision tree.
-    pub(crate) fn writer_handle(&self) -> Arc<Writer> {
+    pub(crate) fn writer_handle(&self) -> Arc<LogWriter> {
         self.inner.writer.clone()
     }
 
-    pub(crate) fn seqs(&self) -> &Arc<SeqReservation> {
-        &self.inner.seqs
+    /// Keep `retention` events: older cursors are out of range, and segments wholly older are deleted.
+    pub(crate) fn set_retention(&self, retention: u64) {
+        self.inner
+            .shared
+            .retention
+            .store(retention.max(1), Ordering::Release);
     }
 
-    pub(crate) fn read(&self) -> Result<redb::ReadTransaction, StoreError> {
-        Ok(self.inner.db.begin_read()?)
+    /// Highest seq no longer kept (trimmed, or the reserved mark a fresh journal started above; 0 if none):
+    /// cursors below it are out of range.
+    pub fn journal_floor(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.shared.floor())
     }
-}
 
-/// Create the tables; on a fresh file set the floor to `reserved` (and migrate `legacy`). Returns whether the
-/// file was fresh. Refuses a newer schema.
-fn initialise(
-    db: &Database,
-    reserved: u64,
-    legacy: Option<&crate::store::journal_marks::LegacyJournal>,
-) -> Result<bool, String> {
-    let e = |e: &dyn std::fmt::Display| e.to_string();
-    let mut wtx = db.begin_write().map_err(|x| e(&x))?;
-    wtx.set_quick_repair(true);
-    let fresh;
-    {
-        let mut meta = wtx.open_table(META).map_err(|x| e(&x))?;
-        let found = meta
-            .get(META_SCHEMA)
-            .map_err(|x| e(&x))?
-            .map(|v| v.value().to_vec());
-        match found {
-            Some(bytes) => {
-                fresh = false;
-                let v = bytes
-                    .as_slice()
-                    .try_into()
-                    .map(u32::from_le_bytes)
-                    .map_err(|_| "the schema version record is malformed".to_string())?;
-                if v > JOURNAL_SCHEMA_VERSION {
-                    return Err(format!(
-                        "schema version {v}, newer than the {JOURNAL_SCHEMA_VERSION} this berthd supports"
-                    ));
-                }
-            }
-            None => {
-                fresh = true;
-                let floor = reserved.max(legacy.map(|l| l.last_seq).unwrap_or(0));
-                meta.insert(META_SCHEMA, JOURNAL_SCHEMA_VERSION.to_le_bytes().as_slice())
-                    .map_err(|x| e(&x))?;
-                meta.insert(META_JOURNAL_FLOOR, floor.to_le_bytes().as_slice())
-                    .map_err(|x| e(&x))?;
-            }
-        }
+    /// Seq of the newest journaled event (the floor if none).
+    pub fn journal_last_seq(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.shared.last.load(Ordering::Acquire))
     }
-    wtx.open_table(JOURNAL).map_err(|x| e(&x))?;
-    wtx.open_table(SHIM_ONCE).map_err(|x| e(&x))?;
-    {
-        let mut shims = wtx.open_table(SHIM_SEQS).map_err(|x| e(&x))?;
-        if fresh {
-            for (k, v) in legacy.map(|l| l.shim_seqs.as_slice()).unwrap_or(&[]) {
-                shims.insert(k.as_str(), *v).map_err(|x| e(&x))?;
-            }
-        }
-    }
-    wtx.commit().map_err(|x| e(&x))?;
-    Ok(fresh)
-}
 
-/// The newest journaled seq, or the floor when the journal is empty.
-fn last_seq(db: &Database) -> Result<u64, StoreError> {
-    let rtx = db.begin_read()?;
-    let last = rtx.open_table(JOURNAL)?.last()?.map(|(k, _)| k.value());
-    match last {
-        Some(l) => Ok(l),
-        None => Ok(rtx
-            .open_table(META)?
-            .get(META_JOURNAL_FLOOR)?
-            .and_then(|v| crate::store::tables::u64_le(v.value()))
-            .unwrap_or(0)),
+    /// Up to `limit` events with `after < seq <= upto`, in order (blocking).
+    pub fn read_journal(
+        &self,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<JournalEvent>, StoreError> {
+        self.inner.shared.read(after, upto, limit)
     }
-}
 
-/// Decode a journal record.
-pub(crate) fn decode(seq: u64, bytes: &[u8]) -> Result<JournalEvent, StoreError> {
-    JournalEvent::decode(bytes)
-        .map_err(|e| StoreError::Corrupt(format!("journal event {seq}: {e}")))
+    /// The last seq journaled for a shim (0 if none); asks the writer thread, after what is queued.
+    pub async fn shim_seq(&self, key: &str) -> Result<u64, StoreError> {
+        let key = key.to_string();
+        self.writer().write(move |b| Ok(b.source_seq(&key))).await
+    }
+
+    /// The reserved seq mark as this process knows it (durable in meta.redb).
+    pub fn reserved_seq(&self) -> u64 {
+        self.inner.seqs.reserved()
+    }
 }

@@ -1,28 +1,30 @@
 //! The EventBus: a durable journal with group commit, and fan-out to subscribers.
 //!
-//! The journal lives in its own database, `<state>/events.redb` ([`db`]; tmpfs on a normal host, because it only
-//! has to survive berthd restarts, not reboots), with its own writer thread: metadata writes to `<root>/meta.redb`
-//! never queue in front of an event. Publishing hands the event to that writer, which commits it with whatever
-//! else is queued (one transaction, `Durability::Immediate`, per batch), and only after the commit fans it out, in
-//! seq order, to every subscriber whose filter matches. Each subscriber has a bounded tokio queue fed with `try_send`: a subscriber whose queue
+//! The journal is an append-only, checksummed, fsync-free log in `<state>/events/` ([`log`], [`db`]: it only has
+//! to survive berthd crashes and restarts, which the page cache does), with its own writer thread: metadata
+//! writes to `<root>/meta.redb` never queue in front of an event. Publishing hands the event to that writer, which
+//! writes it with whatever else is queued (one `write` per batch), and only then fans it out, in seq order, to
+//! every subscriber whose filter matches. Each subscriber has a bounded tokio queue fed with `try_send`: a subscriber whose queue
 //! is full is cut off (its stream ends with RESOURCE_EXHAUSTED naming the seq where events were dropped), so a
 //! slow subscriber never delays the publisher or anyone else. Seqs survive restarts and never go backwards, also
 //! across reboots (a reserved mark in meta.redb, see [`db`]); the journal keeps the newest `event_retention`
 //! events, and a replay cursor older than that (or from before a reboot emptied the journal) gets OUT_OF_RANGE.
 //!
-//! Shim events are exactly-once: [`EventBus::publish_from_shim`] appends the event and records the shim's seq in
-//! the same transaction and drops replays of a seq already recorded. A task's init exit and its delete are
-//! also at-most-once per shim key ([`Once`]): whichever path journals one first (the shim's own event, or the
-//! one berthd synthesises for a shim that died), a later one is dropped in the same transaction.
+//! Shim events are exactly-once: [`EventBus::publish_from_shim`] writes the event and the shim's seq in ONE
+//! record and drops replays of a seq already recorded. A task's init exit and its delete are also at-most-once
+//! per task ([`Once`]): whichever path journals one first (the shim's own event, or the one berthd synthesises
+//! for a shim that died), a later one is dropped.
 //!
 //! This module must never block the writer thread (fan-out is `try_send` only) and never show a subscriber an
-//! event before it is durable.
+//! event before it is written.
 
 pub mod db;
 pub mod fields;
 pub mod filter;
-pub mod journal;
+mod legacy;
+pub mod log;
 mod subscription;
+pub(crate) mod writer;
 
 use std::sync::{Arc, Mutex};
 
@@ -119,7 +121,6 @@ pub struct EventBus {
 
 pub(crate) struct BusInner {
     journal: JournalDb,
-    retention: u64,
     queue: usize,
     pub(crate) subs: Mutex<Subscribers>,
 }
@@ -146,11 +147,11 @@ fn now() -> prost_types::Timestamp {
 impl EventBus {
     /// A bus journaling into `journal`, keeping `retention` events, with `queue` slots per subscriber.
     pub fn new(journal: JournalDb, retention: u64, queue: usize) -> Result<EventBus, EventError> {
+        journal.set_retention(retention.max(1));
         let last_seq = journal.journal_last_seq()?;
         Ok(EventBus {
             inner: Arc::new(BusInner {
                 journal,
-                retention: retention.max(1),
                 queue: queue.max(1),
                 subs: Mutex::new(Subscribers {
                     next_id: 1,
@@ -167,7 +168,7 @@ impl EventBus {
         &self.inner.journal
     }
 
-    /// Journal one event (durable before it returns) and fan it out; returns its journal seq.
+    /// Journal one event (written before it returns) and fan it out; returns its journal seq.
     pub async fn publish(
         &self,
         namespace: &str,
@@ -192,11 +193,9 @@ impl EventBus {
             topic: topic.to_string(),
             event: Some(event),
         };
-        let retention = self.inner.retention;
         let bus = self.inner.clone();
-        let seqs = self.inner.journal.seqs().clone();
         let rx = self.inner.journal.writer().submit(
-            move |wtx| journal::append(wtx, &seqs, retention, ev).map(Arc::new),
+            move |b| b.append(ev, None).map(Arc::new),
             move |ev: &Arc<JournalEvent>| bus.fan_out(ev),
         );
         let ev = rx.await.map_err(|_| StoreError::Closed)??;
@@ -223,25 +222,19 @@ impl EventBus {
             topic: topic.to_string(),
             event: Some(event),
         };
-        let retention = self.inner.retention;
         let bus = self.inner.clone();
-        let seqs = self.inner.journal.seqs().clone();
         let rx = self.inner.journal.writer().submit(
-            move |wtx| {
-                if shim_seq <= journal::shim_seq_in(wtx, &source)? {
+            move |b| {
+                if shim_seq <= b.source_seq(&source) {
                     return Ok(None);
                 }
                 if let Some(o) = once {
-                    if journal::once_done_in(wtx, &task, o)? {
-                        journal::set_shim_seq(wtx, &source, shim_seq)?;
+                    if b.once_done(&task, o) {
+                        b.set_source_seq(&source, shim_seq);
                         return Ok(None);
                     }
                 }
-                let ev = journal::append(wtx, &seqs, retention, ev)?;
-                journal::set_shim_seq(wtx, &source, shim_seq)?;
-                if let Some(o) = once {
-                    journal::set_once_in(wtx, &task, o)?;
-                }
+                let ev = b.append(ev, Some((&source, shim_seq, &task, once)))?;
                 Ok(Some(Arc::new(ev)))
             },
             move |ev: &Option<Arc<JournalEvent>>| {
@@ -256,9 +249,7 @@ impl EventBus {
 
     /// Last shim seq recorded for `shim_key` (0 if none): where to resume the shim's `Events(after_seq)`.
     pub async fn last_shim_seq(&self, shim_key: &str) -> Result<u64, EventError> {
-        let journal = self.inner.journal.clone();
-        let key = shim_key.to_string();
-        Ok(crate::store::blocking(move || journal.shim_seq(&key)).await?)
+        Ok(self.inner.journal.shim_seq(shim_key).await?)
     }
 
     /// Forget a task's seqs (from its shim and from berthd) and its once-markers: the id may be used again,
@@ -268,15 +259,15 @@ impl EventBus {
         self.inner
             .journal
             .writer()
-            .write(move |wtx| {
-                journal::remove_shim_seq(wtx, &task)?;
-                journal::remove_shim_seq(wtx, &berthd_source(&task))
+            .write(move |b| {
+                b.forget(&task);
+                Ok(())
             })
             .await?;
         Ok(())
     }
 
-    /// Seq of the last event fanned out (every event up to it is durable).
+    /// Seq of the last event fanned out (every event up to it is written).
     pub fn last_seq(&self) -> u64 {
         self.inner.lock_subs().last_seq
     }
@@ -302,8 +293,7 @@ impl EventBus {
         if self.inner.lock_subs().closed {
             return Err(EventError::Closed);
         }
-        let journal = self.inner.journal.clone();
-        let floor = crate::store::blocking(move || journal.journal_floor()).await?;
+        let floor = self.inner.journal.journal_floor()?;
         let cursor = if from_oldest { floor } else { after_seq };
         if cursor < floor {
             return Err(EventError::OutOfRange { cursor, floor });
@@ -349,7 +339,7 @@ impl BusInner {
         self.lock_subs().list.retain(|s| s.id != id);
     }
 
-    /// Deliver a committed event to every matching subscriber (runs on the journal writer thread; never blocks).
+    /// Deliver a written event to every matching subscriber (runs on the journal writer thread; never blocks).
     fn fan_out(&self, ev: &Arc<JournalEvent>) {
         let mut subs = self.lock_subs();
         if ev.seq > subs.last_seq {

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use super::*;
 use crate::store::test_util::TempStore;
 
-/// A metadata store and an event journal in one temp dir (the journal as `events.redb` beside `meta.redb`).
+/// A metadata store and an event journal in one temp dir (the journal as `events/` beside `meta.redb`).
 struct TempBus {
     journal: Option<JournalDb>,
     store: TempStore,
@@ -26,7 +26,7 @@ impl TempBus {
     }
 
     fn open_journal(&mut self) {
-        let path = self.store.dir.join("events.redb");
+        let path = self.store.dir.join("events");
         self.journal =
             Some(JournalDb::open(&path, self.store.store().clone(), 64).expect("open journal"));
     }
@@ -48,10 +48,10 @@ impl TempBus {
         self.open_journal();
     }
 
-    /// The host reboots: the state dir (events.redb) is emptied, meta.redb stays.
+    /// The host reboots: the state dir (events/) is emptied, meta.redb stays.
     fn reboot(&mut self) {
         self.close_journal();
-        std::fs::remove_file(self.store.dir.join("events.redb")).expect("wipe events.redb");
+        std::fs::remove_dir_all(self.store.dir.join("events")).expect("wipe events/");
         self.store.reopen();
         self.open_journal();
     }
@@ -353,4 +353,47 @@ async fn bench_publish_throughput() {
             took.as_secs_f64() * 1000.0 / (n / conc) as f64
         );
     }
+}
+
+/// An older berthd's `<state>/events.redb` is taken over once: seqs go on above its last one, its shims' seqs and
+/// once-markers still drop replays, and the file is removed.
+#[tokio::test]
+async fn older_events_redb_is_taken_over() {
+    use redb::TableDefinition;
+    let store = TempStore::new("bus-legacy-redb");
+    let old = store.dir.join("events.redb");
+    {
+        let db = redb::Database::create(&old).expect("old db");
+        let w = db.begin_write().expect("write");
+        w.open_table(TableDefinition::<u64, &[u8]>::new("journal"))
+            .expect("journal")
+            .insert(41, [0u8].as_slice())
+            .expect("insert");
+        w.open_table(TableDefinition::<&str, u64>::new("shim_seqs"))
+            .expect("seqs")
+            .insert("n/c", 6)
+            .expect("insert");
+        w.open_table(TableDefinition::<(&str, &str), ()>::new("shim_once"))
+            .expect("once")
+            .insert(("n/c", Once::InitExit.name()), ())
+            .expect("insert");
+        w.commit().expect("commit");
+    }
+    let mut t = TempBus {
+        journal: None,
+        store,
+    };
+    t.open_journal();
+    let bus = t.bus(100, 16);
+    assert!(bus.last_seq() >= 41);
+    assert_eq!(bus.last_shim_seq("n/c").await.expect("seq"), 6);
+    assert_eq!(
+        bus.publish_from_shim(shim_ev("n/c", 7, Some(Once::InitExit), any(1)))
+            .await
+            .expect("pub"),
+        None,
+        "the old journal's init exit still counts"
+    );
+    assert!(!old.exists(), "events.redb removed");
+    assert!(bus.publish("n", "/x", any(2)).await.expect("pub") > 41);
 }

@@ -294,12 +294,13 @@ impl Networks {
         n
     }
 
-    /// CHECK every attachment of `owner` (with its cached result); returns how many were checked.
-    pub async fn check(&self, owner: &Owner) -> Result<usize, NetError> {
+    /// CHECK every attachment of `owner` (with its cached result); returns the networks checked, by name.
+    pub async fn check(&self, owner: &Owner) -> Result<Vec<String>, NetError> {
         let shared = self.shared.clone();
         let o = owner.clone();
         let cached = blocking(move || Ok(shared.cached_of(&o))).await?;
-        let n = cached.len();
+        let mut names: Vec<String> = cached.iter().map(|c| c.network.name.clone()).collect();
+        names.sort();
         for c in cached {
             self.route(Check {
                 key: (owner.key(), c.network.name.clone()),
@@ -308,7 +309,7 @@ impl Networks {
             })
             .await?;
         }
-        Ok(n)
+        Ok(names)
     }
 
     /// The recorded attachments of `owner` by network (blocking: call from a blocking thread).

@@ -210,10 +210,19 @@ pub fn new(ctx: DaemonContext) -> (Pulls, StartChild) {
 impl Pulls {
     /// Run a pull (joining one of the same reference that runs already) and wait for its end.
     pub async fn pull(&self, req: PullRequest) -> PullResult {
-        let sup = self
-            .shared
-            .supervisor()
-            .ok_or_else(|| Status::unavailable("the pull supervisor is not running; retry"))?;
+        // Right after start (and while it restarts) the supervisor may not be up yet: wait a little for it.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        let sup = loop {
+            if let Some(s) = self.shared.supervisor() {
+                break s;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Status::unavailable(
+                    "the pull supervisor is not running; retry",
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
         let reference = req.plan.reference.clone();
         let (tx, rx) = oneshot::channel();
         sup.send(supervisor::Submit { req, reply: tx })

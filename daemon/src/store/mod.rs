@@ -1,6 +1,6 @@
 //! berthd's metadata store: one redb file (`<root>/meta.redb`, on the root dir's disk) holding namespaces,
 //! containers, leases, network attachments, and the event journal's reserved seq mark. The event journal itself and the shims' seqs
-//! live in `<state>/events.redb` (see `events::db`): they only need to survive berthd restarts, not reboots.
+//! live in `<state>/events/`, an fsync-free log (see `events::db`): they only need to survive berthd restarts, not reboots.
 //!
 //! Reads run on the caller's thread (blocking: call them from `spawn_blocking` or a blocking thread, never hold
 //! them across `.await`). Every write runs on the single writer thread (redb has one writer), batched with others
@@ -78,6 +78,16 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// Reading or writing an event journal file failed.
+    #[error("cannot {what} the event journal file {path}: {source}")]
+    JournalIo {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The database was written by a newer berthd.
     #[error("the metadata database {path} has schema version {found}, newer than the {supported} this berthd supports; refusing to start")]
     NewerSchema {
@@ -138,6 +148,8 @@ struct Inner {
     writer: Arc<writer::Writer>,
     path: PathBuf,
     server_uuid: String,
+    /// Snapshot numbers reserved in meta.redb and not yet handed out.
+    snapshot_ids: std::sync::Mutex<snapshots::IdBlock>,
 }
 
 impl std::fmt::Debug for Store {
@@ -180,6 +192,7 @@ impl Store {
                 writer,
                 path: path.to_path_buf(),
                 server_uuid,
+                snapshot_ids: Default::default(),
             }),
         })
     }
@@ -202,6 +215,14 @@ impl Store {
     /// The writer (to submit write jobs).
     pub(crate) fn writer(&self) -> &writer::Writer {
         &self.inner.writer
+    }
+
+    /// The snapshot-number block (poison is ignored: the block is two plain numbers).
+    pub(crate) fn id_block(&self) -> std::sync::MutexGuard<'_, snapshots::IdBlock> {
+        self.inner
+            .snapshot_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// The writer, for its watcher in the supervision tree.

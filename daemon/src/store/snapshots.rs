@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::leases::{add_resource_in, drop_resource_in, res_snapshots, LeaseResource};
 use super::namespaces::{apply_label_mask, ensure_namespace};
 use super::tables::{u64_le, META, META_SNAPSHOT_NEXT_ID, SNAPSHOTS};
-use super::{Stamp, Store, StoreError};
+use super::{blocking, Stamp, Store, StoreError};
 
 /// containerd's snapshot kinds (the wire numbers are containerd's: View 1, Active 2, Committed 3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,6 +172,16 @@ fn put(
     Ok(())
 }
 
+/// Snapshot numbers reserved per metadata commit.
+const SNAPSHOT_ID_BLOCK: u64 = 1024;
+
+/// Snapshot numbers reserved durably and not yet handed out: `next..end`.
+#[derive(Debug, Default)]
+pub(crate) struct IdBlock {
+    next: u64,
+    end: u64,
+}
+
 /// What Prepare/View need before creating the directory.
 #[derive(Debug, Clone)]
 pub struct Planned {
@@ -248,24 +258,53 @@ impl Store {
             key.to_string(),
             parent.to_string(),
         );
-        self.writer()
-            .write(move |wtx| {
-                let parents = {
-                    let t = wtx.open_table(SNAPSHOTS)?;
-                    if get_in(&t, &sn, &ns, &key)?.is_some() {
-                        return Err(StoreError::AlreadyExists(format!("snapshot {key:?}")));
-                    }
-                    parent_chain_in(&t, &sn, &ns, &parent)?
-                };
-                let mut meta = wtx.open_table(META)?;
-                let id = meta
-                    .get(META_SNAPSHOT_NEXT_ID)?
-                    .and_then(|v| u64_le(v.value()))
-                    .unwrap_or(1);
-                meta.insert(META_SNAPSHOT_NEXT_ID, (id + 1).to_le_bytes().as_slice())?;
-                Ok(Planned { id, parents })
-            })
-            .await
+        // A read, not a write: `insert_snapshot` checks the same again in the transaction that records it.
+        let store = self.clone();
+        let parents = blocking(move || {
+            let rtx = store.read()?;
+            let t = rtx.open_table(SNAPSHOTS)?;
+            if get_in(&t, &sn, &ns, &key)?.is_some() {
+                return Err(StoreError::AlreadyExists(format!("snapshot {key:?}")));
+            }
+            parent_chain_in(&t, &sn, &ns, &parent)
+        })
+        .await?;
+        let id = self.next_snapshot_id().await?;
+        Ok(Planned { id, parents })
+    }
+
+    /// A snapshot number never handed out before, also across crashes. Numbers are reserved durably in blocks
+    /// (`META_SNAPSHOT_NEXT_ID` is the first number not reserved), so a Prepare costs one metadata commit, not
+    /// two; a crash wastes the rest of a block, and a directory made for a number whose record never landed is
+    /// an orphan Cleanup removes, never a number given out again.
+    async fn next_snapshot_id(&self) -> Result<u64, StoreError> {
+        loop {
+            {
+                let mut b = self.id_block();
+                if b.next < b.end {
+                    b.next += 1;
+                    return Ok(b.next - 1);
+                }
+            }
+            let (start, end) = self
+                .writer()
+                .write(|wtx| {
+                    let mut meta = wtx.open_table(META)?;
+                    let start = meta
+                        .get(META_SNAPSHOT_NEXT_ID)?
+                        .and_then(|v| u64_le(v.value()))
+                        .unwrap_or(1);
+                    let end = start + SNAPSHOT_ID_BLOCK;
+                    meta.insert(META_SNAPSHOT_NEXT_ID, end.to_le_bytes().as_slice())?;
+                    Ok((start, end))
+                })
+                .await?;
+            let mut b = self.id_block();
+            // Another caller may have refilled first: its block is used and this one is skipped.
+            if b.next >= b.end {
+                *b = IdBlock { next: start, end };
+            }
+        }
     }
 
     /// Record a prepared snapshot (under `lease` when given); the same checks as the plan, again.
@@ -439,6 +478,24 @@ pub(crate) fn namespace_has_snapshots(
 mod tests {
     use super::*;
     use crate::store::test_util::TempStore;
+
+    #[tokio::test]
+    async fn snapshot_numbers_are_never_handed_out_twice_also_after_a_reopen() {
+        let mut t = TempStore::new("snapshot-ids");
+        let mut seen = HashSet::new();
+        for round in 0..3 {
+            for i in 0..(SNAPSHOT_ID_BLOCK + 5) {
+                // Plans that never get recorded (a crash between plan and insert) still use their number up.
+                let p = t
+                    .store()
+                    .plan_snapshot("o", "n", &format!("k{round}-{i}"), "")
+                    .await
+                    .expect("plan");
+                assert!(p.id >= 1 && seen.insert(p.id), "number {} twice", p.id);
+            }
+            t.reopen();
+        }
+    }
 
     #[tokio::test]
     async fn chains_commit_and_remove_rules() {

@@ -15,7 +15,7 @@
 //! - `net_attachments`: (owner, network) → JSON [`NetAttachmentRecord`](super::networks::NetAttachmentRecord):
 //!   each CNI attachment berthd made and has not yet removed (a table older berthds simply do not open).
 //!
-//! The event journal and the shims' seqs live in `<state>/events.redb` (`events::db`). Older berthds kept them
+//! The event journal and the shims' seqs live in `<state>/events/` (`events::db`). Older berthds kept them
 //! here (tables `journal`, `shim_seqs`, meta key `journal_floor`): the event journal takes their seqs over once,
 //! when it is created, and then deletes them from this file.
 //!
@@ -41,9 +41,9 @@ pub(crate) const SNAPSHOTS: TableDefinition<(&str, &str, &str), &[u8]> =
     TableDefinition::new("snapshots");
 pub(crate) const NET_ATTACHMENTS: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("net_attachments");
-/// Journal of older berthds (now in `<state>/events.redb`): read once to migrate, then deleted.
+/// Journal of older berthds (now in `<state>/events/`): read once to migrate, then deleted.
 pub(crate) const LEGACY_JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
-/// Shim seqs of older berthds (now in `<state>/events.redb`): read once to migrate, then deleted.
+/// Shim seqs of older berthds (now in `<state>/events/`): read once to migrate, then deleted.
 pub(crate) const LEGACY_SHIM_SEQS: TableDefinition<&str, u64> = TableDefinition::new("shim_seqs");
 
 pub(crate) const META_SCHEMA: &str = "schema_version";

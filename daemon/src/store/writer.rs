@@ -1,5 +1,5 @@
-//! A redb database's single writer thread, with group commit (used by the metadata store, `<root>/meta.redb`,
-//! and by the event journal, `<state>/events.redb`, each with its own thread).
+//! A redb database's single writer thread, with group commit (used by the metadata store, `<root>/meta.redb`;
+//! the event journal has its own writer, `events::writer`).
 //!
 //! Jobs (closures over a `WriteTransaction`) queue on an unbounded channel; the thread takes every queued job (up
 //! to `max_batch`), runs them in one transaction, commits once (one fsync for the batch), then runs each job's
@@ -13,7 +13,7 @@
 //! writer never waits for the journal's, so the two cannot deadlock). There is no sleep or poll interval: the
 //! thread blocks on the channel and commits as soon as a job is queued.
 //!
-//! Failpoints `<name>.before_commit` and `<name>.after_commit` (`store` or `events`) surround each commit.
+//! Failpoints `<name>.before_commit` and `<name>.after_commit` surround each commit.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;

@@ -222,6 +222,14 @@ pub fn resolve_runtime(
         }
         let opts = berth_proto::runc::Options::decode(any.value.as_slice())
             .map_err(|e| TaskError::InvalidArgument(format!("runtime options: {e}")))?;
+        if opts.systemd_cgroup {
+            // Silently using cgroupfs instead would put the container where the user did not ask.
+            return Err(TaskError::InvalidArgument(
+                "runtime option systemd_cgroup (ctr run --runc-systemd-cgroup) is not supported: \
+                 Berth manages cgroups through cgroupfs only"
+                    .into(),
+            ));
+        }
         if !opts.binary_name.is_empty() {
             choice.binary = Some(PathBuf::from(opts.binary_name));
         }
@@ -399,6 +407,13 @@ mod tests {
             resolve_runtime("berth", Some(&empty), None).expect("valid"),
             RuntimeChoice::default()
         );
+        let systemd = berth_proto::to_any(&berth_proto::runc::Options {
+            systemd_cgroup: true,
+            ..Default::default()
+        });
+        let e = resolve_runtime("io.containerd.runc.v2", Some(&systemd), None)
+            .expect_err("systemd cgroups are refused, not ignored");
+        assert!(e.to_string().contains("systemd_cgroup"), "{e}");
     }
 
     #[test]

@@ -116,14 +116,15 @@ pub fn exit_event(container_id: &str, id: &str, exit: &ExitInfo) -> Any {
     })
 }
 
-/// `/tasks/delete` payload for the init process.
+/// `/tasks/delete` payload for the init process. `id` stays empty, as containerd's runc shim leaves it (the
+/// field names an exec, and execs get no delete event).
 pub fn delete_event(container_id: &str, exit: &ExitInfo) -> Any {
     to_any(&TaskDelete {
         container_id: container_id.to_string(),
         pid: exit.pid,
         exit_status: exit.status,
         exited_at: Some(exit.timestamp()),
-        id: container_id.to_string(),
+        id: String::new(),
     })
 }
 

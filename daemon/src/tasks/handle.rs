@@ -300,6 +300,15 @@ impl Tasks {
         Ok(MetricsResponse { metrics })
     }
 
+    /// One task's cgroup statistics (`io.containerd.cgroups.v1.Metrics`), None when the shim has none.
+    pub async fn metrics_of(
+        &self,
+        ns: &str,
+        id: &str,
+    ) -> Result<Option<prost_types::Any>, TaskError> {
+        self.call(ns, id, m::Metrics).await?
+    }
+
     /// For Containers.Delete: hold the container id so no task can be created for it until the hold drops;
     /// FailedPrecondition when it has a task.
     pub async fn hold_for_container_delete(

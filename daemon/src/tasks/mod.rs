@@ -35,8 +35,10 @@ use std::sync::{Arc, Mutex};
 
 use actix::Addr;
 
+pub use container::messages::Kill;
 pub use error::TaskError;
 pub use handle::{ContainerDeleteHold, Tasks};
+pub use state::{ExitInfo, StdioPaths};
 pub use supervisor::TaskSupervisor;
 
 use crate::context::Context as DaemonContext;

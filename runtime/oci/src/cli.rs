@@ -89,6 +89,20 @@ pub enum Command {
     Events(EventsArgs),
     /// Print the runtime's features as JSON.
     Features,
+    /// Checkpoint a container with CRIU: not supported, refused with one clear line
+    /// (containerd's shim runs it for `ctr tasks checkpoint`).
+    Checkpoint(UnsupportedArgs),
+    /// Restore a container from a CRIU checkpoint: not supported, refused likewise.
+    Restore(UnsupportedArgs),
+}
+
+/// A verb berth-runc refuses: runc's flags and the id are accepted so that the refusal, not
+/// a usage error, is what the caller sees.
+#[derive(Debug, clap::Args)]
+pub struct UnsupportedArgs {
+    /// runc's flags and the container id, ignored.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
 }
 
 /// A verb taking only an id.

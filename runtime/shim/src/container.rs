@@ -185,7 +185,8 @@ impl Inner {
         master: Option<OwnedFd>,
     ) -> Result<Option<watch::Receiver<bool>>> {
         let (Some(term), Some(master)) = (term, master) else {
-            return Ok(None);
+            // A CRI log is complete when its copies end: the exit waits for that as for a terminal.
+            return Ok(proc.holders.crilog.as_ref().and_then(|l| l.done()));
         };
         let (tx, rx) = watch::channel(false);
         proc.console = Some(term.start(master, tx)?);

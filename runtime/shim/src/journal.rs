@@ -1,24 +1,28 @@
-//! The event journal: every event the shim emits gets `seq = last + 1`, is appended to
-//! `<bundle>/events.log` and fsynced BEFORE any stream sees it, and stays there until
-//! berthd acks it (`Ack(seq)` is cumulative). The acked seq lives in `<bundle>/events.ack`;
-//! an ack compacts the log (rewritten through a temp file and rename).
+//! The event journal: every event the shim emits gets `seq = last + 1` and is appended to `<bundle>/events.log`
+//! BEFORE any stream sees it; it stays there until berthd acks it (`Ack(seq)` is cumulative, appended to the
+//! same log as an ack record). Format and reader: `berth_proto::shim::journal` (checksummed frames).
 //!
-//! Format: frames of a little-endian u32 length and a prost-encoded `Event`. A torn tail
-//! (crash mid-append) is ignored on load. This module must never drop an unacked event.
+//! Nothing here is fsynced. The journal only has to survive crashes of the shim and of berthd: the page cache
+//! outlives both, and after a kernel crash no container or shim survives. A crash mid-append leaves at most
+//! one torn frame at the end; [`Journal::open`] cuts it off (and stops at a frame that fails its checksum,
+//! keeping what came before). The log is compacted (rewritten through a temp file and an atomic rename) when
+//! it has grown past [`COMPACT_BYTES`] and on open. This module must never drop an unacked event.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use berth_proto::shim::journal::{decode_frames, encode_frame, ACK_FILE, LOG_FILE};
+use berth_proto::shim::journal::{self as format, ACK_FILE, LOG_FILE};
 use berth_proto::shim::{event::Kind, Event};
-use prost::Message;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
+
+/// The log is compacted (acked events dropped) once it is this large.
+pub const COMPACT_BYTES: u64 = 64 << 10;
 
 struct Inner {
     /// Unacked events, in seq order.
@@ -28,6 +32,8 @@ struct Inner {
     /// Highest seq acked.
     acked: u64,
     log: File,
+    /// Bytes in the log file.
+    size: u64,
 }
 
 /// Handle to the journal; cheap to clone.
@@ -37,53 +43,56 @@ pub struct Journal {
     /// Publishes the last seq so live streams wake up.
     last_tx: Arc<watch::Sender<u64>>,
     log_path: PathBuf,
-    ack_path: PathBuf,
 }
 
-/// Write `data` to `path` atomically (temp file, fsync, rename).
+/// Replace `path` with `data` atomically against crashes of this process (temp file, then rename; no fsync:
+/// the files a shim writes only have to outlive processes, not the kernel).
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let mut f = File::create(&tmp).map_err(|e| Error::path("creating", &tmp, e))?;
     f.write_all(data)
-        .and_then(|_| f.sync_data())
         .map_err(|e| Error::path("writing", &tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::path("renaming to", path, e))
 }
 
 impl Journal {
-    /// Open (or create) the journal of a bundle, continuing its seqs.
+    /// Open (or create) the journal of a bundle, continuing its seqs; a torn or corrupt tail is cut off.
     pub fn open(bundle: &Path) -> Result<Self> {
         let log_path = bundle.join(LOG_FILE);
         let ack_path = bundle.join(ACK_FILE);
-        let acked = std::fs::read_to_string(&ack_path)
+        let legacy_ack = std::fs::read_to_string(&ack_path)
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
             .unwrap_or(0);
-        let mut buf = Vec::new();
-        if let Ok(mut f) = File::open(&log_path) {
-            f.read_to_end(&mut buf)
-                .map_err(|e| Error::path("reading", &log_path, e))?;
+        let buf = match std::fs::read(&log_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::path("reading", &log_path, e)),
+        };
+        let contents = format::read(&buf);
+        if let Some(damage) = &contents.damage {
+            crate::log!(
+                "event journal {}: {damage}; keeping the {} events before it",
+                log_path.display(),
+                contents.events.len()
+            );
         }
-        let events: VecDeque<Event> = decode_frames(&buf)
+        let acked = contents.acked.max(legacy_ack);
+        let mut events: VecDeque<Event> = contents
+            .events
             .into_iter()
             .filter(|e| e.seq > acked)
             .collect();
         let last = events.back().map(|e| e.seq).unwrap_or(0).max(acked);
-        // Rewrite without a torn tail or acked events, so appends start on a frame boundary.
-        let mut clean = Vec::new();
-        for ev in &events {
-            encode_frame(ev, &mut clean);
+        // Rewrite without a damaged tail or acked events, so appends start on a frame boundary.
+        let clean = format::encode_file(acked, events.make_contiguous());
+        write_atomic(&log_path, &clean)?;
+        if legacy_ack > 0 {
+            let _ = std::fs::remove_file(&ack_path);
         }
-        if clean.len() != buf.len() {
-            write_atomic(&log_path, &clean)?;
-        }
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| Error::path("opening", &log_path, e))?;
+        let log = open_append(&log_path)?;
         let (last_tx, _) = watch::channel(last);
         Ok(Journal {
             inner: Arc::new(Mutex::new(Inner {
@@ -91,10 +100,10 @@ impl Journal {
                 last,
                 acked,
                 log,
+                size: clean.len() as u64,
             })),
             last_tx: Arc::new(last_tx),
             log_path,
-            ack_path,
         })
     }
 
@@ -102,7 +111,17 @@ impl Journal {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Journal an event durably, then publish it to the streams. Returns its seq.
+    /// Append `buf` to the log in one write; on a failed write, cut the log back so it ends on a frame.
+    fn append(&self, inner: &mut Inner, buf: &[u8]) -> Result<()> {
+        if let Err(e) = inner.log.write_all(buf) {
+            let _ = inner.log.set_len(inner.size);
+            return Err(Error::path("appending to", &self.log_path, e));
+        }
+        inner.size += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Journal an event (in the page cache before it returns), then publish it to the streams. Returns its seq.
     pub fn emit(&self, kind: Kind) -> Result<u64> {
         let seq = {
             let mut inner = self.lock();
@@ -111,13 +130,9 @@ impl Journal {
                 timestamp: Some(crate::log::timestamp(SystemTime::now())),
                 kind: Some(kind),
             };
-            let mut buf = Vec::with_capacity(ev.encoded_len() + 4);
-            encode_frame(&ev, &mut buf);
-            inner
-                .log
-                .write_all(&buf)
-                .and_then(|_| inner.log.sync_data())
-                .map_err(|e| Error::path("appending to", &self.log_path, e))?;
+            let mut buf = Vec::with_capacity(64);
+            format::encode_event(&ev, &mut buf);
+            self.append(&mut inner, &buf)?;
             inner.last = ev.seq;
             inner.events.push_back(ev);
             inner.last
@@ -148,7 +163,7 @@ impl Journal {
         self.lock().last
     }
 
-    /// Record that everything up to `seq` is safe with berthd, and compact.
+    /// Record that everything up to `seq` is safe with berthd (an ack record), compacting a large log.
     pub fn ack(&self, seq: u64) -> Result<()> {
         let mut inner = self.lock();
         if seq > inner.last {
@@ -160,22 +175,29 @@ impl Journal {
         if seq <= inner.acked {
             return Ok(());
         }
-        write_atomic(&self.ack_path, seq.to_string().as_bytes())?;
+        let mut buf = Vec::with_capacity(32);
+        format::encode_ack(seq, &mut buf);
+        self.append(&mut inner, &buf)?;
         inner.acked = seq;
         while inner.events.front().is_some_and(|e| e.seq <= seq) {
             inner.events.pop_front();
         }
-        let mut buf = Vec::new();
-        for ev in &inner.events {
-            encode_frame(ev, &mut buf);
+        if inner.size >= COMPACT_BYTES {
+            let clean = format::encode_file(inner.acked, inner.events.make_contiguous());
+            write_atomic(&self.log_path, &clean)?;
+            inner.log = open_append(&self.log_path)?;
+            inner.size = clean.len() as u64;
         }
-        write_atomic(&self.log_path, &buf)?;
-        inner.log = OpenOptions::new()
-            .append(true)
-            .open(&self.log_path)
-            .map_err(|e| Error::path("opening", &self.log_path, e))?;
         Ok(())
     }
+}
+
+fn open_append(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::path("opening", path, e))
 }
 
 #[cfg(test)]
@@ -191,6 +213,10 @@ mod tests {
         d
     }
 
+    fn seqs(j: &Journal) -> Vec<u64> {
+        j.since(0, 100).iter().map(|e| e.seq).collect()
+    }
+
     #[test]
     fn seqs_survive_reopen_ack_and_torn_tail() {
         let d = tmpdir("reopen");
@@ -202,7 +228,7 @@ mod tests {
         j.ack(2).expect("ack");
         assert!(j.ack(9).is_err());
         drop(j);
-        // A torn frame at the end is ignored.
+        // A torn frame at the end is cut off.
         let mut f = OpenOptions::new()
             .append(true)
             .open(d.join("events.log"))
@@ -210,14 +236,85 @@ mod tests {
         f.write_all(&[50, 0, 0, 0, 1, 2]).expect("tear");
         drop(f);
         let j = Journal::open(&d).expect("reopen");
-        let evs = j.since(0, 10);
-        assert_eq!(evs.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3]);
+        assert_eq!(seqs(&j), vec![3]);
         assert_eq!(j.emit(Kind::Oom(TaskOom {})).expect("emit"), 4);
         j.ack(4).expect("ack all");
         drop(j);
         let j = Journal::open(&d).expect("reopen empty");
         assert!(j.since(0, 10).is_empty());
         assert_eq!(j.emit(Kind::Oom(TaskOom {})).expect("emit"), 5);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A record whose checksum fails ends what is read: the events before it are kept, seqs continue after
+    /// them, and what berthd reads from the file agrees.
+    #[test]
+    fn corrupt_record_stops_the_journal_at_the_last_good_one() {
+        let d = tmpdir("corrupt");
+        let j = Journal::open(&d).expect("open");
+        for pid in 1..=3 {
+            j.emit(Kind::Started(TaskStarted { pid })).expect("emit");
+        }
+        drop(j);
+        let log = d.join(LOG_FILE);
+        let mut bytes = std::fs::read(&log).expect("read");
+        let n = bytes.len();
+        // The last byte belongs to event 3's payload.
+        bytes[n - 1] ^= 0xff;
+        std::fs::write(&log, &bytes).expect("corrupt");
+        let seen: Vec<u64> = format::decode_frames(&bytes)
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seen, vec![1, 2]);
+        let j = Journal::open(&d).expect("reopen");
+        assert_eq!(seqs(&j), vec![1, 2]);
+        assert_eq!(j.emit(Kind::Oom(TaskOom {})).expect("emit"), 3);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Acks are appended; past COMPACT_BYTES the log is rewritten with only the unacked events, and a reopen
+    /// continues the seqs even when nothing is left unacked.
+    #[test]
+    fn log_is_compacted_and_bounded() {
+        let d = tmpdir("compact");
+        let j = Journal::open(&d).expect("open");
+        for i in 1..=20_000u64 {
+            let seq = j.emit(Kind::Started(TaskStarted { pid: 7 })).expect("emit");
+            assert_eq!(seq, i);
+            j.ack(seq).expect("ack");
+            let size = std::fs::metadata(d.join(LOG_FILE)).expect("stat").len();
+            assert!(size < COMPACT_BYTES + 64, "log grew to {size}");
+        }
+        j.emit(Kind::Oom(TaskOom {})).expect("emit");
+        drop(j);
+        let j = Journal::open(&d).expect("reopen");
+        assert_eq!(seqs(&j), vec![20_001]);
+        assert_eq!(j.last_seq(), 20_001);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// An older shim's journal (bare frames, the ack in events.ack) is taken over.
+    #[test]
+    fn older_format_is_taken_over() {
+        use prost::Message;
+        let d = tmpdir("legacy");
+        let mut buf = Vec::new();
+        for seq in 1..=3u64 {
+            let e = Event {
+                seq,
+                timestamp: None,
+                kind: Some(Kind::Oom(TaskOom {})),
+            };
+            buf.extend_from_slice(&(e.encoded_len() as u32).to_le_bytes());
+            e.encode(&mut buf).expect("encode");
+        }
+        std::fs::write(d.join(LOG_FILE), &buf).expect("write");
+        std::fs::write(d.join(ACK_FILE), "2").expect("ack");
+        let j = Journal::open(&d).expect("open");
+        assert_eq!(seqs(&j), vec![3]);
+        assert!(!d.join(ACK_FILE).exists());
+        assert_eq!(j.emit(Kind::Oom(TaskOom {})).expect("emit"), 4);
         let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -7,6 +7,7 @@ mod cgroup;
 mod cleanup;
 mod console;
 mod container;
+mod crilog;
 mod daemon;
 mod error;
 mod exec;

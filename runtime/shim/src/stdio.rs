@@ -1,5 +1,6 @@
 //! Opening a process's stdio from the paths a client gives: FIFOs (as ctr makes them),
-//! regular files (appended to), or empty for /dev/null.
+//! regular files (appended to), `file:///PATH` log URIs (`ctr run --log-uri`: created with their
+//! parent dirs, then appended to, as containerd's shim does), or empty for /dev/null.
 //!
 //! Design (no copying for plain stdio): the FIFO fds are handed to the runtime directly as
 //! the process's fds 0/1/2, so the container writes straight into the client's FIFOs.
@@ -34,10 +35,51 @@ pub enum Kind {
     File,
 }
 
-/// Classify a stdio path; a missing path is NotFound naming it.
+/// The scheme of containerd's log URIs that name a file.
+const FILE_URI: &str = "file://";
+
+/// The local path a stdio path or `file://` URI names.
+fn local_path(path: &str) -> &str {
+    path.strip_prefix(FILE_URI).unwrap_or(path)
+}
+
+/// Make the file a `file://` URI names (and its parent dirs), as containerd's shim does for
+/// `ctr run --log-uri`; other URI schemes (`binary://` logging programs) are refused by name.
+fn create_log_file(what: &str, uri: &str) -> Result<()> {
+    let Some(path) = uri.strip_prefix(FILE_URI) else {
+        let scheme = uri.split("://").next().unwrap_or_default();
+        return Err(Error::InvalidArgument(format!(
+            "{what}: log URI {uri}: scheme {scheme}:// is not supported (only file:// is)"
+        )));
+    };
+    let path = Path::new(path);
+    if !path.is_absolute() {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: log URI {uri} does not name an absolute path"
+        )));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::path("creating the log dir", dir, e))?;
+    }
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map(drop)
+        .map_err(|e| Error::path("creating the log file", path, e))
+}
+
+/// Classify a stdio path; a missing path is NotFound naming it. A `file://` URI's file is
+/// created here.
 pub fn kind(what: &str, path: &str) -> Result<Kind> {
     if path.is_empty() {
         return Ok(Kind::Null);
+    }
+    if path.contains("://") {
+        create_log_file(what, path)?;
+        return Ok(Kind::File);
     }
     match std::fs::metadata(path) {
         Ok(m) if m.file_type().is_fifo() => Ok(Kind::Fifo),
@@ -58,8 +100,9 @@ pub fn set_nonblocking(fd: impl AsFd, on: bool) -> Result<()> {
     Ok(())
 }
 
-/// Open a path with flags; errors name the path.
+/// Open a path (or the file of a `file://` URI) with flags; errors name the path.
 pub fn open(path: &str, read: bool, write: bool, append: bool, flags: i32) -> Result<OwnedFd> {
+    let path = local_path(path);
     OpenOptions::new()
         .read(read)
         .write(write)
@@ -78,6 +121,8 @@ pub fn null() -> Result<OwnedFd> {
 /// The shim's handles that keep a process's stdio FIFOs usable.
 #[derive(Default)]
 pub struct Holders {
+    /// The process's CRI log (`crilog://` outputs), whose copies the exit waits for.
+    pub crilog: Option<crate::crilog::CriLog>,
     /// Read ends of output FIFOs, kept for the process's life.
     pub outputs: Vec<OwnedFd>,
     /// The shim's write end of a stdin FIFO, dropped by CloseIO.
@@ -85,7 +130,20 @@ pub struct Holders {
 }
 
 /// Open an output path (stdout/stderr) for the process; FIFO read ends go to `holders`.
-pub fn open_output(what: &str, path: &str, holders: &mut Holders) -> Result<OwnedFd> {
+pub fn open_output(what: &'static str, path: &str, holders: &mut Holders) -> Result<OwnedFd> {
+    if let Some(log) = crate::crilog::log_path(path) {
+        if holders.crilog.as_ref().is_some_and(|l| l.path() != log) {
+            return Err(Error::InvalidArgument(format!(
+                "stdout and stderr must name the same CRI log (got {path})"
+            )));
+        }
+        if holders.crilog.is_none() {
+            holders.crilog = Some(crate::crilog::CriLog::open(log)?);
+        }
+        if let Some(l) = holders.crilog.as_mut() {
+            return l.stream(what);
+        }
+    }
     match kind(what, path)? {
         Kind::Null => null(),
         Kind::Fifo => {
@@ -183,6 +241,35 @@ mod tests {
         let _ = r.read_to_string(&mut buf);
         assert_eq!(buf, "early");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn file_uri_is_created_with_its_dir_and_appended_to() {
+        let dir = std::env::temp_dir().join(format!("berth-shim-stdio-uri-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let file = dir.join("logs/c.log");
+        let uri = format!("file://{}", file.display());
+        for line in ["one\n", "two\n"] {
+            let mut holders = Holders::default();
+            let fd = open_output("stdout", &uri, &mut holders).expect("open the log URI");
+            assert!(holders.outputs.is_empty(), "no FIFO end to hold for a file");
+            std::fs::File::from(fd)
+                .write_all(line.as_bytes())
+                .expect("write");
+        }
+        assert_eq!(std::fs::read_to_string(&file).expect("log"), "one\ntwo\n");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn other_log_uris_are_refused_by_name() {
+        let e = kind("stdout", "binary:///usr/bin/logger?x=1").expect_err("refused");
+        assert!(
+            e.to_string().contains("binary://") && e.to_string().contains("only file://"),
+            "{e}"
+        );
+        let e = kind("stdout", "file://relative/x").expect_err("refused");
+        assert!(e.to_string().contains("absolute"), "{e}");
     }
 
     #[test]

@@ -100,6 +100,12 @@ pub struct NetFixture {
 impl NetFixture {
     /// A berthd for test `name` with its own network settings and `failpoints` (`""` for none).
     pub fn new(name: &str, failpoints: &str) -> NetFixture {
+        NetFixture::with_config(name, failpoints, "", None)
+    }
+
+    /// As [`NetFixture::new`], with `extra` appended to berthd's config (e.g. a `[cri]` table) and, when
+    /// given, `ns` as the fixture's namespace (e.g. CRI's fixed `k8s.io`; each berthd has its own state).
+    pub fn with_config(name: &str, failpoints: &str, extra: &str, ns: Option<&str>) -> NetFixture {
         let host = HostLock::take();
         IP_FORWARD.get_or_init(|| {
             std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default()
@@ -109,7 +115,9 @@ impl NetFixture {
         let bridge = format!("bt{:x}x{n}", std::process::id() & 0xfffff);
         assert!(bridge.len() <= 15, "{bridge}");
         let third = free_third_octet(n);
-        let ns = crate::unique_id(&format!("{name}-ns"));
+        let ns = ns
+            .map(String::from)
+            .unwrap_or_else(|| crate::unique_id(&format!("{name}-ns")));
         let config_path = dir.join("config.toml");
         let paths = NetPaths {
             conf_dir: dir.join("net.d"),
@@ -120,6 +128,11 @@ impl NetFixture {
             subnet: format!("10.215.{third}.0/24"),
         };
         paths.write_config(&config_path, failpoints);
+        if !extra.is_empty() {
+            let mut text = std::fs::read_to_string(&config_path).expect("read config");
+            text.push_str(extra);
+            std::fs::write(&config_path, text).expect("write config");
+        }
         let daemon = DaemonConfig::new(dir.path())
             .arg("--config")
             .arg(&config_path)

@@ -1,5 +1,5 @@
 //! ShimActor: pumps one shim's acked event stream: journal (exactly once) → failpoint → ack → tell the
-//! ContainerActor. Owned by the ContainerActor that started it and stopped with it; a restarted
+//! ContainerActor (an exit: tell it first, so no subscriber sees an exit the task does not know yet). Owned by the ContainerActor that started it and stopped with it; a restarted
 //! ContainerActor starts a new one, which resumes after the last seq the journal recorded.
 //!
 //! It must never ack an event before the journal has it.
@@ -132,6 +132,13 @@ impl Pump {
 
     async fn handle_event(&self, key: &str, ev: Event) {
         let seq = ev.seq;
+        // An exit reaches the ContainerActor BEFORE subscribers see it: a client that deletes the task on its
+        // `/tasks/exit` must find it stopped (as containerd does). If berthd dies before the journal has the
+        // exit, the shim still holds it unacked and replays it; the journal keeps it once.
+        let exited_first = matches!(ev.kind, Some(berth_proto::shim::event::Kind::Exited(_)));
+        if exited_first {
+            let _ = self.container.send(ShimEventMsg(ev.clone())).await;
+        }
         if let Some(mapped) = ev.kind.as_ref().map(|k| to_containerd(&self.id, k)) {
             if mapped.once == Some(crate::events::Once::Delete) {
                 // Tests slow the shim's TaskDeleted down here (Delete must not publish a second one).
@@ -157,6 +164,8 @@ impl Pump {
         if let Err(status) = self.client.clone().ack(AckRequest { seq }).await {
             tracing::debug!(seq, %status, "acking a shim event");
         }
-        self.container.do_send(ShimEventMsg(ev));
+        if !exited_first {
+            self.container.do_send(ShimEventMsg(ev));
+        }
     }
 }

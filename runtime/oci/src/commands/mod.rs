@@ -51,6 +51,19 @@ pub fn dispatch(cli: &Cli) -> Result<i32> {
         Command::Update(a) => update::run(root, a).map(|_| 0),
         Command::Events(a) => events::run(root, a).map(|_| 0),
         Command::Features => features::run().map(|_| 0),
+        Command::Checkpoint(a) | Command::Restore(a) => Err(Error::Usage(format!(
+            "{}{}: checkpoint/restore is not supported by berth-runc (no CRIU support); nothing was changed",
+            if matches!(cli.command, Command::Checkpoint(_)) {
+                "checkpoint"
+            } else {
+                "restore"
+            },
+            a.args
+                .last()
+                .filter(|id| !id.starts_with('-'))
+                .map(|id| format!(" {id}"))
+                .unwrap_or_default(),
+        ))),
     }
 }
 
