@@ -31,6 +31,22 @@ impl RuntimeService {
             .and_then(meta::container_of)
             .map(|c| c.sandbox_id))
     }
+
+    /// Run `op` as an operation of `pod`'s actor (after the pod's earlier verbs), in the span of `verb` on `id`.
+    async fn in_pod<T, Fut>(
+        &self,
+        pod: &str,
+        verb: &'static str,
+        id: &str,
+        op: impl FnOnce(Cri) -> Fut,
+    ) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        Fut: std::future::Future<Output = Result<T, Status>> + Send + 'static,
+    {
+        let fut = op(self.cri.clone()).instrument(span(verb, id));
+        self.cri.inner.pods.run(pod, fut).await
+    }
 }
 
 /// The span of a verb on one pod or container (for a pod, its pause container's id).
@@ -109,17 +125,11 @@ impl RuntimeApi for RuntimeService {
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
         let id = req.into_inner().pod_sandbox_id;
         required("pod_sandbox_id", &id)?;
-        let cri = self.cri.clone();
         let id2 = id.clone();
-        self.cri
-            .inner
-            .pods
-            .run(
-                &id,
-                async move { pods::stop(&cri, &id2).await }
-                    .instrument(span("stop_pod_sandbox", &id)),
-            )
-            .await?;
+        self.in_pod(&id, "stop_pod_sandbox", &id, |cri| async move {
+            pods::stop(&cri, &id2).await
+        })
+        .await?;
         Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
 
@@ -129,17 +139,11 @@ impl RuntimeApi for RuntimeService {
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
         let id = req.into_inner().pod_sandbox_id;
         required("pod_sandbox_id", &id)?;
-        let cri = self.cri.clone();
         let id2 = id.clone();
-        self.cri
-            .inner
-            .pods
-            .run(
-                &id,
-                async move { pods::remove(&cri, &id2).await }
-                    .instrument(span("remove_pod_sandbox", &id)),
-            )
-            .await?;
+        self.in_pod(&id, "remove_pod_sandbox", &id, |cri| async move {
+            pods::remove(&cri, &id2).await
+        })
+        .await?;
         self.cri.inner.pods.forget(&id).await;
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
@@ -172,17 +176,14 @@ impl RuntimeApi for RuntimeService {
         let config = r
             .config
             .ok_or_else(|| Status::invalid_argument("config is required"))?;
-        let cri = self.cri.clone();
         let pod = r.pod_sandbox_id.clone();
         let sandbox_config = r.sandbox_config;
         let id = self
-            .cri
-            .inner
-            .pods
-            .run(
+            .in_pod(
                 &r.pod_sandbox_id,
-                async move { containers::create(&cri, &pod, config, sandbox_config).await }
-                    .instrument(span("create_container", &r.pod_sandbox_id)),
+                "create_container",
+                &r.pod_sandbox_id,
+                |cri| async move { containers::create(&cri, &pod, config, sandbox_config).await },
             )
             .await?;
         Ok(Response::new(cri::CreateContainerResponse {
@@ -200,16 +201,11 @@ impl RuntimeApi for RuntimeService {
             .pod_of(&id)
             .await?
             .ok_or_else(|| Status::not_found(format!("container {id:?} not found")))?;
-        let cri = self.cri.clone();
-        let sp = span("start_container", &id);
-        self.cri
-            .inner
-            .pods
-            .run(
-                &pod,
-                async move { containers::start(&cri, &id).await }.instrument(sp),
-            )
-            .await?;
+        let id2 = id.clone();
+        self.in_pod(&pod, "start_container", &id, |cri| async move {
+            containers::start(&cri, &id2).await
+        })
+        .await?;
         Ok(Response::new(cri::StartContainerResponse {}))
     }
 
@@ -223,17 +219,11 @@ impl RuntimeApi for RuntimeService {
         let Some(pod) = self.pod_of(&r.container_id).await? else {
             return Ok(Response::new(cri::StopContainerResponse {}));
         };
-        let cri = self.cri.clone();
-        let sp = span("stop_container", &r.container_id);
-        self.cri
-            .inner
-            .pods
-            .run(
-                &pod,
-                async move { containers::stop(&cri, &r.container_id, r.timeout).await }
-                    .instrument(sp),
-            )
-            .await?;
+        let (id, timeout) = (r.container_id.clone(), r.timeout);
+        self.in_pod(&pod, "stop_container", &r.container_id, |cri| async move {
+            containers::stop(&cri, &id, timeout).await
+        })
+        .await?;
         Ok(Response::new(cri::StopContainerResponse {}))
     }
 
@@ -246,16 +236,11 @@ impl RuntimeApi for RuntimeService {
         let Some(pod) = self.pod_of(&id).await? else {
             return Ok(Response::new(cri::RemoveContainerResponse {}));
         };
-        let cri = self.cri.clone();
-        let sp = span("remove_container", &id);
-        self.cri
-            .inner
-            .pods
-            .run(
-                &pod,
-                async move { containers::remove(&cri, &id).await }.instrument(sp),
-            )
-            .await?;
+        let id2 = id.clone();
+        self.in_pod(&pod, "remove_container", &id, |cri| async move {
+            containers::remove(&cri, &id2).await
+        })
+        .await?;
         Ok(Response::new(cri::RemoveContainerResponse {}))
     }
 
@@ -319,16 +304,14 @@ impl RuntimeApi for RuntimeService {
         let pod = self.pod_of(&r.container_id).await?.ok_or_else(|| {
             Status::not_found(format!("container {:?} not found", r.container_id))
         })?;
-        let cri = self.cri.clone();
-        let sp = span("update_container_resources", &r.container_id);
-        self.cri
-            .inner
-            .pods
-            .run(
-                &pod,
-                async move { stats::update(&cri, &r.container_id, r.linux).await }.instrument(sp),
-            )
-            .await?;
+        let (id, linux) = (r.container_id.clone(), r.linux);
+        self.in_pod(
+            &pod,
+            "update_container_resources",
+            &r.container_id,
+            |cri| async move { stats::update(&cri, &id, linux).await },
+        )
+        .await?;
         Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
