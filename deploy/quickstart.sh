@@ -63,6 +63,11 @@ cleanup() {
         kill -TERM "$berthd_pid"
         wait "$berthd_pid" 2>/dev/null
     fi
+    # A shim exits on its own shortly after its task is deleted: give any still running from $tmp a moment.
+    for _ in $(seq 1 50); do
+        pgrep -f -- "--state $tmp/state" >/dev/null 2>&1 || break
+        sleep 0.1
+    done
     # Mounts below $tmp (snapshots, if a step failed midway), deepest first.
     grep -o " $tmp[^ ]*" /proc/self/mounts 2>/dev/null | sort -r | while read -r m; do umount -l "$m"; done
     rm -rf "$tmp"
