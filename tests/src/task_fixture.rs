@@ -77,9 +77,6 @@ impl TaskFixture {
         let guard = Guard::new();
         let state = dir.join("state");
         let ns = crate::unique_id(&format!("{name}-ns"));
-        // Containers made by ctr, berth run or CRI get cgroup `/<namespace>/<id>`: the runtime removes the
-        // container's dir, never the namespace's, so the fixture does (its namespace is its own).
-        guard.cgroup(format!("/{ns}"));
         let (st, ns2, rt) = (state.clone(), ns.clone(), runtime());
         // Kill every shim berthd started and force-delete the containers, whatever state the test left.
         guard.on_cleanup("kill shims and delete containers", move || {
