@@ -176,22 +176,31 @@ pub fn open_in_root(root: &impl AsRawFd, path: &Path, flags: i32) -> Result<Owne
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (flags | libc::O_CLOEXEC) as u64;
     how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: `c` is a valid NUL-terminated string and `how` a valid open_how of the
-    // size passed; the kernel only reads them.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root.as_raw_fd(),
-            c.as_ptr(),
-            &mut how as *mut libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        return Err(Errno::last());
+    // With RESOLVE_IN_ROOT the kernel answers EAGAIN when a rename or mount anywhere on the host raced
+    // with the lookup (other containers starting): retry, as openat2(2) asks, a bounded number of times.
+    let mut tries = 0;
+    loop {
+        // SAFETY: `c` is a valid NUL-terminated string and `how` a valid open_how of the
+        // size passed; the kernel only reads them.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                root.as_raw_fd(),
+                c.as_ptr(),
+                &mut how as *mut libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: the syscall returned a new fd that nothing else owns.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+        }
+        let e = Errno::last();
+        tries += 1;
+        if e != Errno::EAGAIN || tries >= 128 {
+            return Err(e);
+        }
     }
-    // SAFETY: the syscall returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// Make sure `path` exists below `root` (creating missing directories, and the last
