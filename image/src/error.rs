@@ -80,7 +80,9 @@ pub enum Error {
         reason: String,
     },
     /// A layer whose uncompressed stream is larger than the unpacker may write (a decompression bomb).
-    #[error("layer: uncompressed size exceeds the limit of {limit} bytes (max_unpacked_layer_size)")]
+    #[error(
+        "layer: uncompressed size exceeds the limit of {limit} bytes (max_unpacked_layer_size)"
+    )]
     LayerTooLarge {
         /// The limit, in bytes.
         limit: u64,

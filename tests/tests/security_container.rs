@@ -72,7 +72,9 @@ fn masked_paths_are_empty_and_readonly_paths_refuse_writes() {
          echo berth-probe > /proc/sys/kernel/domainname 2>/dev/null && echo wrote-sys;\
          touch /sys/firmware/x 2>/dev/null && echo wrote-firmware; true",
     );
-    let out = f.ok(&["run", "--rm", "--net", "none", BUSYBOX, "paths", "sh", "-c", &script]);
+    let out = f.ok(&[
+        "run", "--rm", "--net", "none", BUSYBOX, "paths", "sh", "-c", &script,
+    ]);
     let (mountinfo, results) = out.split_once("====\n").expect("marker");
     let mut checked = 0;
     for p in MASKED {
@@ -94,7 +96,10 @@ fn masked_paths_are_empty_and_readonly_paths_refuse_writes() {
             "{p}: masked by a read-only tmpfs or /dev/null, got {opts:?}"
         );
     }
-    assert!(checked >= 4, "only {checked} masked paths exist on this host");
+    assert!(
+        checked >= 4,
+        "only {checked} masked paths exist on this host"
+    );
     for p in READONLY {
         if !Path::new(p).exists() {
             continue;
@@ -106,14 +111,20 @@ fn masked_paths_are_empty_and_readonly_paths_refuse_writes() {
         );
     }
     for w in ["wrote-sysrq", "wrote-sys", "wrote-firmware"] {
-        assert!(!results.contains(w), "a protected path took a write: {results}");
+        assert!(
+            !results.contains(w),
+            "a protected path took a write: {results}"
+        );
     }
     f.fx.guard.assert_clean();
 }
 
 /// Run the sysprobe helper in a container (`extra` flags before the image); probe → outcome.
 fn probe(f: &CliFixture, helper: &Path, id: &str, extra: &[&str]) -> BTreeMap<String, String> {
-    let mount = format!("type=bind,src={},dst=/sysprobe,options=ro", helper.display());
+    let mount = format!(
+        "type=bind,src={},dst=/sysprobe,options=ro",
+        helper.display()
+    );
     let mut args = vec!["run", "--rm", "--net", "none", "--mount", &mount];
     args.extend_from_slice(extra);
     args.extend_from_slice(&[BUSYBOX, id, "/sysprobe"]);
@@ -203,10 +214,29 @@ fn no_host_fd_reaches_the_container_and_a_proc_fd_cwd_stays_inside() {
     let f = CliFixture::new("sec-fds");
     f.seed_busybox();
     // `ls` opens /proc/self/fd itself as fd 3 while it lists.
-    let out = f.ok(&["run", "--rm", "--net", "none", BUSYBOX, "fds", "ls", "/proc/self/fd"]);
+    let out = f.ok(&[
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        BUSYBOX,
+        "fds",
+        "ls",
+        "/proc/self/fd",
+    ]);
     assert_eq!(fds(&out), [0, 1, 2, 3], "container init: {out}");
-    f.ok(&["run", "-d", "--net", "none", BUSYBOX, "fdexec", "sleep", "1000"]);
-    let out = f.ok(&["tasks", "exec", "--exec-id", "ls1", "fdexec", "ls", "/proc/self/fd"]);
+    f.ok(&[
+        "run", "-d", "--net", "none", BUSYBOX, "fdexec", "sleep", "1000",
+    ]);
+    let out = f.ok(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "ls1",
+        "fdexec",
+        "ls",
+        "/proc/self/fd",
+    ]);
     assert_eq!(fds(&out), [0, 1, 2, 3], "exec process: {out}");
     // The init's own fds, seen from the host: stdio only.
     let pid = init_pid(&f, "fdexec");
@@ -242,17 +272,34 @@ fn no_host_fd_reaches_the_container_and_a_proc_fd_cwd_stays_inside() {
             "run", "--rm", "--net", "none", "--cwd", &cwd, BUSYBOX, &id, "sh", "-c", climb,
         ]);
         let (so, se) = (text(&out.stdout), text(&out.stderr));
-        assert!(!so.contains(&host_marker), "run, cwd {cwd}: host /tmp listed: {so}");
+        assert!(
+            !so.contains(&host_marker),
+            "run, cwd {cwd}: host /tmp listed: {so}"
+        );
         if !out.status.success() {
-            assert!(se.contains(&cwd) || se.contains("cwd"), "names the cwd: {se}");
+            assert!(
+                se.contains(&cwd) || se.contains("cwd"),
+                "names the cwd: {se}"
+            );
         }
         outcomes.push(format!("run {cwd}: {:?} {}", out.status.code(), se.trim()));
         let out = f.run(&[
-            "tasks", "exec", "--exec-id", &format!("e{n}"), "--cwd", &cwd, "fdexec", "sh", "-c",
+            "tasks",
+            "exec",
+            "--exec-id",
+            &format!("e{n}"),
+            "--cwd",
+            &cwd,
+            "fdexec",
+            "sh",
+            "-c",
             climb,
         ]);
         let so = text(&out.stdout);
-        assert!(!so.contains(&host_marker), "exec, cwd {cwd}: host /tmp listed: {so}");
+        assert!(
+            !so.contains(&host_marker),
+            "exec, cwd {cwd}: host /tmp listed: {so}"
+        );
         outcomes.push(format!(
             "exec {cwd}: {:?} {}",
             out.status.code(),
@@ -295,12 +342,24 @@ fn a_container_cannot_overwrite_the_runtime_or_the_shim() {
     let attack = "while :; do for e in /proc/[0-9]*/exe; do \
                   echo pwned 2>/dev/null >> $e; (exec 5<$e && echo pwned >> /proc/self/fd/5) 2>/dev/null; \
                   done; done";
-    f.ok(&["run", "-d", "--net", "none", BUSYBOX, "attacker", "sh", "-c", attack]);
+    f.ok(&[
+        "run", "-d", "--net", "none", BUSYBOX, "attacker", "sh", "-c", attack,
+    ]);
     for i in 0..20 {
         let out = f.run(&[
-            "tasks", "exec", "--exec-id", &format!("x{i}"), "attacker", "true",
+            "tasks",
+            "exec",
+            "--exec-id",
+            &format!("x{i}"),
+            "attacker",
+            "true",
         ]);
-        assert_eq!(out.status.code(), Some(0), "exec {i}: {}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "exec {i}: {}",
+            text(&out.stderr)
+        );
     }
     f.ok(&["rm", "-f", "attacker"]);
     assert_eq!(sha(&runc), before.0, "berth-runc on disk changed");

@@ -52,11 +52,7 @@ fn connect_as(uid: u32, path: &Path) -> i32 {
                 std::ptr::addr_of!(addr).cast(),
                 std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
             );
-            libc::_exit(if r == 0 {
-                0
-            } else {
-                *libc::__errno_location()
-            });
+            libc::_exit(if r == 0 { 0 } else { *libc::__errno_location() });
         }
     }
     let mut status = 0;
@@ -135,8 +131,17 @@ fn socket_and_dirs_are_closed_to_other_users() {
     // (its environment may hold secrets) and berthd's task record.
     let task = state.join("tasks").join(f.ns()).join("modes");
     assert_eq!(mode(&state.join("events")), 0o700, "berthd's event journal");
-    for d in [state.join("tasks"), state.join("tasks").join(f.ns()), task.clone()] {
-        assert_eq!(mode(&d), 0o711, "{}: traversable, not listable", d.display());
+    for d in [
+        state.join("tasks"),
+        state.join("tasks").join(f.ns()),
+        task.clone(),
+    ] {
+        assert_eq!(
+            mode(&d),
+            0o711,
+            "{}: traversable, not listable",
+            d.display()
+        );
     }
     for file in ["config.json", "berthd.json"] {
         let m = mode(&task.join(file));
@@ -160,11 +165,8 @@ fn socket_and_dirs_are_closed_to_other_users() {
     // The probe itself can connect where the mode allows it: a 0666 socket of our own.
     let open = f.fx.dir.join("open.sock");
     let _l = std::os::unix::net::UnixListener::bind(&open).expect("bind");
-    std::fs::set_permissions(
-        &open,
-        std::os::unix::fs::PermissionsExt::from_mode(0o666),
-    )
-    .expect("chmod");
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .expect("chmod");
     assert_eq!(connect_as(NOBODY, &open), 0, "the probe works");
 
     // The CLI run as nobody says why in one line.
@@ -236,7 +238,10 @@ fn another_namespace_sees_and_touches_nothing() {
         let ch = f.fx.daemon.channel().await;
         let mut ev = EventsClient::new(ch);
         let all = ev
-            .subscribe(berth_tests::grpc::req(&b, SubscribeRequest { filters: vec![] }))
+            .subscribe(berth_tests::grpc::req(
+                &b,
+                SubscribeRequest { filters: vec![] },
+            ))
             .await
             .expect("subscribe")
             .into_inner();
@@ -255,7 +260,9 @@ fn another_namespace_sees_and_touches_nothing() {
 
     // Namespace a: an image, a running task (container, snapshot), a lease.
     f.seed_busybox();
-    f.ok(&["run", "-d", "--net", "none", BUSYBOX, "secret", "sleep", "1000"]);
+    f.ok(&[
+        "run", "-d", "--net", "none", BUSYBOX, "secret", "sleep", "1000",
+    ]);
     let lease = f.ok(&["leases", "create", "--id", "a-lease"]);
     assert_eq!(lease.trim(), "a-lease");
     assert!(!f.ok(&["content", "ls", "-q"]).trim().is_empty());
@@ -289,7 +296,10 @@ fn another_namespace_sees_and_touches_nothing() {
         let line = one_line_error(&out);
         assert!(line.contains("not found"), "{args:?} in b: {line}");
     }
-    assert!(f.ok(&["tasks", "ls"]).contains("RUNNING"), "still running in a");
+    assert!(
+        f.ok(&["tasks", "ls"]).contains("RUNNING"),
+        "still running in a"
+    );
     assert_eq!(f.ok(&["images", "ls", "-q"]).trim(), BUSYBOX);
     assert!(f.ok(&["leases", "ls", "-q"]).contains("a-lease"));
 

@@ -117,12 +117,15 @@ impl JobCtx {
         let name = progress::ref_key(desc);
         let declared = u64::try_from(desc.size).unwrap_or(u64::MAX);
         // Manifests and indexes: the configured limit; image configs: the hard in-memory cap.
-        let (limit, key) = if media::is_manifest(&desc.media_type) || media::is_index(&desc.media_type)
-        {
-            (self.shared.ctx.config.max_manifest_size, "max_manifest_size")
-        } else {
-            (SMALL_LIMIT as u64, "the in-memory limit for configs")
-        };
+        let (limit, key) =
+            if media::is_manifest(&desc.media_type) || media::is_index(&desc.media_type) {
+                (
+                    self.shared.ctx.config.max_manifest_size,
+                    "max_manifest_size",
+                )
+            } else {
+                (SMALL_LIMIT as u64, "the in-memory limit for configs")
+            };
         if declared > limit {
             return Err(Status::invalid_argument(format!(
                 "{}: {} {} declares {} bytes, more than the {limit}-byte limit ({key}); nothing was fetched",

@@ -227,8 +227,8 @@ pub(super) async fn unpack_layers(
         let max_size = t.shared.ctx.config.max_unpacked_layer_size;
         let applied =
             tokio::task::spawn_blocking(move || apply_blocking(&d2, c2, cancel, &mounts, max_size))
-            .await
-            .map_err(join_err)?;
+                .await
+                .map_err(join_err)?;
         let applied = match applied {
             Ok(a) if a.diff_id.as_str() == diff_ids[i] => a,
             Ok(a) => {

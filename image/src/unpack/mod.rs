@@ -132,11 +132,15 @@ impl<R: Read> Read for SizeLimit<R> {
                 0 => Ok(0),
                 _ => {
                     self.hit.set(true);
-                    Err(std::io::Error::other("uncompressed layer size limit reached"))
+                    Err(std::io::Error::other(
+                        "uncompressed layer size limit reached",
+                    ))
                 }
             };
         }
-        let want = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..want])?;
         self.left -= n as u64;
         Ok(n)
