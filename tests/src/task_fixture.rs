@@ -77,6 +77,9 @@ impl TaskFixture {
         let guard = Guard::new();
         let state = dir.join("state");
         let ns = crate::unique_id(&format!("{name}-ns"));
+        // Containers made by ctr, berth run or CRI get cgroup `/<namespace>/<id>`: runc removes only the
+        // container's dir, so the fixture removes its own namespace's.
+        guard.cgroup_parent(format!("/{ns}"));
         let (st, ns2, rt) = (state.clone(), ns.clone(), runtime());
         // Kill every shim berthd started and force-delete the containers, whatever state the test left.
         guard.on_cleanup("kill shims and delete containers", move || {
