@@ -246,7 +246,10 @@ impl Guard {
                 left.push(format!("netns {} still exists", ns.display()));
             }
         }
-        let parents = after_cleanup.then_some(&i.parent_cgroups).into_iter().flatten();
+        let parents = after_cleanup
+            .then_some(&i.parent_cgroups)
+            .into_iter()
+            .flatten();
         for cg in i.cgroups.iter().chain(parents) {
             for d in cgroup_dirs(cg) {
                 left.push(format!("cgroup dir {} still exists", d.display()));

@@ -303,6 +303,14 @@ impl TaskFixture {
         }
     }
 
+    /// `ctr --address SOCK -n NS ARGS` (Debian's ctr against this berthd), run with a 120 s limit (pulls
+    /// included).
+    pub fn ctr(&self, args: &[&str]) -> std::process::Output {
+        let mut c = self.daemon.ctr();
+        c.arg("-n").arg(&self.ns).args(args);
+        crate::run_timeout(&mut c, Duration::from_secs(120))
+    }
+
     /// The task's dir in berthd's state, `<state>/tasks/<ns>/<id>`: the shim's bundle.
     pub fn task_dir(&self, id: &str) -> PathBuf {
         self.daemon.state().join("tasks").join(&self.ns).join(id)
