@@ -41,14 +41,12 @@ const READONLY: &[&str] = &[
 
 /// The mount options of the mount at exactly `path` in a mountinfo text (last one wins).
 fn mount_options(mountinfo: &str, path: &str) -> Option<String> {
-    mountinfo
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.get(4) == Some(&path)).then(|| f.get(5).map(|o| o.to_string()))
-        })
-        .last()
-        .flatten()
+    mountinfo.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(4) == Some(&path))
+            .then(|| f.get(5).map(|o| o.to_string()))
+            .flatten()
+    })
 }
 
 #[test]

@@ -162,6 +162,16 @@ async fn decompression_bombs_stop_at_the_unpack_limit() {
             before,
             "{tool}: a half-unpacked snapshot was left"
         );
+        // The client-side path (Debian's ctr 1.6 fetches, berthd's Diff.Apply unpacks) stops too.
+        if tool == "gzip" && berth_tests::find_tool("ctr").is_some() {
+            let before = snapshot_dirs(&fx);
+            let reference = registry.reference(&format!("{name}:latest"));
+            let out = fx.ctr(&["images", "pull", "--plain-http", &reference]);
+            let err = text(&out.stderr);
+            assert!(!out.status.success(), "ctr unpacked a bomb");
+            assert!(err.contains("max_unpacked_layer_size"), "ctr: {err}");
+            assert_eq!(snapshot_dirs(&fx), before, "ctr: a snapshot was left");
+        }
         // Under the limit, the same compressor's layer unpacks.
         let blob = compress(tool, &fits).expect("compress");
         let name = format!("fits-{tool}");
