@@ -80,6 +80,10 @@ struct Args {
     load_subscribers: usize,
     #[arg(long, default_value_t = 20)]
     load_stalled: usize,
+    /// Load mode: at most this many extra run/kill/delete cycles (6 events each) to push stalled subscribers
+    /// past their queue.
+    #[arg(long, default_value_t = 300)]
+    load_churn: usize,
     /// Load mode: keep berthd's state dir on disk instead of a private tmpfs.
     #[arg(long)]
     state_on_disk: bool,
