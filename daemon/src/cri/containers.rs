@@ -116,7 +116,8 @@ pub async fn start(cri: &Cri, id: &str) -> Result<(), Status> {
         )));
     }
     let log = c.label(meta::LOG_PATH).to_string();
-    let stdio = if log.is_empty() || c.config.tty {
+    // A terminal's output is one stream: the shim writes it to the log as stdout.
+    let stdio = if log.is_empty() {
         String::new()
     } else {
         let dir = std::path::Path::new(&log).parent().map(|p| p.to_path_buf());
@@ -135,7 +136,7 @@ pub async fn start(cri: &Cri, id: &str) -> Result<(), Status> {
                 container_id: id.to_string(),
                 rootfs,
                 stdout: stdio.clone(),
-                stderr: stdio,
+                stderr: if c.config.tty { String::new() } else { stdio },
                 terminal: c.config.tty,
                 ..Default::default()
             },
@@ -153,6 +154,29 @@ pub async fn start(cri: &Cri, id: &str) -> Result<(), Status> {
         &[(meta::STARTED_AT, super::now_nanos().to_string())],
     )
     .await
+}
+
+/// ReopenContainerLog: the shim reopens the log at its path (the kubelet renamed it to rotate it). NotFound for
+/// an unknown container; FailedPrecondition for one not running (no new file is made then), as containerd answers.
+pub async fn reopen_log(cri: &Cri, id: &str) -> Result<(), Status> {
+    let c = meta::container(&cri.ctx().store, id).await?;
+    if c.label(meta::LOG_PATH).is_empty() {
+        return Err(Status::failed_precondition(format!(
+            "container {id} has no log path"
+        )));
+    }
+    let running = task(cri, id)
+        .await?
+        .is_some_and(|p| p.status == TaskStatus::Running as i32);
+    if !running {
+        return Err(Status::failed_precondition(format!(
+            "container {id} is not running"
+        )));
+    }
+    cri.tasks()
+        .reopen_log(NAMESPACE, id)
+        .await
+        .map_err(task_status)
 }
 
 fn stop_signal(c: &CriContainer) -> u32 {

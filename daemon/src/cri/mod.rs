@@ -11,7 +11,7 @@
 //! - `records.rs`: the container record, snapshot and task behind each pod and container.
 //! - `pods.rs`, `containers.rs`, `exec.rs`: the RuntimeService verbs, through the [`Tasks`] handle (never a
 //!   second copy of the task machinery) and the in-process containerd services.
-//! - `stats.rs`: container stats from the shim's cgroup metrics, resource updates.
+//! - `stats.rs`: container stats from the shim's cgroup metrics, resource updates; `pod_stats.rs`: a pod's.
 //! - `events.rs`: GetContainerEvents from berthd's durable event journal.
 //! - `actor.rs`: CriSupervisor and a PodActor per sandbox: every verb on one pod (its sandbox and its
 //!   containers) runs in its PodActor, one at a time, so a stop never interleaves with a create.
@@ -26,6 +26,7 @@ mod events;
 mod exec;
 mod images;
 mod meta;
+mod pod_stats;
 mod pods;
 mod records;
 mod runtime;
@@ -61,6 +62,8 @@ struct Inner {
     pulls: crate::pull::Pulls,
     networks: crate::network::Networks,
     pods: actor::Pods,
+    /// The last CPU sample of each container and pod (time, cumulative usage), for usage_nano_cores.
+    cpu_samples: std::sync::Mutex<std::collections::HashMap<String, (i64, u64)>>,
 }
 
 impl Cri {
@@ -79,6 +82,7 @@ impl Cri {
                 pulls,
                 networks,
                 pods,
+                cpu_samples: Default::default(),
             }),
         }
     }
@@ -89,6 +93,15 @@ impl Cri {
 
     fn tasks(&self) -> &Tasks {
         &self.inner.tasks
+    }
+
+    /// A removed container's or pod's CPU sample is dropped.
+    fn forget_sample(&self, id: &str) {
+        self.inner
+            .cpu_samples
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
     }
 
     /// The gRPC services to register.
