@@ -72,10 +72,12 @@ pub async fn create(
     let netns = (!pods::host_network(&sandbox.config))
         .then(|| Owner::task(NAMESPACE, pod_id).netns_path(&cri.ctx().config.state));
     let pause_dir = cri.ctx().config.task_dir(NAMESPACE, pod_id);
+    let target_pid = target_pid(cri, pod_id, &config).await?;
     let pod = PodNamespaces {
         pause_pid: pause.pid,
         netns: netns.as_deref(),
         pause_dir: &pause_dir,
+        target_pid,
     };
     let spec = super::spec::container(&id, &image.config, &config, &sandbox_config, &pod)?;
     let mut labels = HashMap::from([
@@ -105,6 +107,37 @@ pub async fn create(
     )
     .await?;
     Ok(id)
+}
+
+/// For PID namespace mode TARGET, the pid of the target container: it must be a running container of the same
+/// pod (NotFound otherwise; FailedPrecondition when it is not running).
+async fn target_pid(
+    cri: &Cri,
+    pod_id: &str,
+    config: &cri::ContainerConfig,
+) -> Result<Option<u32>, Status> {
+    let ns = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref());
+    let Some(ns) = ns.filter(|n| n.pid == cri::NamespaceMode::Target as i32) else {
+        return Ok(None);
+    };
+    let target = meta::container(&cri.ctx().store, &ns.target_id).await?;
+    if target.sandbox_id != pod_id {
+        return Err(Status::not_found(format!(
+            "target container {} is not in pod {pod_id}",
+            ns.target_id
+        )));
+    }
+    let p = task(cri, &target.id)
+        .await?
+        .filter(|p| p.status == TaskStatus::Running as i32 && p.pid > 0)
+        .ok_or_else(|| {
+            Status::failed_precondition(format!("target container {} is not running", target.id))
+        })?;
+    Ok(Some(p.pid))
 }
 
 /// StartContainer: the task, with the CRI log as its stdio.
