@@ -20,6 +20,62 @@ pub struct Refused {
     pub body: String,
 }
 
+/// Send an upgrade request for `url` + `query` with `headers` (CRLF-terminated lines); on 101, the
+/// connection and the value of the response header `protocol_header`.
+pub async fn handshake(
+    url: &str,
+    query: &str,
+    headers: &str,
+    protocol_header: &str,
+) -> Result<(BufReader<TcpStream>, String), Refused> {
+    let (host, path) = split_url(url);
+    let sock = TcpStream::connect(&host)
+        .await
+        .expect("connect to the streaming server");
+    let mut io = BufReader::new(sock);
+    let req = format!("GET {path}{query} HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n");
+    io.get_mut()
+        .write_all(req.as_bytes())
+        .await
+        .expect("send the upgrade");
+    let mut status_line = String::new();
+    io.read_line(&mut status_line)
+        .await
+        .expect("read the status line");
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let mut protocol = String::new();
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        io.read_line(&mut line).await.expect("read a header");
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            let k = k.trim().to_ascii_lowercase();
+            if k == protocol_header {
+                protocol = v.trim().to_string();
+            } else if k == "content-length" {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    if status != 101 {
+        let mut body = vec![0u8; length];
+        let _ = io.read_exact(&mut body).await;
+        return Err(Refused {
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+    }
+    Ok((io, protocol))
+}
+
 /// An open WebSocket stream.
 pub struct WsClient {
     io: BufReader<TcpStream>,
@@ -38,59 +94,17 @@ fn split_url(url: &str) -> (String, String) {
 impl WsClient {
     /// Upgrade `url` (plus `query`, e.g. `?port=80`) offering `protocols`.
     pub async fn connect(url: &str, query: &str, protocols: &[&str]) -> Result<WsClient, Refused> {
-        let (host, path) = split_url(url);
-        let sock = TcpStream::connect(&host)
-            .await
-            .expect("connect to the streaming server");
-        let mut io = BufReader::new(sock);
         let mut nonce = [b'-'; 16];
         for (n, b) in nonce.iter_mut().zip(crate::unique_id("k").bytes()) {
             *n = b;
         }
         let key = base64::engine::general_purpose::STANDARD.encode(nonce);
-        let req = format!(
-            "GET {path}{query} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {}\r\n\r\n",
+        let headers = format!(
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {}\r\n",
             protocols.join(", ")
         );
-        io.get_mut()
-            .write_all(req.as_bytes())
-            .await
-            .expect("send the upgrade");
-        let mut status_line = String::new();
-        io.read_line(&mut status_line)
-            .await
-            .expect("read the status line");
-        let status: u16 = status_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-        let mut protocol = String::new();
-        let mut length = 0usize;
-        loop {
-            let mut line = String::new();
-            io.read_line(&mut line).await.expect("read a header");
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = line.split_once(':') {
-                match k.trim().to_ascii_lowercase().as_str() {
-                    "sec-websocket-protocol" => protocol = v.trim().to_string(),
-                    "content-length" => length = v.trim().parse().unwrap_or(0),
-                    _ => {}
-                }
-            }
-        }
-        if status != 101 {
-            let mut body = vec![0u8; length];
-            let _ = io.read_exact(&mut body).await;
-            return Err(Refused {
-                status,
-                body: String::from_utf8_lossy(&body).into_owned(),
-            });
-        }
+        let (io, protocol) = handshake(url, query, &headers, "sec-websocket-protocol").await?;
         Ok(WsClient {
             io,
             protocol,

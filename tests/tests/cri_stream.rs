@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use berth_proto::cri;
 use berth_tests::cri_fixture::CriFixture;
+use berth_tests::spdy_client::{Event, SpdyClient};
 use berth_tests::stream_client::{exit_code, Collected, WsClient};
 
 const V5: &str = "v5.channel.k8s.io";
@@ -289,5 +290,178 @@ async fn websocket_port_forward_reaches_a_port_inside_the_pod() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(reply, "hello-forwarded\n", "last try: {last:?}");
+    remove_pod(&fx, &pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spdy_exec_streams_output_stdin_tty_and_exit_codes() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let Some(fx) = CriFixture::new("cri-stream-spdy") else {
+        return;
+    };
+    let (pod, c) = pod_with(&fx, "spdyexec", "exec sleep 1000").await;
+
+    // Both streams, the exit code on the error stream; every stream gets a reply.
+    let url = exec_url(
+        &fx,
+        exec_req(
+            &c,
+            &["sh", "-c", "echo to-out; echo to-err >&2; exit 5"],
+            false,
+            false,
+        ),
+    )
+    .await;
+    let mut s = SpdyClient::connect(&url, "", &["v4.channel.k8s.io", "v3.channel.k8s.io"])
+        .await
+        .expect("upgrade");
+    assert_eq!(s.protocol, V4);
+    let err = s.open(&[("streamType", "error")]).await;
+    let out = s.open(&[("streamType", "stdout")]).await;
+    let errout = s.open(&[("streamType", "stderr")]).await;
+    let mut replies = Vec::new();
+    let mut got: std::collections::HashMap<u32, Vec<u8>> = Default::default();
+    while let Some(e) = s.recv().await {
+        match e {
+            Event::Reply(id) => replies.push(id),
+            Event::Data { stream, data, .. } => {
+                got.entry(stream).or_default().extend_from_slice(&data)
+            }
+        }
+    }
+    replies.sort();
+    assert_eq!(replies, vec![err, out, errout]);
+    let text = |id: u32| {
+        String::from_utf8_lossy(got.get(&id).map(Vec::as_slice).unwrap_or_default()).into_owned()
+    };
+    assert_eq!(
+        (text(out), text(errout)),
+        ("to-out\n".into(), "to-err\n".into())
+    );
+    let status: serde_json::Value = serde_json::from_str(&text(err)).expect("a JSON status");
+    assert_eq!(exit_code(&status), 5, "{status}");
+
+    // stdin echoed; FIN on the stdin stream closes it and cat exits 0.
+    let url = exec_url(&fx, exec_req(&c, &["cat"], false, true)).await;
+    let mut s = SpdyClient::connect(&url, "", &[V4]).await.expect("upgrade");
+    let err = s.open(&[("streamType", "error")]).await;
+    let stdin = s.open(&[("streamType", "stdin")]).await;
+    let out = s.open(&[("streamType", "stdout")]).await;
+    let _ = s.open(&[("streamType", "stderr")]).await;
+    s.send(stdin, b"hello over spdy\n", true).await;
+    let got = s.drain().await;
+    let text = |id: u32| {
+        String::from_utf8_lossy(got.get(&id).map(Vec::as_slice).unwrap_or_default()).into_owned()
+    };
+    assert_eq!(text(out), "hello over spdy\n");
+    let status: serde_json::Value = serde_json::from_str(&text(err)).expect("a JSON status");
+    assert_eq!(exit_code(&status), 0, "{status}");
+
+    // A tty with a resize stream (kubectl sends one JSON object per line).
+    let url = exec_url(&fx, exec_req(&c, &["sh"], true, true)).await;
+    let mut s = SpdyClient::connect(&url, "", &[V4]).await.expect("upgrade");
+    let err = s.open(&[("streamType", "error")]).await;
+    let resize = s.open(&[("streamType", "resize")]).await;
+    let stdin = s.open(&[("streamType", "stdin")]).await;
+    let out = s.open(&[("streamType", "stdout")]).await;
+    // Both replies for the streams the session needs come before it starts: wait for the resize one, then
+    // the size is applied before stdin reaches the shell (the server applies input in order).
+    s.send(resize, b"{\"Width\":99,\"Height\":33}\n", false)
+        .await;
+    s.send(stdin, b"stty size; exit 0\n", false).await;
+    let got = s.drain().await;
+    let text = |id: u32| {
+        String::from_utf8_lossy(got.get(&id).map(Vec::as_slice).unwrap_or_default()).into_owned()
+    };
+    assert!(text(out).contains("33 99"), "{:?}", text(out));
+    let status: serde_json::Value = serde_json::from_str(&text(err)).expect("a JSON status");
+    assert_eq!(exit_code(&status), 0, "{status}");
+    remove_pod(&fx, &pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spdy_port_forward_reaches_a_port_inside_the_pod() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let Some(fx) = CriFixture::new("cri-stream-spdypf") else {
+        return;
+    };
+    let (pod, _c) = pod_with(
+        &fx,
+        "spdypf",
+        "exec nc -ll -p 8080 -e echo hello-spdy-forwarded",
+    )
+    .await;
+    let url = fx
+        .runtime()
+        .await
+        .port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: pod.clone(),
+            port: vec![8080],
+        })
+        .await
+        .expect("PortForward")
+        .into_inner()
+        .url;
+    let mut s = SpdyClient::connect(&url, "", &["portforward.k8s.io"])
+        .await
+        .expect("upgrade");
+    assert_eq!(s.protocol, "portforward.k8s.io");
+    // One connection per request id, on one SPDY connection; retried until nc listens (each a real answer).
+    let mut reply = String::new();
+    let mut errors = String::new();
+    for request in 0..100 {
+        let rid = request.to_string();
+        let err = s
+            .open(&[
+                ("streamType", "error"),
+                ("port", "8080"),
+                ("requestID", &rid),
+            ])
+            .await;
+        let data = s
+            .open(&[
+                ("streamType", "data"),
+                ("port", "8080"),
+                ("requestID", &rid),
+            ])
+            .await;
+        s.send(data, b"hi\n", false).await;
+        let (mut data_fin, mut err_fin) = (false, false);
+        let (mut got, mut got_err) = (Vec::new(), Vec::new());
+        while !(data_fin && err_fin) {
+            match s.recv().await.expect("the connection stays open") {
+                Event::Data {
+                    stream,
+                    data: d,
+                    fin,
+                } if stream == data => {
+                    got.extend_from_slice(&d);
+                    data_fin |= fin;
+                }
+                Event::Data {
+                    stream,
+                    data: d,
+                    fin,
+                } if stream == err => {
+                    got_err.extend_from_slice(&d);
+                    err_fin |= fin;
+                }
+                _ => {}
+            }
+        }
+        reply = String::from_utf8_lossy(&got).into_owned();
+        errors = String::from_utf8_lossy(&got_err).into_owned();
+        if !reply.is_empty() {
+            break;
+        }
+        assert!(errors.contains("8080"), "neither data nor an error");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(reply, "hello-spdy-forwarded\n", "errors: {errors}");
+    drop(s);
     remove_pod(&fx, &pod).await;
 }
