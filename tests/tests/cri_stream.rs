@@ -42,6 +42,26 @@ async fn remove_pod(fx: &CriFixture, pod: &str) {
     fx.nf.assert_no_leaks();
 }
 
+/// The number of `sleep 777` in container `c`, polled (each try a real answer) until it is `want` or 10 s
+/// passed.
+async fn sleepers(fx: &CriFixture, c: &str, want: usize) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = fx
+            .exec(c, "ps -o args | grep -c -x 'sleep 777' || true", 10)
+            .await
+            .expect("ps");
+        let n = String::from_utf8_lossy(&r.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(usize::MAX);
+        if n == want || std::time::Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn exec_url(fx: &CriFixture, req: cri::ExecRequest) -> String {
     fx.runtime()
         .await
@@ -148,6 +168,17 @@ async fn websocket_exec_streams_output_stdin_tty_and_exit_codes() {
         .drain()
         .await;
     assert_eq!(got.status()["status"], "Failure", "{got:?}");
+
+    // A client that goes away before the exit: its process is killed.
+    let url = exec_url(&fx, exec_req(&c, &["sleep", "777"], false, false)).await;
+    let ws = WsClient::connect(&url, "", &[V5]).await.expect("upgrade");
+    assert_eq!(sleepers(&fx, &c, 1).await, 1, "the exec never ran");
+    drop(ws);
+    assert_eq!(
+        sleepers(&fx, &c, 0).await,
+        0,
+        "the exec outlived its client"
+    );
 
     // The exec processes are gone from the container.
     let r = fx
@@ -463,5 +494,68 @@ async fn spdy_port_forward_reaches_a_port_inside_the_pod() {
     }
     assert_eq!(reply, "hello-spdy-forwarded\n", "errors: {errors}");
     drop(s);
+    remove_pod(&fx, &pod).await;
+}
+
+/// An independent WebSocket peer: Debian's python3-websocket (websocket-client) runs an exec over
+/// `v4.channel.k8s.io`, feeds stdin and reports what came on each channel as JSON.
+const PY_CLIENT: &str = r#"
+import json, sys, websocket
+ws = websocket.create_connection(sys.argv[1].replace("http://", "ws://"), subprotocols=["v4.channel.k8s.io"])
+assert ws.subprotocol == "v4.channel.k8s.io", ws.subprotocol
+ws.send_binary(b"\x00hello-python\n")
+got = {}
+while True:
+    op, data = ws.recv_data()
+    if op == websocket.ABNF.OPCODE_CLOSE:
+        break
+    if data:
+        got[str(data[0])] = got.get(str(data[0]), "") + data[1:].decode()
+print(json.dumps(got))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_websocket_client_runs_an_exec() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let python = "/usr/bin/python3";
+    let has_module = std::process::Command::new(python)
+        .args(["-c", "import websocket"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_module {
+        eprintln!("skipping: {python} has no websocket module (Debian package python3-websocket)");
+        return;
+    }
+    let Some(fx) = CriFixture::new("cri-stream-py") else {
+        return;
+    };
+    let (pod, c) = pod_with(&fx, "pyexec", "exec sleep 1000").await;
+    let url = exec_url(
+        &fx,
+        exec_req(
+            &c,
+            &["sh", "-c", "read line; echo \"got $line\"; exit 2"],
+            false,
+            true,
+        ),
+    )
+    .await;
+    let out = tokio::process::Command::new(python)
+        .args(["-c", PY_CLIENT, &url])
+        .output()
+        .await
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "python client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON from the client");
+    assert_eq!(got["1"], "got hello-python\n", "{got}");
+    let status: serde_json::Value =
+        serde_json::from_str(got["3"].as_str().expect("an error channel")).expect("a JSON status");
+    assert_eq!(exit_code(&status), 2, "{status}");
     remove_pod(&fx, &pod).await;
 }

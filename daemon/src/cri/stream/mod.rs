@@ -119,7 +119,18 @@ pub async fn exec(cri: &Cri, req: cri::ExecRequest) -> Result<cri::ExecResponse,
 /// Attach: as Exec, for the container's own process.
 pub async fn attach(cri: &Cri, req: cri::AttachRequest) -> Result<cri::AttachResponse, Status> {
     check_streams(req.stdin, req.stdout, req.stderr, req.tty)?;
-    running(cri, &req.container_id).await?;
+    let c = running(cri, &req.container_id).await?;
+    // The shim writes the container's output to its CRI log and keeps no stdin for it: attach reads the log.
+    if c.config.tty {
+        return Err(Status::unimplemented(
+            "attach to a container with a tty is not supported by berthd yet (its console has no log to follow)",
+        ));
+    }
+    if req.stdin && c.config.stdin {
+        return Err(Status::unimplemented(
+            "attach with stdin is not supported by berthd yet (the container's stdin is not kept open)",
+        ));
+    }
     let url = cri.inner.streams.insert(Pending::Attach(req))?;
     Ok(cri::AttachResponse { url })
 }
@@ -155,7 +166,7 @@ fn check_streams(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> Result<(
 }
 
 /// The container exists in CRI and its task runs.
-async fn running(cri: &Cri, id: &str) -> Result<(), Status> {
+async fn running(cri: &Cri, id: &str) -> Result<super::meta::CriContainer, Status> {
     let c = super::meta::container(&cri.ctx().store, id).await?;
     let p = cri
         .tasks()
@@ -172,5 +183,5 @@ async fn running(cri: &Cri, id: &str) -> Result<(), Status> {
             "container {id:?} is not running"
         )));
     }
-    Ok(())
+    Ok(c)
 }
