@@ -1,7 +1,7 @@
 //! The CRI streaming server: Exec, Attach and PortForward answer a URL on it (`/exec/{token}`,
 //! `/attach/{token}`, `/portforward/{token}`), and the kubelet's client (or critest's, or kubectl's through
 //! the API server) upgrades that URL to one of the remotecommand protocols: WebSocket (`ws.rs`) or
-//! SPDY/3.1 (`spdy.rs`). What a session does with its channels is protocol-free (`session.rs` for exec and
+//! SPDY/3.1 (`spdy/`). What a session does with its channels is protocol-free (`session.rs` for exec and
 //! attach, `portforward.rs`).
 //!
 //! A token is random, good for one upgrade and for [`TOKEN_TTL`]; the request it stands for was validated
