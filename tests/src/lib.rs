@@ -60,6 +60,8 @@ pub mod regtls;
 pub mod run;
 pub mod runc_fixture;
 pub mod shim_fixture;
+pub mod spdy_client;
+pub mod stream_client;
 pub mod sysprobe;
 pub mod task_fixture;
 pub mod transfer;

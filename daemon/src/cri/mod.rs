@@ -15,6 +15,7 @@
 //! - `events.rs`: GetContainerEvents from berthd's durable event journal.
 //! - `actor.rs`: CriSupervisor and a PodActor per sandbox: every verb on one pod (its sandbox and its
 //!   containers) runs in its PodActor, one at a time, so a stop never interleaves with a create.
+//! - `stream/`: the streaming server behind Exec, Attach and PortForward (WebSocket and SPDY).
 //! - `runtime.rs`: the gRPC RuntimeService, thin: validate, call, map errors.
 //!
 //! This module must never write task state of its own, never touch a namespace other than `k8s.io`, and never
@@ -32,6 +33,7 @@ mod records;
 mod runtime;
 mod spec;
 mod stats;
+mod stream;
 
 use std::sync::Arc;
 
@@ -64,6 +66,8 @@ struct Inner {
     pods: actor::Pods,
     /// The last CPU sample of each container and pod (time, cumulative usage), for usage_nano_cores.
     cpu_samples: std::sync::Mutex<std::collections::HashMap<String, (i64, u64)>>,
+    /// The streaming server's tokens and address.
+    streams: stream::Streams,
 }
 
 impl Cri {
@@ -83,6 +87,7 @@ impl Cri {
                 networks,
                 pods,
                 cpu_samples: Default::default(),
+                streams: stream::Streams::default(),
             }),
         }
     }
@@ -129,6 +134,11 @@ impl Cri {
     /// Start-up housekeeping, before serving.
     pub async fn recover(&self) {
         exec::remove_leftovers(self).await;
+        if self.ctx().config.cri.enabled {
+            if let Err(e) = stream::serve(self).await {
+                tracing::error!(namespace = NAMESPACE, error = %e, "cannot start the CRI streaming server: Exec, Attach and PortForward will fail");
+            }
+        }
     }
 }
 

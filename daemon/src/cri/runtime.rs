@@ -12,7 +12,9 @@ use tracing::Instrument;
 
 use super::actor::messages as m;
 use super::actor::PodActor;
-use super::{containers, events, exec, meta, pod_stats, pods, stats, Cri, API_VERSION, NAMESPACE};
+use super::{
+    containers, events, exec, meta, pod_stats, pods, stats, stream, Cri, API_VERSION, NAMESPACE,
+};
 
 /// The RuntimeService.
 #[derive(Clone)]
@@ -253,6 +255,42 @@ impl RuntimeApi for RuntimeService {
         let sp = span("exec_sync", &r.container_id);
         Ok(Response::new(
             exec::exec_sync(&self.cri, r).instrument(sp).await?,
+        ))
+    }
+
+    async fn exec(
+        &self,
+        req: Request<cri::ExecRequest>,
+    ) -> Result<Response<cri::ExecResponse>, Status> {
+        let r = req.into_inner();
+        required("container_id", &r.container_id)?;
+        let sp = span("exec", &r.container_id);
+        Ok(Response::new(
+            stream::exec(&self.cri, r).instrument(sp).await?,
+        ))
+    }
+
+    async fn attach(
+        &self,
+        req: Request<cri::AttachRequest>,
+    ) -> Result<Response<cri::AttachResponse>, Status> {
+        let r = req.into_inner();
+        required("container_id", &r.container_id)?;
+        let sp = span("attach", &r.container_id);
+        Ok(Response::new(
+            stream::attach(&self.cri, r).instrument(sp).await?,
+        ))
+    }
+
+    async fn port_forward(
+        &self,
+        req: Request<cri::PortForwardRequest>,
+    ) -> Result<Response<cri::PortForwardResponse>, Status> {
+        let r = req.into_inner();
+        required("pod_sandbox_id", &r.pod_sandbox_id)?;
+        let sp = span("port_forward", &r.pod_sandbox_id);
+        Ok(Response::new(
+            stream::port_forward(&self.cri, r).instrument(sp).await?,
         ))
     }
 
