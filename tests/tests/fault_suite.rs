@@ -1,0 +1,179 @@
+//! The fault suite (issue 13): a bounded load of concurrent gRPC clients (pull, snapshot, container, task,
+//! start, exec, kill, wait, delete; 40% of containers on a CNI network) against one berthd whose `--root` is
+//! a 160 MiB tmpfs, while a seeded chaos driver, once per round, SIGKILLs berthd at a random moment, or
+//! restarts it with one failpoint armed as `exit` (create, start, exec, kill, delete, shim event journaling,
+//! event and store commits, pull, unpack mid-layer, GC, network ADD/DEL before and after), or SIGKILLs a
+//! random shim, or fills the root and pulls an image that does not fit. After each round the clients finish
+//! their containers and park, and the suite checks, against what berthd acknowledged to them:
+//! - every container acknowledged as created exists until its delete was sent (checked after each fault);
+//! - each task's journal has at most one /tasks/create, /tasks/start, /tasks/exit, /tasks/delete; a started
+//!   task exactly one exit and one delete, in the order start < exit < delete, the exit with the status Wait
+//!   and Delete answered and the init really exits with (137 after SIGKILL, K after `exit K`), execs alike;
+//! - nothing is left: containers, tasks, active snapshots (API), task and runtime state dirs, mounts, cgroups,
+//!   shims, veths, netns, iptables rules, IPAM reservations, CNI cache entries; at the end, after the images
+//!   are deleted, no snapshot, blob, ingest or lease either;
+//! - a pull interrupted by a fault completes when run again; a pull into a full root fails naming the cause;
+//! - berthd answers Version, Containers.List and Tasks.List within 30 s of each restart;
+//! - a journal subscriber resuming from its cursor across every kill saw every event once and missed none.
+//!
+//! Seed: printed at the start; `BERTH_FAULT_SEED=N` replays the same fault schedule (timings of the load
+//! still vary). CI size: 10 rounds, 3 clients (2-4 minutes). Soak, stopping by itself:
+//! `BERTH_FAULT_ROUNDS=200 BERTH_FAULT_SECS=3600 BERTH_FAULT_CLIENTS=4 cargo test -p berth-tests --test
+//! fault_suite -- --nocapture` (rounds, a time limit, or both; whichever ends first). `BERTH_FAULT_VERBOSE=1`
+//! logs every interrupted container. Counts (operations, faults, checks) are printed at the end. Root only.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use berth_tests::fault::chaos::{delete_image, Driver, Fault};
+use berth_tests::fault::checks::{leftovers, task_event_violations, Subscriber};
+use berth_tests::fault::load::{client, Shared};
+use berth_tests::fault::rig::Rig;
+use berth_tests::fault::{Counts, Settings};
+
+/// Fail now with every violation so far (and the seed to replay).
+#[track_caller]
+fn assert_none(sh: &Shared, seed: u64, when: &str) {
+    let v = sh.violations.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(
+        v.is_empty(),
+        "fault suite (seed {seed}, replay with BERTH_FAULT_SEED={seed}) {when}: {} violations:\n  {}",
+        v.len(),
+        v.join("\n  ")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fault_suite() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let settings = Settings::from_env();
+    let seed = settings.seed;
+    eprintln!(
+        "fault suite: seed {seed} (replay: BERTH_FAULT_SEED={seed}), rounds {}, secs {:?}, clients {}",
+        settings.rounds, settings.secs, settings.clients
+    );
+    let Some(mut rig) = Rig::start("fault-suite") else {
+        return;
+    };
+    let sh = Arc::new(Shared {
+        addr: rig.address(),
+        ns: rig.ns().to_string(),
+        state: rig.state(),
+        image: rig.image.clone(),
+        chain: rig.chain.clone(),
+        truth: Mutex::default(),
+        counts: Counts::default(),
+        violations: Mutex::default(),
+        pause: AtomicBool::new(true),
+        parked: AtomicUsize::new(0),
+        stop: AtomicBool::new(false),
+        shim_killed: Mutex::default(),
+        network: "berth".into(),
+    });
+    let subscriber = Subscriber::spawn(&rig.address(), rig.ns(), sh.clone());
+    // The image is there before the clients start (their first pull then only checks it).
+    rig.pull(&rig.image).await.expect("first pull of the image");
+    let clients: Vec<_> = (0..settings.clients)
+        .map(|n| {
+            tokio::spawn(client(
+                sh.clone(),
+                n,
+                seed ^ (0x1000 + n as u64).wrapping_mul(0x9e37_79b9),
+            ))
+        })
+        .collect();
+    let mut driver = Driver::new(&settings);
+    let t0 = Instant::now();
+    let mut round = 0;
+    while round < settings.rounds
+        && settings
+            .secs
+            .is_none_or(|s| t0.elapsed() < Duration::from_secs(s))
+    {
+        let fault = driver.choose(round);
+        eprintln!(
+            "fault suite: round {round} ({:?} in): {fault:?}",
+            t0.elapsed()
+        );
+        Driver::resume(&sh);
+        driver.inject(&mut rig, &sh, &fault).await;
+        Driver::park(&sh, settings.clients).await;
+        driver.settle_images(&rig, &sh).await;
+        match leftovers(&rig, &sh, false).await {
+            Ok(left) if left.is_empty() => {}
+            Ok(left) => sh.violation(format!(
+                "after round {round} ({fault:?}), with every container deleted, left: {left:#?}"
+            )),
+            Err(e) => sh.violation(format!("listing after round {round}: {e}")),
+        }
+        let events = rig.nf.fx.journal(0, Duration::from_millis(200)).await;
+        let truth = sh.truth.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for v in task_event_violations(&events, &truth, &sh) {
+            sh.violation(format!("after round {round} ({fault:?}): {v}"));
+        }
+        assert_none(&sh, seed, &format!("after round {round} ({fault:?})"));
+        round += 1;
+        if matches!(fault, Fault::FillRoot) {
+            sh.counts.add("rounds with a full root");
+        }
+    }
+    sh.stop.store(true, std::sync::atomic::Ordering::Release);
+    for c in clients {
+        c.await.expect("a load client panicked");
+    }
+
+    // The end: delete the image, then nothing of the run may be left, and the subscriber saw the journal.
+    delete_image(&rig, &rig.image)
+        .await
+        .expect("delete the image");
+    let left = leftovers(&rig, &sh, true).await.expect("final listing");
+    if !left.is_empty() {
+        sh.violation(format!("after everything was deleted, left: {left:#?}"));
+    }
+    let events = rig.nf.fx.journal(0, Duration::from_millis(500)).await;
+    for v in subscriber.finish(&events, &sh).await {
+        sh.violation(format!("subscriber: {v}"));
+    }
+    let panics = rig
+        .nf
+        .fx
+        .daemon
+        .log()
+        .lines()
+        .filter(|l| l.contains("panicked") && !l.contains("failpoint"))
+        .count();
+    sh.counts
+        .add_n("berthd log lines with a panic", panics as u64);
+
+    let mut times = driver.answer_times.clone();
+    times.sort();
+    let median = times.get(times.len() / 2).copied().unwrap_or_default();
+    let max = times.last().copied().unwrap_or_default();
+    let (ops, n_ops) = sh.counts.report("op ");
+    let (errs, n_errs) = sh.counts.report("error ");
+    let (faults, n_faults) = sh.counts.report("fault ");
+    let (checks, n_checks) = sh.counts.report("check ");
+    let all = sh.counts.snapshot();
+    let other: String = all
+        .iter()
+        .filter(|(k, _)| {
+            !["op ", "error ", "fault ", "check "]
+                .iter()
+                .any(|p| k.starts_with(p))
+        })
+        .map(|(k, v)| format!("  {k:<58} {v}\n"))
+        .collect();
+    eprintln!(
+        "fault suite: seed {seed}, {round} rounds in {:?}, {} containers\n\
+         operations acknowledged ({n_ops}):\n{ops}failed calls ({n_errs}):\n{errs}\
+         faults ({n_faults}):\n{faults}invariant checks ({n_checks}):\n{checks}other:\n{other}\
+         berthd answered after a restart in: median {median:?}, max {max:?} ({} restarts)",
+        t0.elapsed(),
+        sh.truth.lock().unwrap_or_else(|e| e.into_inner()).len(),
+        times.len()
+    );
+    assert_none(&sh, seed, "at the end");
+}
