@@ -177,3 +177,50 @@ async fn fault_suite() {
     );
     assert_none(&sh, seed, "at the end");
 }
+
+/// Found by the suite: berthd SIGKILLed in the middle of a CNI ADD chain, after the firewall plugin added its
+/// rules and before the chain's result was cached, DELeted the attachment at its restart without a
+/// `prevResult`, and the firewall plugin (which finds the container's IP only there) left its two ACCEPT
+/// rules in CNI-FORWARD. A plugin after the firewall SIGKILLs berthd at ADD to hit that window every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn berthd_killed_between_cni_plugins_leaves_no_firewall_rules() {
+    use berth_tests::net_fixture::{NetFixture, NETWORKS};
+    if !berth_tests::require_root() {
+        return;
+    }
+    let mut nf = NetFixture::new("fault-cni-crash", "");
+    let berthd = nf.fx.daemon.pid().expect("berthd runs");
+    nf.write_plugin(
+        "crash",
+        &format!(
+            "cat >/dev/null\n[ \"$CNI_COMMAND\" = ADD ] && {{ kill -9 {berthd}; sleep 30; exit 1; }}\nexit 0\n"
+        ),
+    );
+    nf.write_conflist(
+        "10-crash.conflist",
+        &serde_json::json!({"cniVersion": "1.0.0", "name": "crash", "plugins": [
+            nf.bridge_plugin(None), {"type": "firewall"}, {"type": "crash"}
+        ]}),
+    );
+    let err = nf
+        .run("c1", &[(NETWORKS, "crash")], &["sleep", "1000"])
+        .await
+        .expect_err("berthd dies in the ADD");
+    nf.fx.daemon.kill();
+    assert!(
+        !nf.marked_rules().is_empty(),
+        "the firewall plugin ran before berthd died ({err:?})"
+    );
+    nf.fx.daemon.start_again();
+    // The attachment is DELeted by the restart's recovery or, when the task outlived the crash, by its delete.
+    nf.fx.kill_and_delete("c1").await;
+    let gone = berth_tests::net_fixture::eventually(Duration::from_secs(20), || {
+        nf.cache_entries().is_empty()
+    });
+    assert!(
+        gone,
+        "the attachment is still cached: {:?}",
+        nf.cache_entries()
+    );
+    nf.assert_no_leaks();
+}

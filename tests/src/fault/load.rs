@@ -15,15 +15,17 @@ use std::time::{Duration, Instant};
 
 use berth_proto::containerd_client::services::v1::container::Runtime;
 use berth_proto::containerd_client::services::v1::containers_client::ContainersClient;
+use berth_proto::containerd_client::services::v1::leases_client::LeasesClient;
 use berth_proto::containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
 use berth_proto::containerd_client::services::v1::snapshots::{
     PrepareSnapshotRequest, RemoveSnapshotRequest,
 };
 use berth_proto::containerd_client::services::v1::tasks_client::TasksClient;
 use berth_proto::containerd_client::services::v1::{
-    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
-    DeleteProcessRequest, DeleteTaskRequest, ExecProcessRequest, GetContainerRequest, GetRequest,
-    KillRequest, StartRequest, WaitRequest,
+    Container, CreateContainerRequest, CreateRequest as CreateLeaseRequest, CreateTaskRequest,
+    DeleteContainerRequest, DeleteProcessRequest, DeleteRequest as DeleteLeaseRequest,
+    DeleteTaskRequest, ExecProcessRequest, GetContainerRequest, GetRequest, KillRequest,
+    StartRequest, WaitRequest,
 };
 use berth_proto::containerd_client::types::Mount;
 use tonic::transport::Channel;
@@ -131,6 +133,16 @@ impl Shared {
     fn req<T>(&self, msg: T) -> tonic::Request<T> {
         req_with(&self.ns, msg, Some(CALL))
     }
+
+    /// A request under lease `lease` (the `containerd-lease` header), as containerd clients hold one from
+    /// Snapshots.Prepare to Containers.Create, so that a GC in between keeps the snapshot.
+    fn leased<T>(&self, lease: &str, msg: T) -> tonic::Request<T> {
+        let mut r = self.req(msg);
+        if let Ok(v) = lease.parse() {
+            r.metadata_mut().insert("containerd-lease", v);
+        }
+        r
+    }
 }
 
 /// Count a finished call as `op <name>` or `error <name> <code>`.
@@ -193,16 +205,29 @@ async fn run_cycle(sh: &Shared, rng: &mut Rng, rec: &mut Record, pull: bool) -> 
         counted(sh, "pull", r)?;
     }
     let id = rec.id.clone();
+    counted(
+        sh,
+        "lease create",
+        LeasesClient::new(ch.clone())
+            .create(sh.req(CreateLeaseRequest {
+                id: id.clone(),
+                labels: Default::default(),
+            }))
+            .await,
+    )?;
     let mounts = counted(
         sh,
         "snapshot prepare",
         SnapshotsClient::new(ch.clone())
-            .prepare(sh.req(PrepareSnapshotRequest {
-                snapshotter: SNAPSHOTTER.into(),
-                key: id.clone(),
-                parent: sh.chain.clone(),
-                labels: Default::default(),
-            }))
+            .prepare(sh.leased(
+                &id,
+                PrepareSnapshotRequest {
+                    snapshotter: SNAPSHOTTER.into(),
+                    key: id.clone(),
+                    parent: sh.chain.clone(),
+                    labels: Default::default(),
+                },
+            ))
             .await,
     )?
     .into_inner()
@@ -291,9 +316,12 @@ async fn create_container(
         sh,
         "container create",
         ContainersClient::new(ch.clone())
-            .create(sh.req(CreateContainerRequest {
-                container: Some(container),
-            }))
+            .create(sh.leased(
+                &rec.id,
+                CreateContainerRequest {
+                    container: Some(container),
+                },
+            ))
             .await,
     )?;
     rec.container_acked = true;
@@ -445,6 +473,16 @@ async fn delete_rest(sh: &Shared, ch: &Channel, rec: &mut Record) -> Result<(), 
             .remove(sh.req(RemoveSnapshotRequest {
                 snapshotter: SNAPSHOTTER.into(),
                 key: rec.id.clone(),
+            }))
+            .await,
+    )?;
+    counted(
+        sh,
+        "lease delete",
+        LeasesClient::new(ch.clone())
+            .delete(sh.req(DeleteLeaseRequest {
+                id: rec.id.clone(),
+                sync: false,
             }))
             .await,
     )?;
@@ -618,6 +656,14 @@ async fn cleanup(sh: &Shared, ch: &Channel, rec: &mut Record) -> Result<(), Stat
             .remove(sh.req(RemoveSnapshotRequest {
                 snapshotter: SNAPSHOTTER.into(),
                 key: rec.id.clone(),
+            }))
+            .await,
+    )?;
+    gone(
+        LeasesClient::new(ch.clone())
+            .delete(sh.req(DeleteLeaseRequest {
+                id: rec.id.clone(),
+                sync: false,
             }))
             .await,
     )?;
