@@ -17,7 +17,7 @@
 //! - a journal subscriber resuming from its cursor across every kill saw every event once and missed none.
 //!
 //! Seed: printed at the start; `BERTH_FAULT_SEED=N` replays the same fault schedule (timings of the load
-//! still vary). CI size: 10 rounds, 3 clients (2-4 minutes). Soak, stopping by itself:
+//! still vary). CI size: 40 rounds, 3 clients (2-4 minutes). Soak, stopping by itself:
 //! `BERTH_FAULT_ROUNDS=200 BERTH_FAULT_SECS=3600 BERTH_FAULT_CLIENTS=4 cargo test -p berth-tests --test
 //! fault_suite -- --nocapture` (rounds, a time limit, or both; whichever ends first). `BERTH_FAULT_VERBOSE=1`
 //! logs every interrupted container. Counts (operations, faults, checks) are printed at the end. Root only.
@@ -71,6 +71,7 @@ async fn fault_suite() {
         parked: AtomicUsize::new(0),
         stop: AtomicBool::new(false),
         shim_killed: Mutex::default(),
+        killable: Mutex::default(),
         network: "berth".into(),
     });
     let subscriber = Subscriber::spawn(&rig.address(), rig.ns(), sh.clone());
@@ -223,4 +224,62 @@ async fn berthd_killed_between_cni_plugins_leaves_no_firewall_rules() {
         nf.cache_entries()
     );
     nf.assert_no_leaks();
+}
+
+/// Found by the suite: a shim SIGKILLed right after the runtime created the container failed Tasks.Create,
+/// and the undo could not reach the dead shim's Delete, so the runtime's state dir, the container's cgroups
+/// and its init (blocked on the exec fifo) stayed. A runtime wrapper kills its shim after `create`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shim_killed_during_create_leaves_nothing() {
+    use berth_tests::task_fixture::TaskFixture;
+    use std::os::unix::fs::PermissionsExt;
+    if !berth_tests::require_root() {
+        return;
+    }
+    let mut fx = TaskFixture::new("fault-shim-create", "");
+    let wrapper = fx.dir.join("runtime-wrapper");
+    let runtime = berth_tests::task_fixture::runtime();
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n{runtime} \"$@\"\nrc=$?\ncase \" $* \" in *\" create \"*) kill -9 $PPID;; esac\nexit $rc\n"
+        ),
+    )
+    .expect("write the wrapper");
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::write(
+        &fx.config_path,
+        format!(
+            "runtime_binary = {:?}\nshim_binary = {:?}\n",
+            wrapper.display().to_string(),
+            berth_tests::bin("berth-shim").display().to_string()
+        ),
+    )
+    .expect("write the config");
+    fx.daemon.restart();
+    let b = fx.bundle("c1", &["sleep", "1000"]);
+    fx.create_container("c1", &b).await;
+    let err = fx
+        .create_task("c1", "", "")
+        .await
+        .expect_err("the shim dies in the create");
+    let runtime_state = fx.daemon.state().join("runc").join(&fx.ns).join("c1");
+    let left = || {
+        let mut left: Vec<String> = berth_tests::guard::cgroup_dirs(&b.cgroups_path())
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        for p in [runtime_state.clone(), fx.task_dir("c1")] {
+            if p.exists() {
+                left.push(p.display().to_string());
+            }
+        }
+        left
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !left().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(left().is_empty(), "after {err:?}, left: {:#?}", left());
+    fx.kill_and_delete("c1").await;
 }

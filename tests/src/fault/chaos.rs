@@ -72,6 +72,7 @@ pub struct Driver {
     /// Images pulled by the driver during a fault, to pull again and delete once the round is quiet.
     to_repull: Vec<String>,
     n_images: u64,
+    only: Option<String>,
 }
 
 impl Driver {
@@ -83,13 +84,24 @@ impl Driver {
             answer_times: Vec::new(),
             to_repull: Vec::new(),
             n_images: 0,
+            only: settings.only.clone(),
         }
     }
 
     /// The fault of round `round`: the kinds in turn (so a short run has each), the failpoint and the
     /// moment from the seed.
     pub fn choose(&mut self, round: u64) -> Fault {
-        match round % 5 {
+        let kind = match self.only.as_deref() {
+            Some("berthd") => 0,
+            Some("shim") => 2,
+            Some("fill") => 4,
+            Some("failpoint") => 1,
+            Some(other) => {
+                panic!("BERTH_FAULT_ONLY={other:?}: expected berthd, failpoint, shim or fill")
+            }
+            None => round % 5,
+        };
+        match kind {
             0 => Fault::KillBerthd,
             2 => Fault::KillShim,
             4 => Fault::FillRoot,
@@ -178,20 +190,18 @@ impl Driver {
 
     fn kill_shim(&mut self, rig: &Rig, sh: &Shared) {
         let dir = rig.state().join("tasks").join(rig.ns());
-        let mut shims: Vec<(String, i32)> = std::fs::read_dir(&dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| {
-                let id = e.file_name().to_string_lossy().into_owned();
-                let pid = std::fs::read_to_string(e.path().join("shim.pid")).ok()?;
-                Some((id, pid.trim().parse().ok()?))
+        let killable = sh.killable.lock().unwrap_or_else(|e| e.into_inner());
+        let mut shims: Vec<(String, i32)> = killable
+            .iter()
+            .filter_map(|id| {
+                let pid = std::fs::read_to_string(dir.join(id).join("shim.pid")).ok()?;
+                Some((id.clone(), pid.trim().parse().ok()?))
             })
             .collect();
         shims.sort();
         if shims.is_empty() {
             sh.counts
-                .add("fault shim SIGKILL skipped (no shim running)");
+                .add("fault shim SIGKILL skipped (no running task)");
             return;
         }
         let (id, pid) = self.rng.pick(&shims).clone();
@@ -206,6 +216,7 @@ impl Driver {
             sh.counts
                 .add("fault shim SIGKILL skipped (shim already gone)");
         }
+        drop(killable);
     }
 
     async fn fill_root(&mut self, rig: &mut Rig, sh: &Shared) {

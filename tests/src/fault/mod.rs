@@ -21,12 +21,14 @@ use std::time::Duration;
 pub struct Settings {
     /// `BERTH_FAULT_SEED` (decimal or 0x-hex), else from the clock.
     pub seed: u64,
-    /// `BERTH_FAULT_ROUNDS` (default 10): fault rounds, each followed by the invariant checks.
+    /// `BERTH_FAULT_ROUNDS` (default 40): fault rounds, each followed by the invariant checks.
     pub rounds: u64,
     /// `BERTH_FAULT_SECS`: also stop starting rounds after this long (soak mode); unset = rounds only.
     pub secs: Option<u64>,
     /// `BERTH_FAULT_CLIENTS` (default 3): concurrent load clients.
     pub clients: usize,
+    /// `BERTH_FAULT_ONLY` (`berthd`, `failpoint`, `shim` or `fill`): only that kind of fault, to chase one.
+    pub only: Option<String>,
 }
 
 impl Settings {
@@ -49,12 +51,15 @@ impl Settings {
         });
         let secs = num("BERTH_FAULT_SECS");
         // A soak given only a duration runs rounds until the time is up.
-        let default_rounds = if secs.is_some() { u64::MAX } else { 10 };
+        let default_rounds = if secs.is_some() { u64::MAX } else { 40 };
         Settings {
             seed,
             rounds: num("BERTH_FAULT_ROUNDS").unwrap_or(default_rounds),
             secs,
             clients: num("BERTH_FAULT_CLIENTS").map_or(3, |n| n.clamp(1, 32) as usize),
+            only: std::env::var("BERTH_FAULT_ONLY")
+                .ok()
+                .filter(|v| !v.is_empty()),
         }
     }
 }
