@@ -10,7 +10,7 @@ set -eu
 cd "$(dirname "$0")"
 secs=${1:-180}
 [ $# -gt 0 ] && shift
-targets=${*:-"unpack decompress reference manifest filter oci_spec cni_result"}
+targets=${*:-"unpack decompress reference manifest filter oci_spec cni_result journal"}
 export RUSTC_BOOTSTRAP=1
 # ASan on (cargo-fuzz's default) to catch memory errors in C (zlib-rs is Rust, but libc/nix
 # calls are not); debug assertions and overflow checks are on in cargo-fuzz builds.

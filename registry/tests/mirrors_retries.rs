@@ -72,8 +72,8 @@ async fn pull_only_mirror_serves_blobs_and_override_path() {
     primary.push_oci_layout(&layout.path, "lib/img:latest");
     mirror.push_oci_layout(&layout.path, "lib/img:latest");
     // Both behind counting proxies; the mirror's serves the API under /mirror/api (override_path).
-    let p = Proxy::start(&primary.addr, ProxyOptions::default()).await;
-    let m = Proxy::start(
+    let p = Proxy::start_with(&primary.addr, ProxyOptions::default()).await;
+    let m = Proxy::start_with(
         &mirror.addr,
         ProxyOptions {
             prefix: Some("/mirror/api".into()),
@@ -166,7 +166,7 @@ async fn retries_5xx_but_never_4xx() {
     guard.pid(reg.pid().expect("pid"));
     let layout = busybox_layout(&dir.join("layout"));
     reg.push_oci_layout(&layout.path, "r/img:latest");
-    let proxy = Proxy::start(
+    let proxy = Proxy::start_with(
         &reg.addr,
         ProxyOptions {
             fail_first: 2,
@@ -215,7 +215,7 @@ async fn retries_5xx_but_never_4xx() {
     );
 
     // Bounded: a registry that keeps failing gives an Http 503 error after max_tries.
-    let always = Proxy::start(
+    let always = Proxy::start_with(
         &reg.addr,
         ProxyOptions {
             fail_first: usize::MAX,

@@ -24,8 +24,8 @@ async fn cross_host_redirect_drops_authorization() {
     let layout = busybox_layout(&dir.join("layout"));
     reg.push_oci_layout(&layout.path, "x:latest");
     // "Blob storage": a plain proxy on another port.
-    let storage = Proxy::start(&reg.addr, ProxyOptions::default()).await;
-    let front = Proxy::start(
+    let storage = Proxy::start_with(&reg.addr, ProxyOptions::default()).await;
+    let front = Proxy::start_with(
         &reg.addr,
         ProxyOptions {
             bearer: Some(Bearer {

@@ -175,7 +175,7 @@ async fn bearer_tokens_are_fetched_once_and_reused() {
     guard.pid(reg.pid().expect("pid"));
     let layout = busybox_layout(&dir.join("layout"));
     reg.push_oci_layout(&layout.path, "x:latest");
-    let proxy = Proxy::start(
+    let proxy = Proxy::start_with(
         &reg.addr,
         ProxyOptions {
             bearer: Some(Bearer {
@@ -284,7 +284,7 @@ async fn anonymous_and_oauth2_post_tokens() {
     reg.push_oci_layout(&layout.path, "x:latest");
 
     // Anonymous tokens when no credentials are configured and the realm gives them out.
-    let anon = Proxy::start(
+    let anon = Proxy::start_with(
         &reg.addr,
         ProxyOptions {
             bearer: Some(Bearer {
@@ -324,7 +324,7 @@ async fn anonymous_and_oauth2_post_tokens() {
     assert_eq!(anon.tokens_issued(), 1);
 
     // A realm that only takes the OAuth2 POST form: GET fails (405), POST with the password works.
-    let post = Proxy::start(
+    let post = Proxy::start_with(
         &reg.addr,
         ProxyOptions {
             bearer: Some(Bearer {

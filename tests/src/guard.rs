@@ -27,6 +27,7 @@ struct Inner {
     pids: Vec<i32>,
     mounts: Vec<PathBuf>,
     cgroups: Vec<String>,
+    parent_cgroups: Vec<String>,
     netns: Vec<PathBuf>,
     dirs: Vec<PathBuf>,
     done: bool,
@@ -49,6 +50,7 @@ impl std::fmt::Debug for Guard {
             .field("pids", &i.pids)
             .field("mounts", &i.mounts)
             .field("cgroups", &i.cgroups)
+            .field("parent_cgroups", &i.parent_cgroups)
             .field("netns", &i.netns)
             .field("dirs", &i.dirs)
             .finish()
@@ -182,6 +184,15 @@ impl Guard {
         self
     }
 
+    /// A parent cgroup the test owns that the code under test may rightly leave behind while
+    /// the test runs: a namespace's `/<ns>` above its containers (runc never removes it; berth-runc
+    /// removes the levels it made once empty). Removed at cleanup and checked only after it, never
+    /// by [`Guard::leftovers`].
+    pub fn cgroup_parent(&self, rel: impl Into<String>) -> &Self {
+        self.lock().parent_cgroups.push(rel.into());
+        self
+    }
+
     /// A network namespace: a name (`ip netns` name, under /run/netns) or a bind-mounted
     /// netns file path. Unmounted and removed.
     pub fn netns(&self, name_or_path: impl AsRef<Path>) -> &Self {
@@ -206,7 +217,7 @@ impl Guard {
     /// code under test cleaned up after itself.
     pub fn leftovers(&self) -> Vec<String> {
         let i = self.lock();
-        Self::check(&i)
+        Self::check(&i, false)
     }
 
     /// Panic with the list from [`Guard::leftovers`] when it is not empty.
@@ -216,7 +227,7 @@ impl Guard {
         assert!(left.is_empty(), "left behind:\n  {}", left.join("\n  "));
     }
 
-    fn check(i: &Inner) -> Vec<String> {
+    fn check(i: &Inner, after_cleanup: bool) -> Vec<String> {
         let mut left = Vec::new();
         for &pid in &i.pids {
             if proc::alive(pid) {
@@ -235,7 +246,11 @@ impl Guard {
                 left.push(format!("netns {} still exists", ns.display()));
             }
         }
-        for cg in &i.cgroups {
+        let parents = after_cleanup
+            .then_some(&i.parent_cgroups)
+            .into_iter()
+            .flatten();
+        for cg in i.cgroups.iter().chain(parents) {
             for d in cgroup_dirs(cg) {
                 left.push(format!("cgroup dir {} still exists", d.display()));
             }
@@ -282,7 +297,7 @@ impl Guard {
             let _ = nix::mount::umount2(ns, nix::mount::MntFlags::MNT_DETACH);
             let _ = std::fs::remove_file(ns);
         }
-        for cg in i.cgroups.iter().rev() {
+        for cg in i.parent_cgroups.iter().chain(&i.cgroups).rev() {
             remove_cgroup_within(cg, i.cgroup_timeout.unwrap_or(Duration::from_secs(5)));
         }
         for d in &i.dirs {
@@ -293,7 +308,7 @@ impl Guard {
                 let _ = std::fs::remove_file(d);
             }
         }
-        Self::check(&i)
+        Self::check(&i, true)
     }
 }
 

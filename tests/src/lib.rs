@@ -74,6 +74,23 @@ pub use guard::{Daemon, DaemonConfig, Guard};
 pub use mounts::{is_mounted, mounts, mounts_below, unmount_below};
 pub use run::{run_timeout, run_timeout_with_stdin};
 
+/// Every file below `dir`, recursively (empty when `dir` is missing): for leak checks.
+pub fn files_below(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_below(&p));
+        } else {
+            out.push(p.display().to_string());
+        }
+    }
+    out
+}
+
 /// Root of all test dirs; each test gets `<TEST_ROOT>/<name>-<pid>-<n>`.
 pub const TEST_ROOT: &str = "/tmp/berth-test";
 

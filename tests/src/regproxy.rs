@@ -1,14 +1,15 @@
-//! A counting HTTP/1.1 proxy in front of a loopback registry, for pull tests (modelled on berth-registry's
-//! test proxy): it counts and logs every request (method, path, Range), can play a bearer-token registry
-//! with its own `/token` realm, can cut a blob's response after some bytes (a broken connection) a number of
-//! times, can slow blob bodies down to a byte rate (to keep a pull in flight), and can refuse every request (a registry
-//! that is down).
+//! A counting HTTP/1.1 proxy in front of a loopback registry, for the pull tests of berthd and of
+//! berth-registry: it logs every request (method, path, Range, whether it carried credentials), can play a
+//! bearer-token registry with its own `/token` realm (GET, or the OAuth2 POST form only), fail the first
+//! requests with 503, serve the API under another path, redirect blob GETs to another host, cut a blob's
+//! response after some bytes (a broken connection) a number of times, slow blob bodies down to a byte rate
+//! (to keep a pull in flight), and refuse every request (a registry that is down).
 //!
 //! A task of the test's tokio runtime on a loopback port; it stops when dropped. Loopback only.
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +24,19 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = BoxBody<Bytes, BoxError>;
 
+/// What the proxy plays besides proxying.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyOptions {
+    /// Require bearer tokens from its own `/token` endpoint.
+    pub bearer: Option<Bearer>,
+    /// Answer this many requests (other than /token) with 503 before proxying.
+    pub fail_first: usize,
+    /// Serve the API under this path instead of `/v2` (for `override_path`).
+    pub prefix: Option<String>,
+    /// Answer blob GETs with a 307 to this `host:port` (blob storage elsewhere), same path.
+    pub redirect_blobs_to: Option<String>,
+}
+
 /// A bearer-token realm: tokens from `/token`, with Basic credentials when `basic` is set.
 #[derive(Debug, Clone, Default)]
 pub struct Bearer {
@@ -30,6 +44,8 @@ pub struct Bearer {
     pub service: String,
     /// Credentials the token endpoint requires (else anonymous tokens).
     pub basic: Option<(String, String)>,
+    /// Refuse GET on /token (405): only the OAuth2 POST form works.
+    pub post_only: bool,
 }
 
 /// One request the proxy saw.
@@ -41,13 +57,18 @@ pub struct Seen {
     pub path: String,
     /// The Range header, if any.
     pub range: Option<String>,
+    /// It carried an Authorization header.
+    pub auth: bool,
 }
 
 struct State {
     upstream: String,
     addr: String,
-    bearer: Option<Bearer>,
+    opts: ProxyOptions,
     log: Mutex<Vec<Seen>>,
+    fail_left: AtomicUsize,
+    reject_tokens: AtomicBool,
+    connections: AtomicUsize,
     tokens: Mutex<HashSet<String>>,
     next_token: AtomicU64,
     /// digest → (cut after this many bytes, for this many more responses).
@@ -81,8 +102,20 @@ fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 }
 
 impl Proxy {
-    /// Listen on a free loopback port and proxy to `upstream` (`127.0.0.1:PORT`).
+    /// Listen on a free loopback port and proxy to `upstream` (`127.0.0.1:PORT`), with a bearer realm or none.
     pub async fn start(upstream: &str, bearer: Option<Bearer>) -> Proxy {
+        Self::start_with(
+            upstream,
+            ProxyOptions {
+                bearer,
+                ..ProxyOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// [`Proxy::start`] with every option.
+    pub async fn start_with(upstream: &str, opts: ProxyOptions) -> Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind proxy");
@@ -90,8 +123,11 @@ impl Proxy {
         let state = Arc::new(State {
             upstream: upstream.to_string(),
             addr: addr.clone(),
-            bearer,
+            fail_left: AtomicUsize::new(opts.fail_first),
+            opts,
             log: Mutex::new(Vec::new()),
+            reject_tokens: AtomicBool::new(false),
+            connections: AtomicUsize::new(0),
             tokens: Mutex::new(HashSet::new()),
             next_token: AtomicU64::new(1),
             cuts: Mutex::new(HashMap::new()),
@@ -104,6 +140,7 @@ impl Proxy {
         let st = state.clone();
         let task = tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
+                st.connections.fetch_add(1, Ordering::SeqCst);
                 let st = st.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |r| {
@@ -183,9 +220,54 @@ impl Proxy {
         self.state.down.store(down, Ordering::SeqCst);
     }
 
-    /// Tokens issued so far.
+    /// Tokens issued so far (GET or POST on /token that succeeded).
     pub fn tokens_issued(&self) -> u64 {
         self.state.next_token.load(Ordering::SeqCst) - 1
+    }
+
+    /// Requests seen for `METHOD path` (path without query).
+    pub fn count(&self, method: &str, path: &str) -> usize {
+        self.count_where(method, path, |_| true)
+    }
+
+    /// Requests for `METHOD path` that carried an Authorization header.
+    pub fn count_with_auth(&self, method: &str, path: &str) -> usize {
+        self.count_where(method, path, |s| s.auth)
+    }
+
+    fn count_where(&self, method: &str, path: &str, f: impl Fn(&Seen) -> bool) -> usize {
+        let log = self.state.log.lock().expect("log");
+        log.iter()
+            .filter(|s| s.method == method && s.path == path && f(s))
+            .count()
+    }
+
+    /// Every `METHOD path` seen, with counts, sorted (for messages).
+    pub fn counts(&self) -> Vec<(String, usize)> {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for s in self.seen() {
+            *counts
+                .entry(format!("{} {}", s.method, s.path))
+                .or_default() += 1;
+        }
+        let mut v: Vec<_> = counts.into_iter().collect();
+        v.sort();
+        v
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// Forget every issued token (the client must fetch a new one).
+    pub fn revoke_tokens(&self) {
+        self.state.tokens.lock().expect("tokens").clear();
+    }
+
+    /// Refuse every token, old and new, while `on`.
+    pub fn reject_tokens(&self, on: bool) {
+        self.state.reject_tokens.store(on, Ordering::SeqCst);
     }
 }
 
@@ -263,20 +345,38 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         method: req.method().to_string(),
         path: path.clone(),
         range,
+        auth: req.headers().contains_key(http::header::AUTHORIZATION),
     });
     if st.down.load(Ordering::SeqCst) {
         return full(StatusCode::SERVICE_UNAVAILABLE, "down for the test");
     }
     if path == "/token" {
-        return token(&st, req);
+        return token(&st, req).await;
     }
-    if let Some(b) = &st.bearer {
+    if st
+        .fail_left
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        return full(StatusCode::SERVICE_UNAVAILABLE, "try again");
+    }
+    let path = match &st.opts.prefix {
+        None => path,
+        Some(prefix) => match path.strip_prefix(prefix.as_str()) {
+            Some(rest) => format!("/v2{rest}"),
+            None => return full(StatusCode::NOT_FOUND, "not under the prefix"),
+        },
+    };
+    if let Some(b) = &st.opts.bearer {
         let ok = req
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| st.tokens.lock().expect("tokens").contains(t));
+            .is_some_and(|t| {
+                !st.reject_tokens.load(Ordering::SeqCst)
+                    && st.tokens.lock().expect("tokens").contains(t)
+            });
         if !ok {
             let mut r = full(
                 StatusCode::UNAUTHORIZED,
@@ -333,6 +433,13 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         .query()
         .map(|q| format!("?{q}"))
         .unwrap_or_default();
+    if let (Some(to), Some(_)) = (&st.opts.redirect_blobs_to, &blob) {
+        let mut r = full(StatusCode::TEMPORARY_REDIRECT, "");
+        let location = format!("http://{to}{path}{query}");
+        r.headers_mut()
+            .insert(http::header::LOCATION, location.parse().expect("location"));
+        return r;
+    }
     let (mut parts, body) = req.into_parts();
     parts.uri = format!("http://{}{path}{query}", st.upstream)
         .parse()
@@ -352,25 +459,54 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-fn token(st: &State, req: Request<Incoming>) -> Response<Body> {
-    let Some(b) = &st.bearer else {
+async fn token(st: &State, req: Request<Incoming>) -> Response<Body> {
+    let Some(b) = &st.opts.bearer else {
         return full(StatusCode::NOT_FOUND, "no token service");
     };
+    let post = req.method() == http::Method::POST;
+    if !post && b.post_only {
+        return full(StatusCode::METHOD_NOT_ALLOWED, "POST only");
+    }
     let query = req.uri().query().unwrap_or_default().to_string();
-    if !query
-        .split('&')
-        .any(|kv| kv == format!("service={}", b.service))
-    {
+    let header_creds = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+        .map(|v| String::from_utf8_lossy(&v).into_owned());
+    let params = if post {
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        String::from_utf8_lossy(&body).into_owned()
+    } else {
+        query
+    };
+    let get = |k: &str| {
+        params
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| percent_decode(v))
+    };
+    if get("service").as_deref() != Some(b.service.as_str()) {
         return full(StatusCode::BAD_REQUEST, "wrong service");
     }
     if let Some((u, p)) = &b.basic {
-        let given = req
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Basic "))
-            .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
-            .map(|v| String::from_utf8_lossy(&v).into_owned());
+        let given = if post {
+            match (get("username"), get("password")) {
+                (Some(u), Some(p)) if get("grant_type").as_deref() == Some("password") => {
+                    Some(format!("{u}:{p}"))
+                }
+                _ => None,
+            }
+        } else {
+            header_creds
+        };
         if given.as_deref() != Some(format!("{u}:{p}").as_str()) {
             return full(StatusCode::UNAUTHORIZED, "bad credentials");
         }
@@ -378,8 +514,29 @@ fn token(st: &State, req: Request<Incoming>) -> Response<Body> {
     let n = st.next_token.fetch_add(1, Ordering::SeqCst);
     let t = format!("tok-{n}");
     st.tokens.lock().expect("tokens").insert(t.clone());
+    // The OAuth2 POST answers `access_token`; the GET form `token`.
+    let key = if post { "access_token" } else { "token" };
     full(
         StatusCode::OK,
-        format!(r#"{{"token":"{t}","expires_in":300}}"#),
+        format!(r#"{{"{key}":"{t}","expires_in":300}}"#),
     )
+}
+
+/// `application/x-www-form-urlencoded` value decoding (`%XX`, `+`).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -77,6 +77,9 @@ impl TaskFixture {
         let guard = Guard::new();
         let state = dir.join("state");
         let ns = crate::unique_id(&format!("{name}-ns"));
+        // Containers made by ctr, berth run or CRI get cgroup `/<namespace>/<id>`: runc removes only the
+        // container's dir, so the fixture removes its own namespace's.
+        guard.cgroup_parent(format!("/{ns}"));
         let (st, ns2, rt) = (state.clone(), ns.clone(), runtime());
         // Kill every shim berthd started and force-delete the containers, whatever state the test left.
         guard.on_cleanup("kill shims and delete containers", move || {
@@ -298,6 +301,14 @@ impl TaskFixture {
             );
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// `ctr --address SOCK -n NS ARGS` (Debian's ctr against this berthd), run with a 120 s limit (pulls
+    /// included).
+    pub fn ctr(&self, args: &[&str]) -> std::process::Output {
+        let mut c = self.daemon.ctr();
+        c.arg("-n").arg(&self.ns).args(args);
+        crate::run_timeout(&mut c, Duration::from_secs(120))
     }
 
     /// The task's dir in berthd's state, `<state>/tasks/<ns>/<id>`: the shim's bundle.

@@ -168,6 +168,7 @@ async fn pull_with_credentials_from_auth_config() {
         Some(Bearer {
             service: "berth-test".into(),
             basic: Some(("kube".into(), "s3cret".into())),
+            ..Bearer::default()
         }),
     )
     .await;

@@ -5,14 +5,7 @@
 use berth_tests::ctr_fixture::{text, CtrEvents};
 use berth_tests::task_fixture::TaskFixture;
 
-use std::process::Output;
 use std::time::{Duration, Instant};
-
-fn ctr(fx: &TaskFixture, args: &[&str]) -> Output {
-    let mut c = fx.daemon.ctr();
-    c.arg("-n").arg(&fx.ns).args(args);
-    berth_tests::run_timeout(&mut c, Duration::from_secs(60))
-}
 
 #[test]
 fn ctr_run_rm_prints_output_and_exit_code() {
@@ -25,19 +18,16 @@ fn ctr_run_rm_prints_output_and_exit_code() {
     let id = berth_tests::unique_id("dt-ctr");
     fx.guard.cgroup(format!("/{}/{id}", fx.ns));
     let rootfs = b.rootfs.display().to_string();
-    let o = ctr(
-        &fx,
-        &[
-            "run",
-            "--rm",
-            "--rootfs",
-            &rootfs,
-            &id,
-            "sh",
-            "-c",
-            "echo hi; exit 3",
-        ],
-    );
+    let o = fx.ctr(&[
+        "run",
+        "--rm",
+        "--rootfs",
+        &rootfs,
+        &id,
+        "sh",
+        "-c",
+        "echo hi; exit 3",
+    ]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "hi\n", "{}", text(&o));
     let log = events.wait_for(&[
@@ -53,7 +43,7 @@ fn ctr_run_rm_prints_output_and_exit_code() {
     assert!(pos("/tasks/start") < pos("/tasks/exit"), "{log}");
     assert!(pos("/tasks/exit") < pos("/tasks/delete"), "{log}");
     assert!(log.contains("\"exit_status\":3"), "{log}");
-    let ls = ctr(&fx, &["c", "ls", "-q"]);
+    let ls = fx.ctr(&["c", "ls", "-q"]);
     assert!(
         !String::from_utf8_lossy(&ls.stdout).contains(&id),
         "{}",
@@ -73,13 +63,10 @@ fn ctr_detached_run_exec_kill_rm() {
     let id = berth_tests::unique_id("dt-ctrd");
     fx.guard.cgroup(format!("/{}/{id}", fx.ns));
     let rootfs = b.rootfs.display().to_string();
-    let o = ctr(
-        &fx,
-        &["run", "-d", "--rootfs", &rootfs, &id, "sleep", "1000"],
-    );
+    let o = fx.ctr(&["run", "-d", "--rootfs", &rootfs, &id, "sleep", "1000"]);
     assert!(o.status.success(), "{}", text(&o));
 
-    let ls = ctr(&fx, &["t", "ls"]);
+    let ls = fx.ctr(&["t", "ls"]);
     let line = String::from_utf8_lossy(&ls.stdout)
         .lines()
         .find(|l| l.starts_with(&id))
@@ -93,21 +80,21 @@ fn ctr_detached_run_exec_kill_rm() {
         .expect("pid column");
     fx.guard.pid(pid);
 
-    let ex = ctr(&fx, &["t", "exec", "--exec-id", "x1", &id, "echo", "ok"]);
+    let ex = fx.ctr(&["t", "exec", "--exec-id", "x1", &id, "echo", "ok"]);
     assert!(ex.status.success(), "{}", text(&ex));
     assert_eq!(String::from_utf8_lossy(&ex.stdout), "ok\n", "{}", text(&ex));
-    let ps = ctr(&fx, &["t", "ps", &id]);
+    let ps = fx.ctr(&["t", "ps", &id]);
     assert!(
         String::from_utf8_lossy(&ps.stdout).contains(&pid.to_string()),
         "{}",
         text(&ps)
     );
 
-    let k = ctr(&fx, &["t", "kill", "-s", "KILL", &id]);
+    let k = fx.ctr(&["t", "kill", "-s", "KILL", &id]);
     assert!(k.status.success(), "{}", text(&k));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let ls = ctr(&fx, &["t", "ls"]);
+        let ls = fx.ctr(&["t", "ls"]);
         if String::from_utf8_lossy(&ls.stdout)
             .lines()
             .any(|l| l.starts_with(&id) && l.contains("STOPPED"))
@@ -117,11 +104,11 @@ fn ctr_detached_run_exec_kill_rm() {
         assert!(Instant::now() < deadline, "never STOPPED: {}", text(&ls));
         std::thread::sleep(Duration::from_millis(50));
     }
-    let rm = ctr(&fx, &["t", "rm", &id]);
+    let rm = fx.ctr(&["t", "rm", &id]);
     assert!(rm.status.success(), "{}", text(&rm));
-    let crm = ctr(&fx, &["c", "rm", &id]);
+    let crm = fx.ctr(&["c", "rm", &id]);
     assert!(crm.status.success(), "{}", text(&crm));
-    let ls = ctr(&fx, &["t", "ls", "-q"]);
+    let ls = fx.ctr(&["t", "ls", "-q"]);
     assert!(
         !String::from_utf8_lossy(&ls.stdout).contains(&id),
         "{}",

@@ -3,50 +3,13 @@
 //! image's overlay snapshot with the real exit code, `images rm --sync` leaving no blob, snapshot, ingest or
 //! mount behind. Root only.
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
+use berth_tests::ctr_fixture::ok;
 use berth_tests::oci_layout::busybox_layout;
 use berth_tests::registry::Registry;
-use berth_tests::run_timeout;
 use berth_tests::task_fixture::TaskFixture;
-
-/// `ctr -a SOCK -n NS ARGS...` with a time limit.
-fn ctr(fx: &TaskFixture, args: &[&str]) -> Output {
-    let mut c: Command = fx.daemon.ctr();
-    c.arg("-n").arg(&fx.ns).args(args);
-    run_timeout(&mut c, Duration::from_secs(120))
-}
-
-#[track_caller]
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({:?}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Files below `dir` (recursively), for leak checks.
-fn files_below(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_below(&p));
-        } else {
-            out.push(p.display().to_string());
-        }
-    }
-    out
-}
 
 #[test]
 fn ctr_pulls_lists_runs_and_removes_an_image() {
@@ -61,46 +24,43 @@ fn ctr_pulls_lists_runs_and_removes_an_image() {
     let reference = registry.reference("busybox:latest");
     registry.push_oci_layout(&layout.path, "busybox:latest");
 
-    let out = ctr(&fx, &["images", "pull", "--plain-http", &reference]);
+    let out = fx.ctr(&["images", "pull", "--plain-http", &reference]);
     let pulled = ok(&out, "ctr images pull");
     assert!(pulled.contains("done"), "{pulled}");
-    let listed = ok(&ctr(&fx, &["images", "ls", "-q"]), "ctr images ls");
+    let listed = ok(&fx.ctr(&["images", "ls", "-q"]), "ctr images ls");
     assert_eq!(listed.trim(), reference);
-    let snaps = ok(&ctr(&fx, &["snapshots", "ls"]), "ctr snapshots ls");
+    let snaps = ok(&fx.ctr(&["snapshots", "ls"]), "ctr snapshots ls");
     assert!(snaps.contains(&layout.diff_ids[0]), "unpacked: {snaps}");
 
     let id = berth_tests::unique_id("di-run");
-    let out = ctr(
-        &fx,
-        &[
-            "run",
-            "--rm",
-            &reference,
-            &id,
-            "sh",
-            "-c",
-            "echo hi; exit 5",
-        ],
-    );
+    let out = fx.ctr(&[
+        "run",
+        "--rm",
+        &reference,
+        &id,
+        "sh",
+        "-c",
+        "echo hi; exit 5",
+    ]);
     assert_eq!(out.status.code(), Some(5), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
     // A second pull finds everything there.
     ok(
-        &ctr(&fx, &["images", "pull", "--plain-http", &reference]),
+        &fx.ctr(&["images", "pull", "--plain-http", &reference]),
         "second pull",
     );
 
     ok(
-        &ctr(&fx, &["images", "rm", "--sync", &reference]),
+        &fx.ctr(&["images", "rm", "--sync", &reference]),
         "ctr images rm",
     );
-    let content = ok(&ctr(&fx, &["content", "ls", "-q"]), "ctr content ls");
+    let content = ok(&fx.ctr(&["content", "ls", "-q"]), "ctr content ls");
     assert_eq!(content.trim(), "", "no blob left");
-    let snaps = ok(&ctr(&fx, &["snapshots", "ls"]), "ctr snapshots ls");
+    let snaps = ok(&fx.ctr(&["snapshots", "ls"]), "ctr snapshots ls");
     assert_eq!(snaps.lines().count(), 1, "only the header: {snaps}");
     let root = fx.daemon.root();
     assert_eq!(
-        files_below(&root.join("content")),
+        berth_tests::files_below(&root.join("content")),
         Vec::<String>::new(),
         "no blob or ingest on disk"
     );
@@ -131,17 +91,17 @@ fn ctr_exports_and_imports_an_image_with_the_same_digests() {
     let reference = registry.reference("busybox:io");
     registry.push_oci_layout(&layout.path, "busybox:io");
     ok(
-        &ctr(&fx, &["images", "pull", "--plain-http", &reference]),
+        &fx.ctr(&["images", "pull", "--plain-http", &reference]),
         "ctr images pull",
     );
     let archive = fx.dir.join("busybox.tar");
     let archive_s = archive.display().to_string();
     ok(
-        &ctr(&fx, &["images", "export", &archive_s, &reference]),
+        &fx.ctr(&["images", "export", &archive_s, &reference]),
         "ctr images export",
     );
     // An independent reader finds the same manifest in the archive.
-    let out = run_timeout(
+    let out = berth_tests::run_timeout(
         Command::new(&skopeo)
             .args(["inspect", "--raw"])
             .arg(format!("oci-archive:{archive_s}")),
@@ -154,18 +114,18 @@ fn ctr_exports_and_imports_an_image_with_the_same_digests() {
         "the exported manifest is the pulled one"
     );
     ok(
-        &ctr(&fx, &["images", "rm", "--sync", &reference]),
+        &fx.ctr(&["images", "rm", "--sync", &reference]),
         "ctr images rm",
     );
     assert_eq!(
-        ok(&ctr(&fx, &["content", "ls", "-q"]), "content ls").trim(),
+        ok(&fx.ctr(&["content", "ls", "-q"]), "content ls").trim(),
         ""
     );
     ok(
-        &ctr(&fx, &["images", "import", &archive_s]),
+        &fx.ctr(&["images", "import", &archive_s]),
         "ctr images import",
     );
-    let listed = ok(&ctr(&fx, &["images", "ls"]), "ctr images ls");
+    let listed = ok(&fx.ctr(&["images", "ls"]), "ctr images ls");
     let line = listed
         .lines()
         .find(|l| l.starts_with(&reference))
@@ -173,10 +133,10 @@ fn ctr_exports_and_imports_an_image_with_the_same_digests() {
     assert!(line.contains(&layout.manifest.digest), "{line}");
     // It runs from the imported layers.
     let id = berth_tests::unique_id("di-imp");
-    let out = ctr(&fx, &["run", "--rm", &reference, &id, "sh", "-c", "exit 3"]);
+    let out = fx.ctr(&["run", "--rm", &reference, &id, "sh", "-c", "exit 3"]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     ok(
-        &ctr(&fx, &["images", "rm", "--sync", &reference]),
+        &fx.ctr(&["images", "rm", "--sync", &reference]),
         "ctr images rm",
     );
     fx.guard.assert_clean();

@@ -5,7 +5,6 @@
 //! blob, snapshot, ingest, lease or mount. Root only.
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use berth_proto::containerd_client::services::v1::content_client::ContentClient;
@@ -15,46 +14,12 @@ use berth_proto::containerd_client::services::v1::leases_client::LeasesClient;
 use berth_proto::containerd_client::services::v1::{
     InfoRequest, ListRequest, PluginsRequest, SubscribeRequest,
 };
+use berth_tests::ctr_fixture::ok;
 use berth_tests::oci_layout::{busybox_layer_tar, busybox_layout, write_image, TarBuilder};
 use berth_tests::registry::Registry;
-use berth_tests::run_timeout;
 use berth_tests::task_fixture::TaskFixture;
 use berth_tests::transfer::{PullOptions, Transfer};
 use serde_json::json;
-
-fn ctr(fx: &TaskFixture, args: &[&str]) -> Output {
-    let mut c: Command = fx.daemon.ctr();
-    c.arg("-n").arg(&fx.ns).args(args);
-    run_timeout(&mut c, Duration::from_secs(120))
-}
-
-#[track_caller]
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({:?}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn files_below(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_below(&p));
-        } else {
-            out.push(p.display().to_string());
-        }
-    }
-    out
-}
 
 /// A 3-layer image: busybox, a layer adding /etc/layer2 and /etc/removed, a layer whiting out /etc/removed.
 fn multi_layer(dir: &Path) -> berth_tests::oci_layout::OciLayout {
@@ -199,13 +164,10 @@ async fn transfer_pull_then_ctr_lists_runs_and_removes() {
     drop(content);
 
     // Debian's ctr 1.6 sees and runs it.
-    let listed = ok(&ctr(&fx, &["images", "ls", "-q"]), "ctr images ls");
+    let listed = ok(&fx.ctr(&["images", "ls", "-q"]), "ctr images ls");
     assert_eq!(listed.trim(), bb_ref);
     let id = berth_tests::unique_id("dp-run");
-    let out = ctr(
-        &fx,
-        &["run", "--rm", &bb_ref, &id, "sh", "-c", "echo hi; exit 5"],
-    );
+    let out = fx.ctr(&["run", "--rm", &bb_ref, &id, "sh", "-c", "echo hi; exit 5"]);
     assert_eq!(out.status.code(), Some(5), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
 
@@ -214,24 +176,21 @@ async fn transfer_pull_then_ctr_lists_runs_and_removes() {
         .await
         .expect("transfer pull of the multi-layer image");
     let id = berth_tests::unique_id("dp-run2");
-    let out = ctr(
-        &fx,
-        &[
-            "run",
-            "--rm",
-            &multi_ref,
-            &id,
-            "sh",
-            "-c",
-            "cat /etc/layer2 /etc/layer3; test ! -e /etc/removed && echo whiteout-ok",
-        ],
-    );
+    let out = fx.ctr(&[
+        "run",
+        "--rm",
+        &multi_ref,
+        &id,
+        "sh",
+        "-c",
+        "cat /etc/layer2 /etc/layer3; test ! -e /etc/removed && echo whiteout-ok",
+    ]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "second layer\nthird layer\nwhiteout-ok\n",
         "{out:?}"
     );
-    let snaps = ok(&ctr(&fx, &["snapshots", "ls"]), "ctr snapshots ls");
+    let snaps = ok(&fx.ctr(&["snapshots", "ls"]), "ctr snapshots ls");
     assert_eq!(
         snaps.lines().count(),
         1 + 3,
@@ -259,21 +218,18 @@ async fn transfer_pull_then_ctr_lists_runs_and_removes() {
         .leases;
     assert!(leases.is_empty(), "leases left: {leases:?}");
 
+    ok(&fx.ctr(&["images", "rm", &bb_ref]), "ctr images rm busybox");
     ok(
-        &ctr(&fx, &["images", "rm", &bb_ref]),
-        "ctr images rm busybox",
-    );
-    ok(
-        &ctr(&fx, &["images", "rm", "--sync", &multi_ref]),
+        &fx.ctr(&["images", "rm", "--sync", &multi_ref]),
         "ctr images rm --sync",
     );
-    let content = ok(&ctr(&fx, &["content", "ls", "-q"]), "ctr content ls");
+    let content = ok(&fx.ctr(&["content", "ls", "-q"]), "ctr content ls");
     assert_eq!(content.trim(), "", "no blob left");
-    let snaps = ok(&ctr(&fx, &["snapshots", "ls"]), "ctr snapshots ls");
+    let snaps = ok(&fx.ctr(&["snapshots", "ls"]), "ctr snapshots ls");
     assert_eq!(snaps.lines().count(), 1, "only the header: {snaps}");
     let root = fx.daemon.root();
     assert_eq!(
-        files_below(&root.join("content")),
+        berth_tests::files_below(&root.join("content")),
         Vec::<String>::new(),
         "no blob or ingest on disk"
     );

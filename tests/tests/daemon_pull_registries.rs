@@ -173,6 +173,7 @@ async fn bearer_tokens_from_a_token_realm() {
         Some(Bearer {
             service: "berth-test".into(),
             basic: Some(("bob".into(), "pw".into())),
+            ..Bearer::default()
         }),
     )
     .await;

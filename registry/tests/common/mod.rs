@@ -1,16 +1,15 @@
 //! Shared pieces of the registry client's tests: a client with short timeouts, pushing harness OCI layouts
 //! with our own push API, docker-registry with TLS or htpasswd (the harness's launcher has neither), a
-//! throwaway CA made with the `openssl` CLI, and a counting HTTP proxy that can play a bearer-token
-//! registry, fail with 503s, or serve the API under another path.
+//! throwaway CA made with the `openssl` CLI, and the harness's counting HTTP proxy (`berth_tests::regproxy`)
+//! that can play a bearer-token registry, fail with 503s, or serve the API under another path.
 //!
 //! Loopback only. Every process started here is killed by PID when its owner drops; the proxy is a task of
 //! the test's own runtime.
 
 #![allow(dead_code)]
 
-mod proxy;
 #[allow(unused_imports)] // not every test binary uses the proxy
-pub use proxy::{Bearer, Proxy, ProxyOptions};
+pub use berth_tests::regproxy::{Bearer, Proxy, ProxyOptions};
 
 use std::path::Path;
 use std::time::Duration;

@@ -127,9 +127,16 @@ impl NetFixture {
         let bridge = format!("bt{:x}x{n}", std::process::id() & 0xfffff);
         assert!(bridge.len() <= 15, "{bridge}");
         let third = free_third_octet(n);
-        let ns = ns
-            .map(String::from)
-            .unwrap_or_else(|| crate::unique_id(&format!("{name}-ns")));
+        let guard = Guard::new();
+        let ns = match ns {
+            Some(ns) => ns.to_string(),
+            None => {
+                // The namespace is this fixture's own: so is the cgroup dir containers get below it.
+                let ns = crate::unique_id(&format!("{name}-ns"));
+                guard.cgroup_parent(format!("/{ns}"));
+                ns
+            }
+        };
         let config_path = dir.join("config.toml");
         let paths = NetPaths {
             conf_dir: dir.join("net.d"),
@@ -160,7 +167,7 @@ impl NetFixture {
             bridge: paths.bridge,
             fx: TaskFixture {
                 daemon,
-                guard: Guard::new(),
+                guard,
                 ns,
                 config_path,
                 dir,
