@@ -128,7 +128,16 @@ impl Driver {
                 self.restart(rig, sh).await;
             }
             Fault::Failpoint(name) => self.failpoint(rig, sh, name).await,
-            Fault::KillShim => self.kill_shim(rig, sh),
+            Fault::KillShim => {
+                // Wait (bounded) for a task in the window where a shim may be killed.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while sh.killable.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+                    && Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                self.kill_shim(rig, sh)
+            }
             Fault::FillRoot => self.fill_root(rig, sh).await,
         }
     }
