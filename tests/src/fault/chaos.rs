@@ -131,7 +131,11 @@ impl Driver {
             Fault::KillShim => {
                 // Wait (bounded) for a task in the window where a shim may be killed.
                 let deadline = Instant::now() + Duration::from_secs(10);
-                while sh.killable.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+                while sh
+                    .killable
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty()
                     && Instant::now() < deadline
                 {
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -232,7 +236,7 @@ impl Driver {
         let reference = self.churn_image(rig, 12 << 20);
         let filler = rig.root.join("fault-suite-filler");
         let free = nix::sys::statvfs::statvfs(&rig.root)
-            .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+            .map(|s| s.blocks_available() * s.fragment_size())
             .unwrap_or(0);
         let size = free.saturating_sub(4 << 20);
         let written = tokio::task::block_in_place(|| write_filler(&filler, size));

@@ -1,9 +1,8 @@
 //! The bounded load: N clients, each looping pull → snapshot → container → task → start → exec → kill →
 //! wait → delete, through containerd's gRPC API, and recording what berthd acknowledged ([`Record`]).
 //!
-//! A call that fails (berthd killed, a failpoint, a shim killed, a full root) sends the client into recovery:
-//! it waits until berthd answers again, checks that what was acknowledged is still there, then deletes
-//! whatever of its container exists, tolerating NotFound, until everything is gone. Between rounds the
+//! A call that fails (berthd killed, a failpoint, a shim killed, a full root) sends the client into recovery
+//! ([`super::recover`]). Between rounds the
 //! clients park with nothing in flight, so the checks see a quiet namespace. Violations go to
 //! [`Shared::violations`]; this module never panics on them (the driver reports them all at once).
 
@@ -11,7 +10,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_proto::containerd_client::services::v1::container::Runtime;
 use berth_proto::containerd_client::services::v1::containers_client::ContainersClient;
@@ -24,22 +23,20 @@ use berth_proto::containerd_client::services::v1::tasks_client::TasksClient;
 use berth_proto::containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateRequest as CreateLeaseRequest, CreateTaskRequest,
     DeleteContainerRequest, DeleteProcessRequest, DeleteRequest as DeleteLeaseRequest,
-    DeleteTaskRequest, ExecProcessRequest, GetContainerRequest, GetRequest, KillRequest,
-    StartRequest, WaitRequest,
+    DeleteTaskRequest, ExecProcessRequest, KillRequest, StartRequest, WaitRequest,
 };
 use berth_proto::containerd_client::types::Mount;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::Status;
 
-use super::rig::{answers, connect};
+use super::recover::recover;
+use super::rig::connect;
 use super::{Counts, Rng};
 use crate::grpc::req_with;
 use crate::transfer::{PullOptions, Transfer};
 
 /// Deadline of one call of the load (a hung berthd fails the call, not the suite).
 const CALL: Duration = Duration::from_secs(60);
-/// How long a client retries the cleanup of one container before it reports a violation.
-const CLEANUP_BOUND: Duration = Duration::from_secs(180);
 /// The snapshotter of the run.
 pub const SNAPSHOTTER: &str = "overlayfs";
 /// Exec ids of the load start with this (an init's `/tasks/exit` has the container id as its id).
@@ -128,14 +125,14 @@ impl Shared {
             .push(what);
     }
 
-    fn shim_was_killed(&self, id: &str) -> bool {
+    pub(super) fn shim_was_killed(&self, id: &str) -> bool {
         self.shim_killed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(id)
     }
 
-    fn req<T>(&self, msg: T) -> tonic::Request<T> {
+    pub(super) fn req<T>(&self, msg: T) -> tonic::Request<T> {
         req_with(&self.ns, msg, Some(CALL))
     }
 
@@ -435,7 +432,12 @@ async fn exec(sh: &Shared, ch: &Channel, rec: &mut Record, rng: &mut Rng) -> Res
     Ok(())
 }
 
-async fn wait(sh: &Shared, ch: &Channel, id: &str, exec_id: &str) -> Result<u32, Status> {
+pub(super) async fn wait(
+    sh: &Shared,
+    ch: &Channel,
+    id: &str,
+    exec_id: &str,
+) -> Result<u32, Status> {
     let r = TasksClient::new(ch.clone())
         .wait(sh.req(WaitRequest {
             container_id: id.into(),
@@ -447,7 +449,7 @@ async fn wait(sh: &Shared, ch: &Channel, id: &str, exec_id: &str) -> Result<u32,
 }
 
 /// An exit status berthd reported for init must be the one the test knows (unless its shim was killed).
-fn check_exit(sh: &Shared, rec: &Record, status: u32, what: &str) {
+pub(super) fn check_exit(sh: &Shared, rec: &Record, status: u32, what: &str) {
     let Some(expected) = rec.expected_exit else {
         return;
     };
@@ -509,7 +511,7 @@ async fn delete_rest(sh: &Shared, ch: &Channel, rec: &mut Record) -> Result<(), 
 }
 
 /// Tasks.Delete's exit status must be what Wait answered.
-fn check_same(sh: &Shared, rec: &Record, deleted: u32) {
+pub(super) fn check_same(sh: &Shared, rec: &Record, deleted: u32) {
     if let Some(w) = rec.waited {
         sh.counts.add("check delete status = wait status");
         if w != deleted {
@@ -520,171 +522,4 @@ fn check_same(sh: &Shared, rec: &Record, deleted: u32) {
         }
     }
     check_exit(sh, rec, deleted, "Tasks.Delete");
-}
-
-/// Ok, or NotFound (already gone): anything else is retried.
-fn gone<T>(r: Result<T, Status>) -> Result<Option<T>, Status> {
-    match r {
-        Ok(v) => Ok(Some(v)),
-        Err(e) if e.code() == Code::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// After a failed call: wait for berthd, check what was acknowledged, then delete what exists.
-async fn recover(sh: &Shared, rec: &mut Record) {
-    let deadline = Instant::now() + CLEANUP_BOUND;
-    let mut checked = false;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        if let Err(e) = answers(&sh.addr, &sh.ns, super::rig::ANSWER_BOUND).await {
-            last = format!("berthd does not answer: {e}");
-            continue;
-        }
-        let Ok(ch) = connect(&sh.addr).await else {
-            continue;
-        };
-        if !checked {
-            match check_acked(sh, &ch, rec).await {
-                Ok(()) => checked = true,
-                Err(e) => {
-                    last = e.to_string();
-                    continue;
-                }
-            }
-        }
-        match cleanup(sh, &ch, rec).await {
-            Ok(()) => {
-                sh.counts.add("client recoveries");
-                return;
-            }
-            Err(e) => last = format!("{}: {}", e.code(), e.message()),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    sh.violation(format!(
-        "{}: could not delete it within {CLEANUP_BOUND:?} after a fault: {last}",
-        rec.id
-    ));
-}
-
-/// Every container acknowledged as created exists (it is this client's: nobody else deletes it); so does a
-/// started task until its delete was acknowledged.
-async fn check_acked(sh: &Shared, ch: &Channel, rec: &Record) -> Result<(), Status> {
-    if rec.container_acked && !rec.container_delete_sent {
-        sh.counts.add("check acked container exists");
-        let r = ContainersClient::new(ch.clone())
-            .get(sh.req(GetContainerRequest { id: rec.id.clone() }))
-            .await;
-        match r {
-            Ok(_) => {}
-            Err(e) if e.code() == Code::NotFound => sh.violation(format!(
-                "{}: acknowledged as created, never deleted, but Containers.Get says NotFound",
-                rec.id
-            )),
-            Err(e) => return Err(e),
-        }
-    }
-    if rec.started.is_some() && !rec.task_delete_sent {
-        sh.counts.add("check acked task exists");
-        let r = TasksClient::new(ch.clone())
-            .get(sh.req(GetRequest {
-                container_id: rec.id.clone(),
-                exec_id: String::new(),
-            }))
-            .await;
-        match r {
-            Ok(_) => {}
-            Err(e) if e.code() == Code::NotFound => sh.violation(format!(
-                "{}: its start was acknowledged, its delete never sent, but Tasks.Get says NotFound",
-                rec.id
-            )),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Kill, wait, delete task, container, snapshot; NotFound counts as done.
-async fn cleanup(sh: &Shared, ch: &Channel, rec: &mut Record) -> Result<(), Status> {
-    let mut tasks = TasksClient::new(ch.clone());
-    if rec.deleted.is_none() && !rec.task_gone {
-        let killed = tasks
-            .kill(sh.req(KillRequest {
-                container_id: rec.id.clone(),
-                exec_id: String::new(),
-                signal: 9,
-                all: true,
-            }))
-            .await;
-        if killed.is_ok() && rec.long && rec.started.is_some() {
-            // A running long init dies of this SIGKILL (if an earlier kill was not acknowledged).
-            rec.expected_exit = Some(137);
-        }
-        match killed {
-            Err(e) if !matches!(e.code(), Code::NotFound | Code::FailedPrecondition) => {
-                return Err(e)
-            }
-            _ => {}
-        }
-        match gone(wait(sh, ch, &rec.id, "").await)? {
-            Some(status) => {
-                if rec.started.is_some() {
-                    if let Some(w) = rec.waited {
-                        if w != status {
-                            sh.violation(format!(
-                                "{}: Tasks.Wait answered {w} and later {status}",
-                                rec.id
-                            ));
-                        }
-                    }
-                    rec.waited = Some(status);
-                    check_exit(sh, rec, status, "Tasks.Wait after recovery");
-                }
-            }
-            None => {}
-        }
-        let deleted = gone(
-            tasks
-                .delete(sh.req(DeleteTaskRequest {
-                    container_id: rec.id.clone(),
-                }))
-                .await,
-        )?;
-        if let Some(d) = deleted {
-            let st = d.into_inner().exit_status;
-            if rec.started.is_some() {
-                check_same(sh, rec, st);
-            }
-            rec.deleted = Some(st);
-        } else {
-            rec.task_gone = true;
-        }
-    }
-    if !rec.container_deleted {
-        rec.container_delete_sent = true;
-        gone(
-            ContainersClient::new(ch.clone())
-                .delete(sh.req(DeleteContainerRequest { id: rec.id.clone() }))
-                .await,
-        )?;
-        rec.container_deleted = true;
-    }
-    gone(
-        SnapshotsClient::new(ch.clone())
-            .remove(sh.req(RemoveSnapshotRequest {
-                snapshotter: SNAPSHOTTER.into(),
-                key: rec.id.clone(),
-            }))
-            .await,
-    )?;
-    gone(
-        LeasesClient::new(ch.clone())
-            .delete(sh.req(DeleteLeaseRequest {
-                id: rec.id.clone(),
-                sync: false,
-            }))
-            .await,
-    )?;
-    Ok(())
 }

@@ -10,6 +10,7 @@
 pub mod chaos;
 pub mod checks;
 pub mod load;
+mod recover;
 pub mod rig;
 
 use std::collections::BTreeMap;
