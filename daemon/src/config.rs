@@ -98,6 +98,11 @@ pub struct Config {
     pub registry_hosts_dir: PathBuf,
     /// Layer downloads one server-side pull runs at once.
     pub max_concurrent_downloads: usize,
+    /// Largest manifest or index a pull fetches, in bytes (containerd's limit: 4 MiB).
+    pub max_manifest_size: u64,
+    /// Largest uncompressed layer (tar stream) berthd unpacks, in bytes, on pulls and Diff.Apply
+    /// (0: no limit). Bounds what a decompression bomb can write.
+    pub max_unpacked_layer_size: u64,
     /// Container networks (the `[network]` table).
     pub network: NetworkConfig,
     /// Kubernetes' CRI (the `[cri]` table).
@@ -197,6 +202,8 @@ impl Default for Config {
             ingest_expiry_secs: 3600,
             registry_hosts_dir: PathBuf::from("/etc/berth/certs.d"),
             max_concurrent_downloads: 3,
+            max_manifest_size: 4 << 20,
+            max_unpacked_layer_size: 32 << 30,
             network: NetworkConfig::default(),
             cri: CriConfig::default(),
         }
@@ -238,6 +245,11 @@ impl Config {
         if self.max_concurrent_downloads == 0 {
             return Err(ConfigError::Invalid(
                 "max_concurrent_downloads must be at least 1".into(),
+            ));
+        }
+        if self.max_manifest_size < 1024 {
+            return Err(ConfigError::Invalid(
+                "max_manifest_size must be at least 1024 bytes".into(),
             ));
         }
         if self.max_batch == 0 {

@@ -79,6 +79,14 @@ pub enum Error {
         /// What was wrong.
         reason: String,
     },
+    /// A layer whose uncompressed stream is larger than the unpacker may write (a decompression bomb).
+    #[error(
+        "layer: uncompressed size exceeds the limit of {limit} bytes (max_unpacked_layer_size)"
+    )]
+    LayerTooLarge {
+        /// The limit, in bytes.
+        limit: u64,
+    },
     /// A layer entry refused because it would act outside the target or is otherwise unsafe.
     #[error("layer: refused entry {entry:?}: {reason}")]
     Unsafe {

@@ -452,3 +452,48 @@ fn whiteouts_give_the_merged_view_in_both_modes() {
     berth_image::mount::unmount(&merged).expect("unmount");
     guard.assert_clean();
 }
+
+#[test]
+fn the_size_limit_stops_a_bomb_and_accepts_a_layer_of_exactly_that_size() {
+    if !require_root() {
+        return;
+    }
+    let dir = TestDir::new("image-limit");
+    let tar = TarBuilder::new()
+        .file("zeros", 0o644, &vec![0u8; 4 << 20])
+        .finish();
+    let gz = common::gzip(&tar);
+    let limited = |max_size: u64| ApplyOptions {
+        max_size,
+        ..Default::default()
+    };
+    let target = dir.subdir("bomb");
+    let err =
+        apply(&target, &gz[..], Compression::Gzip, &limited(1 << 20)).expect_err("past the limit");
+    assert!(
+        matches!(err, berth_image::Error::LayerTooLarge { limit } if limit == 1 << 20),
+        "{err}"
+    );
+    assert!(err.to_string().contains("max_unpacked_layer_size"), "{err}");
+    // The whole stream (trailing blocks included) is exactly the limit: accepted.
+    let target = dir.subdir("exact");
+    let a = apply(
+        &target,
+        &gz[..],
+        Compression::Gzip,
+        &limited(tar.len() as u64),
+    )
+    .expect("at the limit");
+    assert_eq!(a.size, tar.len() as u64);
+    let err = apply(
+        &dir.subdir("one-less"),
+        &gz[..],
+        Compression::Gzip,
+        &limited(tar.len() as u64 - 1),
+    )
+    .expect_err("one byte past");
+    assert!(
+        matches!(err, berth_image::Error::LayerTooLarge { .. }),
+        "{err}"
+    );
+}

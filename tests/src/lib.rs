@@ -61,6 +61,7 @@ pub mod regtls;
 pub mod run;
 pub mod runc_fixture;
 pub mod shim_fixture;
+pub mod sysprobe;
 pub mod task_fixture;
 pub mod transfer;
 

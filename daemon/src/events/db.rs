@@ -140,6 +140,9 @@ impl JournalDb {
             reason,
         };
         std::fs::create_dir_all(path).map_err(|e| io_err("creating", path, e))?;
+        // Every namespace's events are in here: berthd's alone (the state dir is traversable).
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(|e| io_err("chmod", path, e))?;
         let lock_path = path.join(LOCK_FILE);
         let lock = File::options()
             .create(true)

@@ -63,7 +63,9 @@ pub fn status(e: berth_image::Error) -> Status {
         E::OutOfRange { .. } => Status::out_of_range(msg),
         E::InvalidDigest { .. } | E::UnsupportedMounts(_) => Status::invalid_argument(msg),
         E::SizeMismatch { .. } | E::DigestMismatch { .. } => Status::failed_precondition(msg),
-        E::Layer { .. } | E::Unsafe { .. } | E::Archive(_) => Status::invalid_argument(msg),
+        E::Layer { .. } | E::Unsafe { .. } | E::Archive(_) | E::LayerTooLarge { .. } => {
+            Status::invalid_argument(msg)
+        }
         E::Unsupported(_) => Status::unimplemented(msg),
         E::Io { .. } | E::Snapshot { .. } | E::Mount { .. } => Status::internal(msg),
     }

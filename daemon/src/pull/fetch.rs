@@ -115,13 +115,24 @@ impl JobCtx {
         parents: &[String],
     ) -> Result<Bytes, Status> {
         let name = progress::ref_key(desc);
-        let size = usize::try_from(desc.size).unwrap_or(usize::MAX);
-        if size > SMALL_LIMIT {
+        let declared = u64::try_from(desc.size).unwrap_or(u64::MAX);
+        // Manifests and indexes: the configured limit; image configs: the hard in-memory cap.
+        let (limit, key) =
+            if media::is_manifest(&desc.media_type) || media::is_index(&desc.media_type) {
+                (
+                    self.shared.ctx.config.max_manifest_size,
+                    "max_manifest_size",
+                )
+            } else {
+                (SMALL_LIMIT as u64, "the in-memory limit for configs")
+            };
+        if declared > limit {
             return Err(Status::invalid_argument(format!(
-                "{}: {} {} is {} bytes, more than the {SMALL_LIMIT}-byte limit",
+                "{}: {} {} declares {} bytes, more than the {limit}-byte limit ({key}); nothing was fetched",
                 self.plan.reference, desc.media_type, desc.digest, desc.size
             )));
         }
+        let size = usize::try_from(declared).unwrap_or(usize::MAX);
         let hub = &self.js.hub;
         hub.send(progress::node(
             "waiting",

@@ -141,6 +141,7 @@ fn apply_blocking(
     cell: Arc<BlobCell>,
     cancel: Arc<AtomicBool>,
     mounts: &[Mount],
+    max_size: u64,
 ) -> Result<berth_image::Applied, String> {
     let mut follow = Follow::new(cell, cancel);
     let (compression, mut reader) = match Compression::from_media_type(&desc.media_type) {
@@ -151,7 +152,10 @@ fn apply_blocking(
         mounts,
         &mut reader,
         compression,
-        &ApplyOptions::default(),
+        &ApplyOptions {
+            max_size,
+            ..ApplyOptions::default()
+        },
     )
     .map_err(|e| e.to_string())?;
     // To the verified end of the blob (padding after the tar, the end of the download).
@@ -220,9 +224,11 @@ pub(super) async fn unpack_layers(
         let snap_labels = HashMap::from([(labels::SNAPSHOT_REF.to_string(), chain.clone())]);
         let (_, mounts) = prepare(t, sn_name, &sn, &key, &parent, snap_labels.clone()).await?;
         let (d2, c2, cancel) = (desc.clone(), cell.clone(), t.cancel.clone());
-        let applied = tokio::task::spawn_blocking(move || apply_blocking(&d2, c2, cancel, &mounts))
-            .await
-            .map_err(join_err)?;
+        let max_size = t.shared.ctx.config.max_unpacked_layer_size;
+        let applied =
+            tokio::task::spawn_blocking(move || apply_blocking(&d2, c2, cancel, &mounts, max_size))
+                .await
+                .map_err(join_err)?;
         let applied = match applied {
             Ok(a) if a.diff_id.as_str() == diff_ids[i] => a,
             Ok(a) => {

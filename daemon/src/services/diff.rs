@@ -64,6 +64,7 @@ pub fn apply_layer(
     desc: &Descriptor,
     mounts: &[berth_image::Mount],
     expected_diff_id: Option<&str>,
+    max_size: u64,
 ) -> Result<Descriptor, Status> {
     let d = parse_digest(&desc.digest)?;
     let compression = compression_of(&desc.media_type, images, &d)?;
@@ -73,7 +74,10 @@ pub fn apply_layer(
         mounts,
         &mut reader,
         compression,
-        &ApplyOptions::default(),
+        &ApplyOptions {
+            max_size,
+            ..ApplyOptions::default()
+        },
     )
     .map_err(image_status)?;
     // Drain what the decompressor did not need (padding), then check the blob itself.
@@ -121,8 +125,9 @@ impl Diff for DiffService {
             .cloned();
         let mounts = from_mounts(r.mounts);
         let images = self.ctx.images.clone();
+        let max_size = self.ctx.config.max_unpacked_layer_size;
         let applied = tokio::task::spawn_blocking(move || {
-            apply_layer(&images, &desc, &mounts, expected.as_deref())
+            apply_layer(&images, &desc, &mounts, expected.as_deref(), max_size)
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))??;

@@ -89,10 +89,18 @@ pub fn save_record(dir: &Path, record: &TaskRecord) -> Result<(), TaskError> {
     write_atomic(&dir.join(RECORD_FILE), &bytes)
 }
 
+/// Written 0600: a spec's environment may carry secrets, and the task dir is traversable by others.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TaskError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     let ctx = || format!("writing {}", path.display());
-    let mut f = fs::File::create(&tmp).map_err(|e| TaskError::io(ctx(), e))?;
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| TaskError::io(ctx(), e))?;
     f.write_all(bytes).map_err(|e| TaskError::io(ctx(), e))?;
     fs::rename(&tmp, path).map_err(|e| TaskError::io(ctx(), e))
 }
@@ -243,21 +251,34 @@ pub fn resolve_runtime(
 
 /// Create the task directory and write config.json. Fails with AlreadyExists-like FailedPrecondition if the dir
 /// is there already (a leftover of a task berthd does not know).
+/// The task dirs (`tasks/`, `tasks/<ns>/`, `tasks/<ns>/<id>/`) are 0711, as containerd's: a user-namespaced
+/// container's init must traverse them to its rootfs, but other users must not list them.
 pub fn write_bundle(dir: &Path, spec_json: &[u8]) -> Result<(), TaskError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let traversable = |p: &Path| {
+        fs::set_permissions(p, fs::Permissions::from_mode(0o711))
+            .map_err(|e| TaskError::io(format!("chmod {}", p.display()), e))
+    };
     if let Some(parent) = dir.parent() {
         fs::create_dir_all(parent)
             .map_err(|e| TaskError::io(format!("creating {}", parent.display()), e))?;
+        traversable(parent)?;
+        if let Some(tasks) = parent.parent() {
+            traversable(tasks)?;
+        }
     }
-    match fs::create_dir(dir) {
+    let mkdir = || fs::DirBuilder::new().mode(0o711).create(dir);
+    match mkdir() {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             // A leftover without a live task (a crash during create): start afresh.
             remove_task_dir(dir)?;
-            fs::create_dir(dir)
-                .map_err(|e| TaskError::io(format!("creating {}", dir.display()), e))?;
+            mkdir().map_err(|e| TaskError::io(format!("creating {}", dir.display()), e))?;
         }
         Err(e) => return Err(TaskError::io(format!("creating {}", dir.display()), e)),
     }
+    // The umask may have taken bits away; 0711 exactly.
+    traversable(dir)?;
     write_atomic(&dir.join("config.json"), spec_json)
 }
 

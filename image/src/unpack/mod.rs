@@ -47,6 +47,9 @@ pub struct ApplyOptions {
     pub preserve_owners: bool,
     /// Read buffer size (1 MiB by default).
     pub buffer_size: usize,
+    /// Largest uncompressed tar stream accepted (0: no limit). A decompression bomb stops at this
+    /// many bytes with [`Error::LayerTooLarge`] instead of filling the disk.
+    pub max_size: u64,
 }
 
 impl Default for ApplyOptions {
@@ -56,6 +59,7 @@ impl Default for ApplyOptions {
             allow_devices: true,
             preserve_owners: true,
             buffer_size: 1 << 20,
+            max_size: 0,
         }
     }
 }
@@ -94,7 +98,53 @@ pub fn apply<R: Read>(
             offset: 0,
             reason: e.to_string(),
         })?;
-    apply::apply_tar(target, HashingReader::new(decoded), opts)
+    if opts.max_size == 0 {
+        return apply::apply_tar(target, HashingReader::new(decoded), opts);
+    }
+    let hit = std::rc::Rc::new(std::cell::Cell::new(false));
+    let limited = SizeLimit {
+        inner: decoded,
+        left: opts.max_size,
+        hit: hit.clone(),
+    };
+    match apply::apply_tar(target, HashingReader::new(limited), opts) {
+        // Whatever the tar reader made of the cut stream, the cause is the limit.
+        Err(_) if hit.get() => Err(Error::LayerTooLarge {
+            limit: opts.max_size,
+        }),
+        r => r,
+    }
+}
+
+/// A reader that fails once more than `left` bytes were asked of it, and says so in `hit`.
+struct SizeLimit<R> {
+    inner: R,
+    left: u64,
+    hit: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl<R: Read> Read for SizeLimit<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            // One more byte would pass the limit: a clean end is only at the limit exactly.
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => {
+                    self.hit.set(true);
+                    Err(std::io::Error::other(
+                        "uncompressed layer size limit reached",
+                    ))
+                }
+            };
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 /// Apply a layer onto what `mounts` describe: a single bind mount is applied into its source
