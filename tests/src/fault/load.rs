@@ -107,9 +107,8 @@ pub struct Shared {
     /// Containers whose shim the driver SIGKILLed (their exit status is berthd's to choose).
     pub shim_killed: Mutex<HashSet<String>>,
     /// Containers whose init runs and whose client sends nothing but execs: the only ones whose shim the
-    /// driver kills (held while it kills). Shim kills at other moments found leftovers: inside Tasks.Create
-    /// (fixed, `shim_killed_during_create_leaves_nothing`) and once a runtime state dir and cgroups without a
-    /// task dir (not analysed yet; see docs/TRAPS.md); widen this once that is understood.
+    /// driver kills (held while it kills). Shim kills inside Tasks.Create left the runtime's container behind
+    /// (fixed, `shim_killed_during_create_leaves_nothing`); widening this to Create and Delete is next.
     pub killable: Mutex<HashSet<String>>,
     /// The container the network name label asks for.
     pub network: String,
