@@ -47,6 +47,7 @@ pub mod containerd;
 pub mod cri_fixture;
 pub mod ctr_fixture;
 pub mod daemon;
+pub mod fault;
 pub mod grpc;
 pub mod guard;
 pub mod hostile;
