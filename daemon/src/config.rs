@@ -121,7 +121,7 @@ pub struct CriConfig {
     pub network: Option<String>,
     /// hosts.toml directory for the kubelet's pulls (mirrors, CAs, credentials); None = `registry_hosts_dir`.
     pub registry_config_path: Option<PathBuf>,
-    /// Streaming server address (reserved for Exec/Attach/PortForward).
+    /// Address of the streaming server behind Exec/Attach/PortForward (loopback: the kubelet is local).
     pub stream_address: String,
     /// Streaming server port (0: any free port).
     pub stream_port: u16,

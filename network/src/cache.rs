@@ -30,6 +30,9 @@ pub struct CachedAttachment {
     pub attachment: Attachment,
     /// `None` when the ADD never finished (berthd crashed, or undoing a failed ADD failed).
     pub result: Option<AttachResult>,
+    /// For an ADD that never finished: the raw result of the last plugin that succeeded. DEL passes it as
+    /// `prevResult`; without it the firewall plugin cannot find the rules it added.
+    pub partial: Option<Value>,
     pub path: PathBuf,
 }
 
@@ -50,6 +53,8 @@ struct Entry {
     config: Value,
     #[serde(default)]
     result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    partial_result: Option<Value>,
 }
 
 /// Path of the entry for (`network`, `container_id`, `ifname`).
@@ -71,6 +76,26 @@ pub(crate) fn write(
     att: &Attachment,
     result: Option<&Value>,
 ) -> Result<PathBuf, Error> {
+    write_entry(cache_dir, net, att, result, None)
+}
+
+/// Mark an ADD in progress whose plugins so far returned `partial` (what a DEL after a crash needs).
+pub(crate) fn write_partial(
+    cache_dir: &Path,
+    net: &Network,
+    att: &Attachment,
+    partial: &Value,
+) -> Result<PathBuf, Error> {
+    write_entry(cache_dir, net, att, None, Some(partial))
+}
+
+fn write_entry(
+    cache_dir: &Path,
+    net: &Network,
+    att: &Attachment,
+    result: Option<&Value>,
+    partial: Option<&Value>,
+) -> Result<PathBuf, Error> {
     let path = entry_path(cache_dir, &net.name, &att.container_id, &att.ifname);
     let entry = Entry {
         kind: KIND.into(),
@@ -87,6 +112,7 @@ pub(crate) fn write(
         capabilities: att.capabilities.clone(),
         config: net.conflist().clone(),
         result: result.cloned(),
+        partial_result: partial.cloned(),
     };
     let fail = |why: String| Error::Cache {
         path: path.clone(),
@@ -163,6 +189,7 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<CachedAttachment, Error> {
             capabilities: e.capabilities,
         },
         result,
+        partial: e.partial_result,
         path: path.to_path_buf(),
     })
 }

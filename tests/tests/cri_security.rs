@@ -104,3 +104,111 @@ async fn the_security_context_reaches_the_process() {
         .expect("remove");
     fx.nf.fx.guard.assert_clean();
 }
+
+/// A container config whose PID namespace mode is `mode` (with `target`).
+fn with_pid_mode(
+    mut c: cri::ContainerConfig,
+    mode: cri::NamespaceMode,
+    target: &str,
+) -> cri::ContainerConfig {
+    if let Some(sc) = c.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
+        sc.namespace_options = Some(cri::NamespaceOption {
+            network: cri::NamespaceMode::Pod as i32,
+            pid: mode as i32,
+            ipc: cri::NamespaceMode::Pod as i32,
+            target_id: target.to_string(),
+        });
+    }
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_pid_namespaces_and_namespaced_sysctls() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let Some(fx) = CriFixture::new("cri-target") else {
+        return;
+    };
+    fx.pull_busybox().await;
+    // A host-wide sysctl is refused before anything is made; a network one is applied in the pod.
+    let mut bad = fx.pod_config("host-sysctl");
+    if let Some(l) = bad.linux.as_mut() {
+        l.sysctls = [("vm.swappiness".to_string(), "10".to_string())].into();
+    }
+    let err = fx.pod(bad).await.expect_err("vm.* refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("vm.swappiness"), "{err:?}");
+
+    let mut cfg = fx.pod_config("targeted");
+    if let Some(l) = cfg.linux.as_mut() {
+        l.sysctls = [(
+            "net.ipv4.ip_unprivileged_port_start".to_string(),
+            "80".to_string(),
+        )]
+        .into();
+    }
+    let pod = fx.pod(cfg.clone()).await.expect("pod");
+    let first = fx
+        .container(
+            &pod,
+            &cfg,
+            with_pid_mode(
+                fx.container_config("first", "exec sleep 1001"),
+                cri::NamespaceMode::Container,
+                "",
+            ),
+        )
+        .await
+        .expect("first");
+    let r = fx
+        .exec(
+            &first,
+            "cat /proc/sys/net/ipv4/ip_unprivileged_port_start",
+            10,
+        )
+        .await
+        .expect("exec");
+    assert_eq!(r.stdout, b"80\n");
+    // TARGET: the second container's processes live in the first's PID namespace (its sleep is PID 1 there).
+    let second = fx
+        .container(
+            &pod,
+            &cfg,
+            with_pid_mode(
+                fx.container_config("second", "exec sleep 1002"),
+                cri::NamespaceMode::Target,
+                &first,
+            ),
+        )
+        .await
+        .expect("second");
+    let r = fx
+        .exec(&second, "cat /proc/1/cmdline", 10)
+        .await
+        .expect("exec");
+    assert_eq!(r.stdout, b"sleep\x001001\x00");
+    // A target that is not in the pod is NotFound.
+    let err = fx
+        .container(
+            &pod,
+            &cfg,
+            with_pid_mode(
+                fx.container_config("third", "exec sleep 1003"),
+                cri::NamespaceMode::Target,
+                "nope",
+            ),
+        )
+        .await
+        .expect_err("unknown target");
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+
+    fx.runtime()
+        .await
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .expect("remove");
+    fx.nf.fx.guard.assert_clean();
+}

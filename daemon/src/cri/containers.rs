@@ -72,10 +72,12 @@ pub async fn create(
     let netns = (!pods::host_network(&sandbox.config))
         .then(|| Owner::task(NAMESPACE, pod_id).netns_path(&cri.ctx().config.state));
     let pause_dir = cri.ctx().config.task_dir(NAMESPACE, pod_id);
+    let target_pid = target_pid(cri, pod_id, &config).await?;
     let pod = PodNamespaces {
         pause_pid: pause.pid,
         netns: netns.as_deref(),
         pause_dir: &pause_dir,
+        target_pid,
     };
     let spec = super::spec::container(&id, &image.config, &config, &sandbox_config, &pod)?;
     let mut labels = HashMap::from([
@@ -107,6 +109,37 @@ pub async fn create(
     Ok(id)
 }
 
+/// For PID namespace mode TARGET, the pid of the target container: it must be a running container of the same
+/// pod (NotFound otherwise; FailedPrecondition when it is not running).
+async fn target_pid(
+    cri: &Cri,
+    pod_id: &str,
+    config: &cri::ContainerConfig,
+) -> Result<Option<u32>, Status> {
+    let ns = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref());
+    let Some(ns) = ns.filter(|n| n.pid == cri::NamespaceMode::Target as i32) else {
+        return Ok(None);
+    };
+    let target = meta::container(&cri.ctx().store, &ns.target_id).await?;
+    if target.sandbox_id != pod_id {
+        return Err(Status::not_found(format!(
+            "target container {} is not in pod {pod_id}",
+            ns.target_id
+        )));
+    }
+    let p = task(cri, &target.id)
+        .await?
+        .filter(|p| p.status == TaskStatus::Running as i32 && p.pid > 0)
+        .ok_or_else(|| {
+            Status::failed_precondition(format!("target container {} is not running", target.id))
+        })?;
+    Ok(Some(p.pid))
+}
+
 /// StartContainer: the task, with the CRI log as its stdio.
 pub async fn start(cri: &Cri, id: &str) -> Result<(), Status> {
     let c = meta::container(&cri.ctx().store, id).await?;
@@ -116,7 +149,8 @@ pub async fn start(cri: &Cri, id: &str) -> Result<(), Status> {
         )));
     }
     let log = c.label(meta::LOG_PATH).to_string();
-    let stdio = if log.is_empty() || c.config.tty {
+    // A terminal's output is one stream: the shim writes it to the log as stdout.
+    let stdio = if log.is_empty() {
         String::new()
     } else {
         let dir = std::path::Path::new(&log).parent().map(|p| p.to_path_buf());
@@ -135,7 +169,7 @@ pub async fn start(cri: &Cri, id: &str) -> Result<(), Status> {
                 container_id: id.to_string(),
                 rootfs,
                 stdout: stdio.clone(),
-                stderr: stdio,
+                stderr: if c.config.tty { String::new() } else { stdio },
                 terminal: c.config.tty,
                 ..Default::default()
             },
@@ -153,6 +187,29 @@ pub async fn start(cri: &Cri, id: &str) -> Result<(), Status> {
         &[(meta::STARTED_AT, super::now_nanos().to_string())],
     )
     .await
+}
+
+/// ReopenContainerLog: the shim reopens the log at its path (the kubelet renamed it to rotate it). NotFound for
+/// an unknown container; FailedPrecondition for one not running (no new file is made then), as containerd answers.
+pub async fn reopen_log(cri: &Cri, id: &str) -> Result<(), Status> {
+    let c = meta::container(&cri.ctx().store, id).await?;
+    if c.label(meta::LOG_PATH).is_empty() {
+        return Err(Status::failed_precondition(format!(
+            "container {id} has no log path"
+        )));
+    }
+    let running = task(cri, id)
+        .await?
+        .is_some_and(|p| p.status == TaskStatus::Running as i32);
+    if !running {
+        return Err(Status::failed_precondition(format!(
+            "container {id} is not running"
+        )));
+    }
+    cri.tasks()
+        .reopen_log(NAMESPACE, id)
+        .await
+        .map_err(task_status)
 }
 
 fn stop_signal(c: &CriContainer) -> u32 {

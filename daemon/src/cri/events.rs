@@ -1,7 +1,8 @@
 //! GetContainerEvents: berthd's durable event journal, filtered to `k8s.io`'s container and task events and
 //! turned into CRI's container events (created, started, stopped, deleted) with the container's status and
 //! its pod's status, as the kubelet's evented PLEG wants them. An event is only seen once it is durable, so a
-//! stopped event is never sent for an exit berthd could lose.
+//! stopped event is never sent for an exit berthd could lose. Each event carries its journal seq (a field of
+//! Berth's far from CRI's numbers); a client passing the last one back resumes without a gap.
 //!
 //! This module must never block the event bus: a subscriber that falls behind is cut off by the bus (the
 //! kubelet then relists and subscribes again).
@@ -63,6 +64,7 @@ async fn to_cri(
         created_at: at,
         pod_sandbox_status: None,
         containers_statuses: vec![],
+        berth_seq: 0,
     };
     if kind == cri::ContainerEventType::ContainerDeletedEvent {
         // The record is gone: the id is all there is (the kubelet knows which pod it was in).
@@ -102,12 +104,23 @@ async fn to_cri(
     Some(out)
 }
 
-/// Subscribe: events from now on.
-pub fn subscribe(cri: &Cri) -> Result<EventStream, Status> {
+/// Subscribe: events from now on, or (Berth's extension `berth_after_seq`) every event after that journal seq
+/// first, so a client that reconnects after a berthd restart misses nothing; OutOfRange when the journal no
+/// longer holds that seq (the client relists, as the kubelet does when its stream breaks).
+pub async fn subscribe(cri: &Cri, after_seq: u64) -> Result<EventStream, Status> {
     let filter = crate::services::parse_filters(&[FILTER.to_string()])?;
-    let sub = cri.ctx().events.subscribe(filter)?;
+    let events: Pin<Box<dyn Stream<Item = Result<_, Status>> + Send>> = if after_seq == 0 {
+        Box::pin(cri.ctx().events.subscribe(filter)?)
+    } else {
+        Box::pin(
+            cri.ctx()
+                .events
+                .subscribe_from(filter, after_seq, false)
+                .await?,
+        )
+    };
     let cri = cri.clone();
-    let stream = sub
+    let stream = events
         .then(move |item| {
             let cri = cri.clone();
             async move {
@@ -116,7 +129,9 @@ pub fn subscribe(cri: &Cri) -> Result<EventStream, Status> {
                     Ok(ev) => {
                         let at = super::ts_nanos(ev.timestamp.as_ref());
                         let any = ev.event.as_ref()?;
-                        to_cri(&cri, &ev.topic, any, at).await.map(Ok)
+                        let mut out = to_cri(&cri, &ev.topic, any, at).await?;
+                        out.berth_seq = ev.seq;
+                        Some(Ok(out))
                     }
                 }
             }

@@ -18,7 +18,7 @@ use crate::tasks::{Kill, StdioPaths, TaskError};
 const OUTPUT_CAP: usize = 16 << 20;
 
 /// Where ExecSync's FIFOs go.
-fn exec_root(cri: &Cri) -> PathBuf {
+pub(super) fn exec_root(cri: &Cri) -> PathBuf {
     cri.ctx().config.state.join("cri-exec")
 }
 
@@ -48,9 +48,31 @@ async fn drain(path: PathBuf) -> std::io::Result<Vec<u8>> {
     }
 }
 
-fn mkfifo(p: &Path) -> Result<(), Status> {
+pub(super) fn mkfifo(p: &Path) -> Result<(), Status> {
     nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600))
         .map_err(|e| Status::internal(format!("mkfifo {}: {e}", p.display())))
+}
+
+/// The OCI process of an exec of `cmd` in container `id`: the container's own process (user, env, cwd,
+/// capabilities...) with other args.
+pub(super) async fn exec_process(
+    cri: &Cri,
+    id: &str,
+    cmd: &[String],
+    tty: bool,
+) -> Result<Vec<u8>, Status> {
+    let record = super::meta::get(&cri.ctx().store, id)
+        .await?
+        .ok_or_else(|| Status::not_found(format!("container {id:?} not found")))?;
+    let spec: serde_json::Value = record
+        .spec
+        .as_ref()
+        .and_then(|a| serde_json::from_slice(&a.value).ok())
+        .ok_or_else(|| Status::internal("the container's spec is unreadable"))?;
+    let mut process = spec["process"].clone();
+    process["args"] = serde_json::json!(cmd);
+    process["terminal"] = serde_json::json!(tty);
+    serde_json::to_vec(&process).map_err(|e| Status::internal(e.to_string()))
 }
 
 /// ExecSync.
@@ -62,18 +84,7 @@ pub async fn exec_sync(
         return Err(Status::invalid_argument("cmd must not be empty"));
     }
     let c = super::meta::container(&cri.ctx().store, &req.container_id).await?;
-    let record = super::meta::get(&cri.ctx().store, &c.id)
-        .await?
-        .ok_or_else(|| Status::not_found(format!("container {:?} not found", c.id)))?;
-    let spec: serde_json::Value = record
-        .spec
-        .as_ref()
-        .and_then(|a| serde_json::from_slice(&a.value).ok())
-        .ok_or_else(|| Status::internal("the container's spec is unreadable"))?;
-    let mut process = spec["process"].clone();
-    process["args"] = serde_json::json!(req.cmd);
-    process["terminal"] = serde_json::json!(false);
-    let process_json = serde_json::to_vec(&process).map_err(|e| Status::internal(e.to_string()))?;
+    let process_json = exec_process(cri, &c.id, &req.cmd, false).await?;
 
     let exec_id = format!("exec-{}", &super::new_id()?[..16]);
     let dir = exec_root(cri).join(&exec_id);

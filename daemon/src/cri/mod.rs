@@ -11,10 +11,11 @@
 //! - `records.rs`: the container record, snapshot and task behind each pod and container.
 //! - `pods.rs`, `containers.rs`, `exec.rs`: the RuntimeService verbs, through the [`Tasks`] handle (never a
 //!   second copy of the task machinery) and the in-process containerd services.
-//! - `stats.rs`: container stats from the shim's cgroup metrics, resource updates.
+//! - `stats.rs`: container stats from the shim's cgroup metrics, resource updates; `pod_stats.rs`: a pod's.
 //! - `events.rs`: GetContainerEvents from berthd's durable event journal.
 //! - `actor.rs`: CriSupervisor and a PodActor per sandbox: every verb on one pod (its sandbox and its
 //!   containers) runs in its PodActor, one at a time, so a stop never interleaves with a create.
+//! - `stream/`: the streaming server behind Exec, Attach and PortForward (WebSocket and SPDY).
 //! - `runtime.rs`: the gRPC RuntimeService, thin: validate, call, map errors.
 //!
 //! This module must never write task state of its own, never touch a namespace other than `k8s.io`, and never
@@ -26,11 +27,13 @@ mod events;
 mod exec;
 mod images;
 mod meta;
+mod pod_stats;
 mod pods;
 mod records;
 mod runtime;
 mod spec;
 mod stats;
+mod stream;
 
 use std::sync::Arc;
 
@@ -61,6 +64,10 @@ struct Inner {
     pulls: crate::pull::Pulls,
     networks: crate::network::Networks,
     pods: actor::Pods,
+    /// The last CPU sample of each container and pod (time, cumulative usage), for usage_nano_cores.
+    cpu_samples: std::sync::Mutex<std::collections::HashMap<String, (i64, u64)>>,
+    /// The streaming server's tokens and address.
+    streams: stream::Streams,
 }
 
 impl Cri {
@@ -79,6 +86,8 @@ impl Cri {
                 pulls,
                 networks,
                 pods,
+                cpu_samples: Default::default(),
+                streams: stream::Streams::default(),
             }),
         }
     }
@@ -89,6 +98,15 @@ impl Cri {
 
     fn tasks(&self) -> &Tasks {
         &self.inner.tasks
+    }
+
+    /// A removed container's or pod's CPU sample is dropped.
+    fn forget_sample(&self, id: &str) {
+        self.inner
+            .cpu_samples
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
     }
 
     /// The gRPC services to register.
@@ -116,6 +134,11 @@ impl Cri {
     /// Start-up housekeeping, before serving.
     pub async fn recover(&self) {
         exec::remove_leftovers(self).await;
+        if self.ctx().config.cri.enabled {
+            if let Err(e) = stream::serve(self).await {
+                tracing::error!(namespace = NAMESPACE, error = %e, "cannot start the CRI streaming server: Exec, Attach and PortForward will fail");
+            }
+        }
     }
 }
 

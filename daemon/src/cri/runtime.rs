@@ -10,7 +10,11 @@ use berth_proto::cri::runtime_service_server::RuntimeService as RuntimeApi;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use super::{containers, events, exec, meta, pods, stats, Cri, API_VERSION, NAMESPACE};
+use super::actor::messages as m;
+use super::actor::PodActor;
+use super::{
+    containers, events, exec, meta, pod_stats, pods, stats, stream, Cri, API_VERSION, NAMESPACE,
+};
 
 /// The RuntimeService.
 #[derive(Clone)]
@@ -32,20 +36,14 @@ impl RuntimeService {
             .map(|c| c.sandbox_id))
     }
 
-    /// Run `op` as an operation of `pod`'s actor (after the pod's earlier verbs), in the span of `verb` on `id`.
-    async fn in_pod<T, Fut>(
-        &self,
-        pod: &str,
-        verb: &'static str,
-        id: &str,
-        op: impl FnOnce(Cri) -> Fut,
-    ) -> Result<T, Status>
+    /// Send a verb to `pod`'s actor (it runs after the pod's earlier verbs).
+    async fn in_pod<M, T>(&self, pod: &str, msg: M) -> Result<T, Status>
     where
+        M: actix::Message<Result = Result<T, Status>> + Send + 'static,
         T: Send + 'static,
-        Fut: std::future::Future<Output = Result<T, Status>> + Send + 'static,
+        PodActor: actix::Handler<M>,
     {
-        let fut = op(self.cri.clone()).instrument(span(verb, id));
-        self.cri.inner.pods.run(pod, fut).await
+        self.cri.inner.pods.call(&self.cri, pod, msg).await
     }
 }
 
@@ -70,9 +68,10 @@ impl RuntimeApi for RuntimeService {
 
     async fn get_container_events(
         &self,
-        _: Request<cri::GetEventsRequest>,
+        req: Request<cri::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Ok(Response::new(events::subscribe(&self.cri)?))
+        let after = req.into_inner().berth_after_seq;
+        Ok(Response::new(events::subscribe(&self.cri, after).await?))
     }
 
     async fn version(
@@ -100,19 +99,19 @@ impl RuntimeApi for RuntimeService {
             .as_ref()
             .map(meta::pod_name)
             .unwrap_or_default();
-        let span = tracing::info_span!("run_pod_sandbox", namespace = NAMESPACE, pod = %name);
-        let cri = self.cri.clone();
         // Serialised per pod name: two runs of one pod do not race past the uniqueness check.
+        let key = format!("name:{name}");
         let id = self
-            .cri
-            .inner
-            .pods
-            .run(
-                &format!("name:{name}"),
-                async move { pods::run(&cri, config, &r.runtime_handler).await }.instrument(span),
+            .in_pod(
+                &key,
+                m::RunPod {
+                    config,
+                    runtime_handler: r.runtime_handler,
+                },
             )
-            .await?;
-        self.cri.inner.pods.forget(&format!("name:{name}")).await;
+            .await;
+        self.cri.inner.pods.forget(&key).await;
+        let id = id?;
         tracing::info!(namespace = NAMESPACE, container_id = %id, pod = %name, "pod sandbox ready");
         Ok(Response::new(cri::RunPodSandboxResponse {
             pod_sandbox_id: id,
@@ -125,11 +124,7 @@ impl RuntimeApi for RuntimeService {
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
         let id = req.into_inner().pod_sandbox_id;
         required("pod_sandbox_id", &id)?;
-        let id2 = id.clone();
-        self.in_pod(&id, "stop_pod_sandbox", &id, |cri| async move {
-            pods::stop(&cri, &id2).await
-        })
-        .await?;
+        self.in_pod(&id, m::StopPod { id: id.clone() }).await?;
         Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
 
@@ -139,11 +134,7 @@ impl RuntimeApi for RuntimeService {
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
         let id = req.into_inner().pod_sandbox_id;
         required("pod_sandbox_id", &id)?;
-        let id2 = id.clone();
-        self.in_pod(&id, "remove_pod_sandbox", &id, |cri| async move {
-            pods::remove(&cri, &id2).await
-        })
-        .await?;
+        self.in_pod(&id, m::RemovePod { id: id.clone() }).await?;
         self.cri.inner.pods.forget(&id).await;
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
@@ -176,14 +167,14 @@ impl RuntimeApi for RuntimeService {
         let config = r
             .config
             .ok_or_else(|| Status::invalid_argument("config is required"))?;
-        let pod = r.pod_sandbox_id.clone();
-        let sandbox_config = r.sandbox_config;
         let id = self
             .in_pod(
                 &r.pod_sandbox_id,
-                "create_container",
-                &r.pod_sandbox_id,
-                |cri| async move { containers::create(&cri, &pod, config, sandbox_config).await },
+                m::CreateContainer {
+                    pod: r.pod_sandbox_id.clone(),
+                    config,
+                    sandbox_config: r.sandbox_config,
+                },
             )
             .await?;
         Ok(Response::new(cri::CreateContainerResponse {
@@ -201,11 +192,7 @@ impl RuntimeApi for RuntimeService {
             .pod_of(&id)
             .await?
             .ok_or_else(|| Status::not_found(format!("container {id:?} not found")))?;
-        let id2 = id.clone();
-        self.in_pod(&pod, "start_container", &id, |cri| async move {
-            containers::start(&cri, &id2).await
-        })
-        .await?;
+        self.in_pod(&pod, m::StartContainer { id }).await?;
         Ok(Response::new(cri::StartContainerResponse {}))
     }
 
@@ -219,11 +206,11 @@ impl RuntimeApi for RuntimeService {
         let Some(pod) = self.pod_of(&r.container_id).await? else {
             return Ok(Response::new(cri::StopContainerResponse {}));
         };
-        let (id, timeout) = (r.container_id.clone(), r.timeout);
-        self.in_pod(&pod, "stop_container", &r.container_id, |cri| async move {
-            containers::stop(&cri, &id, timeout).await
-        })
-        .await?;
+        let msg = m::StopContainer {
+            id: r.container_id,
+            timeout: r.timeout,
+        };
+        self.in_pod(&pod, msg).await?;
         Ok(Response::new(cri::StopContainerResponse {}))
     }
 
@@ -236,11 +223,7 @@ impl RuntimeApi for RuntimeService {
         let Some(pod) = self.pod_of(&id).await? else {
             return Ok(Response::new(cri::RemoveContainerResponse {}));
         };
-        let id2 = id.clone();
-        self.in_pod(&pod, "remove_container", &id, |cri| async move {
-            containers::remove(&cri, &id2).await
-        })
-        .await?;
+        self.in_pod(&pod, m::RemoveContainer { id }).await?;
         Ok(Response::new(cri::RemoveContainerResponse {}))
     }
 
@@ -275,6 +258,42 @@ impl RuntimeApi for RuntimeService {
         ))
     }
 
+    async fn exec(
+        &self,
+        req: Request<cri::ExecRequest>,
+    ) -> Result<Response<cri::ExecResponse>, Status> {
+        let r = req.into_inner();
+        required("container_id", &r.container_id)?;
+        let sp = span("exec", &r.container_id);
+        Ok(Response::new(
+            stream::exec(&self.cri, r).instrument(sp).await?,
+        ))
+    }
+
+    async fn attach(
+        &self,
+        req: Request<cri::AttachRequest>,
+    ) -> Result<Response<cri::AttachResponse>, Status> {
+        let r = req.into_inner();
+        required("container_id", &r.container_id)?;
+        let sp = span("attach", &r.container_id);
+        Ok(Response::new(
+            stream::attach(&self.cri, r).instrument(sp).await?,
+        ))
+    }
+
+    async fn port_forward(
+        &self,
+        req: Request<cri::PortForwardRequest>,
+    ) -> Result<Response<cri::PortForwardResponse>, Status> {
+        let r = req.into_inner();
+        required("pod_sandbox_id", &r.pod_sandbox_id)?;
+        let sp = span("port_forward", &r.pod_sandbox_id);
+        Ok(Response::new(
+            stream::port_forward(&self.cri, r).instrument(sp).await?,
+        ))
+    }
+
     async fn container_stats(
         &self,
         req: Request<cri::ContainerStatsRequest>,
@@ -304,15 +323,44 @@ impl RuntimeApi for RuntimeService {
         let pod = self.pod_of(&r.container_id).await?.ok_or_else(|| {
             Status::not_found(format!("container {:?} not found", r.container_id))
         })?;
-        let (id, linux) = (r.container_id.clone(), r.linux);
-        self.in_pod(
-            &pod,
-            "update_container_resources",
-            &r.container_id,
-            |cri| async move { stats::update(&cri, &id, linux).await },
-        )
-        .await?;
+        let msg = m::UpdateResources {
+            id: r.container_id,
+            linux: r.linux,
+        };
+        self.in_pod(&pod, msg).await?;
         Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        req: Request<cri::ReopenContainerLogRequest>,
+    ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+        let id = req.into_inner().container_id;
+        required("container_id", &id)?;
+        containers::reopen_log(&self.cri, &id)
+            .instrument(span("reopen_container_log", &id))
+            .await?;
+        Ok(Response::new(cri::ReopenContainerLogResponse {}))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        req: Request<cri::PodSandboxStatsRequest>,
+    ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
+        let id = req.into_inner().pod_sandbox_id;
+        required("pod_sandbox_id", &id)?;
+        Ok(Response::new(cri::PodSandboxStatsResponse {
+            stats: Some(pod_stats::pod(&self.cri, &id).await?),
+        }))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        req: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
+        Ok(Response::new(cri::ListPodSandboxStatsResponse {
+            stats: pod_stats::list(&self.cri, req.into_inner().filter).await?,
+        }))
     }
 
     async fn update_runtime_config(

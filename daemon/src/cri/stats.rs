@@ -17,46 +17,89 @@ use super::{ns_request, task_status, Cri, NAMESPACE};
 use crate::services::snapshots::SnapshotsService;
 use crate::tasks::TaskError;
 
-fn u64v(value: u64) -> Option<cri::UInt64Value> {
+pub(super) fn u64v(value: u64) -> Option<cri::UInt64Value> {
     Some(cri::UInt64Value { value })
 }
 
-/// The stats of one container; None when it has no running task to ask.
-async fn stats_of(cri: &Cri, c: &CriContainer) -> Result<Option<cri::ContainerStats>, Status> {
-    let any = match cri.tasks().metrics_of(NAMESPACE, &c.id).await {
+/// The cgroup metrics of one task; None when it has no running task to ask.
+pub(super) async fn metrics(
+    cri: &Cri,
+    id: &str,
+) -> Result<Option<berth_proto::cgroups::Metrics>, Status> {
+    let any = match cri.tasks().metrics_of(NAMESPACE, id).await {
         Ok(Some(a)) => a,
         Ok(None) | Err(TaskError::TaskNotFound(_)) => return Ok(None),
         Err(e) => return Err(task_status(e)),
     };
-    let m = berth_proto::cgroups::Metrics::decode(any.value.as_slice())
-        .map_err(|e| Status::internal(format!("container {}: cgroup metrics: {e}", c.id)))?;
+    berth_proto::cgroups::Metrics::decode(any.value.as_slice())
+        .map(Some)
+        .map_err(|e| Status::internal(format!("container {id}: cgroup metrics: {e}")))
+}
+
+/// CRI's CPU usage: the cumulative time, and the rate since the previous sample of the same `key` (what
+/// containerd's CRI fills and the kubelet's summary reports as usageNanoCores).
+pub(super) fn cpu_usage(cri: &Cri, key: &str, total: u64, now: i64) -> cri::CpuUsage {
+    let mut last = cri
+        .inner
+        .cpu_samples
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let rate = last
+        .insert(key.to_string(), (now, total))
+        .and_then(|(t0, u0)| {
+            let dt = u64::try_from(now - t0).ok().filter(|d| *d > 0)?;
+            Some(total.saturating_sub(u0).saturating_mul(1_000_000_000) / dt)
+        });
+    cri::CpuUsage {
+        timestamp: now,
+        usage_core_nano_seconds: u64v(total),
+        usage_nano_cores: rate.map(|value| cri::UInt64Value { value }),
+    }
+}
+
+/// CRI's memory usage of cgroup memory statistics.
+pub(super) fn memory_usage(mem: &berth_proto::cgroups::MemoryStat, now: i64) -> cri::MemoryUsage {
+    let usage = mem.usage.as_ref().map(|u| u.usage).unwrap_or(0);
+    let limit = mem.usage.as_ref().map(|u| u.limit).unwrap_or(0);
+    let working_set = usage.saturating_sub(mem.total_inactive_file);
+    cri::MemoryUsage {
+        timestamp: now,
+        working_set_bytes: u64v(working_set),
+        // cgroup v1 reports "no limit" as a huge number.
+        available_bytes: (limit > 0 && limit < (1 << 62)).then(|| cri::UInt64Value {
+            value: limit.saturating_sub(working_set),
+        }),
+        usage_bytes: u64v(usage),
+        rss_bytes: u64v(mem.total_rss.max(mem.rss)),
+        page_faults: u64v(mem.total_pg_fault.max(mem.pg_fault)),
+        major_page_faults: u64v(mem.total_pg_maj_fault.max(mem.pg_maj_fault)),
+    }
+}
+
+/// The stats of one container; None when it has no running task to ask.
+pub(super) async fn stats_of(
+    cri: &Cri,
+    c: &CriContainer,
+) -> Result<Option<cri::ContainerStats>, Status> {
+    Ok(stats_and_pids(cri, c).await?.map(|(s, _)| s))
+}
+
+/// The stats of one container and its process count.
+pub(super) async fn stats_and_pids(
+    cri: &Cri,
+    c: &CriContainer,
+) -> Result<Option<(cri::ContainerStats, u64)>, Status> {
+    let Some(m) = metrics(cri, &c.id).await? else {
+        return Ok(None);
+    };
     let now = super::now_nanos();
     let cpu = m
         .cpu
         .as_ref()
         .and_then(|c| c.usage.as_ref())
-        .map(|u| cri::CpuUsage {
-            timestamp: now,
-            usage_core_nano_seconds: u64v(u.total),
-            usage_nano_cores: None,
-        });
-    let memory = m.memory.as_ref().map(|mem| {
-        let usage = mem.usage.as_ref().map(|u| u.usage).unwrap_or(0);
-        let limit = mem.usage.as_ref().map(|u| u.limit).unwrap_or(0);
-        let working_set = usage.saturating_sub(mem.total_inactive_file);
-        cri::MemoryUsage {
-            timestamp: now,
-            working_set_bytes: u64v(working_set),
-            // cgroup v1 reports "no limit" as a huge number.
-            available_bytes: (limit > 0 && limit < (1 << 62)).then(|| cri::UInt64Value {
-                value: limit.saturating_sub(working_set),
-            }),
-            usage_bytes: u64v(usage),
-            rss_bytes: u64v(mem.total_rss.max(mem.rss)),
-            page_faults: u64v(mem.total_pg_fault.max(mem.pg_fault)),
-            major_page_faults: u64v(mem.total_pg_maj_fault.max(mem.pg_maj_fault)),
-        }
-    });
+        .map(|u| cpu_usage(cri, &c.id, u.total, now));
+    let memory = m.memory.as_ref().map(|mem| memory_usage(mem, now));
+    let pids = m.pids.as_ref().map(|p| p.current).unwrap_or(0);
     let layer = SnapshotsService::new(cri.ctx().clone())
         .usage(ns_request(UsageRequest {
             snapshotter: String::new(),
@@ -79,7 +122,7 @@ async fn stats_of(cri: &Cri, c: &CriContainer) -> Result<Option<cri::ContainerSt
         used_bytes: u64v(u.size.max(0) as u64),
         inodes_used: u64v(u.inodes.max(0) as u64),
     });
-    Ok(Some(cri::ContainerStats {
+    let stats = cri::ContainerStats {
         attributes: Some(cri::ContainerAttributes {
             id: c.id.clone(),
             metadata: c.config.metadata.clone(),
@@ -89,7 +132,8 @@ async fn stats_of(cri: &Cri, c: &CriContainer) -> Result<Option<cri::ContainerSt
         cpu,
         memory,
         writable_layer,
-    }))
+    };
+    Ok(Some((stats, pids)))
 }
 
 /// ContainerStats: NotFound for an unknown container, FailedPrecondition for one not running.

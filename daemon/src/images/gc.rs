@@ -169,7 +169,9 @@ impl Handler<Collect> for GcActor {
 pub async fn collect(store: Store, images: Images) -> Result<GcStats, StoreError> {
     let t0 = Instant::now();
     let _exclusive = images.inner.gc_lock.write().await;
+    crate::failpoint::hit("gc.before_sweep");
     let swept = store.gc_sweep().await?;
+    crate::failpoint::hit("gc.after_sweep");
     let imgs = images.clone();
     let mut stats = tokio::task::spawn_blocking(move || remove_unrecorded(&imgs, &swept))
         .await

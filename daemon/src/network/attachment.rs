@@ -112,7 +112,9 @@ impl AttachmentActor {
         let work = tokio::task::spawn_blocking(move || {
             let _e = span.enter();
             crate::failpoint::hit(&point);
-            f(&cni)
+            let res = f(&cni);
+            crate::failpoint::hit(&format!("{point}.after")); // the plugins ran; berthd has not recorded it
+            res
         });
         AtomicResponse::new(Box::pin(work.into_actor(self).map(
             move |joined, act, ctx| match joined {

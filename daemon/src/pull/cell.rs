@@ -238,6 +238,9 @@ impl Read for Follow {
                 self.cell.desc.digest, self.pos
             )));
         }
+        if self.pos > 0 {
+            crate::failpoint::hit("pull.unpack.mid_layer"); // part of the layer is in the snapshot already
+        }
         self.pos += n as u64;
         Ok(n)
     }

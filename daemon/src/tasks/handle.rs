@@ -230,6 +230,11 @@ impl Tasks {
         self.call(ns, id, m::Update { resources }).await?
     }
 
+    /// Reopen the task's CRI log at its path (CRI's ReopenContainerLog).
+    pub async fn reopen_log(&self, ns: &str, id: &str) -> Result<(), TaskError> {
+        self.call(ns, id, m::ReopenLog).await?
+    }
+
     /// Tasks.Wait: long poll until the process exits (at once if it has). The waiter lives outside the actor,
     /// so it survives the actor's restart.
     pub async fn wait(&self, ns: &str, id: &str, exec_id: &str) -> Result<ExitInfo, TaskError> {

@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex};
 
 use actix::Addr;
 
-pub use container::messages::Kill;
+pub use container::messages::{CloseIo, Kill, ResizePty};
 pub use error::TaskError;
 pub use handle::{ContainerDeleteHold, Tasks};
 pub use state::{ExitInfo, StdioPaths};

@@ -252,13 +252,22 @@ impl Cni {
         let caps = att.capability_args();
         let params = Self::params(att, att.netns.display().to_string());
         let mut prev: Option<Value> = None;
-        for plugin in &net.plugins {
+        for (i, plugin) in net.plugins.iter().enumerate() {
             let conf = exec_config(net, plugin, &caps, prev.as_ref());
             let step = self
                 .invoke(net, &plugin.plugin_type, Verb::Add, Some(&params), &conf)
                 .and_then(|out| parse_add_output(net, &plugin.plugin_type, &out));
             match step {
-                Ok(v) => prev = Some(v),
+                Ok(v) => {
+                    // A crash before the final write leaves what the plugins made so far to the DEL.
+                    if i + 1 < net.plugins.len() {
+                        let cached = cache::write_partial(&self.config.cache_dir, net, att, &v);
+                        if let Err(e) = cached {
+                            return Err(self.undo_add(net, att, Some(&v), e));
+                        }
+                    }
+                    prev = Some(v)
+                }
                 Err(e) => return Err(self.undo_add(net, att, prev.as_ref(), e)),
             }
         }
@@ -329,7 +338,8 @@ impl Cni {
     }
 
     /// DEL `att` from `net`: every plugin in reverse order, with the cached ADD result as
-    /// `prevResult` (none when nothing is cached). Idempotent; a netns that is gone is passed
+    /// `prevResult` (for an ADD cut short by a crash, the last plugin's result it got; none when
+    /// nothing is cached). Idempotent; a netns that is gone is passed
     /// as an empty `CNI_NETNS`, which the spec allows. The cache entry is removed only when
     /// every plugin succeeded; the first failure stops the chain, as the spec says.
     pub fn detach(&self, net: &Network, att: &Attachment) -> Result<(), Error> {
@@ -355,8 +365,7 @@ impl Cni {
             }
         };
         let prev = cached
-            .and_then(|c| c.result)
-            .map(|r| r.raw)
+            .and_then(|c| c.result.map(|r| r.raw).or(c.partial))
             .filter(|_| net.cni_version.has_check());
         let caps = att.capability_args();
         let params = Self::params(att, netns_for_del(&att.netns));

@@ -147,6 +147,8 @@ impl Console {
 
 /// Where the pty output goes.
 enum Sink {
+    /// A CRI log (`crilog://`): the terminal's output is its stdout stream.
+    CriLog(crate::crilog::Lines),
     Fifo(pipe::Sender),
     File(std::fs::File),
     Discard,
@@ -180,22 +182,29 @@ impl TermPaths {
             }
             Kind::File => Source::File(stdio::open(&s.stdin, true, false, false, 0)?.into()),
         };
-        let sink = match stdio::kind("stdout", &s.stdout)? {
-            Kind::Null => Sink::Discard,
-            Kind::Fifo => {
-                holders.outputs.push(stdio::open(
-                    &s.stdout,
-                    true,
-                    false,
-                    false,
-                    libc::O_NONBLOCK,
-                )?);
-                let wr = stdio::open(&s.stdout, false, true, false, libc::O_NONBLOCK)?;
-                Sink::Fifo(
-                    pipe::Sender::from_owned_fd(wr).map_err(|e| Error::io("stdout fifo", e))?,
-                )
+        let sink = if let Some(log) = crate::crilog::log_path(&s.stdout) {
+            let l = crate::crilog::CriLog::open(log)?;
+            let lines = l.lines("stdout", true);
+            holders.crilog = Some(l);
+            Sink::CriLog(lines)
+        } else {
+            match stdio::kind("stdout", &s.stdout)? {
+                Kind::Null => Sink::Discard,
+                Kind::Fifo => {
+                    holders.outputs.push(stdio::open(
+                        &s.stdout,
+                        true,
+                        false,
+                        false,
+                        libc::O_NONBLOCK,
+                    )?);
+                    let wr = stdio::open(&s.stdout, false, true, false, libc::O_NONBLOCK)?;
+                    Sink::Fifo(
+                        pipe::Sender::from_owned_fd(wr).map_err(|e| Error::io("stdout fifo", e))?,
+                    )
+                }
+                Kind::File => Sink::File(stdio::open(&s.stdout, false, true, true, 0)?.into()),
             }
-            Kind::File => Sink::File(stdio::open(&s.stdout, false, true, true, 0)?.into()),
         };
         Ok(TermPaths { sink, source })
     }
@@ -217,6 +226,10 @@ impl TermPaths {
                     Ok(n) => n,
                 };
                 let res = match &mut sink {
+                    Sink::CriLog(l) => {
+                        l.feed(&buf[..n]);
+                        Ok(())
+                    }
                     Sink::Fifo(tx) => tx.write_all(&buf[..n]).await,
                     Sink::File(f) => f.write_all(&buf[..n]),
                     Sink::Discard => Ok(()),
@@ -224,6 +237,9 @@ impl TermPaths {
                 if res.is_err() {
                     sink = Sink::Discard;
                 }
+            }
+            if let Sink::CriLog(l) = sink {
+                l.finish();
             }
             done.send_replace(true);
         });

@@ -47,13 +47,7 @@ pub struct CriLog {
 impl CriLog {
     /// Open (create, append) the log file.
     pub fn open(path: &str) -> Result<CriLog> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o640)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(path)
-            .map_err(|e| Error::path("opening the CRI log", std::path::Path::new(path), e))?;
+        let file = open_log(path)?;
         let (tx, rx) = watch::channel(false);
         Ok(CriLog {
             file: Arc::new(Mutex::new(file)),
@@ -79,22 +73,21 @@ impl CriLog {
             .map_err(|e| Error::io("CRI log pipe", e))?;
         self.streams += 1;
         self.left.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let (file, left, done) = (self.file.clone(), self.left.clone(), self.done_tx.clone());
+        let (mut lines, left, done) = (
+            self.lines(stream, false),
+            self.left.clone(),
+            self.done_tx.clone(),
+        );
         tokio::spawn(async move {
             let mut buf = vec![0u8; 32 * 1024];
-            let mut line: Vec<u8> = Vec::new();
             loop {
                 let n = match rx.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => n,
                 };
-                for rec in split(&mut line, &buf[..n]) {
-                    write_record(&file, stream, rec.0, &rec.1);
-                }
+                lines.feed(&buf[..n]);
             }
-            if !line.is_empty() {
-                write_record(&file, stream, 'F', &line);
-            }
+            lines.finish();
             if left.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
                 done.send_replace(true);
             }
@@ -102,9 +95,67 @@ impl CriLog {
         Ok(wr)
     }
 
+    /// A line splitter writing `stream`'s records to this log; `tty` drops the `\r` a terminal puts before
+    /// each `\n`. The caller feeds it (a terminal's output copy does; its own completion then stands for the
+    /// log's).
+    pub fn lines(&self, stream: &'static str, tty: bool) -> Lines {
+        Lines {
+            file: self.file.clone(),
+            stream,
+            tty,
+            line: Vec::new(),
+        }
+    }
+
+    /// Reopen the file at its path (create, append): after a rotation renamed it, new records land in a new
+    /// file there. Records written meanwhile went to the renamed one, whole.
+    pub fn reopen(&self) -> Result<()> {
+        let file = open_log(&self.path)?;
+        *self.file.lock().unwrap_or_else(|e| e.into_inner()) = file;
+        Ok(())
+    }
+
     /// Turns true once every stream's copy ended (None when the log has no stream).
     pub fn done(&self) -> Option<watch::Receiver<bool>> {
         (self.streams > 0).then(|| self.done.clone())
+    }
+}
+
+fn open_log(path: &str) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| Error::path("opening the CRI log", std::path::Path::new(path), e))
+}
+
+/// One stream's records: bytes in, whole records out to the shared file.
+pub struct Lines {
+    file: Arc<Mutex<File>>,
+    stream: &'static str,
+    tty: bool,
+    line: Vec<u8>,
+}
+
+impl Lines {
+    /// Write the records `data` completes.
+    pub fn feed(&mut self, data: &[u8]) {
+        for (tag, mut text) in split(&mut self.line, data) {
+            if self.tty && tag == 'F' && text.last() == Some(&b'\r') {
+                text.pop();
+            }
+            write_record(&self.file, self.stream, tag, &text);
+        }
+    }
+
+    /// The stream ended: a pending piece of a line is a last `F` record.
+    pub fn finish(mut self) {
+        if !self.line.is_empty() {
+            let rest = std::mem::take(&mut self.line);
+            write_record(&self.file, self.stream, 'F', &rest);
+        }
     }
 }
 
@@ -162,6 +213,35 @@ mod tests {
         let at = SystemTime::UNIX_EPOCH + std::time::Duration::new(86_400 + 1, 5);
         let r = record(at, "stderr", 'P', b"hi");
         assert_eq!(r, b"1970-01-02T00:00:01.000000005Z stderr P hi\n");
+    }
+
+    #[test]
+    fn terminal_lines_lose_their_cr_and_reopen_moves_on() {
+        let dir = std::env::temp_dir().join(format!("crilog-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("0.log");
+        let log = CriLog::open(path.to_str().expect("utf-8")).expect("open");
+        let mut tty = log.lines("stdout", true);
+        tty.feed(b"one\r\ntw");
+        std::fs::rename(&path, dir.join("0.log.1")).expect("rotate");
+        log.reopen().expect("reopen");
+        tty.feed(b"o\r\n");
+        tty.finish();
+        let texts = |p: &std::path::Path| -> Vec<String> {
+            std::fs::read_to_string(p)
+                .expect("read")
+                .lines()
+                .map(|l| {
+                    l.split_once(' ')
+                        .map(|x| x.1)
+                        .unwrap_or_default()
+                        .to_string()
+                })
+                .collect()
+        };
+        assert_eq!(texts(&dir.join("0.log.1")), vec!["stdout F one"]);
+        assert_eq!(texts(&path), vec!["stdout F two"]);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]

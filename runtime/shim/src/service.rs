@@ -6,9 +6,9 @@ use std::sync::Arc;
 use berth_proto::shim::{
     event::Kind, shim_server::Shim, AckRequest, CloseIoRequest, CreateRequest, CreateResponse,
     DeleteRequest, DeleteResponse, Empty, Event, EventsRequest, ExecRequest, KillRequest,
-    PidsRequest, PidsResponse, ProcessPid, ResizePtyRequest, ShutdownRequest, StartRequest,
-    StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, TaskPaused,
-    TaskResumed, UpdateRequest, WaitRequest, WaitResponse,
+    PidsRequest, PidsResponse, ProcessPid, ReopenLogRequest, ResizePtyRequest, ShutdownRequest,
+    StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse,
+    TaskPaused, TaskResumed, UpdateRequest, WaitRequest, WaitResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -238,6 +238,19 @@ impl Shim for ShimService {
         Ok(Response::new(StatsResponse {
             metrics: Some(berth_proto::to_any(&cg.stats())),
         }))
+    }
+
+    async fn reopen_log(&self, _req: Request<ReopenLogRequest>) -> Res<Empty> {
+        let st = self.inner.state();
+        let init = st
+            .init
+            .as_ref()
+            .ok_or_else(|| not_created(&self.inner.id))?;
+        let log = init.holders.crilog.as_ref().ok_or_else(|| {
+            Error::FailedPrecondition(format!("{}: its output is not a CRI log", self.inner.id))
+        })?;
+        log.reopen()?;
+        Ok(Response::new(Empty {}))
     }
 
     async fn wait(&self, req: Request<WaitRequest>) -> Res<WaitResponse> {

@@ -106,6 +106,18 @@ impl NetFixture {
     /// As [`NetFixture::new`], with `extra` appended to berthd's config (e.g. a `[cri]` table) and, when
     /// given, `ns` as the fixture's namespace (e.g. CRI's fixed `k8s.io`; each berthd has its own state).
     pub fn with_config(name: &str, failpoints: &str, extra: &str, ns: Option<&str>) -> NetFixture {
+        NetFixture::with_setup(name, failpoints, extra, ns, |_| {})
+    }
+
+    /// As [`NetFixture::with_config`], with `setup(dir)` run before berthd first starts (the fault suite
+    /// mounts a small tmpfs as its root there; register such mounts with the guard afterwards).
+    pub fn with_setup(
+        name: &str,
+        failpoints: &str,
+        extra: &str,
+        ns: Option<&str>,
+        setup: impl FnOnce(&TestDir),
+    ) -> NetFixture {
         let host = HostLock::take();
         IP_FORWARD.get_or_init(|| {
             std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default()
@@ -135,6 +147,7 @@ impl NetFixture {
             subnet: format!("10.215.{third}.0/24"),
         };
         paths.write_config(&config_path, failpoints);
+        setup(&dir);
         if !extra.is_empty() {
             let mut text = std::fs::read_to_string(&config_path).expect("read config");
             text.push_str(extra);

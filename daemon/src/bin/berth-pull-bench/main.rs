@@ -44,6 +44,9 @@ struct Args {
     /// Keep the work dir.
     #[arg(long)]
     keep: bool,
+    /// Write the bench protocol's JSON (section "pull") here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 /// One measured pull.
@@ -222,6 +225,9 @@ async fn run(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
             bc / cc
         );
     }
+    if let Some(path) = &args.json {
+        write_json(path, &samples, img.bytes as f64, args.layers)?;
+    }
     println!(
         "unpack (berth-image's unpacker, gzip layers from the page cache into a directory): {:.1} MB/s of uncompressed tar ({:.2} s for {:.1} MB)",
         unpack.1 as f64 / 1e6 / unpack.0,
@@ -229,4 +235,62 @@ async fn run(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
         unpack.1 as f64 / 1e6
     );
     Ok(())
+}
+
+/// The bench protocol's rows: wall time (target: half of containerd's, i.e. ≥ 2× the
+/// throughput), MB/s and CPU, berthd's server-side pull and `ctr` through berthd vs containerd.
+fn write_json(
+    path: &std::path::Path,
+    samples: &[(Variant, Sample)],
+    bytes: f64,
+    layers: usize,
+) -> anyhow::Result<()> {
+    use berth_bench_report::{Report, Row};
+    let of = |v: Variant, f: fn(&Sample) -> f64| -> Vec<f64> {
+        samples
+            .iter()
+            .filter(|(x, _)| *x == v)
+            .map(|(_, s)| f(s))
+            .collect()
+    };
+    let mb = bytes / 1e6;
+    let peer = Variant::ContainerdCtr;
+    let peer_name = "containerd + ctr";
+    let mut report = Report::new("pull");
+    for (v, what) in [
+        (Variant::BerthTransfer, "berthd Transfer"),
+        (Variant::BerthCtr, "ctr via berthd"),
+    ] {
+        let name = format!("pull {mb:.0} MB {layers} layers, {what}");
+        let wall = Row::compare(
+            &name,
+            "s",
+            &of(v, |s| s.wall),
+            peer_name,
+            &of(peer, |s| s.wall),
+        );
+        report.rows.push(if v == Variant::BerthTransfer {
+            wall.target(0.5)
+        } else {
+            wall
+        });
+        let mbs = |v| -> Vec<f64> { of(v, |s| s.wall).iter().map(|w| mb / w).collect() };
+        report.rows.push(Row::compare(
+            &format!("pull throughput, {what}"),
+            "MB/s",
+            &mbs(v),
+            peer_name,
+            &mbs(peer),
+        ));
+        report.rows.push(Row::compare(
+            &format!("pull CPU (daemon + client), {what}"),
+            "s",
+            &of(v, |s| s.daemon_cpu + s.client_cpu),
+            peer_name,
+            &of(peer, |s| s.daemon_cpu + s.client_cpu),
+        ));
+    }
+    report
+        .write(path)
+        .with_context(|| format!("writing {}", path.display()))
 }

@@ -11,7 +11,7 @@ use anyhow::{bail, Context as _};
 use nix::sys::resource::{getrusage, UsageWho};
 use tonic::transport::{Channel, Endpoint};
 
-fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+pub fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !ready() {
         if Instant::now() > deadline {
@@ -22,7 +22,7 @@ fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn(cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
+pub fn spawn(cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
     let f = std::fs::File::create(log)?;
     cmd.stdin(Stdio::null())
         .stdout(f.try_clone()?)
@@ -31,7 +31,7 @@ fn spawn(cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
         .with_context(|| format!("starting {cmd:?}"))
 }
 
-fn stop(child: &mut Option<Child>) {
+pub fn stop(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {
         let pid = nix::unistd::Pid::from_raw(c.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);

@@ -43,6 +43,9 @@ struct Args {
     /// OCI runtime the shims drive (default: berth-runc next to this binary, else /usr/sbin/runc).
     #[arg(long)]
     runtime: Option<PathBuf>,
+    /// Write the bench protocol's JSON (section "network") here.
+    #[arg(long)]
+    json: Option<PathBuf>,
     /// Work dir (default /tmp/berthd-net-bench-<pid>); removed at the end.
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -396,6 +399,35 @@ async fn bench(args: &Args, env: &mut Env, bindir: &Path, rootfs: &Path) -> anyh
         .zip(&direct_ms)
         .map(|(l, d)| l - d)
         .collect();
+    if let Some(path) = &args.json {
+        use berth_bench_report::{Report, Row};
+        let plugins = "CNI chain exec'd directly";
+        let mut report = Report::new("network");
+        report.rows.push(Row::compare(
+            "attach: berth-net ADD in-process",
+            "ms",
+            &library_ms,
+            plugins,
+            &direct_ms,
+        ));
+        report.rows.push(Row::compare(
+            "attach: berthd's network work",
+            "ms",
+            &network_ms,
+            plugins,
+            &direct_ms,
+        ));
+        report.rows.push(Row::compare(
+            "run (Tasks.Create + Start) with network",
+            "ms",
+            &run_with,
+            "berthd, no network",
+            &run_without,
+        ));
+        report
+            .write(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     println!("one attachment to the default network (bridge + portmap + firewall):");
     println!(
         "  task create to network ready (berthd)   {}",

@@ -38,6 +38,8 @@ pub struct PodNamespaces<'a> {
     pub netns: Option<&'a Path>,
     /// The pause container's task dir (hosts, resolv.conf, hostname).
     pub pause_dir: &'a Path,
+    /// PID namespace mode TARGET: the pid of the running container whose PID namespace to join.
+    pub target_pid: Option<u32>,
 }
 
 pub(super) fn invalid(what: impl Into<String>) -> Status {
@@ -147,6 +149,31 @@ fn base(privileged: bool) -> Value {
     spec
 }
 
+/// Refuse a sysctl that is not isolated by a namespace the pod owns: it would change the host. Namespaced are
+/// the IPC ones (`kernel.shm*`, `kernel.msg*`, `kernel.sem`, `fs.mqueue.*`) with a pod IPC namespace and
+/// `net.*` with a pod network namespace, as the kubelet's and runc's rules have it.
+fn check_sysctl(key: &str, own_net: bool, own_ipc: bool) -> Result<(), Status> {
+    let ipc = [
+        "kernel.shmmax",
+        "kernel.shmall",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ]
+    .contains(&key)
+        || key.starts_with("kernel.msg")
+        || key == "kernel.sem"
+        || key.starts_with("fs.mqueue.");
+    let net = key.starts_with("net.");
+    let why = match (ipc, net) {
+        (true, _) if own_ipc => return Ok(()),
+        (_, true) if own_net => return Ok(()),
+        (true, _) => "the pod shares the host's IPC namespace",
+        (_, true) => "the pod uses the host's network",
+        _ => "it is not namespaced (it would change the host)",
+    };
+    Err(invalid(format!("sysctl {key:?} is refused: {why}")))
+}
+
 /// The pause container's spec.
 pub fn sandbox(
     id: &str,
@@ -206,6 +233,10 @@ pub fn sandbox(
     );
     spec["linux"]["cgroupsPath"] = json!(cgroups_path(&linux.cgroup_parent, id));
     if !linux.sysctls.is_empty() {
+        let ipc_shared = mode(ns, |o| o.ipc) != cri::NamespaceMode::Node;
+        for key in linux.sysctls.keys() {
+            check_sysctl(key, !host_net, ipc_shared)?;
+        }
         spec["linux"]["sysctl"] = json!(linux.sysctls);
     }
     if let Some(s) = seccomp(sc.seccomp.as_ref(), sc.privileged)? {
@@ -292,9 +323,10 @@ pub fn container(
         cri::NamespaceMode::Node => set_namespace(&mut spec, "pid", None, false),
         cri::NamespaceMode::Pod => set_namespace(&mut spec, "pid", Some(proc_ns("pid")), true),
         cri::NamespaceMode::Target => {
-            return Err(Status::unimplemented(
-                "PID namespace mode TARGET is not supported yet",
-            ))
+            let pid = pod.target_pid.ok_or_else(|| {
+                invalid("PID namespace mode TARGET needs a running target_id container")
+            })?;
+            set_namespace(&mut spec, "pid", Some(format!("/proc/{pid}/ns/pid")), true)
         }
         cri::NamespaceMode::Container => set_namespace(&mut spec, "pid", None, true),
     }
@@ -432,6 +464,17 @@ fn devices(spec: &mut Value, devices: &[cri::Device]) -> Result<(), Status> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_namespaced_sysctls_pass() {
+        assert!(super::check_sysctl("net.ipv4.ip_forward", true, true).is_ok());
+        assert!(super::check_sysctl("kernel.shmmax", false, true).is_ok());
+        assert!(super::check_sysctl("fs.mqueue.msg_max", false, true).is_ok());
+        assert!(super::check_sysctl("net.ipv4.ip_forward", false, true).is_err());
+        assert!(super::check_sysctl("kernel.msgmax", true, false).is_err());
+        assert!(super::check_sysctl("vm.swappiness", true, true).is_err());
+        assert!(super::check_sysctl("kernel.pid_max", true, true).is_err());
+    }
+
     use super::*;
 
     fn image(entry: &[&str], cmd: &[&str]) -> ImageConfig {

@@ -37,6 +37,9 @@ struct Creating {
     /// Set once the task directory may hold our files.
     wrote: bool,
     client: Option<ShimClient>,
+    /// How the shim was started: `berth-shim delete` with these removes the runtime's container when the
+    /// shim itself cannot (it died after the runtime created the container).
+    args: Option<shim::StartArgs>,
     /// The task's network, once set up.
     net: Option<Setup>,
     /// When the create began (for the "network ready" figure).
@@ -131,6 +134,7 @@ impl Creating {
         // and its files get their final content before this create returns.
         self.wrote = true;
         let args = self.shared.start_args(&self.ns, &self.id, &record);
+        self.args = Some(args.clone());
         let (d, r) = (self.dir.clone(), record.clone());
         let files = self.net.as_ref().map(|n| n.files());
         let networks = self.shared.networks.clone();
@@ -207,6 +211,7 @@ impl Creating {
     /// Undo a failed create: stop the shim (if any), remove the task dir, tear the network down, forget the
     /// task's journal keys.
     async fn undo(self) {
+        let mut runtime_deleted = false;
         if let Some(mut c) = self.client {
             // The runtime may have created the container (its ADDs ran beside it, or a later step failed):
             // have the shim delete it (runtime delete --force) before it goes, or the init, blocked until a
@@ -214,8 +219,22 @@ impl Creating {
             let delete = c.delete(shimpb::DeleteRequest {
                 exec_id: String::new(),
             });
-            let _ = tokio::time::timeout(Duration::from_secs(10), delete).await;
+            runtime_deleted = matches!(
+                tokio::time::timeout(Duration::from_secs(10), delete).await,
+                Ok(Ok(_))
+            );
             let _ = c.shutdown(shimpb::ShutdownRequest { now: true }).await;
+        }
+        if let Some(args) = self.args.filter(|_| self.wrote && !runtime_deleted) {
+            // The shim died (or never answered): once it is gone, the runtime's delete --force, run through
+            // `berth-shim delete` as for a dead shim's task, removes what the runtime may have created.
+            stop_shim(&self.dir).await;
+            match blocking(move || shim::delete_shim(&args)).await {
+                Ok(_) => {
+                    tracing::info!("removed the runtime's container of a create whose shim died")
+                }
+                Err(e) => tracing::debug!(error = %e, "no runtime container to delete"),
+            }
         }
         if self.wrote {
             undo_dir(&self.shared, &self.ns, &self.id, &self.dir).await;
@@ -230,6 +249,16 @@ impl Creating {
 
 /// Remove what a create left: wait for (then kill) the shim, remove the task dir, forget the journal keys.
 pub(super) async fn undo_dir(shared: &Shared, ns: &str, id: &str, dir: &std::path::Path) {
+    stop_shim(dir).await;
+    let d = dir.to_path_buf();
+    if let Err(e) = blocking(move || bundle::remove_task_dir(&d)).await {
+        tracing::warn!(error = %e, "could not remove {}", dir.display());
+    }
+    let _ = shared.ctx.events.forget_task(&task_key(ns, id)).await;
+}
+
+/// Wait (up to a second) for the task's shim to exit, then SIGKILL it.
+async fn stop_shim(dir: &std::path::Path) {
     for _ in 0..50 {
         match bundle::read_shim_pid(dir) {
             Some(pid) if bundle::pid_alive(pid) => {
@@ -244,11 +273,6 @@ pub(super) async fn undo_dir(shared: &Shared, ns: &str, id: &str, dir: &std::pat
             nix::sys::signal::Signal::SIGKILL,
         );
     }
-    let d = dir.to_path_buf();
-    if let Err(e) = blocking(move || bundle::remove_task_dir(&d)).await {
-        tracing::warn!(error = %e, "could not remove {}", dir.display());
-    }
-    let _ = shared.ctx.events.forget_task(&task_key(ns, id)).await;
 }
 
 impl Handler<CreateTask> for ContainerActor {
@@ -269,6 +293,7 @@ impl Handler<CreateTask> for ContainerActor {
                     dir: act.dir.clone(),
                     wrote: false,
                     client: None,
+                    args: None,
                     net: None,
                     started: Instant::now(),
                 };

@@ -115,6 +115,11 @@ pub struct Update {
     pub resources: Vec<u8>,
 }
 
+/// Reopen the init's CRI log at its path (a log rotation renamed it).
+#[derive(Message)]
+#[rtype(result = "Result<(), TaskError>")]
+pub struct ReopenLog;
+
 /// cgroup statistics (`io.containerd.cgroups.v1.Metrics` Any), None when the shim has none.
 #[derive(Message)]
 #[rtype(result = "Result<Option<prost_types::Any>, TaskError>")]

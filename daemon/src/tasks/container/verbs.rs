@@ -1,4 +1,4 @@
-//! The short verbs: Start, Get, Kill, ResizePty, CloseIO, Pause, Resume, ListPids, Update, Metrics. Each is a
+//! The short verbs: Start, Get, Kill, ResizePty, CloseIO, Pause, Resume, ListPids, Update, ReopenLog, Metrics. Each is a
 //! state check, one shim call and, for some, a state update (see [`ContainerActor::verb`]).
 
 use actix::prelude::*;
@@ -223,6 +223,26 @@ impl Handler<Update> for ContainerActor {
                     resources_json: m.resources,
                 };
                 Ok(async move { c.update(req).await.map_err(shim_err) })
+            },
+            |_| (),
+        )
+    }
+}
+
+impl Handler<ReopenLog> for ContainerActor {
+    type Result = Reply<()>;
+
+    fn handle(&mut self, _: ReopenLog, _: &mut Self::Context) -> Reply<()> {
+        self.shim_call(
+            "reopen_log",
+            false,
+            |act| {
+                let mut c = act.client()?;
+                Ok(async move {
+                    c.reopen_log(shim::ReopenLogRequest {})
+                        .await
+                        .map_err(shim_err)
+                })
             },
             |_| (),
         )

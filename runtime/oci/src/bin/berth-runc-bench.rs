@@ -1,8 +1,13 @@
 //! berth-runc-bench: times `run` of /bin/true in a busybox bundle and the
-//! create/start/delete split, for berth-runc and Debian's runc in the same run,
-//! interleaved; prints medians, per-pair ratios, CPU time and peak RSS (wait4
-//! rusage of each runtime invocation, which includes the processes it reaped).
-//! Usage: `cargo build --release -p berth-oci && target/release/berth-runc-bench [N] [RUNC]`.
+//! create/start/delete split, for berth-runc, Debian's runc and (when installed) crun
+//! in the same run, interleaved; prints medians, ratios, CPU time and peak RSS (wait4
+//! rusage of each runtime invocation, which includes the processes it reaped), and
+//! with `--json FILE` writes them as the bench protocol's rows (tools/bench/run).
+//! Usage: `cargo build --release -p berth-oci && target/release/berth-runc-bench [--rounds N]`.
+//! crun refuses a hybrid cgroup host whose unified hierarchy lists a controller, so the
+//! whole bench runs in a private mount namespace with an empty file bound over
+//! /sys/fs/cgroup/unified/cgroup.controllers (every runtime sees the same; the host's
+//! cgroup mounts are never changed).
 //! It must never touch anything outside its own temp dir and cgroup names.
 
 use std::os::unix::fs::symlink;
@@ -11,6 +16,26 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use berth_bench_report::{Report, Row};
+use clap::Parser;
+
+/// berth-runc vs runc (and crun): run, create/start/delete, CPU and peak RSS.
+#[derive(Parser)]
+#[command(name = "berth-runc-bench")]
+struct Args {
+    /// Measured rounds (two more warm caches first).
+    #[arg(long, default_value_t = 30)]
+    rounds: usize,
+    /// runc binary.
+    #[arg(long, default_value = "/usr/sbin/runc")]
+    runc: PathBuf,
+    /// crun binary; skipped when missing.
+    #[arg(long, default_value = "/usr/bin/crun")]
+    crun: PathBuf,
+    /// Write the bench protocol's JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
 
 #[derive(Default, Clone, Copy)]
 struct Sample {
@@ -70,30 +95,48 @@ fn bundle(dir: &Path) -> Result<PathBuf> {
     Ok(dir.to_path_buf())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return 0.0;
-    }
-    v[v.len() / 2]
+fn median(v: Vec<f64>) -> f64 {
+    berth_bench_report::Stats::of(&v).map_or(0.0, |s| s.median)
 }
 
 struct Runtime {
+    name: &'static str,
     bin: PathBuf,
     root: PathBuf,
 }
 
+/// Enters a private mount namespace where the unified hierarchy lists no controller, so
+/// crun accepts the hybrid host (it refuses when cgroup.controllers is non-empty).
+fn private_cgroup_view(tmp: &Path) -> Result<()> {
+    use nix::mount::{mount, MsFlags};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).context("unshare -m")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("make / rprivate")?;
+    let controllers = Path::new("/sys/fs/cgroup/unified/cgroup.controllers");
+    if controllers.exists() {
+        let empty = tmp.join("empty-controllers");
+        std::fs::write(&empty, b"")?;
+        mount(
+            Some(&empty),
+            controllers,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .context("bind an empty file over cgroup.controllers")?;
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
-    let n: usize = std::env::args()
-        .nth(1)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(30);
-    let runc = PathBuf::from(
-        std::env::args()
-            .nth(2)
-            .unwrap_or_else(|| "/usr/sbin/runc".into()),
-    );
+    let args = Args::parse();
+    let n = args.rounds;
     let me = std::env::current_exe()?;
     let berth = me.with_file_name("berth-runc");
     if !berth.exists() {
@@ -104,18 +147,42 @@ fn main() -> Result<()> {
     }
     let tmp = PathBuf::from(format!("/tmp/berth-runc-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
+    let res = bench(&args, n, berth, &tmp);
+    let _ = std::fs::remove_dir_all(&tmp);
+    // runc leaves the parent level of the cgroups path behind: remove the empty dirs.
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+        for e in rd.flatten() {
+            let _ = std::fs::remove_dir(e.path().join("berth-bench"));
+        }
+    }
+    res
+}
+
+fn bench(args: &Args, n: usize, berth: PathBuf, tmp: &Path) -> Result<()> {
     let b = bundle(&tmp.join("bundle"))?;
     let bs = b.to_string_lossy().into_owned();
-    let rts = [
+    let mut rts = vec![
         Runtime {
+            name: "berth-runc",
             bin: berth,
             root: tmp.join("root-berth"),
         },
         Runtime {
-            bin: runc,
+            name: "runc",
+            bin: args.runc.clone(),
             root: tmp.join("root-runc"),
         },
     ];
+    if args.crun.exists() {
+        private_cgroup_view(tmp)?;
+        rts.push(Runtime {
+            name: "crun",
+            bin: args.crun.clone(),
+            root: tmp.join("root-crun"),
+        });
+    } else {
+        eprintln!("{} missing: crun skipped", args.crun.display());
+    }
     let phases = ["run", "create", "start", "delete"];
     // results[rt][phase] = samples
     let mut res: Vec<Vec<Vec<Sample>>> = vec![vec![Vec::new(); phases.len()]; rts.len()];
@@ -136,45 +203,65 @@ fn main() -> Result<()> {
             }
         }
     }
-    println!("berth-runc-bench: {n} interleaved rounds, bundle {bs} (/bin/true)");
-    println!(
-        "{:<8} {:>13} {:>13} {:>10} {:>12} {:>12} {:>14} {:>14}",
-        "phase",
-        "berth wall ms",
-        "runc wall ms",
-        "ratio",
-        "berth cpu ms",
-        "runc cpu ms",
-        "berth rss KiB",
-        "runc rss KiB"
-    );
-    for (pi, ph) in phases.iter().enumerate() {
-        let col = |ri: usize, f: fn(&Sample) -> f64| median(res[ri][pi].iter().map(f).collect());
-        let ratios: Vec<f64> = res[0][pi]
-            .iter()
-            .zip(&res[1][pi])
-            .map(|(a, b)| a.wall_ms / b.wall_ms)
-            .collect();
-        let maxrss = |ri: usize| res[ri][pi].iter().map(|s| s.rss_kib).max().unwrap_or(0);
-        println!(
-            "{:<8} {:>13.2} {:>13.2} {:>10.3} {:>12.2} {:>12.2} {:>14} {:>14}",
-            ph,
-            col(0, |s| s.wall_ms),
-            col(1, |s| s.wall_ms),
-            median(ratios),
-            col(0, |s| s.cpu_ms),
-            col(1, |s| s.cpu_ms),
-            maxrss(0),
-            maxrss(1)
+    println!("berth-runc-bench: {n} interleaved rounds, bundle {bs} (/bin/true); medians");
+    print!("{:<8}", "phase");
+    for rt in &rts {
+        print!(
+            " {:>12} {:>10} {:>10}",
+            format!("{} ms", rt.name),
+            "cpu ms",
+            "rss KiB"
         );
     }
-    println!("(ratio = median of per-pair berth/runc wall time; rss = max ru_maxrss of the invocation and what it reaped)");
-    let _ = std::fs::remove_dir_all(&tmp);
-    // runc leaves the parent level of the cgroups path behind: remove the empty dirs.
-    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
-        for e in rd.flatten() {
-            let _ = std::fs::remove_dir(e.path().join("berth-bench"));
+    println!();
+    let mut report = Report::new("runtime");
+    for (pi, ph) in phases.iter().enumerate() {
+        let col =
+            |ri: usize, f: fn(&Sample) -> f64| -> Vec<f64> { res[ri][pi].iter().map(f).collect() };
+        print!("{ph:<8}");
+        for ri in 0..rts.len() {
+            print!(
+                " {:>12.2} {:>10.2} {:>10.0}",
+                median(col(ri, |s| s.wall_ms)),
+                median(col(ri, |s| s.cpu_ms)),
+                median(col(ri, |s| s.rss_kib as f64))
+            );
         }
+        println!();
+        for (ri, peer) in rts.iter().enumerate().skip(1) {
+            let wall = Row::compare(
+                &format!("{ph} wall"),
+                "ms",
+                &col(0, |s| s.wall_ms),
+                peer.name,
+                &col(ri, |s| s.wall_ms),
+            );
+            report.rows.push(if *ph == "run" && peer.name == "runc" {
+                wall.target(0.3)
+            } else {
+                wall
+            });
+            report.rows.push(Row::compare(
+                &format!("{ph} cpu"),
+                "ms",
+                &col(0, |s| s.cpu_ms),
+                peer.name,
+                &col(ri, |s| s.cpu_ms),
+            ));
+            report.rows.push(Row::compare(
+                &format!("{ph} peak RSS"),
+                "KiB",
+                &col(0, |s| s.rss_kib as f64),
+                peer.name,
+                &col(ri, |s| s.rss_kib as f64),
+            ));
+        }
+    }
+    println!("(rss = ru_maxrss of the invocation and what it reaped)");
+    if let Some(path) = &args.json {
+        report
+            .write(path)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

@@ -38,6 +38,9 @@ struct Args {
     /// Keep the containers running this long before measuring.
     #[arg(long, default_value_t = 2)]
     settle_secs: u64,
+    /// Write the bench protocol's JSON (section "memory") here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 /// Memory of one process from smaps_rollup, in KiB.
@@ -396,8 +399,10 @@ fn main() -> Result<()> {
         "berth-shim:               {} shims, mean Private {bp:.2} MiB, mean Rss {br:.2} MiB",
         berth.len()
     );
+    let mut ctd_mem = None;
     if let Some(ctd) = ctd {
         let ctd = ctd?;
+        ctd_mem = Some(ctd.clone());
         let (cp, cr) = mean(&ctd);
         println!(
             "containerd-shim-runc-v2:  {} shims, mean Private {cp:.2} MiB, mean Rss {cr:.2} MiB",
@@ -409,6 +414,31 @@ fn main() -> Result<()> {
             br / cr,
             bp / cr
         );
+    }
+    if let Some(path) = &args.json {
+        let mib = |ms: &[Mem], f: fn(&Mem) -> u64| -> Vec<f64> {
+            ms.iter().map(|m| f(m) as f64 / 1024.0).collect()
+        };
+        let peer = ctd_mem.unwrap_or_default();
+        let mut report = berth_bench_report::Report::new("memory");
+        let peer_name = "containerd-shim-runc-v2";
+        report.rows.push(berth_bench_report::Row::compare(
+            "per shim Private",
+            "MiB",
+            &mib(&berth, |m| m.private),
+            peer_name,
+            &mib(&peer, |m| m.private),
+        ));
+        report.rows.push(berth_bench_report::Row::compare(
+            "per shim Rss",
+            "MiB",
+            &mib(&berth, |m| m.rss),
+            peer_name,
+            &mib(&peer, |m| m.rss),
+        ));
+        report
+            .write(path)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

@@ -1,74 +1,27 @@
 //! CriSupervisor and a PodActor per pod sandbox (the supervision tree's "cri" slot).
 //!
-//! Every verb on a pod or on one of its containers runs as an operation of that pod's PodActor, one at a
-//! time (an `AtomicResponse`): a StopPodSandbox never interleaves with a CreateContainer of the same pod, and
-//! two RemoveContainer of one container do not race. The operation itself runs on the tonic runtime (the
-//! actor only awaits it), so the actix thread never does a verb's I/O. A PodActor holds no state: the pod's
-//! truth is its records and its tasks (`meta.rs`), so a restart loses nothing.
+//! Every mutating verb on a pod or on one of its containers is a typed message (`messages.rs`) handled by that
+//! pod's PodActor (`pod.rs`), one at a time. The gRPC layer reaches them through [`Pods::call`].
 //!
 //! Supervision: CriSupervisor is Permanent under the root (restart limit in `tree.rs`); it starts a PodActor
-//! on a pod's first operation and forgets it when it stops. A panicking operation fails its caller with an
-//! Internal error and stops its PodActor (Transient: the next operation starts a fresh one).
+//! on a pod's first verb and forgets it when it stops. A panicking verb fails its caller with an Internal error
+//! and stops its PodActor (Transient: the next verb starts a fresh one).
 //!
-//! This module must never run an operation's I/O on the actix thread, nor run two operations of one pod at
-//! once.
+//! This module must never run a verb's I/O on the actix thread, nor run two verbs of one pod at once.
+
+pub mod messages;
+mod pod;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
-use futures::future::BoxFuture;
 use tonic::Status;
 
 use crate::supervision::{StartChild, SupervisedBy};
 
-/// One operation of a pod: a future run on the tonic runtime.
-struct Op(BoxFuture<'static, ()>);
-
-impl Message for Op {
-    type Result = Result<(), String>;
-}
-
-/// A pod's serialising actor.
-pub struct PodActor {
-    pod: String,
-    rt: tokio::runtime::Handle,
-    supervisor: Addr<CriSupervisor>,
-}
-
-impl Actor for PodActor {
-    type Context = Context<Self>;
-
-    fn stopped(&mut self, _: &mut Self::Context) {
-        self.supervisor.do_send(PodStopped {
-            pod: self.pod.clone(),
-        });
-    }
-}
-
-impl Handler<Op> for PodActor {
-    type Result = AtomicResponse<Self, Result<(), String>>;
-
-    fn handle(&mut self, op: Op, _: &mut Context<Self>) -> Self::Result {
-        let job = self.rt.spawn(op.0);
-        AtomicResponse::new(Box::pin(job.into_actor(self).map(
-            |r, act, ctx| match r {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    let why = if e.is_panic() {
-                        "panicked"
-                    } else {
-                        "was cancelled"
-                    };
-                    tracing::error!(namespace = super::NAMESPACE, pod = %act.pod, "a pod operation {why}; restarting its actor");
-                    ctx.stop();
-                    Err(format!("the operation {why}"))
-                }
-            },
-        )))
-    }
-}
+pub use pod::PodActor;
 
 /// Starts and tracks the PodActors.
 pub struct CriSupervisor {
@@ -85,8 +38,11 @@ impl Actor for CriSupervisor {
     }
 }
 
-/// The PodActor of a pod (started on demand).
-struct PodAddr(String);
+/// The PodActor of a pod (started on demand, with the CRI layer it works on).
+struct PodAddr {
+    pod: String,
+    cri: super::Cri,
+}
 
 impl Message for PodAddr {
     type Result = Addr<PodActor>;
@@ -96,16 +52,17 @@ impl Handler<PodAddr> for CriSupervisor {
     type Result = MessageResult<PodAddr>;
 
     fn handle(&mut self, msg: PodAddr, ctx: &mut Context<Self>) -> Self::Result {
-        if let Some(a) = self.pods.get(&msg.0).filter(|a| a.connected()) {
+        if let Some(a) = self.pods.get(&msg.pod).filter(|a| a.connected()) {
             return MessageResult(a.clone());
         }
         let addr = PodActor {
-            pod: msg.0.clone(),
+            pod: msg.pod.clone(),
+            cri: msg.cri,
             rt: self.rt.clone(),
             supervisor: ctx.address(),
         }
         .start();
-        self.pods.insert(msg.0, addr.clone());
+        self.pods.insert(msg.pod, addr.clone());
         MessageResult(addr)
     }
 }
@@ -165,34 +122,25 @@ impl Pods {
         ))
     }
 
-    /// Run `op` as the next operation of pod `pod` and return its result.
-    pub async fn run<T, F>(&self, pod: &str, op: F) -> Result<T, Status>
+    /// Send `msg` to pod `pod`'s actor (after the pod's earlier verbs) and return its answer.
+    pub async fn call<M, T>(&self, cri: &super::Cri, pod: &str, msg: M) -> Result<T, Status>
     where
+        M: Message<Result = Result<T, Status>> + Send + 'static,
         T: Send + 'static,
-        F: std::future::Future<Output = Result<T, Status>> + Send + 'static,
+        PodActor: Handler<M>,
     {
         let addr = self
             .supervisor()
             .await?
-            .send(PodAddr(pod.to_string()))
+            .send(PodAddr {
+                pod: pod.to_string(),
+                cri: cri.clone(),
+            })
             .await
             .map_err(|_| Status::unavailable("the CRI supervisor stopped; retry"))?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let fut = Box::pin(async move {
-            let _ = tx.send(op.await);
-        });
-        match addr.send(Op(fut)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(why)) => return Err(Status::internal(format!("pod {pod}: {why}"))),
-            Err(_) => {
-                return Err(Status::unavailable(format!(
-                    "pod {pod}: its actor stopped; retry"
-                )))
-            }
-        }
-        rx.await.map_err(|_| {
-            Status::internal(format!("pod {pod}: the operation ended without an answer"))
-        })?
+        addr.send(msg)
+            .await
+            .map_err(|_| Status::unavailable(format!("pod {pod}: its actor stopped; retry")))?
     }
 
     /// The pod is gone: its actor may stop.

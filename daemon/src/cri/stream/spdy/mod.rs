@@ -1,0 +1,365 @@
+//! The SPDY/3.1 side of the streaming server (kubectl's and the kubelet's default), written from the
+//! SPDY/3 draft: frames (control: version 3, type, flags, 24-bit length; data: 31-bit stream id, flags,
+//! length), header blocks zlib-compressed with the draft's dictionary in one context per direction, and
+//! Kubernetes' use of it: the client opens one stream per channel, named by its `streamtype` header (error,
+//! stdin, stdout, stderr, resize; port-forward: error and data, with `port` and `requestid`), the server
+//! replies to each and writes on it; the status goes on the error stream, FIN closes a stream.
+//!
+//! Flow control is not implemented: berthd sends no WINDOW_UPDATE and ignores the client's. A peer that
+//! honours SPDY/3.1's 64 KiB initial window would stall after that much stdin on one stream (not checked
+//! against kubectl yet).
+//! This module must never start a session before the client opened the streams it needs, nor hold more than
+//! [`MAX_FRAME`](frame::MAX_FRAME) bytes of one frame.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Response, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+
+use super::session::{self, Input, STDERR, STDOUT};
+use super::{portforward, Pending};
+use frame::{
+    read_frame, syn_stream, writer, Frame, Inflater, Out, FLAG_FIN, GOAWAY, PING, SYN_STREAM,
+};
+
+mod frame;
+use crate::cri::{Cri, NAMESPACE};
+
+/// Exec and attach protocol versions (all carry a JSON status on the error stream).
+const CHANNEL_PROTOCOLS: [&str; 1] = ["v4.channel.k8s.io"];
+/// Port-forward's protocol.
+const PORTFORWARD_PROTOCOLS: [&str; 1] = ["portforward.k8s.io"];
+/// The protocol header of Kubernetes' SPDY upgrade.
+const PROTOCOL_HEADER: &str = "x-stream-protocol-version";
+/// How long a client may take to open its streams.
+const STREAMS_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn reply(status: StatusCode, text: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    *r.status_mut() = status;
+    r
+}
+
+fn negotiate(headers: &HeaderMap, ours: &[&'static str]) -> Option<&'static str> {
+    let offered: Vec<String> = headers
+        .get_all(PROTOCOL_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|p| p.trim().to_string()))
+        .collect();
+    ours.iter()
+        .find(|p| offered.iter().any(|o| o == *p))
+        .copied()
+}
+
+/// Answer a SPDY/3.1 upgrade for `pending` and run its session on the upgraded connection.
+pub fn upgrade(
+    cri: Cri,
+    mut req: http::Request<hyper::body::Incoming>,
+    pending: Pending,
+) -> Response<Full<Bytes>> {
+    let ours: &[&'static str] = match pending {
+        Pending::PortForward(_) => &PORTFORWARD_PROTOCOLS,
+        _ => &CHANNEL_PROTOCOLS,
+    };
+    let Some(protocol) = negotiate(req.headers(), ours) else {
+        return reply(
+            StatusCode::FORBIDDEN,
+            format!(
+                "unable to negotiate a protocol: {PROTOCOL_HEADER} offers none of {}",
+                ours.join(", ")
+            ),
+        );
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(up) => run(cri, TokioIo::new(up), pending).await,
+            Err(e) => tracing::debug!(namespace = NAMESPACE, error = %e, "SPDY upgrade failed"),
+        }
+    });
+    let mut r = reply(StatusCode::SWITCHING_PROTOCOLS, String::new());
+    let h = r.headers_mut();
+    h.insert(
+        http::header::UPGRADE,
+        http::HeaderValue::from_static("SPDY/3.1"),
+    );
+    h.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("Upgrade"),
+    );
+    h.insert(PROTOCOL_HEADER, http::HeaderValue::from_static(protocol));
+    r
+}
+
+async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(cri: Cri, io: S, pending: Pending) {
+    let (rd, wr) = tokio::io::split(io);
+    let (tx, rx) = mpsc::channel(32);
+    let writer = tokio::spawn(writer(wr, rx));
+    match pending {
+        Pending::PortForward(req) => {
+            let span = tracing::info_span!("cri_port_forward", namespace = NAMESPACE, container_id = %req.pod_sandbox_id);
+            tracing::Instrument::instrument(port_forward(cri, req.pod_sandbox_id, rd, tx), span)
+                .await
+        }
+        p => channels(cri, p, rd, tx).await,
+    }
+    let _ = writer.await;
+}
+
+/// Exec or attach: wait for the client's streams, then run the session over them.
+async fn channels<R>(cri: Cri, pending: Pending, mut rd: R, tx: mpsc::Sender<Out>)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    let (stdin, stdout, stderr, tty, id) = match &pending {
+        Pending::Exec(r) => (r.stdin, r.stdout, r.stderr, r.tty, r.container_id.clone()),
+        Pending::Attach(r) => (r.stdin, r.stdout, r.stderr, r.tty, r.container_id.clone()),
+        Pending::PortForward(_) => return,
+    };
+    let mut wanted = vec!["error"];
+    wanted.extend(stdin.then_some("stdin"));
+    wanted.extend(stdout.then_some("stdout"));
+    wanted.extend((stderr && !tty).then_some("stderr"));
+    wanted.extend(tty.then_some("resize"));
+    let mut z = Inflater::new();
+    let mut streams: HashMap<String, u32> = HashMap::new();
+    let opening = async {
+        while !wanted.iter().all(|w| streams.contains_key(*w)) {
+            match read_frame(&mut rd).await {
+                Ok(Some(Frame::Control {
+                    ty: SYN_STREAM,
+                    data,
+                    ..
+                })) => {
+                    let o = syn_stream(&mut z, &data)?;
+                    let _ = tx.send(Out::Reply(o.id)).await;
+                    let ty = o.headers.get("streamtype").cloned().unwrap_or_default();
+                    streams.insert(ty, o.id);
+                }
+                Ok(Some(Frame::Control { ty: PING, data, .. })) => {
+                    let _ = tx.send(Out::Ping(data)).await;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    return Err("the client left before opening its streams".to_string())
+                }
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(STREAMS_TIMEOUT, opening).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::info!(namespace = NAMESPACE, container_id = %id, error = %e, "SPDY stream");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(namespace = NAMESPACE, container_id = %id, "SPDY client did not open its streams in time");
+            return;
+        }
+    }
+    let sid = |t: &str| streams.get(t).copied();
+    let (stdin_id, resize_id, error_id) = (sid("stdin"), sid("resize"), sid("error"));
+    let (out_tx, mut out_rx) = mpsc::channel::<(u8, Vec<u8>)>(16);
+    let (in_tx, in_rx) = mpsc::channel(16);
+    // Output to stream ids.
+    let outs: HashMap<u8, u32> = [(STDOUT, sid("stdout")), (STDERR, sid("stderr"))]
+        .into_iter()
+        .filter_map(|(c, s)| s.map(|s| (c, s)))
+        .collect();
+    let fwd_tx = tx.clone();
+    let forward = tokio::spawn(async move {
+        while let Some((c, data)) = out_rx.recv().await {
+            if let Some(s) = outs.get(&c) {
+                if fwd_tx.send(Out::Data(*s, data, false)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let ping_tx = tx.clone();
+    let reader = tokio::spawn(async move {
+        let mut resize = Vec::new();
+        while let Ok(Some(f)) = read_frame(&mut rd).await {
+            let mut inputs = Vec::new();
+            match f {
+                Frame::Data {
+                    stream,
+                    flags,
+                    data,
+                } if Some(stream) == stdin_id => {
+                    if !data.is_empty() {
+                        inputs.push(Input::Stdin(data));
+                    }
+                    if flags & FLAG_FIN != 0 {
+                        inputs.push(Input::CloseStdin);
+                    }
+                }
+                Frame::Data { stream, data, .. } if Some(stream) == resize_id => {
+                    // A stream of JSON objects (Go's json.Encoder: one per line).
+                    resize.extend_from_slice(&data);
+                    let mut it = serde_json::Deserializer::from_slice(&resize)
+                        .into_iter::<serde_json::Value>();
+                    let mut used = 0;
+                    while let Some(Ok(v)) = it.next() {
+                        used = it.byte_offset();
+                        if let Some(i) = session::parse_resize(v.to_string().as_bytes()) {
+                            inputs.push(i);
+                        }
+                    }
+                    resize.drain(..used);
+                }
+                Frame::Control { ty: PING, data, .. } => {
+                    let _ = ping_tx.send(Out::Ping(data)).await;
+                }
+                Frame::Control { ty: GOAWAY, .. } => break,
+                _ => {}
+            }
+            for i in inputs {
+                if in_tx.send(i).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let outcome = match pending {
+        Pending::Exec(req) => {
+            let span = tracing::info_span!("cri_exec", namespace = NAMESPACE, container_id = %req.container_id, protocol = "spdy");
+            tracing::Instrument::instrument(session::exec(&cri, req, in_rx, out_tx), span).await
+        }
+        Pending::Attach(req) => {
+            let span = tracing::info_span!("cri_attach", namespace = NAMESPACE, container_id = %req.container_id, protocol = "spdy");
+            tracing::Instrument::instrument(session::attach(&cri, req, in_rx, out_tx), span).await
+        }
+        Pending::PortForward(_) => return,
+    };
+    reader.abort();
+    let _ = forward.await;
+    if let Some(e) = error_id {
+        let _ = tx
+            .send(Out::Data(e, session::status_json(&outcome), false))
+            .await;
+    }
+    for s in streams.values() {
+        let _ = tx.send(Out::Data(*s, Vec::new(), true)).await;
+    }
+}
+
+/// Port-forward: each (error, data) pair of streams with one `requestid` is one connection to its `port`.
+async fn port_forward<R>(cri: Cri, pod: String, mut rd: R, tx: mpsc::Sender<Out>)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    let mut z = Inflater::new();
+    // requestid -> (error stream, data stream)
+    let mut pairs: HashMap<String, (Option<u32>, Option<u32>, u16)> = HashMap::new();
+    // data stream id -> input of its connection
+    let mut conns: HashMap<u32, mpsc::Sender<Vec<u8>>> = HashMap::new();
+    while let Ok(Some(f)) = read_frame(&mut rd).await {
+        match f {
+            Frame::Control {
+                ty: SYN_STREAM,
+                data,
+                ..
+            } => {
+                let o = match syn_stream(&mut z, &data) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::info!(namespace = NAMESPACE, container_id = %pod, error = %e, "SPDY stream");
+                        return;
+                    }
+                };
+                let _ = tx.send(Out::Reply(o.id)).await;
+                let h = |k: &str| o.headers.get(k).cloned().unwrap_or_default();
+                let port: u16 = h("port").parse().unwrap_or(0);
+                let entry = pairs.entry(h("requestid")).or_insert((None, None, port));
+                match h("streamtype").as_str() {
+                    "error" => entry.0 = Some(o.id),
+                    "data" => entry.1 = Some(o.id),
+                    _ => continue,
+                }
+                if let (Some(err), Some(data), port) = *entry {
+                    pairs.remove(&h("requestid"));
+                    let (in_tx, in_rx) = mpsc::channel(16);
+                    conns.insert(data, in_tx);
+                    tokio::spawn(forward_one(
+                        cri.clone(),
+                        pod.clone(),
+                        port,
+                        err,
+                        data,
+                        in_rx,
+                        tx.clone(),
+                    ));
+                }
+            }
+            Frame::Data {
+                stream,
+                flags,
+                data,
+            } => {
+                if let Some(c) = conns.get(&stream) {
+                    if !data.is_empty() {
+                        let _ = c.send(data).await;
+                    }
+                }
+                if flags & FLAG_FIN != 0 {
+                    conns.remove(&stream);
+                }
+            }
+            Frame::Control { ty: PING, data, .. } => {
+                let _ = tx.send(Out::Ping(data)).await;
+            }
+            Frame::Control { ty: GOAWAY, .. } => break,
+            Frame::Control { .. } => {}
+        }
+    }
+}
+
+/// One forwarded connection: splice it to its data stream, report a failure on its error stream.
+async fn forward_one(
+    cri: Cri,
+    pod: String,
+    port: u16,
+    err: u32,
+    data: u32,
+    input: mpsc::Receiver<Vec<u8>>,
+    tx: mpsc::Sender<Out>,
+) {
+    if port == 0 {
+        let _ = tx
+            .send(Out::Data(
+                err,
+                b"a port-forward stream needs a port header".to_vec(),
+                true,
+            ))
+            .await;
+        return;
+    }
+    match portforward::connect(&cri, &pod, port).await {
+        Ok(stream) => {
+            let (out_tx, mut out_rx) = mpsc::channel::<(u8, Vec<u8>)>(16);
+            let fwd = tx.clone();
+            let copy = tokio::spawn(async move {
+                while let Some((_, d)) = out_rx.recv().await {
+                    if fwd.send(Out::Data(data, d, false)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            portforward::splice(stream, input, out_tx, 0).await;
+            let _ = copy.await;
+        }
+        Err(e) => {
+            let _ = tx.send(Out::Data(err, e.into_bytes(), false)).await;
+        }
+    }
+    let _ = tx.send(Out::Data(data, Vec::new(), true)).await;
+    let _ = tx.send(Out::Data(err, Vec::new(), true)).await;
+}
