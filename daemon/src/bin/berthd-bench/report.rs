@@ -4,50 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use serde::Serialize;
-
-/// Median, min, max over n samples.
-#[derive(Debug, Clone, Serialize)]
-pub struct Stats {
-    pub median: f64,
-    pub min: f64,
-    pub max: f64,
-    pub n: usize,
-}
-
-impl Stats {
-    pub fn of(v: &[f64]) -> Option<Stats> {
-        let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_by(|a, b| a.total_cmp(b));
-        let n = v.len();
-        let median = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
-        Some(Stats {
-            median,
-            min: v[0],
-            max: v[n - 1],
-            n,
-        })
-    }
-}
-
-/// One figure, Berth beside its peer.
-#[derive(Debug, Clone, Serialize)]
-pub struct Row {
-    pub name: String,
-    pub unit: String,
-    pub berth: Option<Stats>,
-    pub peer: Option<Stats>,
-    pub peer_name: String,
-    pub ratio: Option<f64>,
-    pub target: Option<f64>,
-}
+pub use berth_bench_report::{Row, Stats};
 
 /// One point of the scale ladder: a figure of one daemon at a container count.
 #[derive(Debug, Clone)]
@@ -77,21 +34,9 @@ impl Report {
         peer: &[f64],
         target: Option<f64>,
     ) {
-        let b = Stats::of(berth);
-        let p = Stats::of(peer);
-        let ratio = match (&b, &p) {
-            (Some(b), Some(p)) if p.median > 0.0 => Some(b.median / p.median),
-            _ => None,
-        };
-        self.rows.push(Row {
-            name,
-            unit: unit.into(),
-            berth: b,
-            peer: p,
-            peer_name: "containerd".into(),
-            ratio,
-            target,
-        });
+        let mut r = Row::compare(&name, unit, berth, "containerd", peer);
+        r.target = target;
+        self.rows.push(r);
     }
 
     /// Rows from the scale points (one per figure and count, berthd beside containerd).
