@@ -56,9 +56,7 @@ impl CtrFixture {
 
     /// `ctr --address SOCK -n NS` with `args` appended, not run.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = self.fx.daemon.ctr();
-        c.arg("-n").arg(&self.fx.ns).args(args);
-        c
+        self.fx.ctr_command(args)
     }
 
     /// Run `ctr ARGS` (stdin /dev/null) with a time limit.

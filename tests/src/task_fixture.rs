@@ -306,9 +306,14 @@ impl TaskFixture {
     /// `ctr --address SOCK -n NS ARGS` (Debian's ctr against this berthd), run with a 120 s limit (pulls
     /// included).
     pub fn ctr(&self, args: &[&str]) -> std::process::Output {
+        crate::run_timeout(&mut self.ctr_command(args), Duration::from_secs(120))
+    }
+
+    /// `ctr --address SOCK -n NS ARGS`, not run.
+    pub fn ctr_command(&self, args: &[&str]) -> std::process::Command {
         let mut c = self.daemon.ctr();
         c.arg("-n").arg(&self.ns).args(args);
-        crate::run_timeout(&mut c, Duration::from_secs(120))
+        c
     }
 
     /// The task's dir in berthd's state, `<state>/tasks/<ns>/<id>`: the shim's bundle.
