@@ -39,15 +39,39 @@ pub(super) async fn create_record(
     labels: HashMap<String, String>,
     ext: (&str, prost_types::Any),
 ) -> Result<(), Status> {
-    let snapshots = SnapshotsService::new(cri.ctx().clone());
-    snapshots
+    prepare_snapshot(cri, id, image).await?;
+    record_on_snapshot(cri, id, image, spec, labels, ext).await
+}
+
+/// Prepare a record's rootfs snapshot on its image; the snapshot's mounts (a spec may need files of the
+/// rootfs). Undo it with [`remove_snapshot`] if no record follows.
+pub(super) async fn prepare_snapshot(
+    cri: &Cri,
+    id: &str,
+    image: &Resolved,
+) -> Result<Vec<Mount>, Status> {
+    Ok(SnapshotsService::new(cri.ctx().clone())
         .prepare(ns_request(PrepareSnapshotRequest {
             snapshotter: String::new(),
             key: id.to_string(),
             parent: image.chain_id.clone(),
             labels: HashMap::new(),
         }))
-        .await?;
+        .await?
+        .into_inner()
+        .mounts)
+}
+
+/// Create a Berth container record on the snapshot [`prepare_snapshot`] made (removing the snapshot if the
+/// record fails).
+pub(super) async fn record_on_snapshot(
+    cri: &Cri,
+    id: &str,
+    image: &Resolved,
+    spec: &serde_json::Value,
+    labels: HashMap<String, String>,
+    ext: (&str, prost_types::Any),
+) -> Result<(), Status> {
     let spec_bytes = serde_json::to_vec(spec)
         .map_err(|e| Status::internal(format!("encoding the spec: {e}")))?;
     let container = Container {
@@ -83,7 +107,7 @@ pub(super) async fn create_record(
     Ok(())
 }
 
-async fn remove_snapshot(cri: &Cri, id: &str) {
+pub(super) async fn remove_snapshot(cri: &Cri, id: &str) {
     let r = SnapshotsService::new(cri.ctx().clone())
         .remove(ns_request(RemoveSnapshotRequest {
             snapshotter: String::new(),
