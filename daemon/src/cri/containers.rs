@@ -8,10 +8,8 @@
 
 use std::collections::HashMap;
 
-use berth_oci::user::rootfs::{read_files, MountRef};
 use berth_proto::containerd_client::services::v1::CreateTaskRequest;
 use berth_proto::containerd_client::types::v1::Status as TaskStatus;
-use berth_proto::containerd_client::types::Mount;
 use berth_proto::cri;
 use tonic::{Code, Status};
 
@@ -19,7 +17,8 @@ use super::images;
 use super::meta::{self, CriContainer};
 use super::pods::{self, kill_and_wait, remove_record, task};
 use super::records;
-use super::spec::{ImageFiles, PodNamespaces, UserRequest};
+use super::spec::PodNamespaces;
+use super::user;
 use super::{task_status, ts_nanos, Cri, NAMESPACE};
 use crate::network::Owner;
 
@@ -28,9 +27,6 @@ pub const CRI_LOG_SCHEME: &str = "crilog://";
 
 /// The image's StopSignal, when it has one.
 const STOP_SIGNAL: &str = "io.berth.cri.stop-signal";
-
-/// The process's uid, gid and supplementary groups as the spec has them (see [`user_label`]).
-const USER: &str = "io.berth.cri.user";
 
 /// CreateContainer; returns the new container's id.
 pub async fn create(
@@ -87,7 +83,8 @@ pub async fn create(
     };
     // The snapshot first: the user and groups come from the image's files in it, as containerd reads them.
     let mounts = records::prepare_snapshot(cri, &id, &image).await?;
-    let built = container_spec(cri, &id, &image, &config, &sandbox_config, &pod, mounts).await;
+    let built =
+        user::container_spec(cri, &id, &image, &config, &sandbox_config, &pod, mounts).await;
     let spec = match built {
         Ok(spec) => spec,
         Err(e) => {
@@ -111,7 +108,10 @@ pub async fn create(
         let path = std::path::Path::new(&sandbox.config.log_directory).join(&config.log_path);
         labels.insert(meta::LOG_PATH.to_string(), path.display().to_string());
     }
-    labels.insert(USER.to_string(), user_label(&spec["process"]["user"]));
+    labels.insert(
+        user::USER.to_string(),
+        user::label(&spec["process"]["user"]),
+    );
     let ext = meta::encode_ext(&config, "ContainerConfig");
     records::record_on_snapshot(
         cri,
@@ -123,93 +123,6 @@ pub async fn create(
     )
     .await?;
     Ok(id)
-}
-
-/// The spec of a new container whose snapshot has `mounts`: the image's /etc/passwd and /etc/group are read
-/// from them (on a blocking thread: it mounts) when the user or the groups policy needs them.
-async fn container_spec(
-    cri: &Cri,
-    id: &str,
-    image: &images::Resolved,
-    config: &cri::ContainerConfig,
-    sandbox_config: &cri::PodSandboxConfig,
-    pod: &PodNamespaces<'_>,
-    mounts: Vec<Mount>,
-) -> Result<serde_json::Value, Status> {
-    let sc = config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.clone())
-        .unwrap_or_default();
-    let files = if UserRequest::of_container(&sc).needs_files(&image.config) {
-        let scratch = cri.ctx().config.state.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            let refs: Vec<MountRef<'_>> = mounts
-                .iter()
-                .map(|m| MountRef {
-                    kind: &m.r#type,
-                    source: &m.source,
-                    options: &m.options,
-                })
-                .collect();
-            read_files(&refs, &["/etc/passwd", "/etc/group"], &scratch)
-        })
-        .await
-        .map_err(|e| Status::internal(format!("reading the image's /etc/passwd: {e}")))?
-        .map_err(|e| {
-            tracing::warn!(namespace = NAMESPACE, container_id = id, error = %e, "cannot read the image's user files");
-            Status::internal(format!("reading the image's /etc/passwd and /etc/group: {e}"))
-        })?;
-        let mut read = read.into_iter();
-        Some(ImageFiles {
-            passwd: read.next().unwrap_or_default(),
-            group: read.next().unwrap_or_default(),
-        })
-    } else {
-        None
-    };
-    super::spec::container(
-        id,
-        &image.config,
-        config,
-        sandbox_config,
-        pod,
-        files.as_ref(),
-    )
-}
-
-/// `uid:gid:g1,g2,...` of a spec's `process.user`, kept as a label for ContainerStatus's `user`.
-fn user_label(user: &serde_json::Value) -> String {
-    let groups: Vec<String> = user["additionalGids"]
-        .as_array()
-        .map(|a| a.iter().map(|g| g.to_string()).collect())
-        .unwrap_or_default();
-    format!(
-        "{}:{}:{}",
-        user["uid"].as_i64().unwrap_or(0),
-        user["gid"].as_i64().unwrap_or(0),
-        groups.join(",")
-    )
-}
-
-/// ContainerStatus's `user` from the [`user_label`] (None for records made before it existed).
-fn user_of_label(label: &str) -> Option<cri::ContainerUser> {
-    let mut parts = label.splitn(3, ':');
-    let uid = parts.next()?.parse().ok()?;
-    let gid = parts.next()?.parse().ok()?;
-    let supplemental_groups = parts
-        .next()?
-        .split(',')
-        .filter(|g| !g.is_empty())
-        .map(|g| g.parse().ok())
-        .collect::<Option<Vec<i64>>>()?;
-    Some(cri::ContainerUser {
-        linux: Some(cri::LinuxContainerUser {
-            uid,
-            gid,
-            supplemental_groups,
-        }),
-    })
 }
 
 /// For PID namespace mode TARGET, the pid of the target container: it must be a running container of the same
@@ -444,7 +357,7 @@ pub async fn status(
             mounts: c.config.mounts.clone(),
             log_path: c.label(meta::LOG_PATH).to_string(),
             image_id: image_ref,
-            user: user_of_label(c.label(USER)),
+            user: user::of_label(c.label(user::USER)),
         }),
         info,
     })
