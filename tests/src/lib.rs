@@ -58,6 +58,7 @@ pub mod proc;
 pub mod registry;
 pub mod regproxy;
 pub mod regtls;
+pub mod remote;
 pub mod run;
 pub mod runc_fixture;
 pub mod shim_fixture;

@@ -105,9 +105,9 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(cri: Cri, io: S, pendin
     let (ctl, ctl_rx) = mpsc::unbounded_channel();
     let flow = Arc::new(flow::Flow::new());
     let writer = tokio::spawn(writer(wr, rx, ctl_rx, flow.clone()));
-    let peer = Peer { tx, ctl, flow };
     let (frames_tx, frames) = mpsc::channel(FRAMES_QUEUE);
-    let reader = tokio::spawn(read_frames(rd, peer.clone(), frames_tx));
+    let reader = tokio::spawn(read_frames(rd, ctl.clone(), flow.clone(), frames_tx));
+    let peer = Peer { tx, ctl };
     match pending {
         Pending::PortForward(req) => {
             let span = tracing::info_span!("cri_port_forward", namespace = NAMESPACE, container_id = %req.pod_sandbox_id);
@@ -119,22 +119,22 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(cri: Cri, io: S, pendin
         }
         p => channels(cri, p, frames, peer).await,
     }
-    reader.abort();
+    // The reader goes on until the writer is done: what is still queued needs the client's window updates.
     let _ = writer.await;
+    reader.abort();
 }
 
 /// Frames read ahead of the session (a client that keeps our windows cannot fill it: the windows hold
 /// less; one that does not meets TCP's back-pressure beyond it).
 const FRAMES_QUEUE: usize = 1024;
 
-/// The way back to the client: the writer's queue, its control queue and the client's windows.
+/// The way back to the client: the writer's queue and its control queue.
 #[derive(Clone)]
 struct Peer {
     tx: mpsc::Sender<Out>,
     /// Window updates and ping replies: never behind data the client's window holds back. Unbounded, but
     /// each entry answers a frame the client sent.
     ctl: mpsc::UnboundedSender<Out>,
-    flow: Arc<flow::Flow>,
 }
 
 impl Peer {
@@ -149,16 +149,18 @@ impl Peer {
 /// Read the client's frames. Flow control and PINGs are handled here, at once, so a session blocked on a
 /// slow process can never hold back the window update that would let the writer go on (which would
 /// deadlock `cat` with large input and output); SYN_STREAM, data and GOAWAY go to the session.
+/// The reader holds no sender of data frames: the writer ends when the session's senders are gone.
 async fn read_frames<R: AsyncRead + Unpin + Send + 'static>(
     mut rd: R,
-    peer: Peer,
+    ctl: mpsc::UnboundedSender<Out>,
+    flow: Arc<flow::Flow>,
     frames: mpsc::Sender<Frame>,
 ) {
     while let Ok(Some(f)) = read_frame(&mut rd).await {
         let f = match f {
             Frame::Control { ty, data } if ty != SYN_STREAM && ty != GOAWAY => {
-                if !peer.flow.control(ty, &data) && ty == PING {
-                    let _ = peer.ctl.send(Out::Ping(data));
+                if !flow.control(ty, &data) && ty == PING {
+                    let _ = ctl.send(Out::Ping(data));
                 }
                 continue;
             }
