@@ -119,14 +119,20 @@ impl Remote for Ws {
     }
 }
 
-/// SPDY/3.1 (`v4.channel.k8s.io`, `portforward.k8s.io`): one stream per channel.
-pub struct Spdy {
+/// SPDY/3.1 (`v4.channel.k8s.io`, `portforward.k8s.io`): one stream per channel; keeping SPDY/3.1's windows
+/// when `FLOW`, else none at all (as Kubernetes' spdystream, kubectl's and the kubelet's library).
+pub struct SpdyWith<const FLOW: bool> {
     pub client: SpdyClient,
     /// channel -> stream id
     streams: HashMap<u8, u32>,
 }
 
-impl Spdy {
+/// A SPDY client that keeps windows strictly.
+pub type Spdy = SpdyWith<true>;
+/// A SPDY client without flow control, as kubectl's.
+pub type SpdyLegacy = SpdyWith<false>;
+
+impl<const FLOW: bool> SpdyWith<FLOW> {
     fn channel_of(&self, stream: u32) -> Option<u8> {
         self.streams
             .iter()
@@ -135,11 +141,15 @@ impl Spdy {
     }
 }
 
-impl Remote for Spdy {
-    const NAME: &'static str = "spdy";
+impl<const FLOW: bool> Remote for SpdyWith<FLOW> {
+    const NAME: &'static str = if FLOW {
+        "spdy"
+    } else {
+        "spdy-without-flow-control"
+    };
 
     async fn channels(url: &str, s: Streams) -> Self {
-        let mut client = SpdyClient::connect(url, "", &["v4.channel.k8s.io"])
+        let mut client = SpdyClient::connect_with(url, "", &["v4.channel.k8s.io"], FLOW)
             .await
             .expect("spdy upgrade");
         let mut streams = HashMap::new();
@@ -154,11 +164,11 @@ impl Remote for Spdy {
                 streams.insert(ch, client.open(&[("streamType", ty)]).await);
             }
         }
-        Spdy { client, streams }
+        SpdyWith { client, streams }
     }
 
     async fn forward(url: &str, port: u16) -> Self {
-        let mut client = SpdyClient::connect(url, "", &["portforward.k8s.io"])
+        let mut client = SpdyClient::connect_with(url, "", &["portforward.k8s.io"], FLOW)
             .await
             .expect("spdy upgrade");
         let p = port.to_string();
@@ -168,7 +178,7 @@ impl Remote for Spdy {
         let data = client
             .open(&[("streamType", "data"), ("port", &p), ("requestID", "0")])
             .await;
-        Spdy {
+        SpdyWith {
             client,
             streams: HashMap::from([(0, data), (1, err)]),
         }

@@ -95,6 +95,8 @@ pub struct SpdyClient {
     /// What we may still send.
     send_windows: HashMap<u32, i64>,
     send_session: i64,
+    /// False: behave as Kubernetes' spdystream does (SPDY/3 framing, no windows at all, PINGs answered).
+    flow: bool,
 }
 
 impl SpdyClient {
@@ -103,6 +105,16 @@ impl SpdyClient {
         url: &str,
         query: &str,
         protocols: &[&str],
+    ) -> Result<SpdyClient, Refused> {
+        Self::connect_with(url, query, protocols, true).await
+    }
+
+    /// As [`SpdyClient::connect`], keeping windows when `flow`, else none (as kubectl's spdystream).
+    pub async fn connect_with(
+        url: &str,
+        query: &str,
+        protocols: &[&str],
+        flow: bool,
     ) -> Result<SpdyClient, Refused> {
         let mut headers = "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n".to_string();
         for p in protocols {
@@ -124,12 +136,15 @@ impl SpdyClient {
             recv_session: DEFAULT_WINDOW,
             send_windows: HashMap::new(),
             send_session: DEFAULT_WINDOW,
+            flow,
         };
-        // SETTINGS: one entry, SETTINGS_INITIAL_WINDOW_SIZE (7).
-        let body = [1u32, 7, CLIENT_WINDOW as u32]
-            .map(u32::to_be_bytes)
-            .concat();
-        c.control(4, &body).await;
+        if flow {
+            // SETTINGS: one entry, SETTINGS_INITIAL_WINDOW_SIZE (7).
+            let body = [1u32, 7, CLIENT_WINDOW as u32]
+                .map(u32::to_be_bytes)
+                .concat();
+            c.control(4, &body).await;
+        }
         Ok(c)
     }
 
@@ -178,7 +193,11 @@ impl SpdyClient {
     pub async fn send(&mut self, stream: u32, mut data: &[u8], fin: bool) {
         loop {
             let window = *self.send_windows.get(&stream).unwrap_or(&DEFAULT_WINDOW);
-            let room = window.min(self.send_session).max(0) as usize;
+            let room = if self.flow {
+                window.min(self.send_session).max(0) as usize
+            } else {
+                data.len()
+            };
             if room == 0 && !data.is_empty() {
                 let e = tokio::time::timeout(READ_TIMEOUT, self.recv_frame())
                     .await
@@ -217,6 +236,9 @@ impl SpdyClient {
     /// Account for `n` bytes the server sent on `stream` (panics past the window), granting more once half
     /// of a window is spent.
     async fn received(&mut self, stream: u32, n: usize) {
+        if !self.flow {
+            return;
+        }
         let n = n as i64;
         let w = self.recv_windows.entry(stream).or_insert(CLIENT_WINDOW);
         *w -= n;

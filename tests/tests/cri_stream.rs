@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use berth_proto::cri;
 use berth_tests::cri_fixture::CriFixture;
-use berth_tests::remote::{Remote, Spdy, Streams, Ws};
+use berth_tests::remote::{Remote, Spdy, SpdyLegacy, Streams, Ws};
 use berth_tests::spdy_client::{Event, SpdyClient};
 use berth_tests::stream_client::{exit_code, Collected, WsClient};
 use sha2::Digest;
@@ -403,6 +403,22 @@ async fn spdy_attach_with_stdin_once_tty_and_the_log() {
         return;
     };
     attach_script::<Spdy>(&fx, "spdyatt").await;
+}
+
+/// kubectl's and the kubelet's SPDY library keeps no windows and sends no WINDOW_UPDATE: berthd must not
+/// stall it at 64 KiB (its probe PING tells such a peer apart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spdy_without_flow_control_as_kubectl_gets_10_mib_both_ways() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let Some(fx) = CriFixture::new("cri-stream-spdyold") else {
+        return;
+    };
+    let (pod, c) = pod_with(&fx, "spdyold", "exec sleep 1000").await;
+    exec_script::<SpdyLegacy>(&fx, &c).await;
+    remove_pod(&fx, &pod).await;
+    forward_script::<SpdyLegacy>(&fx, "spdyold2").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
