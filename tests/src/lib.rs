@@ -64,6 +64,7 @@ pub mod runc_fixture;
 pub mod shim_fixture;
 pub mod spdy_client;
 pub mod stream_client;
+pub mod stream_scripts;
 pub mod sysprobe;
 pub mod task_fixture;
 pub mod transfer;
