@@ -148,15 +148,13 @@ impl SpdyClient {
         Ok(c)
     }
 
+    /// Send a control frame. A failure is ignored: the server may have closed the connection after its last
+    /// frame, while we still answer (a WINDOW_UPDATE for that frame); what the test sees is the data it got.
     async fn control(&mut self, ty: u32, body: &[u8]) {
         let mut f = (0x8003_0000u32 | ty).to_be_bytes().to_vec();
         f.extend_from_slice(&(body.len() as u32).to_be_bytes());
         f.extend_from_slice(body);
-        self.io
-            .get_mut()
-            .write_all(&f)
-            .await
-            .expect("send a control frame");
+        let _ = self.io.get_mut().write_all(&f).await;
     }
 
     /// Open a stream with `headers` (SYN_STREAM); its id.

@@ -38,6 +38,8 @@ const CHANNEL_PROTOCOLS: [&str; 1] = ["v4.channel.k8s.io"];
 const PORTFORWARD_PROTOCOLS: [&str; 1] = ["portforward.k8s.io"];
 /// The protocol header of Kubernetes' SPDY upgrade.
 const PROTOCOL_HEADER: &str = "x-stream-protocol-version";
+/// How long a client may take to close after berthd's last frame (its reads are drained meanwhile).
+const LINGER: Duration = Duration::from_secs(5);
 /// How long a client may take to open its streams.
 const STREAMS_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -121,7 +123,12 @@ async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(cri: Cri, io: S, pendin
     }
     // The reader goes on until the writer is done: what is still queued needs the client's window updates.
     let _ = writer.await;
-    reader.abort();
+    // Then it reads what the client still sends (window updates for the last frames) until it closes: a
+    // socket closed with unread bytes resets the connection, and the client could lose the end of its output.
+    let mut reader = reader;
+    if tokio::time::timeout(LINGER, &mut reader).await.is_err() {
+        reader.abort();
+    }
 }
 
 /// Frames read ahead of the session (a client that keeps our windows cannot fill it: the windows hold
@@ -166,9 +173,8 @@ async fn read_frames<R: AsyncRead + Unpin + Send + 'static>(
             }
             f => f,
         };
-        if frames.send(f).await.is_err() {
-            return;
-        }
+        // Once the session is over nobody takes frames: keep reading (see `LINGER`).
+        let _ = frames.send(f).await;
     }
 }
 
