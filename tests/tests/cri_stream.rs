@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use berth_proto::cri;
 use berth_tests::cri_fixture::CriFixture;
-use berth_tests::remote::{Spdy, SpdyLegacy, Ws};
+use berth_tests::remote::{Remote, Spdy, SpdyLegacy, Ws};
 use berth_tests::spdy_client::{Event, SpdyClient};
 use berth_tests::stream_client::{exit_code, Collected, WsClient};
 use berth_tests::stream_scripts::{
-    attach_script, exec_req, exec_script, exec_url, forward_script, pod_with, remove_pod,
+    attach_script, attach_url, exec_req, exec_script, exec_url, forward_script, pod_with,
+    remove_pod, streams,
 };
 
 const V5: &str = "v5.channel.k8s.io";
@@ -484,5 +485,32 @@ async fn python_websocket_client_runs_an_exec() {
     let status: serde_json::Value =
         serde_json::from_str(got["3"].as_str().expect("an error channel")).expect("a JSON status");
     assert_eq!(exit_code(&status), 2, "{status}");
+    remove_pod(&fx, &pod).await;
+}
+
+/// The stdin FIFO outlives berthd: after a SIGKILLed berthd restarts, an attach still reaches the
+/// container's stdin (the shim held its ends meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_with_stdin_works_after_berthd_was_killed() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let Some(mut fx) = CriFixture::new("cri-stream-attrestart") else {
+        return;
+    };
+    fx.pull_busybox().await;
+    let cfg = fx.pod_config("attrestart");
+    let pod = fx.pod(cfg.clone()).await.expect("run pod");
+    let mut cc = fx.container_config("echo", "exec cat");
+    cc.stdin = true;
+    let c = fx.container(&pod, &cfg, cc).await.expect("container");
+    fx.nf.fx.daemon.kill();
+    fx.nf.fx.daemon.start_again();
+    let s = streams(true, false);
+    let mut a = Ws::channels(&attach_url(&fx, &c, s).await, s).await;
+    a.send(0, b"after-restart\n").await;
+    let mut got = Collected::default();
+    a.read_until(&mut got, 1, "after-restart\n").await;
+    drop(a);
     remove_pod(&fx, &pod).await;
 }
