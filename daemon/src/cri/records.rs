@@ -126,6 +126,7 @@ pub(super) async fn remove_record(cri: &Cri, id: &str) -> Result<(), Status> {
         Err(e) => return Err(e),
     }
     remove_snapshot(cri, id).await;
+    super::stream::remove_stdin(cri, id).await;
     cri.forget_sample(id);
     Ok(())
 }
