@@ -82,7 +82,8 @@ pub async fn create(
         target_pid,
     };
     // The snapshot first: the user and groups come from the image's files in it, as containerd reads them.
-    let mounts = records::prepare_snapshot(cri, &id, &image).await?;
+    // `_pin` keeps GC off the snapshot until the record below names it.
+    let (mounts, _pin) = records::prepare_snapshot(cri, &id, &image).await?;
     let built =
         user::container_spec(cri, &id, &image, &config, &sandbox_config, &pod, mounts).await;
     let spec = match built {

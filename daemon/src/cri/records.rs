@@ -24,10 +24,13 @@ use super::images::Resolved;
 use super::{ns_request, task_status, Cri, NAMESPACE};
 use crate::services::containers::ContainersService;
 use crate::services::snapshots::SnapshotsService;
+use crate::store::SnapshotPin;
 use crate::tasks::TaskError;
 
 /// containerd's runtime name; berthd maps it to berth-shim.
 const RUNTIME: &str = "io.containerd.runc.v2";
+/// The snapshotter CRI records use (the record names it; GC pins must match it).
+const SNAPSHOTTER: &str = "overlayfs";
 const SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 
 /// Create a Berth container record with its rootfs snapshot (undoing the snapshot if the record fails).
@@ -39,27 +42,33 @@ pub(super) async fn create_record(
     labels: HashMap<String, String>,
     ext: (&str, prost_types::Any),
 ) -> Result<(), Status> {
-    prepare_snapshot(cri, id, image).await?;
-    record_on_snapshot(cri, id, image, spec, labels, ext).await
+    let (_, pin) = prepare_snapshot(cri, id, image).await?;
+    let made = record_on_snapshot(cri, id, image, spec, labels, ext).await;
+    drop(pin);
+    made
 }
 
 /// Prepare a record's rootfs snapshot on its image; the snapshot's mounts (a spec may need files of the
-/// rootfs). Undo it with [`remove_snapshot`] if no record follows.
+/// rootfs) and a pin that keeps GC off the snapshot: hold it until [`record_on_snapshot`] returns (a GC
+/// run after some other delete would otherwise collect the snapshot no record names yet). Undo it with
+/// [`remove_snapshot`] if no record follows.
 pub(super) async fn prepare_snapshot(
     cri: &Cri,
     id: &str,
     image: &Resolved,
-) -> Result<Vec<Mount>, Status> {
-    Ok(SnapshotsService::new(cri.ctx().clone())
+) -> Result<(Vec<Mount>, SnapshotPin), Status> {
+    let pin = cri.ctx().store.pin_snapshot(NAMESPACE, SNAPSHOTTER, id);
+    let mounts = SnapshotsService::new(cri.ctx().clone())
         .prepare(ns_request(PrepareSnapshotRequest {
-            snapshotter: String::new(),
+            snapshotter: SNAPSHOTTER.to_string(),
             key: id.to_string(),
             parent: image.chain_id.clone(),
             labels: HashMap::new(),
         }))
         .await?
         .into_inner()
-        .mounts)
+        .mounts;
+    Ok((mounts, pin))
 }
 
 /// Create a Berth container record on the snapshot [`prepare_snapshot`] made (removing the snapshot if the
@@ -90,7 +99,7 @@ pub(super) async fn record_on_snapshot(
             type_url: SPEC_TYPE.to_string(),
             value: spec_bytes,
         }),
-        snapshotter: "overlayfs".to_string(),
+        snapshotter: SNAPSHOTTER.to_string(),
         snapshot_key: id.to_string(),
         extensions: HashMap::from([(ext.0.to_string(), ext.1)]),
         ..Default::default()

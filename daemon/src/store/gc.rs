@@ -18,6 +18,7 @@ use redb::{ReadableTable, WriteTransaction};
 use super::content::content_in;
 use super::images::images_in;
 use super::leases::{decode_lease, LeaseRecord, RES_CONTENT, RES_INGESTS};
+use super::pins::Pins;
 use super::snapshots::snapshots_in;
 use super::tables::{
     each_in_namespace, CONTAINERS, CONTENT, IMAGES, LEASES, NAMESPACES, SNAPSHOTS,
@@ -85,7 +86,7 @@ fn expired(lease: &LeaseRecord, now: &prost_types::Timestamp) -> bool {
 }
 
 /// Collect in the write transaction (see the module doc).
-pub(crate) fn sweep_in(wtx: &WriteTransaction) -> Result<Swept, StoreError> {
+fn sweep_in(wtx: &WriteTransaction, pins: &Pins) -> Result<Swept, StoreError> {
     let now = super::now_timestamp();
     let mut out = Swept::default();
     let namespaces: Vec<String> = {
@@ -97,7 +98,7 @@ pub(crate) fn sweep_in(wtx: &WriteTransaction) -> Result<Swept, StoreError> {
         v
     };
     for ns in &namespaces {
-        sweep_namespace(wtx, ns, &now, &mut out)?;
+        sweep_namespace(wtx, ns, &now, &pins.in_namespace(ns), &mut out)?;
     }
     let content = wtx.open_table(CONTENT)?;
     for item in content.iter()? {
@@ -121,10 +122,15 @@ fn sweep_namespace(
     wtx: &WriteTransaction,
     ns: &str,
     now: &prost_types::Timestamp,
+    pinned: &[(String, String)],
     out: &mut Swept,
 ) -> Result<(), StoreError> {
+    // Pinned snapshots (prepared in process, not yet recorded) are roots.
+    let mut roots: Vec<Node> = pinned
+        .iter()
+        .map(|(sn, key)| Node::Snapshot(sn.clone(), key.clone()))
+        .collect();
     // Leases: delete the expired ones, keep the others' resources as roots.
-    let mut roots: Vec<Node> = Vec::new();
     let mut flat: Vec<Node> = Vec::new();
     {
         let mut t = wtx.open_table(LEASES)?;
@@ -259,7 +265,10 @@ fn sweep_namespace(
 impl Store {
     /// Collect metadata (see the module doc), in one transaction.
     pub async fn gc_sweep(&self) -> Result<Swept, StoreError> {
-        self.writer().write(sweep_in).await
+        // The pins are read inside the transaction: a snapshot committed before it began was pinned
+        // before its Prepare was submitted, and is unpinned only once a committed record names it.
+        let pins = self.inner.pins.clone();
+        self.writer().write(move |wtx| sweep_in(wtx, &pins)).await
     }
 }
 
@@ -413,5 +422,37 @@ mod tests {
         let swept = s.gc_sweep().await.expect("gc");
         assert_eq!((swept.content, swept.snapshots), (3, 2));
         assert!(swept.live_blobs.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_pinned_snapshot_stays_until_unpinned() {
+        let t = TempStore::new("gc-pin");
+        let s = t.store();
+        let pin = s.pin_snapshot("n", "overlayfs", "young");
+        let other_ns = s.pin_snapshot("m", "overlayfs", "young");
+        let p = s
+            .plan_snapshot("overlayfs", "n", "young", "")
+            .await
+            .expect("plan");
+        s.insert_snapshot(
+            "overlayfs",
+            "n",
+            "young",
+            "",
+            p.id,
+            SnapshotKind::Active,
+            HashMap::new(),
+            None,
+        )
+        .await
+        .expect("insert");
+        let twice = s.pin_snapshot("n", "overlayfs", "young");
+        drop(twice);
+        let swept = s.gc_sweep().await.expect("gc");
+        assert_eq!(swept.snapshots, 0, "a pinned snapshot is a root");
+        drop(pin);
+        drop(other_ns);
+        let swept = s.gc_sweep().await.expect("gc");
+        assert_eq!(swept.snapshots, 1, "unpinned and unnamed, it goes");
     }
 }

@@ -18,9 +18,12 @@ pub mod journal_marks;
 pub mod leases;
 pub mod namespaces;
 pub mod networks;
+mod pins;
 pub mod snapshots;
 pub mod tables;
 pub mod writer;
+
+pub use pins::SnapshotPin;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -150,6 +153,8 @@ struct Inner {
     server_uuid: String,
     /// Snapshot numbers reserved in meta.redb and not yet handed out.
     snapshot_ids: std::sync::Mutex<snapshots::IdBlock>,
+    /// Snapshots GC must keep although no record names them yet (see `pins.rs`).
+    pins: Arc<pins::Pins>,
 }
 
 impl std::fmt::Debug for Store {
@@ -193,6 +198,7 @@ impl Store {
                 path: path.to_path_buf(),
                 server_uuid,
                 snapshot_ids: Default::default(),
+                pins: Default::default(),
             }),
         })
     }
@@ -213,6 +219,11 @@ impl Store {
     }
 
     /// The writer (to submit write jobs).
+    /// Keep a snapshot out of GC until the pin is dropped (take it before preparing the snapshot).
+    pub fn pin_snapshot(&self, ns: &str, snapshotter: &str, key: &str) -> pins::SnapshotPin {
+        pins::SnapshotPin::new(self.inner.pins.clone(), ns, snapshotter, key)
+    }
+
     pub(crate) fn writer(&self) -> &writer::Writer {
         &self.inner.writer
     }
