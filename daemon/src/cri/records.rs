@@ -30,7 +30,9 @@ use crate::tasks::TaskError;
 const RUNTIME: &str = "io.containerd.runc.v2";
 const SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 
-/// Create a Berth container record with its rootfs snapshot (undoing the snapshot if the record fails).
+/// Create a Berth container record with its rootfs snapshot; answers the snapshot's mounts. The two are
+/// written at once (the record does not need the snapshot to exist, and their commits then share one fsync);
+/// when either fails the other is undone, so neither outlives a failed create.
 pub(super) async fn create_record(
     cri: &Cri,
     id: &str,
@@ -38,16 +40,14 @@ pub(super) async fn create_record(
     spec: &serde_json::Value,
     labels: HashMap<String, String>,
     ext: (&str, prost_types::Any),
-) -> Result<(), Status> {
+) -> Result<Vec<Mount>, Status> {
     let snapshots = SnapshotsService::new(cri.ctx().clone());
-    snapshots
-        .prepare(ns_request(PrepareSnapshotRequest {
-            snapshotter: String::new(),
-            key: id.to_string(),
-            parent: image.chain_id.clone(),
-            labels: HashMap::new(),
-        }))
-        .await?;
+    let prepare = snapshots.prepare(ns_request(PrepareSnapshotRequest {
+        snapshotter: String::new(),
+        key: id.to_string(),
+        parent: image.chain_id.clone(),
+        labels: HashMap::new(),
+    }));
     let spec_bytes = serde_json::to_vec(spec)
         .map_err(|e| Status::internal(format!("encoding the spec: {e}")))?;
     let container = Container {
@@ -71,16 +71,29 @@ pub(super) async fn create_record(
         extensions: HashMap::from([(ext.0.to_string(), ext.1)]),
         ..Default::default()
     };
-    let created = ContainersService::new(cri.ctx().clone(), cri.tasks().clone())
-        .create(ns_request(CreateContainerRequest {
-            container: Some(container),
-        }))
-        .await;
-    if let Err(e) = created {
-        remove_snapshot(cri, id).await;
-        return Err(e);
+    let containers = ContainersService::new(cri.ctx().clone(), cri.tasks().clone());
+    let create = containers.create(ns_request(CreateContainerRequest {
+        container: Some(container),
+    }));
+    match tokio::join!(prepare, create) {
+        (Ok(p), Ok(_)) => Ok(p.into_inner().mounts),
+        (Ok(_), Err(e)) => {
+            remove_snapshot(cri, id).await;
+            Err(e)
+        }
+        (Err(e), created) => {
+            if created.is_ok() {
+                let undo = containers
+                    .delete(ns_request(DeleteContainerRequest { id: id.to_string() }))
+                    .await;
+                if let Err(u) = undo {
+                    tracing::error!(namespace = NAMESPACE, container_id = id, error = %u,
+                        "cannot remove the record of a create whose snapshot failed");
+                }
+            }
+            Err(e)
+        }
     }
-    Ok(())
 }
 
 async fn remove_snapshot(cri: &Cri, id: &str) {
@@ -116,16 +129,17 @@ pub(super) async fn remove_record(cri: &Cri, id: &str) -> Result<(), Status> {
         Ok(_) | Err(TaskError::TaskNotFound(_)) => {}
         Err(e) => return Err(task_status(e)),
     }
+    tracing::debug!(phase = "task deleted", container_id = id, "remove");
+    // Record and snapshot at once (one fsync for both): a snapshot gone before its record is fine, as a
+    // retried remove finds the record and takes a missing snapshot for removed.
     let svc = ContainersService::new(cri.ctx().clone(), cri.tasks().clone());
-    match svc
-        .delete(ns_request(DeleteContainerRequest { id: id.to_string() }))
-        .await
-    {
+    let delete = svc.delete(ns_request(DeleteContainerRequest { id: id.to_string() }));
+    let (deleted, ()) = tokio::join!(delete, remove_snapshot(cri, id));
+    match deleted {
         Ok(_) => {}
         Err(e) if e.code() == Code::NotFound => {}
         Err(e) => return Err(e),
     }
-    remove_snapshot(cri, id).await;
     cri.forget_sample(id);
     Ok(())
 }
