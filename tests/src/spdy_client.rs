@@ -2,8 +2,13 @@
 //! and Kubernetes' remotecommand conventions): the `Upgrade: SPDY/3.1` handshake with
 //! `X-Stream-Protocol-Version`, SYN_STREAM with zlib-compressed headers (the draft's dictionary), data frames
 //! with FIN, and what the server sends back as events.
+//!
+//! Flow control as a strict SPDY/3.1 peer keeps it: the client announces its initial window in SETTINGS,
+//! panics when the server sends more than the window it granted, grants more only when half of it is spent,
+//! and never sends more than the server's windows (64 KiB at first, grown by its WINDOW_UPDATEs). So a server
+//! that ignores windows, or that never returns any, fails the tests instead of passing them by luck.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
@@ -13,6 +18,11 @@ use tokio::net::TcpStream;
 use crate::stream_client::{handshake, Refused};
 
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// SPDY/3.1's default window, per stream and for the session.
+const DEFAULT_WINDOW: i64 = 64 << 10;
+/// The streams' receive window this client announces (smaller than the default, so SETTINGS must be honoured).
+pub const CLIENT_WINDOW: i64 = 24 << 10;
 
 /// The SPDY/3 header dictionary (draft 3, 2.6.10.1).
 fn dictionary() -> Vec<u8> {
@@ -77,6 +87,16 @@ pub struct SpdyClient {
     inflate: Decompress,
     dict: Vec<u8>,
     next_id: u32,
+    /// Events read while a send waited for window.
+    pending: VecDeque<Event>,
+    /// What the server may still send: per stream, and the session's.
+    recv_windows: HashMap<u32, i64>,
+    recv_session: i64,
+    /// What we may still send.
+    send_windows: HashMap<u32, i64>,
+    send_session: i64,
+    /// False: behave as Kubernetes' spdystream does (SPDY/3 framing, no windows at all, PINGs answered).
+    flow: bool,
 }
 
 impl SpdyClient {
@@ -86,6 +106,16 @@ impl SpdyClient {
         query: &str,
         protocols: &[&str],
     ) -> Result<SpdyClient, Refused> {
+        Self::connect_with(url, query, protocols, true).await
+    }
+
+    /// As [`SpdyClient::connect`], keeping windows when `flow`, else none (as kubectl's spdystream).
+    pub async fn connect_with(
+        url: &str,
+        query: &str,
+        protocols: &[&str],
+        flow: bool,
+    ) -> Result<SpdyClient, Refused> {
         let mut headers = "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n".to_string();
         for p in protocols {
             headers.push_str(&format!("X-Stream-Protocol-Version: {p}\r\n"));
@@ -94,14 +124,37 @@ impl SpdyClient {
         let dict = dictionary();
         let mut deflate = Compress::new(Compression::default(), true);
         deflate.set_dictionary(&dict).expect("deflate dictionary");
-        Ok(SpdyClient {
+        let mut c = SpdyClient {
             io,
             protocol,
             deflate,
             inflate: Decompress::new(true),
             dict,
             next_id: 1,
-        })
+            pending: VecDeque::new(),
+            recv_windows: HashMap::new(),
+            recv_session: DEFAULT_WINDOW,
+            send_windows: HashMap::new(),
+            send_session: DEFAULT_WINDOW,
+            flow,
+        };
+        if flow {
+            // SETTINGS: one entry, SETTINGS_INITIAL_WINDOW_SIZE (7).
+            let body = [1u32, 7, CLIENT_WINDOW as u32]
+                .map(u32::to_be_bytes)
+                .concat();
+            c.control(4, &body).await;
+        }
+        Ok(c)
+    }
+
+    /// Send a control frame. A failure is ignored: the server may have closed the connection after its last
+    /// frame, while we still answer (a WINDOW_UPDATE for that frame); what the test sees is the data it got.
+    async fn control(&mut self, ty: u32, body: &[u8]) {
+        let mut f = (0x8003_0000u32 | ty).to_be_bytes().to_vec();
+        f.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        f.extend_from_slice(body);
+        let _ = self.io.get_mut().write_all(&f).await;
     }
 
     /// Open a stream with `headers` (SYN_STREAM); its id.
@@ -133,20 +186,78 @@ impl SpdyClient {
         id
     }
 
-    /// Send `data` on `stream`, closing our side if `fin`.
-    pub async fn send(&mut self, stream: u32, data: &[u8], fin: bool) {
-        let mut f = stream.to_be_bytes().to_vec();
-        let flags: u32 = if fin { 1 } else { 0 };
-        f.extend_from_slice(&(flags << 24 | data.len() as u32).to_be_bytes());
-        f.extend_from_slice(data);
-        self.io.get_mut().write_all(&f).await.expect("send data");
+    /// Send `data` on `stream`, closing our side if `fin`; waits (reading what comes meanwhile) for the
+    /// server's window.
+    pub async fn send(&mut self, stream: u32, mut data: &[u8], fin: bool) {
+        loop {
+            let window = *self.send_windows.get(&stream).unwrap_or(&DEFAULT_WINDOW);
+            let room = if self.flow {
+                window.min(self.send_session).max(0) as usize
+            } else {
+                data.len()
+            };
+            if room == 0 && !data.is_empty() {
+                let e = tokio::time::timeout(READ_TIMEOUT, self.recv_frame())
+                    .await
+                    .expect("the server granted no window for 30 s (no WINDOW_UPDATE)")
+                    .expect("the server closed while we waited for window");
+                self.pending.push_back(e);
+                continue;
+            }
+            let n = room.min(data.len());
+            let (now, rest) = data.split_at(n);
+            self.send_windows.insert(stream, window - n as i64);
+            self.send_session -= n as i64;
+            let last = rest.is_empty();
+            let mut f = stream.to_be_bytes().to_vec();
+            let flags: u32 = if fin && last { 1 } else { 0 };
+            f.extend_from_slice(&(flags << 24 | now.len() as u32).to_be_bytes());
+            f.extend_from_slice(now);
+            self.io.get_mut().write_all(&f).await.expect("send data");
+            data = rest;
+            if last {
+                return;
+            }
+        }
     }
 
     /// The next reply or data frame; None once the server closed the connection.
     pub async fn recv(&mut self) -> Option<Event> {
+        if let Some(e) = self.pending.pop_front() {
+            return Some(e);
+        }
         tokio::time::timeout(READ_TIMEOUT, self.recv_frame())
             .await
             .expect("no frame from the streaming server in 30 s")
+    }
+
+    /// Account for `n` bytes the server sent on `stream` (panics past the window), granting more once half
+    /// of a window is spent.
+    async fn received(&mut self, stream: u32, n: usize) {
+        if !self.flow {
+            return;
+        }
+        let n = n as i64;
+        let w = self.recv_windows.entry(stream).or_insert(CLIENT_WINDOW);
+        *w -= n;
+        self.recv_session -= n;
+        assert!(
+            *w >= 0 && self.recv_session >= 0,
+            "the server overran the window of stream {stream} (window left {w}, session {})",
+            self.recv_session
+        );
+        if *w < CLIENT_WINDOW / 2 {
+            let delta = CLIENT_WINDOW - *w;
+            *w = CLIENT_WINDOW;
+            self.control(9, &[stream, delta as u32].map(u32::to_be_bytes).concat())
+                .await;
+        }
+        if self.recv_session < DEFAULT_WINDOW / 2 {
+            let delta = DEFAULT_WINDOW - self.recv_session;
+            self.recv_session = DEFAULT_WINDOW;
+            self.control(9, &[0, delta as u32].map(u32::to_be_bytes).concat())
+                .await;
+        }
     }
 
     async fn recv_frame(&mut self) -> Option<Event> {
@@ -158,6 +269,7 @@ impl SpdyClient {
             self.io.read_exact(&mut body).await.ok()?;
             let word = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
             if word & 0x8000_0000 == 0 {
+                self.received(word, body.len()).await;
                 return Some(Event::Data {
                     stream: word,
                     data: body,
@@ -182,6 +294,25 @@ impl SpdyClient {
                         .expect("inflate a reply");
                 }
                 return Some(Event::Reply(id));
+            }
+            let word_at =
+                |i: usize| u32::from_be_bytes([body[i], body[i + 1], body[i + 2], body[i + 3]]);
+            match word & 0xffff {
+                // WINDOW_UPDATE: stream (0: the session) and delta.
+                9 => {
+                    let (id, delta) = (
+                        word_at(0) & 0x7fff_ffff,
+                        i64::from(word_at(4) & 0x7fff_ffff),
+                    );
+                    if id == 0 {
+                        self.send_session += delta;
+                    } else {
+                        *self.send_windows.entry(id).or_insert(DEFAULT_WINDOW) += delta;
+                    }
+                }
+                // PING from the server: answer it.
+                6 => self.control(6, &body).await,
+                _ => {}
             }
         }
     }

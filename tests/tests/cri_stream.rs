@@ -3,84 +3,84 @@
 //! port-forward's `portforward.k8s.io`). Exec with and without a tty (a resize reaches the pty: `stty size`
 //! prints it), stdin echoed and closed, a non-zero exit code in the error channel's status, attach to a
 //! container's output, a port-forward into the pod's network namespace, tokens used once, unknown tokens
-//! 404. Real pods and containers; root only.
+//! 404. Attach with stdin (kept open across clients, or closed by the first with `stdin_once`) and with a
+//! tty and resize, the CRI log keeping every line; 10 MiB through an exec and a port-forward, checked by
+//! sha256 (SPDY with a client that keeps SPDY/3.1's windows strictly). The scripts common to both transports
+//! are written once over a client trait (`berth_tests::stream_scripts`). Real pods and containers; root only.
 
 use std::time::Duration;
 
 use berth_proto::cri;
 use berth_tests::cri_fixture::CriFixture;
+use berth_tests::remote::{Remote, Spdy, SpdyLegacy, Ws};
 use berth_tests::spdy_client::{Event, SpdyClient};
 use berth_tests::stream_client::{exit_code, Collected, WsClient};
+use berth_tests::stream_scripts::{
+    attach_script, attach_url, exec_req, exec_script, exec_url, forward_script, pod_with,
+    remove_pod, streams,
+};
 
 const V5: &str = "v5.channel.k8s.io";
 const V4: &str = "v4.channel.k8s.io";
 
-/// A pod with one busybox container running `script`; returns (pod, container).
-async fn pod_with(fx: &CriFixture, name: &str, script: &str) -> (String, String) {
-    fx.pull_busybox().await;
-    let cfg = fx.pod_config(name);
-    let pod = fx.pod(cfg.clone()).await.expect("run pod");
-    let c = fx
-        .container(&pod, &cfg, fx.container_config("main", script))
-        .await
-        .expect("container");
-    (pod, c)
-}
-
-async fn remove_pod(fx: &CriFixture, pod: &str) {
-    let mut rt = fx.runtime().await;
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.to_string(),
-    })
-    .await
-    .expect("stop pod");
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.to_string(),
-    })
-    .await
-    .expect("remove pod");
-    fx.nf.assert_no_leaks();
-}
-
-/// The number of `sleep 777` in container `c`, polled (each try a real answer) until it is `want` or 10 s
-/// passed.
-async fn sleepers(fx: &CriFixture, c: &str, want: usize) -> usize {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = fx
-            .exec(c, "ps -o args | grep -c -x 'sleep 777' || true", 10)
-            .await
-            .expect("ps");
-        let n = String::from_utf8_lossy(&r.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(usize::MAX);
-        if n == want || std::time::Instant::now() > deadline {
-            return n;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_attach_with_stdin_once_tty_and_the_log() {
+    if !berth_tests::require_root() {
+        return;
     }
+    let Some(fx) = CriFixture::new("cri-stream-wsatt") else {
+        return;
+    };
+    attach_script::<Ws>(&fx, "wsatt").await;
 }
 
-async fn exec_url(fx: &CriFixture, req: cri::ExecRequest) -> String {
-    fx.runtime()
-        .await
-        .exec(req)
-        .await
-        .expect("Exec")
-        .into_inner()
-        .url
-}
-
-fn exec_req(id: &str, cmd: &[&str], tty: bool, stdin: bool) -> cri::ExecRequest {
-    cri::ExecRequest {
-        container_id: id.to_string(),
-        cmd: cmd.iter().map(|s| s.to_string()).collect(),
-        tty,
-        stdin,
-        stdout: true,
-        stderr: !tty,
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spdy_attach_with_stdin_once_tty_and_the_log() {
+    if !berth_tests::require_root() {
+        return;
     }
+    let Some(fx) = CriFixture::new("cri-stream-spdyatt") else {
+        return;
+    };
+    attach_script::<Spdy>(&fx, "spdyatt").await;
+}
+
+/// kubectl's and the kubelet's SPDY library keeps no windows and sends no WINDOW_UPDATE: berthd must not
+/// stall it at 64 KiB (its probe PING tells such a peer apart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spdy_without_flow_control_as_kubectl_gets_10_mib_both_ways() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let Some(fx) = CriFixture::new("cri-stream-spdyold") else {
+        return;
+    };
+    let (pod, c) = pod_with(&fx, "spdyold", "exec sleep 1000").await;
+    exec_script::<SpdyLegacy>(&fx, &c).await;
+    remove_pod(&fx, &pod).await;
+    forward_script::<SpdyLegacy>(&fx, "spdyold2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_port_forward_carries_10_mib_both_ways() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let Some(fx) = CriFixture::new("cri-stream-wsbig") else {
+        return;
+    };
+    forward_script::<Ws>(&fx, "wsbig").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spdy_port_forward_carries_10_mib_both_ways_within_windows() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let Some(fx) = CriFixture::new("cri-stream-spdybig") else {
+        return;
+    };
+    forward_script::<Spdy>(&fx, "spdybig").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,35 +131,6 @@ async fn websocket_exec_streams_output_stdin_tty_and_exit_codes() {
         .expect("an unknown token is refused");
     assert_eq!(unknown.status, 404, "{unknown:?}");
 
-    // stdin echoed by cat; v5's close of stdin ends it with success.
-    let url = exec_url(&fx, exec_req(&c, &["cat"], false, true)).await;
-    let mut ws = WsClient::connect(&url, "", &[V5, V4])
-        .await
-        .expect("upgrade");
-    assert_eq!(ws.protocol, V5);
-    ws.send(0, b"hello through stdin\n").await;
-    let mut got = Collected::default();
-    ws.read_until(&mut got, 1, "hello through stdin\n").await;
-    ws.send(255, &[0]).await;
-    let rest = ws.drain().await;
-    assert_eq!(exit_code(&rest.status()), 0, "{rest:?}");
-    assert_eq!(rest.text(1), "", "cat wrote more than its input");
-
-    // A tty: the resize reaches the pty before the command that reads it (messages are applied in order).
-    let url = exec_url(&fx, exec_req(&c, &["sh"], true, true)).await;
-    let mut ws = WsClient::connect(&url, "", &[V5]).await.expect("upgrade");
-    ws.send(4, br#"{"Width":123,"Height":45}"#).await;
-    ws.send(0, b"stty size; tty; exit 7\n").await;
-    let got = ws.drain().await;
-    let out = got.text(1);
-    assert!(
-        out.contains("45 123"),
-        "stty size did not print the new size: {out:?}"
-    );
-    assert!(out.contains("/dev/pts/"), "not a tty: {out:?}");
-    assert_eq!(got.text(2), "", "a tty has no stderr channel");
-    assert_eq!(exit_code(&got.status()), 7, "{got:?}");
-
     // Exec of a command that cannot start: the status says why.
     let url = exec_url(&fx, exec_req(&c, &["/no/such/binary"], false, false)).await;
     let got = WsClient::connect(&url, "", &[V5])
@@ -169,16 +140,7 @@ async fn websocket_exec_streams_output_stdin_tty_and_exit_codes() {
         .await;
     assert_eq!(got.status()["status"], "Failure", "{got:?}");
 
-    // A client that goes away before the exit: its process is killed.
-    let url = exec_url(&fx, exec_req(&c, &["sleep", "777"], false, false)).await;
-    let ws = WsClient::connect(&url, "", &[V5]).await.expect("upgrade");
-    assert_eq!(sleepers(&fx, &c, 1).await, 1, "the exec never ran");
-    drop(ws);
-    assert_eq!(
-        sleepers(&fx, &c, 0).await,
-        0,
-        "the exec outlived its client"
-    );
+    exec_script::<Ws>(&fx, &c).await;
 
     // The exec processes are gone from the container.
     let r = fx
@@ -374,41 +336,7 @@ async fn spdy_exec_streams_output_stdin_tty_and_exit_codes() {
     let status: serde_json::Value = serde_json::from_str(&text(err)).expect("a JSON status");
     assert_eq!(exit_code(&status), 5, "{status}");
 
-    // stdin echoed; FIN on the stdin stream closes it and cat exits 0.
-    let url = exec_url(&fx, exec_req(&c, &["cat"], false, true)).await;
-    let mut s = SpdyClient::connect(&url, "", &[V4]).await.expect("upgrade");
-    let err = s.open(&[("streamType", "error")]).await;
-    let stdin = s.open(&[("streamType", "stdin")]).await;
-    let out = s.open(&[("streamType", "stdout")]).await;
-    let _ = s.open(&[("streamType", "stderr")]).await;
-    s.send(stdin, b"hello over spdy\n", true).await;
-    let got = s.drain().await;
-    let text = |id: u32| {
-        String::from_utf8_lossy(got.get(&id).map(Vec::as_slice).unwrap_or_default()).into_owned()
-    };
-    assert_eq!(text(out), "hello over spdy\n");
-    let status: serde_json::Value = serde_json::from_str(&text(err)).expect("a JSON status");
-    assert_eq!(exit_code(&status), 0, "{status}");
-
-    // A tty with a resize stream (kubectl sends one JSON object per line).
-    let url = exec_url(&fx, exec_req(&c, &["sh"], true, true)).await;
-    let mut s = SpdyClient::connect(&url, "", &[V4]).await.expect("upgrade");
-    let err = s.open(&[("streamType", "error")]).await;
-    let resize = s.open(&[("streamType", "resize")]).await;
-    let stdin = s.open(&[("streamType", "stdin")]).await;
-    let out = s.open(&[("streamType", "stdout")]).await;
-    // Both replies for the streams the session needs come before it starts: wait for the resize one, then
-    // the size is applied before stdin reaches the shell (the server applies input in order).
-    s.send(resize, b"{\"Width\":99,\"Height\":33}\n", false)
-        .await;
-    s.send(stdin, b"stty size; exit 0\n", false).await;
-    let got = s.drain().await;
-    let text = |id: u32| {
-        String::from_utf8_lossy(got.get(&id).map(Vec::as_slice).unwrap_or_default()).into_owned()
-    };
-    assert!(text(out).contains("33 99"), "{:?}", text(out));
-    let status: serde_json::Value = serde_json::from_str(&text(err)).expect("a JSON status");
-    assert_eq!(exit_code(&status), 0, "{status}");
+    exec_script::<Spdy>(&fx, &c).await;
     remove_pod(&fx, &pod).await;
 }
 
@@ -557,5 +485,32 @@ async fn python_websocket_client_runs_an_exec() {
     let status: serde_json::Value =
         serde_json::from_str(got["3"].as_str().expect("an error channel")).expect("a JSON status");
     assert_eq!(exit_code(&status), 2, "{status}");
+    remove_pod(&fx, &pod).await;
+}
+
+/// The stdin FIFO outlives berthd: after a SIGKILLed berthd restarts, an attach still reaches the
+/// container's stdin (the shim held its ends meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_with_stdin_works_after_berthd_was_killed() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let Some(mut fx) = CriFixture::new("cri-stream-attrestart") else {
+        return;
+    };
+    fx.pull_busybox().await;
+    let cfg = fx.pod_config("attrestart");
+    let pod = fx.pod(cfg.clone()).await.expect("run pod");
+    let mut cc = fx.container_config("echo", "exec cat");
+    cc.stdin = true;
+    let c = fx.container(&pod, &cfg, cc).await.expect("container");
+    fx.nf.fx.daemon.kill();
+    fx.nf.fx.daemon.start_again();
+    let s = streams(true, false);
+    let mut a = Ws::channels(&attach_url(&fx, &c, s).await, s).await;
+    a.send(0, b"after-restart\n").await;
+    let mut got = Collected::default();
+    a.read_until(&mut got, 1, "after-restart\n").await;
+    drop(a);
     remove_pod(&fx, &pod).await;
 }

@@ -162,12 +162,19 @@ pub async fn start(cri: &Cri, id: &str) -> Result<(), Status> {
         format!("{CRI_LOG_SCHEME}{log}")
     };
     let rootfs = pods::rootfs(cri, id).await?;
+    // `stdin: true` keeps a FIFO the shim holds open, for Attach to write to (`stream/attach.rs`).
+    let stdin = if c.config.stdin {
+        super::stream::make_stdin(cri, id).await?
+    } else {
+        String::new()
+    };
     cri.tasks()
         .create(
             NAMESPACE,
             CreateTaskRequest {
                 container_id: id.to_string(),
                 rootfs,
+                stdin,
                 stdout: stdio.clone(),
                 stderr: if c.config.tty { String::new() } else { stdio },
                 terminal: c.config.tty,

@@ -140,6 +140,7 @@ pub(super) async fn remove_record(cri: &Cri, id: &str) -> Result<(), Status> {
         Err(e) if e.code() == Code::NotFound => {}
         Err(e) => return Err(e),
     }
+    super::stream::remove_stdin(cri, id).await;
     cri.forget_sample(id);
     Ok(())
 }

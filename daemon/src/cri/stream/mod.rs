@@ -1,13 +1,14 @@
 //! The CRI streaming server: Exec, Attach and PortForward answer a URL on it (`/exec/{token}`,
 //! `/attach/{token}`, `/portforward/{token}`), and the kubelet's client (or critest's, or kubectl's through
 //! the API server) upgrades that URL to one of the remotecommand protocols: WebSocket (`ws.rs`) or
-//! SPDY/3.1 (`spdy/`). What a session does with its channels is protocol-free (`session.rs` for exec and
-//! attach, `portforward.rs`).
+//! SPDY/3.1 (`spdy/`). What a session does with its channels is protocol-free (`session.rs` for exec,
+//! `attach.rs`, `portforward.rs`).
 //!
 //! A token is random, good for one upgrade and for [`TOKEN_TTL`]; the request it stands for was validated
 //! when the RPC made it. This module must never run a process or open a connection for a request that did not
 //! come through the RuntimeService, nor serve anything but loopback unless `[cri] stream_address` says so.
 
+mod attach;
 mod http;
 mod portforward;
 mod session;
@@ -23,6 +24,8 @@ use berth_proto::cri;
 use tonic::Status;
 
 use super::{Cri, NAMESPACE};
+
+pub use attach::{make_stdin, remove_stdin};
 
 /// How long a URL stays usable (the kubelet connects at once; kubelet's own cache keeps tokens one minute).
 pub const TOKEN_TTL: Duration = Duration::from_secs(60);
@@ -119,18 +122,8 @@ pub async fn exec(cri: &Cri, req: cri::ExecRequest) -> Result<cri::ExecResponse,
 /// Attach: as Exec, for the container's own process.
 pub async fn attach(cri: &Cri, req: cri::AttachRequest) -> Result<cri::AttachResponse, Status> {
     check_streams(req.stdin, req.stdout, req.stderr, req.tty)?;
-    let c = running(cri, &req.container_id).await?;
-    // The shim writes the container's output to its CRI log and keeps no stdin for it: attach reads the log.
-    if c.config.tty {
-        return Err(Status::unimplemented(
-            "attach to a container with a tty is not supported by berthd yet (its console has no log to follow)",
-        ));
-    }
-    if req.stdin && c.config.stdin {
-        return Err(Status::unimplemented(
-            "attach with stdin is not supported by berthd yet (the container's stdin is not kept open)",
-        ));
-    }
+    // Stdin asked of a container created without it is ignored, as containerd does (`attach.rs`).
+    running(cri, &req.container_id).await?;
     let url = cri.inner.streams.insert(Pending::Attach(req))?;
     Ok(cri::AttachResponse { url })
 }

@@ -3,19 +3,18 @@
 //! session answers how the process ended, which the protocol reports on its error channel ([`status_json`]).
 //!
 //! Exec runs through the task layer's Exec (FIFOs under `<state>/cri-exec/`, as ExecSync); a client that goes
-//! away before the process exits gets it killed (containerd's CRI does the same). Attach follows the
-//! container's CRI log, which the shim keeps writing (the container's stdio belongs to the shim).
+//! away before the process exits gets it killed (containerd's CRI does the same). Attach is `attach.rs`.
 //!
 //! This module must never leave an exec process, its FIFOs or its task-layer record behind.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use berth_proto::cri;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
-use super::super::{exec as cri_exec, meta, Cri, NAMESPACE};
+use super::super::{exec as cri_exec, Cri, NAMESPACE};
 use crate::tasks::{CloseIo, Kill, ResizePty, StdioPaths};
 
 /// The stdout channel (remotecommand's numbering, which both protocols map to their own).
@@ -204,9 +203,12 @@ async fn exec_in(
     let (gone_tx, gone_rx) = oneshot::channel();
     let feeder = tokio::spawn(feed(
         cri.clone(),
-        id.to_string(),
-        exec_id.to_string(),
-        req.tty,
+        Feed {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            tty: req.tty,
+            close_io: true,
+        },
         stdin,
         input,
         gone_tx,
@@ -235,16 +237,42 @@ async fn exec_in(
     exit.map(|e| e.status).map_err(|e| e.to_string())
 }
 
+/// Whose input [`feed`] applies.
+pub(super) struct Feed {
+    pub(super) id: String,
+    /// The process ("" for the container's own).
+    pub(super) exec_id: String,
+    /// Resizes apply (the process has a terminal).
+    pub(super) tty: bool,
+    /// The client's end of stdin closes the process's stdin (CloseIO): always for an exec, with `stdin_once`
+    /// for an attach. Otherwise the client's end only drops its own writer.
+    pub(super) close_io: bool,
+}
+
 /// Apply the client's input until it closes (then say so on `gone`).
-async fn feed(
+pub(super) async fn feed(
     cri: Cri,
-    id: String,
-    exec_id: String,
-    tty: bool,
+    f: Feed,
     mut stdin: Option<tokio::net::unix::pipe::Sender>,
     mut input: mpsc::Receiver<Input>,
     gone: oneshot::Sender<()>,
 ) {
+    let mut open = stdin.is_some();
+    let close_io = |open: &mut bool| {
+        let run = f.close_io && std::mem::take(open);
+        let msg = CloseIo {
+            exec_id: f.exec_id.clone(),
+            stdin: true,
+        };
+        let (cri, id) = (cri.clone(), f.id.clone());
+        async move {
+            if run {
+                if let Err(e) = cri.tasks().close_io(NAMESPACE, &id, msg).await {
+                    tracing::debug!(namespace = NAMESPACE, container_id = %id, error = %e, "closing stdin");
+                }
+            }
+        }
+    };
     while let Some(i) = input.recv().await {
         match i {
             Input::Stdin(data) => {
@@ -256,150 +284,30 @@ async fn feed(
             }
             Input::CloseStdin => {
                 stdin = None;
-                let msg = CloseIo {
-                    exec_id: exec_id.clone(),
-                    stdin: true,
-                };
-                let _ = cri.tasks().close_io(NAMESPACE, &id, msg).await;
+                close_io(&mut open).await;
             }
-            Input::Resize { width, height } if tty => {
+            Input::Resize { width, height } if f.tty => {
                 let msg = ResizePty {
-                    exec_id: exec_id.clone(),
+                    exec_id: f.exec_id.clone(),
                     width: u32::from(width),
                     height: u32::from(height),
                 };
-                if let Err(e) = cri.tasks().resize_pty(NAMESPACE, &id, msg).await {
-                    tracing::debug!(namespace = NAMESPACE, container_id = %id, error = %e, "resize");
+                if let Err(e) = cri.tasks().resize_pty(NAMESPACE, &f.id, msg).await {
+                    tracing::debug!(namespace = NAMESPACE, container_id = %f.id, error = %e, "resize");
                 }
             }
             Input::Resize { .. } => {}
         }
     }
+    // A client gone without closing its stdin closed it all the same.
+    drop(stdin);
+    close_io(&mut open).await;
     let _ = gone.send(());
-}
-
-/// Attach: the container's output from now on, read from its CRI log, until the container exits or the
-/// client goes away. The log's records are split back into stdout and stderr (partial records rejoined).
-pub async fn attach(
-    cri: &Cri,
-    req: cri::AttachRequest,
-    mut input: mpsc::Receiver<Input>,
-    out: Output,
-) -> Outcome {
-    let c = meta::container(&cri.ctx().store, &req.container_id)
-        .await
-        .map_err(|e| e.message().to_string())?;
-    let log = PathBuf::from(c.label(meta::LOG_PATH));
-    let tasks = cri.tasks().clone();
-    let id = c.id.clone();
-    let exited = async move { tasks.wait(NAMESPACE, &id, "").await };
-    tokio::pin!(exited);
-    let mut follow = LogFollower::open(&log).await;
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    loop {
-        tokio::select! {
-            r = &mut exited => {
-                follow.read_new(&req, &out).await;
-                return r.map(|e| e.status).map_err(|e| e.to_string());
-            }
-            i = input.recv() => {
-                if i.is_none() {
-                    return Err("client gone".to_string());
-                }
-            }
-            _ = tick.tick() => follow.read_new(&req, &out).await,
-        }
-    }
-}
-
-/// Reads what is appended to a CRI log, reopening it when the kubelet rotated it.
-struct LogFollower {
-    path: PathBuf,
-    file: Option<(tokio::fs::File, u64)>,
-    partial: Vec<u8>,
-}
-
-impl LogFollower {
-    async fn open(path: &Path) -> LogFollower {
-        let mut file = None;
-        if let Ok(mut f) = tokio::fs::File::open(path).await {
-            if let (Ok(_), Ok(m)) = (f.seek(std::io::SeekFrom::End(0)).await, f.metadata().await) {
-                file = Some((f, std::os::unix::fs::MetadataExt::ino(&m)));
-            }
-        }
-        LogFollower {
-            path: path.to_path_buf(),
-            file,
-            partial: Vec::new(),
-        }
-    }
-
-    async fn read_new(&mut self, req: &cri::AttachRequest, out: &Output) {
-        let now = tokio::fs::metadata(&self.path)
-            .await
-            .ok()
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m));
-        let mut buf = Vec::new();
-        if let Some((f, _)) = self.file.as_mut() {
-            let _ = f.read_to_end(&mut buf).await;
-        }
-        if now.is_some() && now != self.file.as_ref().map(|(_, ino)| *ino) {
-            // Rotated (ReopenContainerLog): the new file is read from its start.
-            if let Ok(mut f) = tokio::fs::File::open(&self.path).await {
-                let _ = f.read_to_end(&mut buf).await;
-                self.file = now.map(|ino| (f, ino));
-            }
-        }
-        self.partial.extend_from_slice(&buf);
-        while let Some(nl) = self.partial.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=nl).collect();
-            if let Some((channel, text)) = parse_record(&line[..line.len() - 1]) {
-                let wanted = if channel == STDOUT {
-                    req.stdout
-                } else {
-                    req.stderr || req.tty
-                };
-                if wanted {
-                    let _ = out.send((channel, text)).await;
-                }
-            }
-        }
-    }
-}
-
-/// A CRI log record (`<time> <stream> <P|F> <text>`) as (channel, bytes the process wrote).
-fn parse_record(line: &[u8]) -> Option<(u8, Vec<u8>)> {
-    let mut parts = line.splitn(4, |b| *b == b' ');
-    let _time = parts.next()?;
-    let channel = match parts.next()? {
-        b"stdout" => STDOUT,
-        b"stderr" => STDERR,
-        _ => return None,
-    };
-    let tag = parts.next()?;
-    let mut text = parts.next().unwrap_or_default().to_vec();
-    if tag.first() == Some(&b'F') {
-        text.push(b'\n');
-    }
-    Some((channel, text))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn records_split_back_into_streams() {
-        assert_eq!(
-            parse_record(b"2026-12-07T06:00:00.1Z stdout F hello"),
-            Some((STDOUT, b"hello\n".to_vec()))
-        );
-        assert_eq!(
-            parse_record(b"2026-12-07T06:00:00.1Z stderr P part"),
-            Some((STDERR, b"part".to_vec()))
-        );
-        assert_eq!(parse_record(b"garbage"), None);
-    }
 
     #[test]
     fn status_names_the_exit_code() {

@@ -319,7 +319,8 @@ where
         }
         Pending::Attach(req) => {
             let span = tracing::info_span!("cri_attach", namespace = NAMESPACE, container_id = %req.container_id, protocol);
-            tracing::Instrument::instrument(session::attach(&cri, req, in_rx, out_tx), span).await
+            tracing::Instrument::instrument(super::attach::attach(&cri, req, in_rx, out_tx), span)
+                .await
         }
         Pending::PortForward(_) => return,
     };

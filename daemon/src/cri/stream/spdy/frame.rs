@@ -5,12 +5,15 @@
 //! This module must never hold more than [`MAX_FRAME`] bytes of one frame.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use flate2::{
     Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status as ZStatus,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
+
+use super::flow::{Flow, Grant, PROBE_PING};
 
 /// The largest frame accepted.
 pub(super) const MAX_FRAME: usize = 1 << 20;
@@ -19,6 +22,7 @@ pub(super) const SYN_STREAM: u16 = 1;
 const SYN_REPLY: u16 = 2;
 pub(super) const PING: u16 = 6;
 pub(super) const GOAWAY: u16 = 7;
+const WINDOW_UPDATE: u16 = 9;
 pub(super) const FLAG_FIN: u8 = 1;
 
 /// SPDY/3's header dictionary (draft 3, section 2.6.10.1): length-prefixed header names and values, then
@@ -262,8 +266,11 @@ pub(super) async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Resu
 /// What the writer task sends.
 pub(super) enum Out {
     Reply(u32),
+    /// Data on a stream, FIN if the flag is set; held back while the peer's window is spent.
     Data(u32, Vec<u8>, bool),
     Ping(Vec<u8>),
+    /// We consumed this many bytes of a stream's data: a WINDOW_UPDATE for the stream and one for the session.
+    Window(u32, u32),
 }
 
 pub(super) async fn write_frame<W: AsyncWrite + Unpin>(
@@ -284,6 +291,15 @@ pub(super) async fn write_frame<W: AsyncWrite + Unpin>(
             control(&mut f, SYN_REPLY, 0, &body);
         }
         Out::Ping(p) => control(&mut f, PING, 0, &p),
+        Out::Window(id, delta) => {
+            for id in [id, 0] {
+                let body = [
+                    (id & 0x7fff_ffff).to_be_bytes(),
+                    (delta & 0x7fff_ffff).to_be_bytes(),
+                ];
+                control(&mut f, WINDOW_UPDATE, 0, &body.concat());
+            }
+        }
         Out::Data(id, data, fin) => {
             f.extend_from_slice(&(id & 0x7fff_ffff).to_be_bytes());
             let flags = if fin { FLAG_FIN } else { 0 };
@@ -295,15 +311,73 @@ pub(super) async fn write_frame<W: AsyncWrite + Unpin>(
     w.flush().await
 }
 
-/// The writer task: frames in order from `rx`, until every sender is gone.
-pub(super) async fn writer<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Out>) {
+/// The writer task: frames in order from `rx`, until every sender is gone; `ctl` (window updates and pings)
+/// goes first and is never held back. Data waits for the peer's window (`flow`), and is cut to fit it.
+pub(super) async fn writer<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::Receiver<Out>,
+    mut ctl: mpsc::UnboundedReceiver<Out>,
+    flow: Arc<Flow>,
+) {
     let Ok(mut z) = Deflater::new() else { return };
-    while let Some(o) = rx.recv().await {
-        if write_frame(&mut w, &mut z, o).await.is_err() {
+    loop {
+        let o = tokio::select! {
+            biased;
+            Some(c) = ctl.recv() => c,
+            o = rx.recv() => match o {
+                Some(o) => o,
+                None => break,
+            },
+        };
+        let r = match o {
+            Out::Data(id, data, fin) if !data.is_empty() => {
+                write_data(&mut w, &mut z, &flow, &mut ctl, id, data, fin).await
+            }
+            o => write_frame(&mut w, &mut z, o).await,
+        };
+        if r.is_err() {
             return;
         }
     }
     let _ = w.shutdown().await;
+}
+
+/// Send `data` on stream `id` in pieces the peer's windows allow, writing control frames while it waits.
+async fn write_data<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    z: &mut Deflater,
+    flow: &Flow,
+    ctl: &mut mpsc::UnboundedReceiver<Out>,
+    id: u32,
+    mut data: Vec<u8>,
+    fin: bool,
+) -> std::io::Result<()> {
+    while !data.is_empty() {
+        let changed = flow.changed();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        match flow.grant(id, data.len()) {
+            Grant::Send(n) => {
+                let rest = data.split_off(n);
+                write_frame(w, z, Out::Data(id, data, fin && rest.is_empty())).await?;
+                data = rest;
+            }
+            Grant::Probe => {
+                write_frame(w, z, Out::Ping(PROBE_PING.to_be_bytes().to_vec())).await?;
+            }
+            Grant::Wait => {
+                tokio::select! {
+                    _ = changed => {}
+                    c = ctl.recv() => match c {
+                        Some(c) => write_frame(w, z, c).await?,
+                        // The session is over: nobody will grant more.
+                        None => return Ok(()),
+                    },
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A stream the client opened: its id and headers.

@@ -5,13 +5,14 @@
 //! stdin, stdout, stderr, resize; port-forward: error and data, with `port` and `requestid`), the server
 //! replies to each and writes on it; the status goes on the error stream, FIN closes a stream.
 //!
-//! Flow control is not implemented: berthd sends no WINDOW_UPDATE and ignores the client's. A peer that
-//! honours SPDY/3.1's 64 KiB initial window would stall after that much stdin on one stream (not checked
-//! against kubectl yet).
+//! Flow control (SPDY/3.1's windows, `flow.rs`): berthd sends no more than the client's windows allow, and
+//! returns a WINDOW_UPDATE for every data frame it handed on, so a large transfer neither stalls nor overruns
+//! either side.
 //! This module must never start a session before the client opened the streams it needs, nor hold more than
 //! [`MAX_FRAME`](frame::MAX_FRAME) bytes of one frame.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,6 +28,7 @@ use frame::{
     read_frame, syn_stream, writer, Frame, Inflater, Out, FLAG_FIN, GOAWAY, PING, SYN_STREAM,
 };
 
+mod flow;
 mod frame;
 use crate::cri::{Cri, NAMESPACE};
 
@@ -36,6 +38,8 @@ const CHANNEL_PROTOCOLS: [&str; 1] = ["v4.channel.k8s.io"];
 const PORTFORWARD_PROTOCOLS: [&str; 1] = ["portforward.k8s.io"];
 /// The protocol header of Kubernetes' SPDY upgrade.
 const PROTOCOL_HEADER: &str = "x-stream-protocol-version";
+/// How long a client may take to close after berthd's last frame (its reads are drained meanwhile).
+const LINGER: Duration = Duration::from_secs(5);
 /// How long a client may take to open its streams.
 const STREAMS_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -100,23 +104,83 @@ pub fn upgrade(
 async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(cri: Cri, io: S, pending: Pending) {
     let (rd, wr) = tokio::io::split(io);
     let (tx, rx) = mpsc::channel(32);
-    let writer = tokio::spawn(writer(wr, rx));
+    let (ctl, ctl_rx) = mpsc::unbounded_channel();
+    let flow = Arc::new(flow::Flow::new());
+    let writer = tokio::spawn(writer(wr, rx, ctl_rx, flow.clone()));
+    let (frames_tx, frames) = mpsc::channel(FRAMES_QUEUE);
+    let reader = tokio::spawn(read_frames(rd, ctl.clone(), flow.clone(), frames_tx));
+    let peer = Peer { tx, ctl };
     match pending {
         Pending::PortForward(req) => {
             let span = tracing::info_span!("cri_port_forward", namespace = NAMESPACE, container_id = %req.pod_sandbox_id);
-            tracing::Instrument::instrument(port_forward(cri, req.pod_sandbox_id, rd, tx), span)
-                .await
+            tracing::Instrument::instrument(
+                port_forward(cri, req.pod_sandbox_id, frames, peer),
+                span,
+            )
+            .await
         }
-        p => channels(cri, p, rd, tx).await,
+        p => channels(cri, p, frames, peer).await,
     }
+    // The reader goes on until the writer is done: what is still queued needs the client's window updates.
     let _ = writer.await;
+    // Then it reads what the client still sends (window updates for the last frames) until it closes: a
+    // socket closed with unread bytes resets the connection, and the client could lose the end of its output.
+    let mut reader = reader;
+    if tokio::time::timeout(LINGER, &mut reader).await.is_err() {
+        reader.abort();
+    }
+}
+
+/// Frames read ahead of the session (a client that keeps our windows cannot fill it: the windows hold
+/// less; one that does not meets TCP's back-pressure beyond it).
+const FRAMES_QUEUE: usize = 1024;
+
+/// The way back to the client: the writer's queue and its control queue.
+#[derive(Clone)]
+struct Peer {
+    tx: mpsc::Sender<Out>,
+    /// Window updates and ping replies: never behind data the client's window holds back. Unbounded, but
+    /// each entry answers a frame the client sent.
+    ctl: mpsc::UnboundedSender<Out>,
+}
+
+impl Peer {
+    /// `n` bytes of `stream` were handed on: the client may send as many more.
+    fn consumed(&self, stream: u32, n: usize) {
+        if n > 0 {
+            let _ = self.ctl.send(Out::Window(stream, n as u32));
+        }
+    }
+}
+
+/// Read the client's frames. Flow control and PINGs are handled here, at once, so a session blocked on a
+/// slow process can never hold back the window update that would let the writer go on (which would
+/// deadlock `cat` with large input and output); SYN_STREAM, data and GOAWAY go to the session.
+/// The reader holds no sender of data frames: the writer ends when the session's senders are gone.
+async fn read_frames<R: AsyncRead + Unpin + Send + 'static>(
+    mut rd: R,
+    ctl: mpsc::UnboundedSender<Out>,
+    flow: Arc<flow::Flow>,
+    frames: mpsc::Sender<Frame>,
+) {
+    while let Ok(Some(f)) = read_frame(&mut rd).await {
+        let f = match f {
+            Frame::Control { ty, data } if ty != SYN_STREAM && ty != GOAWAY => {
+                if !flow.control(ty, &data) && ty == PING {
+                    let _ = ctl.send(Out::Ping(data));
+                }
+                continue;
+            }
+            f => f,
+        };
+        // Once the session is over nobody takes frames: keep reading (see `LINGER`).
+        let _ = frames.send(f).await;
+    }
 }
 
 /// Exec or attach: wait for the client's streams, then run the session over them.
-async fn channels<R>(cri: Cri, pending: Pending, mut rd: R, tx: mpsc::Sender<Out>)
-where
-    R: AsyncRead + Unpin + Send + 'static,
-{
+async fn channels(cri: Cri, pending: Pending, mut frames: mpsc::Receiver<Frame>, peer: Peer) {
+    let tx = peer.tx.clone();
     let (stdin, stdout, stderr, tty, id) = match &pending {
         Pending::Exec(r) => (r.stdin, r.stdout, r.stderr, r.tty, r.container_id.clone()),
         Pending::Attach(r) => (r.stdin, r.stdout, r.stderr, r.tty, r.container_id.clone()),
@@ -131,24 +195,19 @@ where
     let mut streams: HashMap<String, u32> = HashMap::new();
     let opening = async {
         while !wanted.iter().all(|w| streams.contains_key(*w)) {
-            match read_frame(&mut rd).await {
-                Ok(Some(Frame::Control {
+            match frames.recv().await {
+                Some(Frame::Control {
                     ty: SYN_STREAM,
                     data,
-                    ..
-                })) => {
+                }) => {
                     let o = syn_stream(&mut z, &data)?;
                     let _ = tx.send(Out::Reply(o.id)).await;
                     let ty = o.headers.get("streamtype").cloned().unwrap_or_default();
                     streams.insert(ty, o.id);
                 }
-                Ok(Some(Frame::Control { ty: PING, data, .. })) => {
-                    let _ = tx.send(Out::Ping(data)).await;
-                }
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => {
-                    return Err("the client left before opening its streams".to_string())
-                }
+                Some(Frame::Control { .. }) => {}
+                Some(Frame::Data { stream, data, .. }) => peer.consumed(stream, data.len()),
+                None => return Err("the client left before opening its streams".to_string()),
             }
         }
         Ok(())
@@ -183,11 +242,14 @@ where
             }
         }
     });
-    let ping_tx = tx.clone();
     let reader = tokio::spawn(async move {
         let mut resize = Vec::new();
-        while let Ok(Some(f)) = read_frame(&mut rd).await {
+        while let Some(f) = frames.recv().await {
             let mut inputs = Vec::new();
+            let mut used = None;
+            if let Frame::Data { stream, data, .. } = &f {
+                used = Some((*stream, data.len()));
+            }
             match f {
                 Frame::Data {
                     stream,
@@ -215,9 +277,6 @@ where
                     }
                     resize.drain(..used);
                 }
-                Frame::Control { ty: PING, data, .. } => {
-                    let _ = ping_tx.send(Out::Ping(data)).await;
-                }
                 Frame::Control { ty: GOAWAY, .. } => break,
                 _ => {}
             }
@@ -225,6 +284,9 @@ where
                 if in_tx.send(i).await.is_err() {
                     return;
                 }
+            }
+            if let Some((stream, n)) = used {
+                peer.consumed(stream, n);
             }
         }
     });
@@ -235,7 +297,8 @@ where
         }
         Pending::Attach(req) => {
             let span = tracing::info_span!("cri_attach", namespace = NAMESPACE, container_id = %req.container_id, protocol = "spdy");
-            tracing::Instrument::instrument(session::attach(&cri, req, in_rx, out_tx), span).await
+            tracing::Instrument::instrument(super::attach::attach(&cri, req, in_rx, out_tx), span)
+                .await
         }
         Pending::PortForward(_) => return,
     };
@@ -252,21 +315,18 @@ where
 }
 
 /// Port-forward: each (error, data) pair of streams with one `requestid` is one connection to its `port`.
-async fn port_forward<R>(cri: Cri, pod: String, mut rd: R, tx: mpsc::Sender<Out>)
-where
-    R: AsyncRead + Unpin + Send + 'static,
-{
+async fn port_forward(cri: Cri, pod: String, mut frames: mpsc::Receiver<Frame>, peer: Peer) {
+    let tx = peer.tx.clone();
     let mut z = Inflater::new();
     // requestid -> (error stream, data stream)
     let mut pairs: HashMap<String, (Option<u32>, Option<u32>, u16)> = HashMap::new();
     // data stream id -> input of its connection
     let mut conns: HashMap<u32, mpsc::Sender<Vec<u8>>> = HashMap::new();
-    while let Ok(Some(f)) = read_frame(&mut rd).await {
+    while let Some(f) = frames.recv().await {
         match f {
             Frame::Control {
                 ty: SYN_STREAM,
                 data,
-                ..
             } => {
                 let o = match syn_stream(&mut z, &data) {
                     Ok(o) => o,
@@ -304,17 +364,16 @@ where
                 flags,
                 data,
             } => {
+                let n = data.len();
                 if let Some(c) = conns.get(&stream) {
                     if !data.is_empty() {
                         let _ = c.send(data).await;
                     }
                 }
+                peer.consumed(stream, n);
                 if flags & FLAG_FIN != 0 {
                     conns.remove(&stream);
                 }
-            }
-            Frame::Control { ty: PING, data, .. } => {
-                let _ = tx.send(Out::Ping(data)).await;
             }
             Frame::Control { ty: GOAWAY, .. } => break,
             Frame::Control { .. } => {}
