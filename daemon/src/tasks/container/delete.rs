@@ -3,8 +3,9 @@
 //! still holds on disk (a slow pump, a shim that died), and finally journals its own TaskDelete, which the
 //! journal drops when the task already has one (`events::Once`). A berthd that dies in the middle finishes the
 //! delete when it rebuilds the task (`rebuild.rs`), through the same [`finish`]. The task's network is torn down
-//! once its init has exited (beside the runtime's delete, the journal's work and the shim's shutdown; after the
-//! runtime's delete for a task that never ran) and before its directory goes ([`teardown_network`]).
+//! once its init has exited (beside the runtime's delete, the journal's work, the shim's shutdown and the task
+//! directory's removal; after the runtime's delete, and before the directory goes, for a task that never ran or
+//! whose shim is gone) ([`teardown_network`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -100,19 +101,26 @@ impl Handler<Delete> for ContainerActor {
                         if known.is_some() {
                             // The init has exited, and with it the container (its PID namespace, or the pod's
                             // processes the CRI layer waited for): its network's DELs (plugins, tens of ms)
-                            // run beside the runtime's delete, the journal and the shim's shutdown.
-                            let ((), deleted) = tokio::join!(net, shim_part);
+                            // run beside the runtime's delete, the journal, the shim's shutdown and the task
+                            // directory's removal (the network keeps nothing there it needs to come down).
+                            let rest = async {
+                                let exit = shim_part.await?;
+                                remove_dir_retrying(dir.clone()).await?;
+                                Ok::<ExitInfo, TaskError>(exit)
+                            };
+                            let ((), deleted) = tokio::join!(net, rest);
                             exit = deleted?;
                         } else {
                             // A created task's init is only killed by the runtime's delete.
                             exit = shim_part.await?;
                             net.await;
+                            remove_dir_retrying(dir.clone()).await?;
                         }
                     } else {
                         finish(&shared, &ns, &id, &dir, exit).await?;
                         net.await;
+                        remove_dir_retrying(dir.clone()).await?;
                     }
-                    remove_dir_retrying(dir).await?;
                     let _ = shared.ctx.events.forget_task(&task_key(&ns, &id)).await;
                     release.await;
                     Ok(exit)
