@@ -7,7 +7,7 @@
 #   deploy/install.sh [--build] [--bin-dir DIR] [--prefix DIR] [--destdir DIR] [--no-start]
 #   deploy/install.sh --uninstall [--prefix DIR] [--destdir DIR]
 #
-#   --build       cargo build --release first (default: use target/release as it is)
+#   --build       deploy/build-release.sh first (default: use target/release as it is)
 #   --bin-dir     where the built binaries are (default: target/release)
 #   --prefix      install prefix (default: /usr/local)
 #   --destdir     stage everything below DIR instead of / (packaging, tests); no systemctl
@@ -94,7 +94,7 @@ if [ "$uninstall" = 1 ]; then
 fi
 
 if [ "$build" = 1 ]; then
-    (cd "$repo" && cargo build --release --bins -p berth-daemon -p berth-shim -p berth-oci -p berth-cli)
+    "$repo/deploy/build-release.sh"
 fi
 for b in "${bins[@]}"; do
     [ -x "$bin_dir/$b" ] || { echo "install.sh: $bin_dir/$b is missing (build with --build, or give --bin-dir)" >&2; exit 1; }

@@ -431,7 +431,7 @@ async fn finish_create(
         spec::User {
             uid: u.parse().unwrap_or(0),
             gid: g.parse().unwrap_or(0),
-            additional_gids: Vec::new(),
+            ..spec::User::default()
         }
     } else {
         spec::User::default()

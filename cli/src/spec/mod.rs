@@ -19,24 +19,6 @@ mod user;
 
 pub use user::{needs_lookup, resolve_user, User};
 
-/// containerd's (and Docker's) default capability set.
-pub const DEFAULT_CAPS: [&str; 14] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
-
 /// Default pids limit of a container's cgroup (a fork bomb stays inside it).
 pub const DEFAULT_PIDS_LIMIT: i64 = 4096;
 
@@ -195,75 +177,19 @@ pub fn merge_env(lists: &[&[String]]) -> Vec<String> {
         .collect()
 }
 
-/// Normalise a capability name to `CAP_X`.
-fn cap_name(name: &str) -> Result<String> {
-    let up = name.to_ascii_uppercase();
-    let full = if up.starts_with("CAP_") {
-        up
-    } else {
-        format!("CAP_{up}")
-    };
-    if full == "CAP_ALL" || berth_oci::caps::number(&full).is_some() {
-        Ok(full)
-    } else {
-        Err(Error::Usage(format!("unknown capability {name:?}")))
-    }
-}
-
-/// Every capability berth itself may pass on: the names in its own bounding set (in a
-/// container or a restricted sandbox that is less than all the kernel knows, and asking for
-/// more fails at capset). As ctr, `--privileged` means "all the caps I have".
-fn grantable() -> Vec<String> {
-    let all = berth_oci::caps::all_names();
-    let bounding = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapBnd:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        });
-    match bounding {
-        Some(mask) => all
-            .into_iter()
-            .filter(|n| {
-                berth_oci::caps::number(n).is_some_and(|b| b < 64 && mask & (1u64 << b) != 0)
-            })
-            .collect(),
-        None => all,
-    }
-}
-
-/// The capability set after `--privileged`, `--cap-add` and `--cap-drop`.
+/// The capability set after `--privileged`, `--cap-add` and `--cap-drop` (drops first, as Docker).
 pub fn capabilities(f: &SpecFlags) -> Result<Vec<String>> {
-    let all = grantable();
-    let mut caps: Vec<String> = if f.privileged {
-        all.clone()
-    } else {
-        DEFAULT_CAPS.iter().map(|c| c.to_string()).collect()
-    };
-    // As Docker: drops first (ALL empties the set), then adds, which win.
-    for c in &f.cap_drop {
-        let c = cap_name(c)?;
-        if c == "CAP_ALL" {
-            caps.clear();
-        } else {
-            caps.retain(|x| *x != c);
-        }
-    }
-    for c in &f.cap_add {
-        let c = cap_name(c)?;
-        if c == "CAP_ALL" {
-            caps = all.clone();
-        } else if !caps.contains(&c) {
-            caps.push(c);
-        }
-    }
-    Ok(caps)
+    berth_oci::defaults::capabilities(f.privileged, &f.cap_drop, &f.cap_add)
+        .map_err(|e| Error::Usage(e.to_string()))
 }
 
 /// Build the spec from the image config and the flags.
 pub fn build(image_config: &Value, f: &SpecFlags) -> Result<Value> {
     let mut spec = berth_oci::commands::spec::default_spec();
+    berth_oci::defaults::harden_paths(&mut spec);
+    if f.privileged {
+        berth_oci::defaults::relax_for_privileged(&mut spec);
+    }
     let args = process_args(image_config, &f.args)?;
     let image_env: Vec<String> = image_config["Env"]
         .as_array()
@@ -316,16 +242,6 @@ pub fn build(image_config: &Value, f: &SpecFlags) -> Result<Value> {
         json!({"destination": "/run", "type": "tmpfs", "source": "tmpfs",
         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
     );
-    if f.privileged {
-        for m in mounts.iter_mut() {
-            if m["type"] == "sysfs" || m["type"] == "cgroup" {
-                if let Some(opts) = m["options"].as_array_mut() {
-                    opts.retain(|o| o != "ro");
-                    opts.push(json!("rw"));
-                }
-            }
-        }
-    }
     for m in &f.mounts {
         mounts.push(json!({
             "destination": m.destination, "type": m.kind, "source": m.source, "options": m.options,
@@ -340,16 +256,10 @@ pub fn build(image_config: &Value, f: &SpecFlags) -> Result<Value> {
             ns.retain(|n| n["type"] != "network");
         }
     }
-    let mut resources = json!({ "devices": [{ "allow": false, "access": "rwm" }] });
+    let mut resources = linux["resources"].clone();
     if f.privileged {
-        resources["devices"] = json!([{ "allow": true, "access": "rwm" }]);
-        linux["maskedPaths"] = json!([]);
-        linux["readonlyPaths"] = json!([]);
         linux["devices"] = Value::Array(host_devices());
     } else {
-        if let Some(masked) = linux["maskedPaths"].as_array_mut() {
-            masked.push(json!("/sys/devices/virtual/powercap"));
-        }
         let profile = berth_oci::seccomp::default_profile();
         linux["seccomp"] = serde_json::to_value(profile)
             .map_err(|e| Error::invalid("the default seccomp profile", e))?;

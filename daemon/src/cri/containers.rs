@@ -16,7 +16,9 @@ use tonic::{Code, Status};
 use super::images;
 use super::meta::{self, CriContainer};
 use super::pods::{self, kill_and_wait, remove_record, task};
+use super::records;
 use super::spec::PodNamespaces;
+use super::user;
 use super::{task_status, ts_nanos, Cri, NAMESPACE};
 use crate::network::Owner;
 
@@ -79,7 +81,17 @@ pub async fn create(
         pause_dir: &pause_dir,
         target_pid,
     };
-    let spec = super::spec::container(&id, &image.config, &config, &sandbox_config, &pod)?;
+    // The snapshot first: the user and groups come from the image's files in it, as containerd reads them.
+    let mounts = records::prepare_snapshot(cri, &id, &image).await?;
+    let built =
+        user::container_spec(cri, &id, &image, &config, &sandbox_config, &pod, mounts).await;
+    let spec = match built {
+        Ok(spec) => spec,
+        Err(e) => {
+            records::remove_snapshot(cri, &id).await;
+            return Err(e);
+        }
+    };
     let mut labels = HashMap::from([
         (meta::KIND.to_string(), "container".to_string()),
         (meta::SANDBOX_ID.to_string(), pod_id.to_string()),
@@ -96,8 +108,12 @@ pub async fn create(
         let path = std::path::Path::new(&sandbox.config.log_directory).join(&config.log_path);
         labels.insert(meta::LOG_PATH.to_string(), path.display().to_string());
     }
+    labels.insert(
+        user::USER.to_string(),
+        user::label(&spec["process"]["user"]),
+    );
     let ext = meta::encode_ext(&config, "ContainerConfig");
-    pods::create_record(
+    records::record_on_snapshot(
         cri,
         &id,
         &image,
@@ -358,6 +374,7 @@ pub async fn status(
             mounts: c.config.mounts.clone(),
             log_path: c.label(meta::LOG_PATH).to_string(),
             image_id: image_ref,
+            user: user::of_label(c.label(user::USER)),
         }),
         info,
     })

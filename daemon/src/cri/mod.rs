@@ -9,6 +9,7 @@
 //! - `images.rs`: resolving an image in the content store (manifest, config, chain id) and the ImageService.
 //! - `spec.rs`: the OCI spec of a pause or app container, built as containerd's CRI builds it.
 //! - `records.rs`: the container record, snapshot and task behind each pod and container.
+//! - `user.rs`: a new container's user and groups from its image's /etc/passwd and /etc/group.
 //! - `pods.rs`, `containers.rs`, `exec.rs`: the RuntimeService verbs, through the [`Tasks`] handle (never a
 //!   second copy of the task machinery) and the in-process containerd services.
 //! - `stats.rs`: container stats from the shim's cgroup metrics, resource updates; `pod_stats.rs`: a pod's.
@@ -34,6 +35,7 @@ mod runtime;
 mod spec;
 mod stats;
 mod stream;
+mod user;
 
 use std::sync::Arc;
 

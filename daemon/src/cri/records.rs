@@ -96,7 +96,71 @@ pub(super) async fn create_record(
     }
 }
 
-async fn remove_snapshot(cri: &Cri, id: &str) {
+/// Prepare a record's rootfs snapshot on its image; the snapshot's mounts (a spec may need files of the
+/// rootfs). Undo it with [`remove_snapshot`] if no record follows.
+pub(super) async fn prepare_snapshot(
+    cri: &Cri,
+    id: &str,
+    image: &Resolved,
+) -> Result<Vec<Mount>, Status> {
+    Ok(SnapshotsService::new(cri.ctx().clone())
+        .prepare(ns_request(PrepareSnapshotRequest {
+            snapshotter: String::new(),
+            key: id.to_string(),
+            parent: image.chain_id.clone(),
+            labels: HashMap::new(),
+        }))
+        .await?
+        .into_inner()
+        .mounts)
+}
+
+/// Create a Berth container record on the snapshot [`prepare_snapshot`] made (removing the snapshot if the
+/// record fails).
+pub(super) async fn record_on_snapshot(
+    cri: &Cri,
+    id: &str,
+    image: &Resolved,
+    spec: &serde_json::Value,
+    labels: HashMap<String, String>,
+    ext: (&str, prost_types::Any),
+) -> Result<(), Status> {
+    let spec_bytes = serde_json::to_vec(spec)
+        .map_err(|e| Status::internal(format!("encoding the spec: {e}")))?;
+    let container = Container {
+        id: id.to_string(),
+        labels,
+        image: image
+            .names
+            .first()
+            .cloned()
+            .unwrap_or_else(|| image.id.clone()),
+        runtime: Some(Runtime {
+            name: RUNTIME.to_string(),
+            options: None,
+        }),
+        spec: Some(prost_types::Any {
+            type_url: SPEC_TYPE.to_string(),
+            value: spec_bytes,
+        }),
+        snapshotter: "overlayfs".to_string(),
+        snapshot_key: id.to_string(),
+        extensions: HashMap::from([(ext.0.to_string(), ext.1)]),
+        ..Default::default()
+    };
+    let created = ContainersService::new(cri.ctx().clone(), cri.tasks().clone())
+        .create(ns_request(CreateContainerRequest {
+            container: Some(container),
+        }))
+        .await;
+    if let Err(e) = created {
+        remove_snapshot(cri, id).await;
+        return Err(e);
+    }
+    Ok(())
+}
+
+pub(super) async fn remove_snapshot(cri: &Cri, id: &str) {
     let r = SnapshotsService::new(cri.ctx().clone())
         .remove(ns_request(RemoveSnapshotRequest {
             snapshotter: String::new(),

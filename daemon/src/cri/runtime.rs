@@ -386,6 +386,10 @@ impl RuntimeApi for RuntimeService {
                 conditions: vec![cond("RuntimeReady"), cond("NetworkReady")],
             }),
             info: HashMap::new(),
+            // CreateContainer honours SupplementalGroupsPolicy; ContainerStatus reports `user`.
+            features: Some(cri::RuntimeFeatures {
+                supplemental_groups_policy: true,
+            }),
         }))
     }
 

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod commands;
 pub mod console;
 pub mod container;
+pub mod defaults;
 pub mod error;
 pub mod hooks;
 pub mod logging;
@@ -21,6 +22,7 @@ pub mod sealed;
 pub mod seccomp;
 pub mod spec;
 pub mod ttyproxy;
+pub mod user;
 pub mod utils;
 
 pub use error::{Error, Result};

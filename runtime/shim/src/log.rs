@@ -7,8 +7,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 #[macro_export]
 macro_rules! log {
     ($($arg:tt)*) => {
-        eprintln!("{} {}", $crate::log::rfc3339(std::time::SystemTime::now()), format_args!($($arg)*))
+        $crate::log::line(format_args!($($arg)*))
     };
+}
+
+/// Write one timestamped line with ONE `write`: stderr is unbuffered, and `eprintln!` issued a
+/// syscall per formatted piece (nine for a process exit, on the exit event's path). A line that
+/// cannot be written is dropped: logging must never take the shim down.
+pub fn line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let text = format!("{} {args}\n", rfc3339(SystemTime::now()));
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
 /// Days since 1970-01-01 to a civil (year, month, day) (Howard Hinnant's algorithm).

@@ -187,11 +187,33 @@ async fn interrupted() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Our own pid and those of our ancestors: a wrapper (`timeout`, `perf record`, `strace`) names the work dir in its
+/// command line too, and must outlive the sweep.
+fn self_and_ancestors() -> Vec<u32> {
+    let mut out = vec![std::process::id()];
+    let mut pid = std::process::id();
+    while pid > 1 {
+        // The ppid is the 2nd field after the parenthesised comm (which may itself contain spaces).
+        let Some(ppid) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                let rest = s.rsplit_once(')')?.1.to_string();
+                rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+            })
+        else {
+            break;
+        };
+        out.push(ppid);
+        pid = ppid;
+    }
+    out
+}
+
 /// Last resort after the daemons' own cleanup: SIGKILL what is left of this run (container inits in our cgroup
-/// parent, shims whose command line names our work dir), remove the cgroup dirs, containerd's runc root for our
-/// namespace, and the work dir.
+/// parent, shims whose command line names our work dir; never ourselves or our ancestors), remove the cgroup dirs,
+/// containerd's runc root for our namespace, and the work dir.
 fn sweep(work: &Path, cgroup_parent: &str) {
-    let me = std::process::id();
+    let spare = self_and_ancestors();
     let needle = work.display().to_string();
     let mut killed = 0;
     if let Ok(procs) = std::fs::read_dir("/proc") {
@@ -199,7 +221,7 @@ fn sweep(work: &Path, cgroup_parent: &str) {
             let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
                 continue;
             };
-            if pid == me {
+            if spare.contains(&pid) {
                 continue;
             }
             let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();

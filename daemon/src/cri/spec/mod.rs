@@ -1,13 +1,14 @@
 //! OCI specs of a pod's pause container and of its app containers, built as containerd's CRI builds them:
-//! berth-oci's default spec, containerd's default capabilities, the image config under the CRI config
-//! (command/args as Kubernetes applies them to Entrypoint/Cmd), the security context (capabilities,
-//! privileged, run_as_user/group, read-only rootfs, no_new_privs, masked/readonly paths, RuntimeDefault or
-//! Localhost seccomp), resources, and the pod's namespaces: app containers join the pause container's
+//! berth-oci's default spec and shared defaults (containerd's capabilities, masked and read-only paths), the
+//! image config under the CRI config (command/args as Kubernetes applies them to Entrypoint/Cmd), the
+//! security context (capabilities, privileged, run_as_user/group/username and the image's `User` resolved in
+//! the image's /etc/passwd and /etc/group, supplementary groups by policy, read-only rootfs, no_new_privs,
+//! masked/readonly paths, RuntimeDefault or Localhost seccomp), resources, and the pod's namespaces: app containers join the pause container's
 //! network (its netns file), IPC and UTS (and PID when the pod shares it) namespaces, and bind its hosts,
 //! resolv.conf and hostname files.
 //!
-//! Pure data work except reading a Localhost seccomp profile and stat-ing devices: this module must never
-//! start anything.
+//! Pure data work except reading a Localhost seccomp profile and stat-ing devices (the image's files come
+//! from the caller): this module must never start or mount anything.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,6 +21,7 @@ use tonic::Status;
 mod security;
 
 use security::{capabilities, seccomp, user_of};
+pub use security::{ImageFiles, UserRequest};
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -129,22 +131,12 @@ fn mode(
         .unwrap_or(cri::NamespaceMode::Pod)
 }
 
+/// berth-oci's default spec with the shared hardening (or what privileged relaxes of it).
 fn base(privileged: bool) -> Value {
     let mut spec = berth_oci::commands::spec::default_spec();
+    berth_oci::defaults::harden_paths(&mut spec);
     if privileged {
-        if let Some(ms) = spec["mounts"].as_array_mut() {
-            for m in ms.iter_mut() {
-                if m["type"] == "sysfs" || m["type"] == "cgroup" {
-                    if let Some(o) = m["options"].as_array_mut() {
-                        o.retain(|x| x != "ro");
-                        o.push(json!("rw"));
-                    }
-                }
-            }
-        }
-        spec["linux"]["maskedPaths"] = json!([]);
-        spec["linux"]["readonlyPaths"] = json!([]);
-        spec["linux"]["resources"]["devices"] = json!([{ "allow": true, "access": "rwm" }]);
+        berth_oci::defaults::relax_for_privileged(&mut spec);
     }
     spec
 }
@@ -188,13 +180,14 @@ pub fn sandbox(
         &[DEFAULT_PATH.to_string()],
         image.config.env.as_deref().unwrap_or_default(),
     ]);
-    let user = user_of(
-        image,
-        sc.run_as_user.as_ref(),
-        sc.run_as_group.as_ref(),
-        "",
-        &sc.supplemental_groups,
-    )?;
+    let req = UserRequest {
+        run_as_user: sc.run_as_user.as_ref(),
+        run_as_group: sc.run_as_group.as_ref(),
+        run_as_username: "",
+        supplemental_groups: &sc.supplemental_groups,
+        strict: sc.supplemental_groups_policy == cri::SupplementalGroupsPolicy::Strict as i32,
+    };
+    let (user, _) = user_of(image, &req, None)?;
     let caps = capabilities(sc.privileged, None)?;
     spec["process"] = json!({
         "terminal": false,
@@ -245,13 +238,15 @@ pub fn sandbox(
     Ok(spec)
 }
 
-/// An app container's spec; `log` is whether its stdio is logged.
+/// An app container's spec; `files` are the image's /etc/passwd and /etc/group when
+/// [`UserRequest::needs_files`] said so.
 pub fn container(
     id: &str,
     image: &ImageConfig,
     config: &cri::ContainerConfig,
     sandbox: &cri::PodSandboxConfig,
     pod: &PodNamespaces<'_>,
+    files: Option<&ImageFiles>,
 ) -> Result<Value, Status> {
     let linux = config.linux.clone().unwrap_or_default();
     let sc = linux.security_context.clone().unwrap_or_default();
@@ -270,11 +265,16 @@ pub fn container(
     if !hostname.is_empty() {
         defaults.push(format!("HOSTNAME={hostname}"));
     }
-    let env = merge_env(&[
+    let (user, home) = user_of(image, &UserRequest::of_container(&sc), files)?;
+    let mut env = merge_env(&[
         &defaults,
         image.config.env.as_deref().unwrap_or_default(),
         &envs,
     ]);
+    // runc sets HOME from the container's passwd when the env has none; berth-runc leaves that to the spec.
+    if !env.iter().any(|kv| kv.starts_with("HOME=")) {
+        env.push(format!("HOME={home}"));
+    }
     let cwd = if !config.working_dir.is_empty() {
         config.working_dir.clone()
     } else if !image.config.working_dir.is_empty() {
@@ -282,13 +282,6 @@ pub fn container(
     } else {
         "/".to_string()
     };
-    let user = user_of(
-        image,
-        sc.run_as_user.as_ref(),
-        sc.run_as_group.as_ref(),
-        &sc.run_as_username,
-        &sc.supplemental_groups,
-    )?;
     let caps = capabilities(sc.privileged, sc.capabilities.as_ref())?;
     spec["process"] = json!({
         "terminal": config.tty,

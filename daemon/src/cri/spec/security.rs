@@ -1,96 +1,29 @@
-//! The security part of a CRI container's spec: capabilities (containerd's default set, drops before adds,
-//! `ALL`, privileged = everything berthd itself may grant), the seccomp section (RuntimeDefault is
-//! berth-oci's default profile, Localhost a JSON file, absent or Unconfined none) and the process user.
+//! The security part of a CRI container's spec: capabilities (berth-oci's shared defaults: containerd's
+//! default set, drops before adds, `ALL`, privileged = everything berthd itself may grant), the seccomp
+//! section (RuntimeDefault is berth-oci's default profile, Localhost a JSON file, absent or Unconfined none)
+//! and the process user as containerd's CRI makes it: run_as_username / run_as_user / the image's `User`
+//! resolved in the image's own /etc/passwd and /etc/group, run_as_group over the primary gid, and the
+//! supplementary groups by the SupplementalGroupsPolicy.
 //!
-//! Pure data work except reading /proc/self/status and a Localhost profile file.
+//! Pure data work except reading /proc/self/status and a Localhost profile file; the image's files come
+//! from the caller.
 
 use berth_image::oci::ImageConfig;
+use berth_oci::user::{needs_lookup, resolve_user};
 use berth_proto::cri;
 use serde_json::{json, Value};
 use tonic::Status;
 
 use super::invalid;
 
-/// containerd's (and Docker's) default capability set.
-const DEFAULT_CAPS: [&str; 14] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
-
-fn cap_name(name: &str) -> Result<String, Status> {
-    let up = name.to_ascii_uppercase();
-    let full = if up.starts_with("CAP_") {
-        up
-    } else {
-        format!("CAP_{up}")
-    };
-    if full == "CAP_ALL" || berth_oci::caps::number(&full).is_some() {
-        Ok(full)
-    } else {
-        Err(invalid(format!("unknown capability {name:?}")))
-    }
-}
-
-/// Capabilities this berthd may grant (its own bounding set).
-fn grantable() -> Vec<String> {
-    let bounding = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapBnd:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        });
-    berth_oci::caps::all_names()
-        .into_iter()
-        .filter(|n| {
-            bounding.is_none_or(|mask| {
-                berth_oci::caps::number(n).is_some_and(|b| b < 64 && mask & (1u64 << b) != 0)
-            })
-        })
-        .collect()
-}
-
 pub(super) fn capabilities(
     privileged: bool,
     caps: Option<&cri::Capability>,
 ) -> Result<Vec<String>, Status> {
-    let all = grantable();
-    let mut out: Vec<String> = if privileged {
-        all.clone()
-    } else {
-        DEFAULT_CAPS.iter().map(|c| c.to_string()).collect()
-    };
-    if let Some(c) = caps {
-        for d in &c.drop_capabilities {
-            let d = cap_name(d)?;
-            if d == "CAP_ALL" {
-                out.clear();
-            } else {
-                out.retain(|x| *x != d);
-            }
-        }
-        for a in &c.add_capabilities {
-            let a = cap_name(a)?;
-            if a == "CAP_ALL" {
-                out = all.clone();
-            } else if !out.contains(&a) {
-                out.push(a);
-            }
-        }
-    }
-    Ok(out)
+    let (drop, add) = caps
+        .map(|c| (&c.drop_capabilities[..], &c.add_capabilities[..]))
+        .unwrap_or_default();
+    berth_oci::defaults::capabilities(privileged, drop, add).map_err(|e| invalid(e.to_string()))
 }
 
 /// The seccomp section for a profile (None: unconfined).
@@ -126,60 +59,115 @@ pub(super) fn seccomp(
     }
 }
 
+/// The image's /etc/passwd and /etc/group (empty when the image has none), read from the container's rootfs.
+#[derive(Debug, Clone, Default)]
+pub struct ImageFiles {
+    pub passwd: String,
+    pub group: String,
+}
+
+/// The user fields of a CRI security context (container or sandbox).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UserRequest<'a> {
+    pub run_as_user: Option<&'a cri::Int64Value>,
+    pub run_as_group: Option<&'a cri::Int64Value>,
+    pub run_as_username: &'a str,
+    pub supplemental_groups: &'a [i64],
+    /// SupplementalGroupsPolicy Strict: none of the image's groups.
+    pub strict: bool,
+}
+
+impl<'a> UserRequest<'a> {
+    /// The user fields of a container's security context.
+    pub fn of_container(sc: &'a cri::LinuxContainerSecurityContext) -> UserRequest<'a> {
+        UserRequest {
+            run_as_user: sc.run_as_user.as_ref(),
+            run_as_group: sc.run_as_group.as_ref(),
+            run_as_username: &sc.run_as_username,
+            supplemental_groups: &sc.supplemental_groups,
+            strict: sc.supplemental_groups_policy == cri::SupplementalGroupsPolicy::Strict as i32,
+        }
+    }
+
+    /// The user reference to resolve: run_as_username, else run_as_user, else the image's `User`.
+    pub fn user_ref(&self, image: &ImageConfig) -> String {
+        if !self.run_as_username.is_empty() {
+            self.run_as_username.to_string()
+        } else if let Some(u) = self.run_as_user {
+            u.value.to_string()
+        } else {
+            image.config.user.clone()
+        }
+    }
+
+    /// Whether building the user needs the image's /etc/passwd and /etc/group: a name to resolve, or the
+    /// Merge policy (the image's groups of even a numeric user), as containerd reads them for every container.
+    pub fn needs_files(&self, image: &ImageConfig) -> bool {
+        !self.strict || needs_lookup(&self.user_ref(image))
+    }
+}
+
+/// The process user as the spec's `process.user`, and the HOME it implies (the passwd entry's home, `/`
+/// without one, as runc defaults it). `files` None: the image's files are not available (the sandbox), so
+/// only numeric users work.
 pub(super) fn user_of(
     image: &ImageConfig,
-    run_as_user: Option<&cri::Int64Value>,
-    run_as_group: Option<&cri::Int64Value>,
-    username: &str,
-    groups: &[i64],
-) -> Result<Value, Status> {
-    if run_as_group.is_some() && run_as_user.is_none() && username.is_empty() {
+    req: &UserRequest<'_>,
+    files: Option<&ImageFiles>,
+) -> Result<(Value, String), Status> {
+    if req.run_as_group.is_some() && req.run_as_user.is_none() && req.run_as_username.is_empty() {
         return Err(invalid("run_as_group needs run_as_user or run_as_username"));
     }
-    let image_user = image.config.user.as_str();
-    let (mut uid, mut gid) = (0i64, 0i64);
-    let name = if let Some(u) = run_as_user {
-        uid = u.value;
-        ""
-    } else if !username.is_empty() {
-        username
-    } else {
-        image_user
-    };
-    if !name.is_empty() {
-        let (u, g) = name.split_once(':').unwrap_or((name, ""));
-        match (u, u.parse::<i64>()) {
-            ("root", _) => uid = 0,
-            (_, Ok(n)) => uid = n,
-            (other, Err(_)) => {
-                return Err(Status::unimplemented(format!(
-                    "user {other:?}: user names are not resolved yet; give a numeric uid"
-                )))
+    if req.run_as_user.is_some_and(|u| u.value < 0) {
+        return Err(invalid("run_as_user must not be negative"));
+    }
+    let wanted = req.user_ref(image);
+    let user = match files {
+        Some(f) => resolve_user(&wanted, &f.passwd, &f.group).map_err(|e| {
+            if !req.run_as_username.is_empty() || req.run_as_user.is_some() {
+                invalid(format!("run_as_username/run_as_user: {e}"))
+            } else {
+                invalid(format!("the image's User {wanted:?}: {e}"))
             }
+        })?,
+        None => resolve_user(&wanted, "", "").map_err(|e| {
+            invalid(format!(
+                "{e}: a pod sandbox's user must be a numeric uid[:gid] (its image's files are not read)"
+            ))
+        })?,
+    };
+    let uid = i64::from(user.uid);
+    let gid = match req.run_as_group {
+        Some(g) if g.value < 0 || g.value > i64::from(u32::MAX) => {
+            return Err(invalid(format!("run_as_group {} is out of range", g.value)))
         }
-        if let Ok(n) = g.parse::<i64>() {
-            gid = n;
+        Some(g) => g.value,
+        None => i64::from(user.gid),
+    };
+    // The primary gid first (containerd keeps it among the additional gids), then the image's groups
+    // (Merge), then the CRI's.
+    let mut groups = vec![gid];
+    if !req.strict {
+        groups.extend(user.additional_gids.iter().map(|g| i64::from(*g)));
+    }
+    for g in req.supplemental_groups {
+        if *g < 0 || *g > i64::from(u32::MAX) {
+            return Err(invalid(format!("supplemental group {g} is out of range")));
         }
+        groups.push(*g);
     }
-    if let Some(g) = run_as_group {
-        gid = g.value;
-    }
-    if uid < 0 || gid < 0 {
-        return Err(invalid(format!(
-            "uid {uid} / gid {gid} must not be negative"
-        )));
-    }
-    let mut user = json!({ "uid": uid, "gid": gid });
-    if !groups.is_empty() {
-        user["additionalGids"] = json!(groups);
-    }
-    Ok(user)
+    let mut seen = std::collections::HashSet::new();
+    groups.retain(|g| seen.insert(*g));
+    let home = user.home.unwrap_or_else(|| "/".to_string());
+    Ok((
+        json!({ "uid": uid, "gid": gid, "additionalGids": groups }),
+        home,
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn v(s: &[&str]) -> Vec<String> {
         s.iter().map(|x| x.to_string()).collect()
@@ -200,14 +188,61 @@ mod tests {
         assert!(capabilities(false, Some(&bad)).is_err());
     }
 
+    fn files() -> ImageFiles {
+        ImageFiles {
+            passwd: "root:x:0:0::/root:/bin/sh\napp:x:1234:1234::/home/app:/bin/sh\n".into(),
+            group: "root:x:0:\napp:x:1234:\nextra:x:3000:app\nother:x:3001:bob\n".into(),
+        }
+    }
+
     #[test]
-    fn users() {
+    fn users_and_groups() {
         let mut img = ImageConfig::default();
         img.config.user = "1000:1001".into();
-        let u = user_of(&img, None, None, "", &[]).expect("user");
-        assert_eq!(u, json!({"uid": 1000, "gid": 1001}));
-        let u = user_of(&img, Some(&cri::Int64Value { value: 5 }), None, "", &[7]).expect("user");
-        assert_eq!(u, json!({"uid": 5, "gid": 0, "additionalGids": [7]}));
-        assert!(user_of(&img, None, Some(&cri::Int64Value { value: 5 }), "", &[]).is_err());
+        let none = UserRequest::default();
+        let (u, home) = user_of(&img, &none, None).expect("numeric image user");
+        assert_eq!(
+            u,
+            json!({"uid": 1000, "gid": 1001, "additionalGids": [1001]})
+        );
+        assert_eq!(home, "/");
+        let five = cri::Int64Value { value: 5 };
+        let req = UserRequest {
+            run_as_user: Some(&five),
+            supplemental_groups: &[7],
+            ..UserRequest::default()
+        };
+        let (u, _) = user_of(&img, &req, Some(&files())).expect("run_as_user");
+        assert_eq!(u, json!({"uid": 5, "gid": 0, "additionalGids": [0, 7]}));
+        let bad = UserRequest {
+            run_as_group: Some(&five),
+            ..UserRequest::default()
+        };
+        assert!(user_of(&img, &bad, None).is_err());
+
+        // By name, Merge: the image's groups, then the CRI's.
+        let mut req = UserRequest {
+            run_as_username: "app",
+            supplemental_groups: &[2000, 3000],
+            ..UserRequest::default()
+        };
+        let (u, home) = user_of(&img, &req, Some(&files())).expect("app");
+        assert_eq!(
+            u,
+            json!({"uid": 1234, "gid": 1234, "additionalGids": [1234, 3000, 2000]})
+        );
+        assert_eq!(home, "/home/app");
+        req.strict = true;
+        let (u, _) = user_of(&img, &req, Some(&files())).expect("app strict");
+        assert_eq!(
+            u,
+            json!({"uid": 1234, "gid": 1234, "additionalGids": [1234, 2000, 3000]})
+        );
+        req.run_as_username = "ghost";
+        let e = user_of(&img, &req, Some(&files())).expect_err("ghost");
+        assert!(e.message().contains("\"ghost\""), "{e:?}");
+        img.config.user = "app".into();
+        let e = user_of(&img, &UserRequest::default(), None).expect_err("sandbox name");
+        assert!(e.message().contains("\"app\""), "{e:?}");
     }
 }
