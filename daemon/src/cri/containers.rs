@@ -200,17 +200,27 @@ pub async fn start(cri: &Cri, id: &str) -> Result<(), Status> {
         )
         .await
         .map_err(task_status)?;
-    let started = cri.tasks().start(NAMESPACE, id, String::new()).await;
+    tracing::debug!(phase = "task created", "start");
+    // The start time's commit runs beside the start (taken as the start is asked for); a failed start takes
+    // it back, so the container reads as created again, as before the start.
+    let store = &cri.ctx().store;
+    let started_at = [(meta::STARTED_AT, super::now_nanos().to_string())];
+    let label = meta::set_labels(store, id, &started_at);
+    let (started, labelled) = tokio::join!(cri.tasks().start(NAMESPACE, id, String::new()), label);
     if let Err(e) = started {
         let _ = cri.tasks().delete(NAMESPACE, id).await;
+        if labelled.is_ok() {
+            if let Err(undo) =
+                meta::set_labels(store, id, &[(meta::STARTED_AT, String::new())]).await
+            {
+                tracing::warn!(namespace = NAMESPACE, container_id = id, error = %undo,
+                    "cannot take back the start time of a failed start");
+            }
+        }
         return Err(task_status(e));
     }
-    meta::set_labels(
-        &cri.ctx().store,
-        id,
-        &[(meta::STARTED_AT, super::now_nanos().to_string())],
-    )
-    .await
+    tracing::debug!(phase = "task started", "start");
+    labelled
 }
 
 /// ReopenContainerLog: the shim reopens the log at its path (the kubelet renamed it to rotate it). NotFound for

@@ -127,8 +127,11 @@ pub async fn run(
         labels.insert(PORTS_LABEL.to_string(), ports);
     }
     let ext = meta::encode_ext(&config, "PodSandboxConfig");
-    create_record(cri, &id, &image, &spec, labels, (meta::SANDBOX_CONFIG, ext)).await?;
-    if let Err(e) = start_pause(cri, &id, &config, host).await {
+    tracing::debug!(phase = "checked", "run");
+    let rootfs =
+        create_record(cri, &id, &image, &spec, labels, (meta::SANDBOX_CONFIG, ext)).await?;
+    tracing::debug!(phase = "record", "run");
+    if let Err(e) = start_pause(cri, &id, &config, host, rootfs).await {
         if let Err(undo) = remove_record(cri, &id).await {
             tracing::error!(namespace = NAMESPACE, container_id = %id, error = %undo, "cannot undo a failed pod");
         }
@@ -142,8 +145,8 @@ async fn start_pause(
     id: &str,
     config: &cri::PodSandboxConfig,
     host: bool,
+    rootfs: Vec<berth_proto::containerd_client::types::Mount>,
 ) -> Result<(), Status> {
-    let rootfs = rootfs(cri, id).await?;
     cri.tasks()
         .create(
             NAMESPACE,
@@ -155,6 +158,7 @@ async fn start_pause(
         )
         .await
         .map_err(task_status)?;
+    tracing::debug!(phase = "task created", "run");
     if let Some(dns) = &config.dns_config {
         // In place: the runtime bind-mounted this inode; the containers bind it too.
         let path = cri.ctx().config.task_dir(NAMESPACE, id).join("resolv.conf");
@@ -172,24 +176,33 @@ async fn start_pause(
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e| Status::internal(format!("writing the pod's resolv.conf: {e}")))?;
     }
-    cri.tasks()
-        .start(NAMESPACE, id, String::new())
-        .await
-        .map_err(task_status)?;
-    if !host {
+    // The pod's IP is known once the task exists: its label's commit runs beside the start.
+    let ip = if host {
+        None
+    } else {
         let records = cri
             .inner
             .networks
             .records_of(&Owner::task(NAMESPACE, id))
             .map_err(|e| e.status())?;
-        let ip = records
-            .values()
-            .flat_map(|r| r.ips.iter())
-            .find_map(|cidr| cidr.split('/').next().map(String::from))
-            .unwrap_or_default();
-        meta::set_labels(&cri.ctx().store, id, &[(meta::POD_IP, ip)]).await?;
-    }
-    Ok(())
+        Some(
+            records
+                .values()
+                .flat_map(|r| r.ips.iter())
+                .find_map(|cidr| cidr.split('/').next().map(String::from))
+                .unwrap_or_default(),
+        )
+    };
+    let label = async {
+        match ip {
+            Some(ip) => meta::set_labels(&cri.ctx().store, id, &[(meta::POD_IP, ip)]).await,
+            None => Ok(()),
+        }
+    };
+    let (started, labelled) = tokio::join!(cri.tasks().start(NAMESPACE, id, String::new()), label);
+    started.map_err(task_status)?;
+    tracing::debug!(phase = "task started", "run");
+    labelled
 }
 
 /// The containers of a pod (app containers only).
@@ -211,16 +224,18 @@ pub async fn stop(cri: &Cri, id: &str) -> Result<(), Status> {
         Err(e) if e.code() == Code::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
-    // The containers at once, then the pause container (whose death would kill them under their feet when
-    // they share its PID namespace).
+    // Every container and the pause container at once, all with SIGKILL: a container sharing the pause's PID
+    // namespace that the kernel kills when the pause dies first ends the same way (signal 9, exit 137).
     let containers = containers_of(cri, &sandbox.id).await?;
     futures::future::try_join_all(
         containers
             .iter()
+            .map(String::as_str)
+            .chain([id])
             .map(|c| kill_and_wait(cri, c, libc::SIGKILL as u32, None)),
     )
     .await?;
-    kill_and_wait(cri, id, libc::SIGKILL as u32, None).await?;
+    tracing::debug!(phase = "killed", "stop");
     match cri.tasks().delete(NAMESPACE, id).await {
         Ok(_) | Err(TaskError::TaskNotFound(_)) => Ok(()),
         Err(e) => Err(task_status(e)),
@@ -230,8 +245,10 @@ pub async fn stop(cri: &Cri, id: &str) -> Result<(), Status> {
 /// RemovePodSandbox: stop, then remove every container and the pause container. Not found is success.
 pub async fn remove(cri: &Cri, id: &str) -> Result<(), Status> {
     stop(cri, id).await?;
+    tracing::debug!(phase = "stopped", "remove");
     let containers = containers_of(cri, id).await?;
     futures::future::try_join_all(containers.iter().map(|c| remove_record(cri, c))).await?;
+    tracing::debug!(phase = "containers removed", "remove");
     remove_record(cri, id).await
 }
 

@@ -33,7 +33,9 @@ const RUNTIME: &str = "io.containerd.runc.v2";
 const SNAPSHOTTER: &str = "overlayfs";
 const SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 
-/// Create a Berth container record with its rootfs snapshot (undoing the snapshot if the record fails).
+/// Create a Berth container record with its rootfs snapshot; answers the snapshot's mounts. The two are
+/// written at once (the record does not need the snapshot to exist, and their commits then share one fsync);
+/// when either fails the other is undone, so neither outlives a failed create.
 pub(super) async fn create_record(
     cri: &Cri,
     id: &str,
@@ -41,11 +43,62 @@ pub(super) async fn create_record(
     spec: &serde_json::Value,
     labels: HashMap<String, String>,
     ext: (&str, prost_types::Any),
-) -> Result<(), Status> {
-    let (_, pin) = prepare_snapshot(cri, id, image).await?;
-    let made = record_on_snapshot(cri, id, image, spec, labels, ext).await;
-    drop(pin);
-    made
+) -> Result<Vec<Mount>, Status> {
+    // Pinned until this returns: then the record names the snapshot, or the snapshot was undone.
+    let _pin = cri.ctx().store.pin_snapshot(NAMESPACE, SNAPSHOTTER, id);
+    let snapshots = SnapshotsService::new(cri.ctx().clone());
+    let prepare = snapshots.prepare(ns_request(PrepareSnapshotRequest {
+        snapshotter: SNAPSHOTTER.to_string(),
+        key: id.to_string(),
+        parent: image.chain_id.clone(),
+        labels: HashMap::new(),
+    }));
+    let spec_bytes = serde_json::to_vec(spec)
+        .map_err(|e| Status::internal(format!("encoding the spec: {e}")))?;
+    let container = Container {
+        id: id.to_string(),
+        labels,
+        image: image
+            .names
+            .first()
+            .cloned()
+            .unwrap_or_else(|| image.id.clone()),
+        runtime: Some(Runtime {
+            name: RUNTIME.to_string(),
+            options: None,
+        }),
+        spec: Some(prost_types::Any {
+            type_url: SPEC_TYPE.to_string(),
+            value: spec_bytes,
+        }),
+        snapshotter: SNAPSHOTTER.to_string(),
+        snapshot_key: id.to_string(),
+        extensions: HashMap::from([(ext.0.to_string(), ext.1)]),
+        ..Default::default()
+    };
+    let containers = ContainersService::new(cri.ctx().clone(), cri.tasks().clone());
+    let create = containers.create(ns_request(CreateContainerRequest {
+        container: Some(container),
+    }));
+    match tokio::join!(prepare, create) {
+        (Ok(p), Ok(_)) => Ok(p.into_inner().mounts),
+        (Ok(_), Err(e)) => {
+            remove_snapshot(cri, id).await;
+            Err(e)
+        }
+        (Err(e), created) => {
+            if created.is_ok() {
+                let undo = containers
+                    .delete(ns_request(DeleteContainerRequest { id: id.to_string() }))
+                    .await;
+                if let Err(u) = undo {
+                    tracing::error!(namespace = NAMESPACE, container_id = id, error = %u,
+                        "cannot remove the record of a create whose snapshot failed");
+                }
+            }
+            Err(e)
+        }
+    }
 }
 
 /// Prepare a record's rootfs snapshot on its image; the snapshot's mounts (a spec may need files of the
@@ -149,16 +202,17 @@ pub(super) async fn remove_record(cri: &Cri, id: &str) -> Result<(), Status> {
         Ok(_) | Err(TaskError::TaskNotFound(_)) => {}
         Err(e) => return Err(task_status(e)),
     }
+    tracing::debug!(phase = "task deleted", container_id = id, "remove");
+    // Record and snapshot at once (one fsync for both): a snapshot gone before its record is fine, as a
+    // retried remove finds the record and takes a missing snapshot for removed.
     let svc = ContainersService::new(cri.ctx().clone(), cri.tasks().clone());
-    match svc
-        .delete(ns_request(DeleteContainerRequest { id: id.to_string() }))
-        .await
-    {
+    let delete = svc.delete(ns_request(DeleteContainerRequest { id: id.to_string() }));
+    let (deleted, ()) = tokio::join!(delete, remove_snapshot(cri, id));
+    match deleted {
         Ok(_) => {}
         Err(e) if e.code() == Code::NotFound => {}
         Err(e) => return Err(e),
     }
-    remove_snapshot(cri, id).await;
     super::stream::remove_stdin(cri, id).await;
     cri.forget_sample(id);
     Ok(())

@@ -61,7 +61,13 @@ fn hosts_dir(dir: &Path, registry: &str) -> anyhow::Result<PathBuf> {
 
 impl Runtime {
     /// berthd with CRI on, its default runtime (berth-shim + berth-runc next to it).
-    pub fn berthd(base: &Path, registry: &str, pause: &str) -> anyhow::Result<Runtime> {
+    /// `log_level` is berthd's filter (`warn`; `warn,berth_daemon::cri=debug` logs each CRI verb's time).
+    pub fn berthd(
+        base: &Path,
+        registry: &str,
+        pause: &str,
+        log_level: &str,
+    ) -> anyhow::Result<Runtime> {
         let dir = base.join("berthd");
         let conf = dir.join("cni");
         std::fs::create_dir_all(&conf)?;
@@ -77,7 +83,7 @@ impl Runtime {
         std::fs::write(
             dir.join("config.toml"),
             format!(
-                "log_level = \"warn\"\nruntime_binary = {}\nshim_binary = {}\n\
+                "log_level = {log_level:?}\nruntime_binary = {}\nshim_binary = {}\n\
                  [network]\nconf_dir = {}\nplugin_dirs = [\"/usr/lib/cni\"]\n\
                  [cri]\nenabled = true\nsandbox_image = {pause:?}\nnetwork = \"cribench\"\nregistry_config_path = {}\n",
                 q(&bins.join("berth-runc")),

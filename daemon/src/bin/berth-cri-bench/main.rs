@@ -54,6 +54,12 @@ struct Args {
     /// Work dir (default /tmp/berth-cri-bench-<pid>); removed at the end.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// berthd's log filter (`warn,berth_daemon::cri=debug` logs every CRI verb's time, `took_us`).
+    #[arg(long, default_value = "warn")]
+    berthd_log_level: String,
+    /// Keep berthd's log: copied to this file before the work dir goes.
+    #[arg(long)]
+    berthd_log: Option<PathBuf>,
 }
 
 /// A runtime under test and its clients.
@@ -345,7 +351,11 @@ async fn run(args: &Args, dir: &std::path::Path) -> anyhow::Result<Samples> {
     )
     .await?;
     let targets = [
-        Target::new(Runtime::berthd(dir, &registry.addr, &pause)?, &busybox).await?,
+        Target::new(
+            Runtime::berthd(dir, &registry.addr, &pause, &args.berthd_log_level)?,
+            &busybox,
+        )
+        .await?,
         Target::new(Runtime::containerd(dir, &registry.addr, &pause)?, &busybox).await?,
     ];
     let mut s = Samples::default();
@@ -387,6 +397,14 @@ async fn main() -> anyhow::Result<()> {
     let machine = machine();
     let started = Instant::now();
     let res = run(&args, &dir).await;
+    if let Some(keep) = &args.berthd_log {
+        if let Err(e) = std::fs::copy(dir.join("berthd").join("berthd.log"), keep) {
+            eprintln!(
+                "warning: cannot keep berthd's log in {}: {e}",
+                keep.display()
+            );
+        }
+    }
     procs::remove_dir(&dir);
     let s = res?;
     let rows = report(&s, args.pods);

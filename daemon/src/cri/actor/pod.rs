@@ -47,7 +47,21 @@ impl PodActor {
         Fut: Future<Output = Result<T, Status>> + Send + 'static,
     {
         let span = tracing::info_span!("cri", verb, namespace = NAMESPACE, container_id = %id);
-        let job = self.rt.spawn(op(self.cri.clone()).instrument(span));
+        let queued = std::time::Instant::now();
+        let fut = op(self.cri.clone());
+        let job = self.rt.spawn(
+            async move {
+                let r = fut.await;
+                // The figure berth-cri-bench's breakdown reads (`[cri] ... took_us`).
+                tracing::debug!(
+                    took_us = queued.elapsed().as_micros() as u64,
+                    ok = r.is_ok(),
+                    "verb done"
+                );
+                r
+            }
+            .instrument(span),
+        );
         AtomicResponse::new(Box::pin(job.into_actor(self).map(
             move |r, act, ctx| match r {
                 Ok(answer) => answer,

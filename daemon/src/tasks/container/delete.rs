@@ -3,7 +3,9 @@
 //! still holds on disk (a slow pump, a shim that died), and finally journals its own TaskDelete, which the
 //! journal drops when the task already has one (`events::Once`). A berthd that dies in the middle finishes the
 //! delete when it rebuilds the task (`rebuild.rs`), through the same [`finish`]. The task's network is torn down
-//! after its processes are gone and before its directory goes ([`teardown_network`]).
+//! once its init has exited (beside the runtime's delete, the journal's work, the shim's shutdown and the task
+//! directory's removal; after the runtime's delete, and before the directory goes, for a task that never ran or
+//! whose shim is gone) ([`teardown_network`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -61,35 +63,64 @@ impl Handler<Delete> for ContainerActor {
                 let network = act.record.network;
                 Ok(async move {
                     let mut exit = known.unwrap_or_else(|| ExitInfo::new(pid, 0, None));
-                    if let Some(mut c) = client {
-                        let r = c
-                            .delete(shim::DeleteRequest {
-                                exec_id: String::new(),
-                            })
-                            .await
-                            .map_err(TaskError::Shim)?
-                            .into_inner();
-                        exit = ExitInfo::new(r.pid, r.exit_status, r.exited_at.as_ref());
-                        crate::failpoint::hit("container_actor.delete.after_shim_delete");
-                        let waited = tokio::time::timeout(DELETE_EVENT_WAIT, async {
-                            tokio::select! {
-                                _ = seen.wait_for(|s| *s) => {}
-                                _ = gone.wait_for(|g| *g) => {}
-                            }
-                        })
-                        .await;
-                        if waited.is_err() {
-                            tracing::warn!("the shim's TaskDeleted did not come through in time");
+                    let net = async {
+                        if network {
+                            teardown_network(&shared, &ns, &id).await;
+                            tracing::debug!(phase = "network down", "delete");
                         }
-                        finish(&shared, &ns, &id, &dir, exit).await?;
-                        let _ = c.shutdown(shim::ShutdownRequest { now: false }).await;
+                    };
+                    if let Some(mut c) = client {
+                        let shim_part = async {
+                            let r = c
+                                .delete(shim::DeleteRequest {
+                                    exec_id: String::new(),
+                                })
+                                .await
+                                .map_err(TaskError::Shim)?
+                                .into_inner();
+                            let exit = ExitInfo::new(r.pid, r.exit_status, r.exited_at.as_ref());
+                            tracing::debug!(phase = "shim deleted", "delete");
+                            crate::failpoint::hit("container_actor.delete.after_shim_delete");
+                            let waited = tokio::time::timeout(DELETE_EVENT_WAIT, async {
+                                tokio::select! {
+                                    _ = seen.wait_for(|s| *s) => {}
+                                    _ = gone.wait_for(|g| *g) => {}
+                                }
+                            })
+                            .await;
+                            if waited.is_err() {
+                                tracing::warn!(
+                                    "the shim's TaskDeleted did not come through in time"
+                                );
+                            }
+                            finish(&shared, &ns, &id, &dir, exit).await?;
+                            tracing::debug!(phase = "journalled", "delete");
+                            let _ = c.shutdown(shim::ShutdownRequest { now: false }).await;
+                            Ok::<ExitInfo, TaskError>(exit)
+                        };
+                        if known.is_some() {
+                            // The init has exited, and with it the container (its PID namespace, or the pod's
+                            // processes the CRI layer waited for): its network's DELs (plugins, tens of ms)
+                            // run beside the runtime's delete, the journal, the shim's shutdown and the task
+                            // directory's removal (the network keeps nothing there it needs to come down).
+                            let rest = async {
+                                let exit = shim_part.await?;
+                                remove_dir_retrying(dir.clone()).await?;
+                                Ok::<ExitInfo, TaskError>(exit)
+                            };
+                            let ((), deleted) = tokio::join!(net, rest);
+                            exit = deleted?;
+                        } else {
+                            // A created task's init is only killed by the runtime's delete.
+                            exit = shim_part.await?;
+                            net.await;
+                            remove_dir_retrying(dir.clone()).await?;
+                        }
                     } else {
                         finish(&shared, &ns, &id, &dir, exit).await?;
+                        net.await;
+                        remove_dir_retrying(dir.clone()).await?;
                     }
-                    if network {
-                        teardown_network(&shared, &ns, &id).await;
-                    }
-                    remove_dir_retrying(dir).await?;
                     let _ = shared.ctx.events.forget_task(&task_key(&ns, &id)).await;
                     release.await;
                     Ok(exit)
