@@ -282,3 +282,43 @@ async fn shim_pause_resume_pids_stats() {
     shutdown(&mut c).await;
     fx.finish();
 }
+
+/// A client that opens its output FIFO late, as ctr's `cio` does (its read open runs in a goroutine, and ctr
+/// cancels it if the exit comes first), must not miss the output of a process that exits at once: Create
+/// returns only once the client's read end is open, as containerd's shim (which opens the write end
+/// blocking) does.
+#[tokio::test]
+async fn create_waits_for_a_late_fifo_reader() {
+    if !berth_tests::require_root() {
+        return;
+    }
+    let fx = ShimFixture::new("shim-late-reader", &["sh", "-c", "echo quick; exit 3"]);
+    let (_, mut c) = fx.start_and_connect().await;
+    let out = fx.dir.join("out.fifo");
+    mkfifo(&out);
+    let opened = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (out, opened) = (out.clone(), opened.clone());
+        std::thread::spawn(move || {
+            // The slow goroutine: it opens (blocking, like Go's fifo package) a while after Create was sent.
+            std::thread::sleep(Duration::from_millis(300));
+            let mut f = std::fs::File::open(&out).expect("blocking read open");
+            opened.store(true, std::sync::atomic::Ordering::SeqCst);
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut f, &mut text).expect("read to EOF");
+            text
+        })
+    };
+    fx.create(&mut c, fx.create_req(&out)).await;
+    assert!(
+        opened.load(std::sync::atomic::Ordering::SeqCst),
+        "Create returned before the client's read end was open"
+    );
+    start(&mut c, "").await;
+    assert_eq!(wait(&mut c, "").await.exit_status, 3);
+    delete(&mut c, "").await;
+    let text = reader.join().expect("reader thread");
+    assert_eq!(text, "quick\n", "all of the output, then EOF");
+    shutdown(&mut c).await;
+    fx.finish();
+}

@@ -131,10 +131,12 @@ impl Inner {
 
     /// Open a process's stdio: direct fds, or (terminal) a console socket plus the paths
     /// the pty copies will use.
-    pub fn open_stdio(
+    pub async fn open_stdio(
         &self,
         proc: &mut Proc,
     ) -> Result<(ProcStdio, Option<(TermPaths, ConsoleSocket)>)> {
+        // Held until this returns, when the process's own write ends are open.
+        let _probes = stdio::wait_for_readers(&proc.stdio).await;
         if proc.stdio.terminal {
             let term = TermPaths::open(&proc.stdio, &mut proc.holders)?;
             let sock = ConsoleSocket::bind(self.console_path(&proc.exec_id))?;
@@ -223,7 +225,7 @@ impl Inner {
             )));
         }
         let mut proc = Proc::new("", req.stdio.clone().unwrap_or_default());
-        let (fds, term) = self.open_stdio(&mut proc)?;
+        let (fds, term) = self.open_stdio(&mut proc).await?;
         mount::mount_rootfs(&self.bundle, &req.rootfs)?;
         let pid_file = self.bundle.join("init.pid");
         let _ = std::fs::remove_file(&pid_file);

@@ -96,7 +96,7 @@ impl Inner {
         let pid_file = dir.join(format!("{exec_id}.pid"));
         write_atomic(&spec_file, &proc.spec)?;
         let _ = std::fs::remove_file(&pid_file);
-        let (fds, term) = self.open_stdio(&mut proc)?;
+        let (fds, term) = self.open_stdio(&mut proc).await?;
         let mut args = args![
             "exec",
             "--process",

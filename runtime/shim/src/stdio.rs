@@ -17,6 +17,7 @@ use std::fs::OpenOptions;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use berth_proto::shim::Stdio;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -89,6 +90,56 @@ pub fn kind(what: &str, path: &str) -> Result<Kind> {
         ))),
         Err(e) => Err(Error::io(format!("{what} path {path}"), e)),
     }
+}
+
+/// How long Create and Exec wait for the client to open an output FIFO's read end.
+pub const CLIENT_READER_WAIT: Duration = Duration::from_secs(2);
+
+/// Wait until each output FIFO of `s` has a reader, before the shim opens its own read end. containerd's
+/// shim gets the same ordering by opening the write end blocking: its clients (ctr's `cio`) open their read
+/// ends in goroutines, and cancel an open still pending once the exit has arrived, so a process that exits
+/// at once could otherwise lose all its output. Bounded: a client that never opens costs this wait once,
+/// then its output is buffered in the FIFO as before.
+///
+/// Keep the returned write ends until the process's own are open: a client blocked in its open wakes when
+/// the probe opens, and would read EOF if the FIFO then had no writer for a moment.
+#[must_use = "dropping the probes before the process's write ends are open lets the client see EOF"]
+pub async fn wait_for_readers(s: &Stdio) -> Vec<std::fs::File> {
+    let mut probes = Vec::new();
+    for path in [&s.stdout, &s.stderr] {
+        if path.is_empty() || crate::crilog::log_path(path).is_some() || path.contains("://") {
+            continue;
+        }
+        if !matches!(kind("stdout", path), Ok(Kind::Fifo)) {
+            continue;
+        }
+        let deadline = Instant::now() + CLIENT_READER_WAIT;
+        let mut pause = Duration::from_micros(100);
+        loop {
+            // A non-blocking write open fails with ENXIO exactly while no reader has the FIFO open.
+            let probe = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                .open(path);
+            match probe {
+                Ok(f) => {
+                    probes.push(f);
+                    break;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) && Instant::now() < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(10));
+                }
+                Err(e) => {
+                    crate::log!(
+                        "no reader opened {path} ({e}); its output is buffered until one does"
+                    );
+                    break;
+                }
+            }
+        }
+    }
+    probes
 }
 
 /// Set or clear O_NONBLOCK on an open file description.
