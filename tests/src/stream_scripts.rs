@@ -70,6 +70,23 @@ pub async fn exec_url(fx: &CriFixture, req: cri::ExecRequest) -> String {
         .url
 }
 
+/// PortForward to `port` of `pod`: the streaming URL.
+pub async fn forward_url(fx: &CriFixture, pod: &str, port: i32) -> String {
+    let url = fx
+        .runtime()
+        .await
+        .port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: pod.to_string(),
+            port: vec![port],
+        })
+        .await
+        .expect("PortForward")
+        .into_inner()
+        .url;
+    assert!(url.contains("/portforward/"), "{url}");
+    url
+}
+
 /// An ExecRequest for `cmd` with stdout (and stderr without a tty).
 pub fn exec_req(id: &str, cmd: &[&str], tty: bool, stdin: bool) -> cri::ExecRequest {
     cri::ExecRequest {
@@ -339,17 +356,7 @@ pub async fn forward_script<C: Remote>(fx: &CriFixture, name: &str) {
         assert!(std::time::Instant::now() < deadline, "nc never listened");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let url = fx
-        .runtime()
-        .await
-        .port_forward(cri::PortForwardRequest {
-            pod_sandbox_id: pod.clone(),
-            port: vec![8080],
-        })
-        .await
-        .expect("PortForward")
-        .into_inner()
-        .url;
+    let url = forward_url(fx, &pod, 8080).await;
     let mut r = C::forward(&url, 8080).await;
     // Bytes no compression or pattern could fake: a xorshift stream.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;

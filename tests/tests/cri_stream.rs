@@ -16,8 +16,8 @@ use berth_tests::remote::{Remote, Spdy, SpdyLegacy, Ws};
 use berth_tests::spdy_client::{Event, SpdyClient};
 use berth_tests::stream_client::{exit_code, Collected, WsClient};
 use berth_tests::stream_scripts::{
-    attach_script, attach_url, exec_req, exec_script, exec_url, forward_script, pod_with,
-    remove_pod, streams,
+    attach_script, attach_url, exec_req, exec_script, exec_url, forward_script, forward_url,
+    pod_with, remove_pod, streams,
 };
 
 const V5: &str = "v5.channel.k8s.io";
@@ -246,18 +246,7 @@ async fn websocket_port_forward_reaches_a_port_inside_the_pod() {
     let mut reply = String::new();
     let mut last = Collected::default();
     for _ in 0..100 {
-        let url = fx
-            .runtime()
-            .await
-            .port_forward(cri::PortForwardRequest {
-                pod_sandbox_id: pod.clone(),
-                port: vec![8080],
-            })
-            .await
-            .expect("PortForward")
-            .into_inner()
-            .url;
-        assert!(url.contains("/portforward/"), "{url}");
+        let url = forward_url(&fx, &pod, 8080).await;
         let mut ws = WsClient::connect(&url, "?port=8080", &["portforward.k8s.io"])
             .await
             .expect("upgrade");
@@ -354,17 +343,7 @@ async fn spdy_port_forward_reaches_a_port_inside_the_pod() {
         "exec nc -ll -p 8080 -e echo hello-spdy-forwarded",
     )
     .await;
-    let url = fx
-        .runtime()
-        .await
-        .port_forward(cri::PortForwardRequest {
-            pod_sandbox_id: pod.clone(),
-            port: vec![8080],
-        })
-        .await
-        .expect("PortForward")
-        .into_inner()
-        .url;
+    let url = forward_url(&fx, &pod, 8080).await;
     let mut s = SpdyClient::connect(&url, "", &["portforward.k8s.io"])
         .await
         .expect("upgrade");

@@ -33,6 +33,39 @@ const RUNTIME: &str = "io.containerd.runc.v2";
 const SNAPSHOTTER: &str = "overlayfs";
 const SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 
+/// The Berth container record of a CRI pod or container on snapshot `id`.
+fn record(
+    id: &str,
+    image: &Resolved,
+    spec: &serde_json::Value,
+    labels: HashMap<String, String>,
+    ext: (&str, prost_types::Any),
+) -> Result<Container, Status> {
+    let spec_bytes = serde_json::to_vec(spec)
+        .map_err(|e| Status::internal(format!("encoding the spec: {e}")))?;
+    Ok(Container {
+        id: id.to_string(),
+        labels,
+        image: image
+            .names
+            .first()
+            .cloned()
+            .unwrap_or_else(|| image.id.clone()),
+        runtime: Some(Runtime {
+            name: RUNTIME.to_string(),
+            options: None,
+        }),
+        spec: Some(prost_types::Any {
+            type_url: SPEC_TYPE.to_string(),
+            value: spec_bytes,
+        }),
+        snapshotter: SNAPSHOTTER.to_string(),
+        snapshot_key: id.to_string(),
+        extensions: HashMap::from([(ext.0.to_string(), ext.1)]),
+        ..Default::default()
+    })
+}
+
 /// Create a Berth container record with its rootfs snapshot; answers the snapshot's mounts. The two are
 /// written at once (the record does not need the snapshot to exist, and their commits then share one fsync);
 /// when either fails the other is undone, so neither outlives a failed create.
@@ -53,29 +86,7 @@ pub(super) async fn create_record(
         parent: image.chain_id.clone(),
         labels: HashMap::new(),
     }));
-    let spec_bytes = serde_json::to_vec(spec)
-        .map_err(|e| Status::internal(format!("encoding the spec: {e}")))?;
-    let container = Container {
-        id: id.to_string(),
-        labels,
-        image: image
-            .names
-            .first()
-            .cloned()
-            .unwrap_or_else(|| image.id.clone()),
-        runtime: Some(Runtime {
-            name: RUNTIME.to_string(),
-            options: None,
-        }),
-        spec: Some(prost_types::Any {
-            type_url: SPEC_TYPE.to_string(),
-            value: spec_bytes,
-        }),
-        snapshotter: SNAPSHOTTER.to_string(),
-        snapshot_key: id.to_string(),
-        extensions: HashMap::from([(ext.0.to_string(), ext.1)]),
-        ..Default::default()
-    };
+    let container = record(id, image, spec, labels, ext)?;
     let containers = ContainersService::new(cri.ctx().clone(), cri.tasks().clone());
     let create = containers.create(ns_request(CreateContainerRequest {
         container: Some(container),
@@ -134,29 +145,7 @@ pub(super) async fn record_on_snapshot(
     labels: HashMap<String, String>,
     ext: (&str, prost_types::Any),
 ) -> Result<(), Status> {
-    let spec_bytes = serde_json::to_vec(spec)
-        .map_err(|e| Status::internal(format!("encoding the spec: {e}")))?;
-    let container = Container {
-        id: id.to_string(),
-        labels,
-        image: image
-            .names
-            .first()
-            .cloned()
-            .unwrap_or_else(|| image.id.clone()),
-        runtime: Some(Runtime {
-            name: RUNTIME.to_string(),
-            options: None,
-        }),
-        spec: Some(prost_types::Any {
-            type_url: SPEC_TYPE.to_string(),
-            value: spec_bytes,
-        }),
-        snapshotter: SNAPSHOTTER.to_string(),
-        snapshot_key: id.to_string(),
-        extensions: HashMap::from([(ext.0.to_string(), ext.1)]),
-        ..Default::default()
-    };
+    let container = record(id, image, spec, labels, ext)?;
     let created = ContainersService::new(cri.ctx().clone(), cri.tasks().clone())
         .create(ns_request(CreateContainerRequest {
             container: Some(container),

@@ -286,6 +286,26 @@ mod tests {
             .collect()
     }
 
+    /// An active overlayfs snapshot `key` on `parent` in namespace "n".
+    async fn active(s: &Store, key: &str, parent: &str) {
+        let p = s
+            .plan_snapshot("overlayfs", "n", key, parent)
+            .await
+            .expect("plan");
+        s.insert_snapshot(
+            "overlayfs",
+            "n",
+            key,
+            parent,
+            p.id,
+            SnapshotKind::Active,
+            HashMap::new(),
+            None,
+        )
+        .await
+        .expect("insert");
+    }
+
     #[tokio::test]
     async fn images_leases_and_labels_keep_what_they_reference() {
         let t = TempStore::new("gc");
@@ -318,60 +338,15 @@ mod tests {
         s.add_content("n", "sha256:orphan", HashMap::new(), None, None)
             .await
             .expect("o");
-        let p = s
-            .plan_snapshot("overlayfs", "n", "k", "")
-            .await
-            .expect("plan");
-        s.insert_snapshot(
-            "overlayfs",
-            "n",
-            "k",
-            "",
-            p.id,
-            SnapshotKind::Active,
-            HashMap::new(),
-            None,
-        )
-        .await
-        .expect("insert");
+        active(s, "k", "").await;
         s.commit_snapshot("overlayfs", "n", "k", "base", HashMap::new(), None)
             .await
             .expect("commit");
-        let q = s
-            .plan_snapshot("overlayfs", "n", "k2", "base")
-            .await
-            .expect("plan");
-        s.insert_snapshot(
-            "overlayfs",
-            "n",
-            "k2",
-            "base",
-            q.id,
-            SnapshotKind::Active,
-            HashMap::new(),
-            None,
-        )
-        .await
-        .expect("insert");
+        active(s, "k2", "base").await;
         s.commit_snapshot("overlayfs", "n", "k2", "top", HashMap::new(), None)
             .await
             .expect("commit");
-        let r = s
-            .plan_snapshot("overlayfs", "n", "stray", "")
-            .await
-            .expect("plan");
-        s.insert_snapshot(
-            "overlayfs",
-            "n",
-            "stray",
-            "",
-            r.id,
-            SnapshotKind::Active,
-            HashMap::new(),
-            None,
-        )
-        .await
-        .expect("insert");
+        active(s, "stray", "").await;
         // A lease that expired long ago holds the stray snapshot: it goes too.
         let lease = crate::store::leases::generate_lease_id();
         s.create_lease(
@@ -430,22 +405,7 @@ mod tests {
         let s = t.store();
         let pin = s.pin_snapshot("n", "overlayfs", "young");
         let other_ns = s.pin_snapshot("m", "overlayfs", "young");
-        let p = s
-            .plan_snapshot("overlayfs", "n", "young", "")
-            .await
-            .expect("plan");
-        s.insert_snapshot(
-            "overlayfs",
-            "n",
-            "young",
-            "",
-            p.id,
-            SnapshotKind::Active,
-            HashMap::new(),
-            None,
-        )
-        .await
-        .expect("insert");
+        active(s, "young", "").await;
         let twice = s.pin_snapshot("n", "overlayfs", "young");
         drop(twice);
         let swept = s.gc_sweep().await.expect("gc");
