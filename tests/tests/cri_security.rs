@@ -293,7 +293,7 @@ async fn users_and_groups_come_from_the_image() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_localhost_seccomp_profile_filters_the_process() {
+async fn a_localhost_seccomp_profile_filters_the_process_and_apparmor_is_checked() {
     let Some(fx) = setup("cri-seccomp").await else {
         return;
     };
@@ -346,6 +346,50 @@ async fn a_localhost_seccomp_profile_filters_the_process() {
         err.message().contains(&missing.display().to_string()),
         "{err:?}"
     );
+
+    // AppArmor: the runtime default runs everywhere; a named profile on a host without AppArmor is refused at
+    // CreateContainer, naming it (containerd's CRI does the same), and leaves no container behind.
+    let apparmor = |t: cri::security_profile::ProfileType, name: &str| cri::SecurityProfile {
+        profile_type: t as i32,
+        localhost_ref: name.into(),
+    };
+    let mut c = fx.container_config("aa-default", "exec sleep 1000");
+    security(&mut c).apparmor = Some(apparmor(
+        cri::security_profile::ProfileType::RuntimeDefault,
+        "",
+    ));
+    let id = fx.container(&pod, &cfg, c).await.expect("runtime default");
+    let r = fx.exec(&id, "true", 10).await.expect("exec");
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    let host_apparmor = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|v| v.starts_with('Y'));
+    if !host_apparmor {
+        let mut c = fx.container_config("aa-named", "exec sleep 1000");
+        security(&mut c).apparmor = Some(apparmor(
+            cri::security_profile::ProfileType::Localhost,
+            "berth-test-profile",
+        ));
+        let err = fx
+            .container(&pod, &cfg, c)
+            .await
+            .expect_err("a named profile without AppArmor");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains("berth-test-profile"), "{err:?}");
+        let listed = fx
+            .runtime()
+            .await
+            .list_containers(cri::ListContainersRequest::default())
+            .await
+            .expect("list")
+            .into_inner()
+            .containers;
+        assert!(
+            listed
+                .iter()
+                .all(|c| c.metadata.as_ref().is_none_or(|m| m.name != "aa-named")),
+            "a refused container was left: {listed:?}"
+        );
+    }
 
     teardown(fx, pod).await;
 }

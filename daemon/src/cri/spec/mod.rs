@@ -20,7 +20,7 @@ use tonic::Status;
 
 mod security;
 
-use security::{capabilities, seccomp, user_of};
+use security::{apparmor, capabilities, seccomp, user_of};
 pub use security::{ImageFiles, UserRequest};
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -415,6 +415,9 @@ pub fn container(
     devices(&mut spec, &config.devices)?;
     if let Some(s) = seccomp(sc.seccomp.as_ref(), sc.privileged)? {
         spec["linux"]["seccomp"] = s;
+    }
+    if let Some(p) = apparmor(&sc, berth_oci::lsm::apparmor_enabled())? {
+        spec["process"]["apparmorProfile"] = json!(p);
     }
     Ok(spec)
 }

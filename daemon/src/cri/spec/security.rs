@@ -59,6 +59,44 @@ pub(super) fn seccomp(
     }
 }
 
+/// The AppArmor profile of an app container (None: none applied). Unconfined and, on a host without AppArmor,
+/// the runtime default apply none, as containerd's CRI does; a named profile on such a host is refused at
+/// CreateContainer (berth-runc would refuse it only at start). Berth ships no AppArmor profile of its own, so
+/// the runtime default applies none on any host (seccomp, capabilities and masked paths still do); a
+/// Localhost profile must be loaded on the node, as the kubelet requires.
+pub(super) fn apparmor(
+    sc: &cri::LinuxContainerSecurityContext,
+    host_has_apparmor: bool,
+) -> Result<Option<String>, Status> {
+    use cri::security_profile::ProfileType;
+    let (kind, name) = match (&sc.apparmor, sc.apparmor_profile.as_str()) {
+        (Some(p), _) => (
+            ProfileType::try_from(p.profile_type).unwrap_or(ProfileType::Unconfined),
+            p.localhost_ref.clone(),
+        ),
+        (None, "" | "runtime/default") => (ProfileType::RuntimeDefault, String::new()),
+        (None, "unconfined") => (ProfileType::Unconfined, String::new()),
+        (None, other) => match other.strip_prefix("localhost/") {
+            Some(n) => (ProfileType::Localhost, n.to_string()),
+            None => {
+                return Err(invalid(format!(
+                    "apparmor_profile {other:?}: want runtime/default, unconfined or localhost/<profile>"
+                )))
+            }
+        },
+    };
+    match kind {
+        ProfileType::Unconfined | ProfileType::RuntimeDefault => Ok(None),
+        ProfileType::Localhost if name.is_empty() => Err(invalid(
+            "AppArmor profile type Localhost needs localhost_ref (a loaded profile's name)",
+        )),
+        ProfileType::Localhost if !host_has_apparmor => Err(invalid(format!(
+            "AppArmor profile {name:?} requested, but AppArmor is not enabled on this host"
+        ))),
+        ProfileType::Localhost => Ok(Some(name)),
+    }
+}
+
 /// The image's /etc/passwd and /etc/group (empty when the image has none), read from the container's rootfs.
 #[derive(Debug, Clone, Default)]
 pub struct ImageFiles {
@@ -244,5 +282,50 @@ mod tests {
         img.config.user = "app".into();
         let e = user_of(&img, &UserRequest::default(), None).expect_err("sandbox name");
         assert!(e.message().contains("\"app\""), "{e:?}");
+    }
+
+    #[test]
+    fn apparmor_profiles_as_containerd_maps_them() {
+        use cri::security_profile::ProfileType;
+        let sc =
+            |t: Option<ProfileType>, r: &str, legacy: &str| cri::LinuxContainerSecurityContext {
+                apparmor: t.map(|t| cri::SecurityProfile {
+                    profile_type: t as i32,
+                    localhost_ref: r.into(),
+                }),
+                apparmor_profile: legacy.into(),
+                ..Default::default()
+            };
+        for host in [false, true] {
+            assert_eq!(apparmor(&sc(None, "", ""), host).expect("unset"), None);
+            assert_eq!(
+                apparmor(&sc(None, "", "runtime/default"), host).expect("rd"),
+                None
+            );
+            assert_eq!(
+                apparmor(&sc(Some(ProfileType::Unconfined), "", ""), host).expect("u"),
+                None
+            );
+        }
+        let named = sc(Some(ProfileType::Localhost), "k8s-nginx", "");
+        assert_eq!(
+            apparmor(&named, true).expect("loaded"),
+            Some("k8s-nginx".into())
+        );
+        let e = apparmor(&named, false).expect_err("no AppArmor");
+        assert!(
+            e.message().contains("not enabled") && e.message().contains("k8s-nginx"),
+            "{e:?}"
+        );
+        let legacy = sc(None, "", "localhost/k8s-nginx");
+        assert_eq!(
+            apparmor(&legacy, true).expect("legacy"),
+            Some("k8s-nginx".into())
+        );
+        // The field wins over the deprecated string.
+        let both = sc(Some(ProfileType::Unconfined), "", "localhost/x");
+        assert_eq!(apparmor(&both, true).expect("both"), None);
+        assert!(apparmor(&sc(None, "", "bogus"), true).is_err());
+        assert!(apparmor(&sc(Some(ProfileType::Localhost), "", ""), true).is_err());
     }
 }
