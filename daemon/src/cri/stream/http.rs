@@ -43,9 +43,29 @@ pub async fn accept(cri: Cri, listener: TcpListener) {
     }
 }
 
-fn text(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(format!("{msg}\n"))));
+/// A plain response with `body`.
+pub(super) fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
+    r
+}
+
+fn text(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
+    reply(status, format!("{msg}\n"))
+}
+
+/// 101 Switching Protocols to `protocol` (the caller adds the protocol's own headers).
+pub(super) fn switching_protocols(protocol: &'static str) -> Response<Full<Bytes>> {
+    let mut r = reply(StatusCode::SWITCHING_PROTOCOLS, String::new());
+    let h = r.headers_mut();
+    h.insert(
+        http::header::UPGRADE,
+        http::HeaderValue::from_static(protocol),
+    );
+    h.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("Upgrade"),
+    );
     r
 }
 

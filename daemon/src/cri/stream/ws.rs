@@ -18,6 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use super::http::{reply, switching_protocols};
 use super::session::{self, Input};
 use super::{portforward, Pending};
 use crate::cri::{Cri, NAMESPACE};
@@ -63,12 +64,6 @@ fn negotiate(headers: &HeaderMap, ours: &[&'static str]) -> Option<&'static str>
     ours.iter()
         .find(|p| offered.iter().any(|o| o == *p))
         .copied()
-}
-
-fn reply(status: StatusCode, text: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(text)));
-    *r.status_mut() = status;
-    r
 }
 
 /// Answer a WebSocket upgrade for `pending` and run its session on the upgraded connection.
@@ -118,16 +113,8 @@ pub fn upgrade(
             }
         }
     });
-    let mut r = reply(StatusCode::SWITCHING_PROTOCOLS, String::new());
+    let mut r = switching_protocols("websocket");
     let h = r.headers_mut();
-    h.insert(
-        http::header::UPGRADE,
-        http::HeaderValue::from_static("websocket"),
-    );
-    h.insert(
-        http::header::CONNECTION,
-        http::HeaderValue::from_static("Upgrade"),
-    );
     if let Ok(v) = http::HeaderValue::from_str(&accept) {
         h.insert(http::header::SEC_WEBSOCKET_ACCEPT, v);
     }

@@ -22,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
+use super::http::{reply, switching_protocols};
 use super::session::{self, Input, STDERR, STDOUT};
 use super::{portforward, Pending};
 use frame::{
@@ -42,12 +43,6 @@ const PROTOCOL_HEADER: &str = "x-stream-protocol-version";
 const LINGER: Duration = Duration::from_secs(5);
 /// How long a client may take to open its streams.
 const STREAMS_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn reply(status: StatusCode, text: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(text)));
-    *r.status_mut() = status;
-    r
-}
 
 fn negotiate(headers: &HeaderMap, ours: &[&'static str]) -> Option<&'static str> {
     let offered: Vec<String> = headers
@@ -87,16 +82,8 @@ pub fn upgrade(
             Err(e) => tracing::debug!(namespace = NAMESPACE, error = %e, "SPDY upgrade failed"),
         }
     });
-    let mut r = reply(StatusCode::SWITCHING_PROTOCOLS, String::new());
+    let mut r = switching_protocols("SPDY/3.1");
     let h = r.headers_mut();
-    h.insert(
-        http::header::UPGRADE,
-        http::HeaderValue::from_static("SPDY/3.1"),
-    );
-    h.insert(
-        http::header::CONNECTION,
-        http::HeaderValue::from_static("Upgrade"),
-    );
     h.insert(PROTOCOL_HEADER, http::HeaderValue::from_static(protocol));
     r
 }
