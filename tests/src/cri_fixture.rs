@@ -235,6 +235,23 @@ impl CriFixture {
             .expect("a status")
     }
 
+    /// The host pid of a running container (ContainerStatus' verbose info).
+    pub async fn pid_of(&self, id: &str) -> i32 {
+        let info = self
+            .runtime()
+            .await
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.to_string(),
+                verbose: true,
+            })
+            .await
+            .expect("status")
+            .into_inner()
+            .info;
+        let v: serde_json::Value = serde_json::from_str(&info["info"]).expect("info json");
+        v["pid"].as_i64().expect("pid") as i32
+    }
+
     /// ExecSync of `sh -c script` with `timeout` seconds.
     pub async fn exec(
         &self,

@@ -89,23 +89,6 @@ async fn container_events_follow_the_lifecycle() {
     fx.nf.fx.guard.assert_clean();
 }
 
-/// The pid of a running container (ContainerStatus' verbose info).
-async fn pid_of(fx: &CriFixture, id: &str) -> i32 {
-    let info = fx
-        .runtime()
-        .await
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.to_string(),
-            verbose: true,
-        })
-        .await
-        .expect("status")
-        .into_inner()
-        .info;
-    let v: serde_json::Value = serde_json::from_str(&info["info"]).expect("info json");
-    v["pid"].as_i64().expect("pid") as i32
-}
-
 /// Read events until `until` holds for one; returns them all (seqs checked to increase).
 async fn read_until(
     events: &mut tonic::Streaming<cri::ContainerEventResponse>,
@@ -164,7 +147,7 @@ async fn events_resume_across_a_killed_berthd_without_a_gap() {
     })
     .await;
     let last = seen.last().map(|e| e.berth_seq).expect("a seq");
-    let pid = pid_of(&fx, &killed).await;
+    let pid = fx.pid_of(&killed).await;
 
     // berthd dies; the container exits while it is down; berthd comes back; another container stops.
     fx.nf.fx.daemon.kill();

@@ -35,19 +35,7 @@ async fn a_pod_survives_a_killed_berthd_and_exits_are_not_lost() {
         .await
         .expect("dies");
     assert_eq!(fx.wait_exited(&done).await.exit_code, 4);
-    let info = fx
-        .runtime()
-        .await
-        .container_status(cri::ContainerStatusRequest {
-            container_id: dies.clone(),
-            verbose: true,
-        })
-        .await
-        .expect("status")
-        .into_inner()
-        .info;
-    let v: serde_json::Value = serde_json::from_str(&info["info"]).expect("info json");
-    let pid = v["pid"].as_i64().expect("pid") as i32;
+    let pid = fx.pid_of(&dies).await;
     assert!(pid > 0);
 
     fx.nf.fx.daemon.kill();
