@@ -15,7 +15,7 @@ use berth_image::tarw::{TarHeader, TarWriter};
 use berth_image::Digest;
 use berth_registry::{ClientConfig, Reference, RegistryClient, RequestOptions};
 
-use crate::procs::{spawn, stop, wait_for};
+use crate::procs::{berthd_command, spawn, stop, wait_for};
 
 /// One runtime's private setup.
 pub struct Runtime {
@@ -94,15 +94,7 @@ impl Runtime {
         )?;
         let socket = dir.join("b.sock");
         let child = spawn(
-            Command::new(bins.join("berthd"))
-                .arg("--config")
-                .arg(dir.join("config.toml"))
-                .arg("--root")
-                .arg(dir.join("root"))
-                .arg("--state")
-                .arg(dir.join("state"))
-                .arg("--address")
-                .arg(&socket),
+            &mut berthd_command(&bins.join("berthd"), &dir),
             &dir.join("berthd.log"),
         )?;
         let s = socket.clone();

@@ -31,6 +31,20 @@ pub fn spawn(cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
         .with_context(|| format!("starting {cmd:?}"))
 }
 
+/// `berthd` run on private dirs below `dir` (its config.toml, root, state) and listening on `dir/b.sock`.
+pub fn berthd_command(bin: &Path, dir: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--config")
+        .arg(dir.join("config.toml"))
+        .arg("--root")
+        .arg(dir.join("root"))
+        .arg("--state")
+        .arg(dir.join("state"))
+        .arg("--address")
+        .arg(dir.join("b.sock"));
+    cmd
+}
+
 pub fn stop(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {
         let pid = nix::unistd::Pid::from_raw(c.id() as i32);
@@ -101,15 +115,7 @@ impl Berthd {
         let bin = exe.parent().context("no exe dir")?.join("berthd");
         std::fs::write(dir.join("config.toml"), "log_level = \"info\"\n")?;
         let child = spawn(
-            Command::new(&bin)
-                .arg("--config")
-                .arg(dir.join("config.toml"))
-                .arg("--root")
-                .arg(dir.join("root"))
-                .arg("--state")
-                .arg(dir.join("state"))
-                .arg("--address")
-                .arg(dir.join("b.sock"))
+            berthd_command(&bin, &dir)
                 .arg("--registry-hosts-dir")
                 .arg(dir.join("certs.d")),
             &dir.join("berthd.log"),
