@@ -107,10 +107,8 @@ pub const CLIENT_READER_WAIT: Duration = Duration::from_secs(2);
 pub async fn wait_for_readers(s: &Stdio) -> Vec<std::fs::File> {
     let mut probes = Vec::new();
     for path in [&s.stdout, &s.stderr] {
-        if path.is_empty() || crate::crilog::log_path(path).is_some() || path.contains("://") {
-            continue;
-        }
-        if !matches!(kind("stdout", path), Ok(Kind::Fifo)) {
+        // URIs (file://, crilog://) name no FIFO; `kind` would create a file:// log here.
+        if path.contains("://") || !matches!(kind("stdout", path), Ok(Kind::Fifo)) {
             continue;
         }
         let deadline = Instant::now() + CLIENT_READER_WAIT;
